@@ -1,0 +1,1 @@
+from .plan import Piece, ShardPlan, plan_shards, plan_makespan  # noqa: F401

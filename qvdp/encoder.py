@@ -1,0 +1,212 @@
+"""run_dp_sharded_vision: plan -> local forward on this rank's share -> gather in original order."""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from .dist.gather import gather_rows, group_backend, group_info
+from .dist.plan import ShardPlan, plan_shards
+from .geometry import VisionGeometry
+from .validate import check_pixel_values, normalize_grid_thw
+
+
+class RankFailedError(RuntimeError):
+    """A rank's local forward raised; every rank raises this (the failing rank chains its own error)."""
+
+
+class PlanMismatchError(ValueError):
+    """Ranks disagree about the batch (grid_thw / world size / layout); raised on every rank."""
+
+
+@dataclass
+class DPVisionOutput:
+    pooler_output: torch.Tensor              # [total_tokens, O] in original item order
+    deepstack_features: list                 # k x [total_tokens, O]
+    last_hidden_state: torch.Tensor | None   # [total_patches, H] when asked for, else None
+    plan: ShardPlan = field(repr=False, default=None)
+
+    def split_by_item(self):
+        """pooler_output split per item (the shape engines expect)."""
+        sizes = [t * h * w // self.plan.merge_unit for t, h, w in self.plan.grid]
+        return torch.split(self.pooler_output, sizes)
+
+
+def _forward_for(vision_model, forward):
+    if forward is not None:
+        return forward
+    cached = getattr(vision_model, "_qvdp_forward", None)
+    if cached is not None:
+        return cached
+    from .model import Qwen3VLVisionForward, find_vision_tower
+    fwd = Qwen3VLVisionForward(find_vision_tower(vision_model))
+    try:
+        object.__setattr__(vision_model, "_qvdp_forward", fwd)
+    except Exception:
+        pass
+    return fwd
+
+
+def _geometry_for(vision_model, forward, geometry):
+    if geometry is not None:
+        return geometry
+    g = getattr(forward, "geometry", None)
+    if g is not None:
+        return g
+    from .model import find_vision_tower
+    return VisionGeometry.from_config(find_vision_tower(vision_model).config)
+
+
+def _model_device_dtype(vision_model, forward):
+    for obj in (forward, vision_model):
+        dev, dt = getattr(obj, "device", None), getattr(obj, "dtype", None)
+        if isinstance(dev, torch.device) and isinstance(dt, torch.dtype):
+            return dev, dt
+    p = next(vision_model.parameters())
+    return p.device, p.dtype
+
+
+def _chunks(pieces, grid, budget):
+    """Split this rank's pieces into chunks of at most `budget` patches (a frame is never split)."""
+    if not budget:
+        return [[(p.item, p.frame_start, p.frame_end, p.patch_start) for p in pieces]]
+    chunks, cur, used = [], [], 0
+    for p in pieces:
+        t, h, w = grid[p.item]
+        n = h * w
+        f = p.frame_start
+        while f < p.frame_end:
+            room = max((budget - used) // n, 0)
+            if room == 0 and cur:
+                chunks.append(cur); cur, used = [], 0
+                continue
+            k = min(max(room, 1), p.frame_end - f)
+            cur.append((p.item, f, f + k, p.patch_start + (f - p.frame_start) * n))
+            used += k * n
+            f += k
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
+    """One tiny all_gather: [plan fingerprint, ok] from every rank. Raises the same error everywhere."""
+    world, rank = plan.world_size, group_info(group)[1]
+    mine = torch.tensor([plan.fingerprint(), 1 if ok else 0], dtype=torch.int64, device=device)
+    allv = [torch.empty_like(mine) for _ in range(world)]
+    work = dist.all_gather(allv, mine, group=group, async_op=True)
+    if timeout_s is not None and hasattr(work, "wait"):
+        work.wait(datetime.timedelta(seconds=timeout_s))
+    else:
+        work.wait()
+    fps = [int(t[0]) for t in allv]
+    oks = [int(t[1]) for t in allv]
+    bad = [r for r, o in enumerate(oks) if not o]
+    if bad:
+        raise RankFailedError(f"local vision forward failed on rank(s) {bad}; no outputs were gathered")
+    if len(set(fps)) != 1:
+        groups = {}
+        for r, f in enumerate(fps):
+            groups.setdefault(f, []).append(r)
+        raise PlanMismatchError(f"ranks disagree about the batch (grid_thw, world size or policy): plan "
+                                f"fingerprints by rank group {sorted(groups.values())}; every rank must pass the "
+                                f"same grid_thw")
+
+
+def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, forward=None, plan=None,
+                          policy: str = "flops", split_videos=None, geometry: VisionGeometry | None = None,
+                          max_patches_per_chunk: int | None = None, gather_backend: str = "auto",
+                          return_last_hidden: bool = False, check_ranks: bool = True,
+                          timeout_s: float | None = None) -> DPVisionOutput:
+    """Encode a batch data-parallel over `group`: each rank runs the vision tower on its share
+    only, and every rank gets all outputs back in original item order.
+
+    Args:
+        vision_model: a transformers Qwen3-VL vision tower (or a model holding one as .visual).
+        pixel_values: [sum t*h*w, patch_dim] rows of the whole batch, on CPU or on the device.
+            Only this rank's rows are moved to the model's device.
+        grid_thw: [num_items, 3] list or integer tensor, in request order, identical on every rank.
+        group: torch.distributed process group (None: the default group, or no communication at all
+            when torch.distributed is not initialised).
+        forward: callable (pixels, grid) -> (pooled, [deepstack...], last_hidden|None); default qvdp's.
+        plan / policy / split_videos: a precomputed ShardPlan, or how to make one (see plan_shards).
+        max_patches_per_chunk: cap on patches per local forward call (memory); frames are never split.
+        gather_backend: "auto" | "native" | "torch".
+        return_last_hidden: also gather the pre-merger hidden states [N, H] (rows in patch units).
+        check_ranks: confirm with one small collective that all ranks hold the same plan and that
+            every local forward succeeded, before the gather (raises the same error on all ranks).
+        timeout_s: wait at most this long for the other ranks at that check.
+    """
+    forward = _forward_for(vision_model, forward)
+    geometry = _geometry_for(vision_model, forward, geometry)
+    world, rank = group_info(group)
+    grid = normalize_grid_thw(grid_thw, geometry.spatial_merge_size)
+    check_pixel_values(pixel_values, grid, geometry.patch_dim)
+    if max_patches_per_chunk is not None and (not isinstance(max_patches_per_chunk, int)
+                                              or max_patches_per_chunk <= 0):
+        raise ValueError(f"max_patches_per_chunk must be a positive int or None, got {max_patches_per_chunk!r}")
+    if plan is None:
+        plan = plan_shards(grid, world, geometry, policy=policy, split_videos=split_videos)
+    elif not isinstance(plan, ShardPlan) or plan.grid != grid or plan.world_size != world:
+        raise ValueError("plan does not match grid_thw / the group's world size")
+    device, dtype = _model_device_dtype(vision_model, forward)
+    if world > 1:
+        backend = group_backend(group)
+        if backend == "nccl" and device.type != "cuda":
+            raise ValueError(f"an NCCL group needs the vision model on a CUDA device, it is on {device}")
+        if backend == "gloo" and device.type != "cpu":
+            raise ValueError("a gloo group gathers CPU tensors; put the model on CPU or use NCCL")
+
+    # ---- local forward on this rank's share (chunked by the patch budget) --------------------
+    O = geometry.out_hidden_size
+    nd = len(geometry.deepstack_visual_indexes)
+    pieces = plan.pieces[rank]
+    ok, err = True, None
+    pooled_parts, ds_parts, hid_parts = [], [[] for _ in range(nd)], []
+    try:
+        for chunk in (_chunks(pieces, grid, max_patches_per_chunk) if pieces else []):
+            rows = [pixel_values[p0:p0 + (f1 - f0) * grid[i][1] * grid[i][2]] for (i, f0, f1, p0) in chunk]
+            px = rows[0] if len(rows) == 1 else torch.cat(rows)
+            px = px.to(device=device, non_blocking=True)
+            lgrid = tuple((f1 - f0, grid[i][1], grid[i][2]) for (i, f0, f1, _) in chunk)
+            pooled, ds, hid = forward(px, lgrid, return_last_hidden)
+            if len(ds) != nd:
+                raise RuntimeError(f"vision forward returned {len(ds)} deepstack features, geometry says {nd}")
+            pooled_parts.append(pooled)
+            for j in range(nd):
+                ds_parts[j].append(ds[j])
+            if return_last_hidden:
+                hid_parts.append(hid)
+    except Exception as e:  # keep the other ranks from waiting forever: report, then raise
+        if world == 1 or not check_ranks:
+            raise
+        ok, err = False, e
+
+    def cat(parts, width):
+        if not parts:
+            return torch.empty((0, width), dtype=dtype, device=device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    if world > 1 and check_ranks:
+        sdev = device if group_backend(group) == "nccl" else torch.device("cpu")
+        try:
+            _status_check(plan, ok, group, sdev, timeout_s)
+        except RankFailedError as e:
+            if err is not None:
+                raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
+            raise
+    pooled = cat(pooled_parts, O)
+    ds = [cat(p, O) for p in ds_parts]
+    outs = [pooled] + ds
+    gathered = gather_rows(outs, plan, group, layout="list", backend=gather_backend)
+    last = None
+    if return_last_hidden:
+        hid = cat(hid_parts, geometry.hidden_size)
+        # hidden states are per patch: view each merge unit as one row so the plan's rows apply
+        mu = geometry.merge_unit
+        hv = hid.reshape(-1, mu * geometry.hidden_size)
+        last = gather_rows([hv], plan, group, layout="list", backend=gather_backend)[0]
+        last = last.reshape(-1, geometry.hidden_size)
+    return DPVisionOutput(gathered[0], gathered[1:], last, plan)

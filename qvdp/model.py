@@ -1,0 +1,165 @@
+"""qvdp's forward of a Qwen3-VL vision tower, reading the weights of a transformers
+Qwen3VLVisionModel (or any module with the same attributes) in place.
+
+Differences from the HF forward, all numerically equivalent:
+- the Conv3d patch embed (kernel == stride) runs as one GEMM on the pixel rows;
+- rotary cos/sin, pos-embed taps, cu_seqlens and the attention block map are built once per
+  forward (host geometry is cached per grid);
+- attention takes strided q/k/v views of the packed qkv output and applies RoPE inside
+  (qvdp.varlen_attention);
+- the mergers go through qvdp.patch_merger.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from . import reference as R
+from .geometry import VisionGeometry
+from .ops.attention import attention_config, build_block_map, varlen_attention
+from .ops.patch_merger import patch_merger
+
+
+@lru_cache(maxsize=64)
+def _host_geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float):
+    cos, sin = R.rotary_cos_sin(grid, head_dim, merge, theta)
+    idx, wgt = R.pos_embed_taps(grid, side, merge)
+    cu = R.cu_seqlens_for(grid)
+    max_seqlen = max(h * w for _, h, w in grid)
+    return cos, sin, idx, wgt, cu, max_seqlen
+
+
+def find_vision_tower(model):
+    """The Qwen3VLVisionModel inside a Qwen3VL(Moe)ForConditionalGeneration / Qwen3VL(Moe)Model, or itself."""
+    for path in ("visual", "model.visual"):
+        m = model
+        ok = True
+        for part in path.split("."):
+            if not hasattr(m, part):
+                ok = False
+                break
+            m = getattr(m, part)
+        if ok and hasattr(m, "blocks") and hasattr(m, "merger"):
+            return m
+    if hasattr(model, "blocks") and hasattr(model, "merger") and hasattr(model, "patch_embed"):
+        return model
+    raise TypeError(f"{type(model).__name__} holds no Qwen3-VL vision tower (expected .visual or .model.visual "
+                    f"with .blocks, .merger, .patch_embed)")
+
+
+class Qwen3VLVisionForward:
+    """Callable: (pixel_values [N, P], grid) -> (pooled [N/4, O], [deepstack [N/4, O] ...], last_hidden or None)."""
+
+    def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
+                 invariant_rows: int = 64):
+        """batch_invariant: run every GEMM on fixed-size row tiles (the tail padded), so a row's
+        result never depends on which other rows share the call. Then a DP rank's output for
+        an item is bit-identical to the single-process run (GEMM libraries pick kernels by M)."""
+        self.visual = visual
+        self.batch_invariant = batch_invariant
+        self.invariant_rows = invariant_rows
+        cfg = visual.config
+        self.geometry = VisionGeometry.from_config(cfg)
+        rp = getattr(cfg, "rope_parameters", None) or {}
+        self.theta = float(rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)) or 10000.0)
+        self.attention_backend = attention_backend
+        act = getattr(cfg, "hidden_act", "gelu_pytorch_tanh")
+        self._act = (lambda t: F.gelu(t, approximate="tanh")) if act == "gelu_pytorch_tanh" else None
+
+    def _linear(self, x, weight, bias):
+        if not self.batch_invariant:
+            return F.linear(x, weight, bias)
+        m = self.invariant_rows
+        n = x.shape[0]
+        pad = (-n) % m
+        xp = torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x
+        out = torch.cat([F.linear(c, weight, bias) for c in xp.split(m)]) if xp.shape[0] else \
+            x.new_empty((0, weight.shape[0]))
+        return out[:n]
+
+    @property
+    def dtype(self):
+        return self.visual.patch_embed.proj.weight.dtype
+
+    @property
+    def device(self):
+        return self.visual.patch_embed.proj.weight.device
+
+    def _merger(self, m, x, postshuffle):
+        if self.batch_invariant:
+            from .ops.patch_merger import _patch_merger_torch
+            mu = self.geometry.merge_unit
+            H = x.shape[-1]
+            if postshuffle:
+                y = F.layer_norm(x.reshape(-1, mu * H), (mu * H,), m.norm.weight, m.norm.bias, m.norm.eps)
+            else:
+                y = F.layer_norm(x, (H,), m.norm.weight, m.norm.bias, m.norm.eps).reshape(-1, mu * H)
+            y = F.gelu(self._linear(y, m.linear_fc1.weight, m.linear_fc1.bias))
+            return self._linear(y, m.linear_fc2.weight, m.linear_fc2.bias)
+        return patch_merger(x, m.norm.weight, m.norm.bias, m.linear_fc1.weight, m.linear_fc1.bias,
+                            m.linear_fc2.weight, m.linear_fc2.bias, merge_size=self.geometry.spatial_merge_size,
+                            postshuffle_norm=postshuffle, eps=m.norm.eps)
+
+    @torch.no_grad()
+    def __call__(self, pixel_values: torch.Tensor, grid: tuple, return_last_hidden: bool = False):
+        g, v = self.geometry, self.visual
+        dev, dt = self.device, self.dtype
+        D = g.head_dim
+        side = int(g.num_position_embeddings ** 0.5)
+        cos, sin, idx, wgt, cu, max_seqlen = _host_geometry(tuple(map(tuple, grid)), D, g.spatial_merge_size,
+                                                            side, self.theta)
+        cos, sin = cos.to(dev, non_blocking=True), sin.to(dev, non_blocking=True)
+        idx, wgt = idx.to(dev, non_blocking=True), wgt.to(dev, non_blocking=True)
+        cu_dev = cu.to(dev, non_blocking=True)
+        cu_list = cu.tolist()
+
+        # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
+        w = v.patch_embed.proj.weight
+        x = self._linear(pixel_values.to(device=dev, dtype=dt), w.reshape(w.shape[0], -1), v.patch_embed.proj.bias)
+        # learned position embedding, bilinear taps of the 48x48 table (fp32 weights, like HF)
+        pos = (v.pos_embed(idx) * wgt[:, :, None]).sum(1)
+        x = x + pos.to(dt)
+        T = x.shape[0]
+        nh = g.num_heads
+        backend = self.attention_backend
+        if backend == "auto":
+            from .ops._triton_utils import triton_usable
+            backend = "triton" if triton_usable(x) else "torch"
+        block_map = None
+        if backend == "triton":
+            block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type)["BLOCK_M"])
+        deepstack = []
+        ds_idx = list(g.deepstack_visual_indexes)
+        for li, blk in enumerate(v.blocks):
+            h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+            qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
+            q, k, vv = qkv.unbind(1)
+            if backend == "torch":
+                o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
+            else:
+                o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
+                                     backend=backend, validate=False, block_map=block_map)
+            x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
+            h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+            h = self._linear(h, blk.mlp.linear_fc1.weight, blk.mlp.linear_fc1.bias)
+            h = self._act(h) if self._act is not None else blk.mlp.act_fn(h)
+            x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
+            if li in ds_idx:
+                deepstack.append(self._merger(v.deepstack_merger_list[ds_idx.index(li)], x, True))
+        pooled = self._merger(v.merger, x, False)
+        return pooled, deepstack, (x if return_last_hidden else None)
+
+
+def hf_vision_forward(visual):
+    """Wrap the unmodified HF forward in the same calling convention (for comparisons)."""
+    orig = getattr(visual, "_qvdp_original_forward", visual.forward)
+
+    @torch.no_grad()
+    def fwd(pixel_values, grid, return_last_hidden=False):
+        gt = torch.tensor([list(r) for r in grid], dtype=torch.long, device=pixel_values.device)
+        out = orig(pixel_values, grid_thw=gt)
+        return out.pooler_output, list(out.deepstack_features or []), (out.last_hidden_state if return_last_hidden
+                                                                         else None)
+    return fwd

@@ -1,0 +1,42 @@
+"""When the Triton kernels can run: on a CUDA device, or on CPU tensors under TRITON_INTERPRET=1."""
+from __future__ import annotations
+
+import os
+
+try:  # triton is a hard dependency, but keep import errors readable on odd machines
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+    HAS_TRITON = True
+    TRITON_IMPORT_ERROR = None
+except Exception as e:  # pragma: no cover
+    HAS_TRITON = False
+    TRITON_IMPORT_ERROR = repr(e)
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_usable(t) -> bool:
+    """Can a Triton kernel take this tensor?"""
+    if not HAS_TRITON:
+        return False
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and interpreter_on()
+
+
+def next_pow2(n: int) -> int:
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def split_head_dim(D: int) -> tuple:
+    """Split head dim D into a power-of-two main chunk and a power-of-two tail (>= 16 each, tl.dot's
+    minimum), so 72 -> (64, 16) and 80 -> (64, 16) instead of padding to 128."""
+    if D <= 16:
+        return 16, 0
+    da = 1 << (D.bit_length() - 1)
+    rem = D - da
+    if rem == 0:
+        return da, 0
+    return da, max(16, next_pow2(rem))

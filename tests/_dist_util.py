@@ -1,0 +1,60 @@
+"""Spawn helpers for multi-rank tests on gloo (CPU)."""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, fn, args, outdir, timeout_s):
+    import datetime
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        res = fn(rank, world, *args)
+        torch.save({"ok": True, "result": res}, os.path.join(outdir, f"{rank}.pt"))
+    except BaseException as e:  # noqa: BLE001
+        torch.save({"ok": False, "error": f"{type(e).__name__}: {e}", "tb": traceback.format_exc()},
+                   os.path.join(outdir, f"{rank}.pt"))
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, join_timeout_s: float = 120.0):
+    """Run fn(rank, world, *args) on `world` gloo ranks; return the per-rank {"ok", "result"|"error"}."""
+    with tempfile.TemporaryDirectory() as d:
+        ctx = mp.get_context("spawn")
+        port = free_port()
+        procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, d, timeout_s)) for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(join_timeout_s)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        out = []
+        for r in range(world):
+            path = os.path.join(d, f"{r}.pt")
+            if os.path.exists(path):
+                out.append(torch.load(path, weights_only=False))
+            else:
+                out.append({"ok": False, "error": "hung" if r in hung else f"exit {procs[r].exitcode}"})
+        return out
