@@ -126,7 +126,7 @@ class Qwen3VLVisionForward:
         backend = self.attention_backend
         if backend == "auto":
             from .ops._triton_utils import triton_usable
-            backend = "triton" if triton_usable(x) else "torch"
+            backend = "triton" if x.is_cuda and triton_usable(x) else "torch"
         block_map = None
         if backend == "triton":
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type)["BLOCK_M"])

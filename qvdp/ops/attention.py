@@ -292,15 +292,15 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         cu_seqlens: int32 [S + 1], 0 ... T.  max_seqlen: longest segment (host int).
         cos, sin: optional [T, D] rotary tables in HF's rotate-half layout, applied to q and k.
         scale: softmax scale, default D^-0.5.
-        backend: "auto" (Triton when it can run, else torch), "triton", "torch", "flash_attn".
+        backend: "auto" (Triton on CUDA, else torch), "triton", "torch", "flash_attn".
         validate: check cu_seqlens values (one device->host copy when it lives on the GPU).
         block_map: optional output of build_block_map() to reuse across layers.
     Returns [T, H, D] in q's dtype.
     """
     _check_inputs(q, k, v, cu_seqlens, max_seqlen, cos, sin, validate)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if backend == "auto":
-        backend = "triton" if triton_usable(q) else "torch"
+    if backend == "auto":  # the interpreter is for tests: CPU tensors take torch unless asked
+        backend = "triton" if q.is_cuda and triton_usable(q) else "torch"
     if backend == "triton":
         if not triton_usable(q):
             raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")

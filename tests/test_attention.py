@@ -1,0 +1,150 @@
+"""qvdp.varlen_attention vs the float64 per-segment reference with RoPE.
+
+CPU: the Triton kernel under TRITON_INTERPRET=1 (fp32/fp16, small shapes; bf16 tl.dot is broken in
+the interpreter, triton#11584). GPU (-m gpu): bf16/fp16, long segments, many tiny segments.
+"""
+import os
+
+import pytest
+import torch
+
+from qvdp.ops import _triton_utils
+from qvdp.ops.attention import varlen_attention
+from qvdp.reference import attention_reference, rotary_cos_sin
+
+TOL = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def make(lens, H, D, dtype, device, rope=True, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    T = sum(lens)
+    qkv = torch.randn(T, 3, H, D, generator=g).to(device=device, dtype=dtype)
+    q, k, v = qkv.unbind(1)  # strided views into the packed tensor, as in the model
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lens).cumsum(0)
+    cos = sin = None
+    if rope:
+        ang = torch.rand(T, D // 2, generator=g) * 40.0  # positions up to ~40 radians of rotation
+        cos = torch.cat([ang, ang], -1).cos().to(device)
+        sin = torch.cat([ang, ang], -1).sin().to(device)
+    return q, k, v, cu.to(device), cos, sin
+
+
+def _check(lens, H, D, dtype, device, rope=True, backend="triton", seed=0):
+    q, k, v, cu, cos, sin = make(lens, H, D, dtype, device, rope, seed)
+    out = varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, backend=backend)
+    ref = attention_reference(q.cpu(), k.cpu(), v.cpu(), cu.cpu(), None if cos is None else cos.cpu(),
+                              None if sin is None else sin.cpu())
+    assert out.shape == q.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    e = rel(out.cpu(), ref)
+    assert e < TOL[dtype], f"rel err {e:.2e} lens={lens[:5]}... D={D} {dtype}"
+    return e
+
+
+interp = pytest.mark.skipif(not _triton_utils.HAS_TRITON, reason="triton not importable")
+
+
+@pytest.fixture
+def interpreter():
+    if not (_triton_utils.interpreter_on() or torch.cuda.is_available()):
+        pytest.skip("TRITON_INTERPRET=1 must be set before qvdp is imported")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@interp
+@pytest.mark.parametrize("D", [64, 72, 80, 16, 40, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_interpreter_head_dims(interpreter, D, dtype):
+    _check([1, 37, 70, 5], 2, D, dtype, interpreter)
+
+
+@interp
+@pytest.mark.parametrize("lens", [[1], [1] * 40, [33, 0, 64, 1], [200], [3, 96, 2, 31, 17]])
+def test_interpreter_segments(interpreter, lens):
+    _check(lens, 2, 72, torch.float32, interpreter, seed=len(lens))
+
+
+@interp
+def test_interpreter_no_rope_and_scale(interpreter):
+    q, k, v, cu, _, _ = make([20, 9], 2, 72, torch.float32, interpreter, rope=False)
+    out = varlen_attention(q, k, v, cu, 20, scale=0.3, backend="triton")
+    ref = attention_reference(q.cpu(), k.cpu(), v.cpu(), cu.cpu(), scale=0.3)
+    assert rel(out.cpu(), ref) < 1e-3
+
+
+def test_torch_backend_cpu():
+    _check([1, 37, 70], 2, 72, torch.float32, "cpu", backend="torch")
+
+
+@interp
+def test_poisoned_output_is_fully_written(interpreter, monkeypatch):
+    from qvdp.ops import attention as A
+    q, k, v, cu, cos, sin = make([5, 40, 1], 2, 72, torch.float32, interpreter)
+    real_empty = torch.empty
+
+    def poisoned_empty(*a, **kw):
+        t = real_empty(*a, **kw)
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+    monkeypatch.setattr(A.torch, "empty", poisoned_empty)
+    out = varlen_attention(q, k, v, cu, 40, cos=cos, sin=sin, backend="triton")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kw,exc,name", [
+    (dict(q=torch.randn(4, 2)), ValueError, "q"),
+    (dict(cu=torch.tensor([0, 4], dtype=torch.int64)), TypeError, "cu_seqlens"),
+    (dict(cu=torch.tensor([0, 3], dtype=torch.int32)), ValueError, "cu_seqlens"),
+    (dict(cu=torch.tensor([0, 3, 2, 4], dtype=torch.int32)), ValueError, "cu_seqlens"),
+    (dict(cos=torch.randn(4, 3)), ValueError, "cos"),
+    (dict(max_seqlen=2), ValueError, "max_seqlen"),
+    (dict(D=12), ValueError, "head dim"),
+    (dict(kdtype=torch.float16), TypeError, "dtype"),
+])
+def test_bad_inputs(kw, exc, name):
+    D = kw.get("D", 8)
+    q = kw.get("q", torch.randn(4, 2, D))
+    k = torch.randn(4, 2, D, dtype=kw.get("kdtype", torch.float32))
+    v = torch.randn(4, 2, D)
+    cu = kw.get("cu", torch.tensor([0, 4], dtype=torch.int32))
+    cos = kw.get("cos", None)
+    sin = torch.randn(4, 3) if cos is not None else None
+    with pytest.raises(exc, match=name):
+        varlen_attention(q, k, v, cu, kw.get("max_seqlen", 4), cos=cos, sin=sin, backend="torch")
+
+
+# ---- GPU -------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [64, 72, 80, 128, 32, 96, 104])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_head_dims(D, dtype):
+    _check([1, 300, 3520, 77], 4, D, dtype, "cuda", seed=D)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lens", [[65536], [1] * 3000, [7] * 2000 + [4000], [256, 1024, 3520, 6400, 16384],
+                                  [3520] * 4, [0, 5, 0, 130]])
+def test_gpu_segments(lens):
+    _check(lens, 2 if sum(lens) > 30000 else 4, 72, torch.bfloat16, "cuda", seed=len(lens))
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_inputs():
+    _check([100, 900], 2, 72, torch.float32, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_no_graph_break():
+    q, k, v, cu, cos, sin = make([128, 64], 2, 72, torch.bfloat16, "cuda")
+
+    def f(q, k, v, cu, cos, sin):
+        return varlen_attention(q, k, v, cu, 128, cos=cos, sin=sin, validate=False) * 2
+
+    cf = torch.compile(f, fullgraph=True)
+    assert rel(cf(q, k, v, cu, cos, sin), f(q, k, v, cu, cos, sin)) < 1e-6

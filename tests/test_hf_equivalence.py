@@ -1,0 +1,74 @@
+"""qvdp's forward vs HF transformers' Qwen3-VL vision model (tiny random-weight config, CPU fp32)."""
+import pytest
+import torch
+
+from conftest import tiny_vision_config, tiny_vision_model
+
+import qvdp
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+GRIDS = [[[1, 4, 6], [3, 2, 2], [1, 8, 8]], [[1, 2, 2]], [[2, 10, 6], [1, 14, 2]]]
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_forward_matches_hf(grid):
+    m = tiny_vision_model(1)
+    N = sum(t * h * w for t, h, w in grid)
+    px = torch.randn(N, 1536)
+    with torch.no_grad():
+        ref = m(px, grid_thw=torch.tensor(grid))
+    pooled, ds, last = qvdp.Qwen3VLVisionForward(m)(px, tuple(map(tuple, grid)), True)
+    assert pooled.shape == ref.pooler_output.shape and pooled.dtype == ref.pooler_output.dtype
+    assert rel(pooled, ref.pooler_output) < 1e-5
+    assert len(ds) == len(ref.deepstack_features) == 2
+    for a, b in zip(ds, ref.deepstack_features):
+        assert rel(a, b) < 1e-5
+    assert rel(last, ref.last_hidden_state) < 1e-5
+
+
+def test_apply_to_qwen3_vl_full_model():
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditionalGeneration
+    cfg = Qwen3VLConfig(vision_config=tiny_vision_config().to_dict(),
+                        text_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=24,
+                                         vocab_size=300, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                                          "mrope_section": [4, 4, 4]}))
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    grid = [[1, 4, 4], [2, 2, 6]]
+    px = torch.randn(sum(t * h * w for t, h, w in grid), 1536)
+    gt = torch.tensor(grid)
+    with torch.no_grad():
+        ref = model.model.get_image_features(px, gt, return_dict=True)
+        visual = qvdp.apply_to_qwen3_vl(model)
+        got = model.model.get_image_features(px, gt, return_dict=True)
+    for a, b in zip(got.pooler_output, ref.pooler_output):
+        assert rel(a, b) < 1e-5
+    for fa, fb in zip(got.deepstack_features, ref.deepstack_features):
+        for a, b in zip(fa, fb):
+            assert rel(a, b) < 1e-5
+    qvdp.remove_from_qwen3_vl(model)
+    assert getattr(visual.forward, "__func__", None) is type(visual).forward
+
+
+@pytest.mark.parametrize("kind", ["vision", "model"])
+def test_apply_accepts_tower_and_model(kind):
+    m = tiny_vision_model(2)
+    target = m if kind == "vision" else type("Wrap", (torch.nn.Module,), {})()
+    if kind == "model":
+        target.visual = m
+    qvdp.apply_to_qwen3_vl(target)
+    grid = [[1, 4, 4]]
+    px = torch.randn(16, 1536)
+    out = m(px, grid_thw=torch.tensor(grid))
+    assert out.pooler_output.shape == (4, 48) and len(out.deepstack_features) == 2
+
+
+def test_apply_rejects_other_models():
+    with pytest.raises(TypeError, match="vision tower"):
+        qvdp.apply_to_qwen3_vl(torch.nn.Linear(2, 2))
