@@ -1,0 +1,50 @@
+"""Python side of the native NCCL gather (csrc/allgather_reorder.cpp): one communicator per
+process group, created once (unique id broadcast over the torch.distributed group) and cached."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .plan import ShardPlan
+
+_COMMS = {}
+
+
+def native_extension():
+    from .. import _C
+    return _C
+
+
+def _comm_for(group):
+    key = id(group) if group is not None else "world"
+    c = _COMMS.get(key)
+    if c is not None:
+        return c
+    _C = native_extension()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    dev = torch.cuda.current_device()
+    buf = torch.zeros(128, dtype=torch.uint8, device=f"cuda:{dev}")
+    if rank == 0:
+        buf.copy_(torch.frombuffer(bytearray(_C.nccl_unique_id()), dtype=torch.uint8))
+    src = 0 if group is None else dist.get_global_rank(group, 0)
+    dist.broadcast(buf, src=src, group=group)
+    c = _C.NcclComm(bytes(buf.cpu().tolist()), world, rank, dev)
+    _COMMS[key] = c
+    return c
+
+
+def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None):
+    mode = mode or os.environ.get("QVDP_GATHER_MODE", "bcast")
+    comm = _comm_for(group)
+    ref = local_outputs[0]
+    if layout == "concat":
+        local = [torch.cat(list(local_outputs), 1) if len(local_outputs) > 1 else local_outputs[0].contiguous()]
+    else:
+        local = [t.contiguous() for t in local_outputs]
+    outs = [torch.empty((plan.total_rows, t.shape[1]), dtype=ref.dtype, device=ref.device) for t in local]
+    runs = torch.tensor([(r, ls, os_, n) for r in range(plan.world_size) for (ls, os_, n) in plan.runs(r)],
+                        dtype=torch.int64).reshape(-1, 4)
+    comm.gather_runs(local, outs, runs, mode == "p2p")
+    return outs if layout == "list" else outs[0]

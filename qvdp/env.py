@@ -1,0 +1,53 @@
+"""python -m qvdp.env: which backends are active on this machine, and why."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def backends() -> list:
+    rows = []
+    import torch
+    cuda = torch.cuda.is_available()
+    from .ops import _triton_utils as tu
+    if tu.HAS_TRITON:
+        import triton
+        if cuda:
+            rows.append(("Triton GPU kernels", True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"))
+        else:
+            rows.append(("Triton GPU kernels", False, "no CUDA device"))
+        rows.append(("Triton interpreter", tu.interpreter_on(),
+                     "TRITON_INTERPRET=1 (CPU tests of the kernels)" if tu.interpreter_on()
+                     else "TRITON_INTERPRET not set (set it before importing qvdp to run kernels on CPU)"))
+    else:
+        rows.append(("Triton", False, f"not importable: {tu.TRITON_IMPORT_ERROR}"))
+    try:
+        from . import _C
+        rows.append(("native NCCL gather (qvdp._C)", True, f"built, NCCL {_C.nccl_version()}"))
+    except Exception as e:
+        rows.append(("native NCCL gather (qvdp._C)", False,
+                     f"not built ({type(e).__name__}); setup.py builds it when torch has CUDA, nvcc and NCCL "
+                     f"headers are found"))
+    rows.append(("torch.distributed gather", torch.distributed.is_available(),
+                 "broadcast of each contiguous run into the output (gloo/NCCL)"))
+    from .ops.attention import flash_attn_available
+    rows.append(("flash-attn backend", flash_attn_available(), "optional: pip install flash-attn"))
+    rows.append(("torch fallback", True, "plain torch for every op (CPU, or backend='torch')"))
+    return rows
+
+
+def main():
+    import torch
+    print(f"qvdp environment: python {platform.python_version()}, torch {torch.__version__}, "
+          f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    try:
+        import transformers
+        print(f"transformers {transformers.__version__}")
+    except Exception:
+        print("transformers not installed (needed for the HF integration, the demo and the tests)")
+    for name, on, why in backends():
+        print(f"  [{'x' if on else ' '}] {name:34s} {why}")
+
+
+if __name__ == "__main__":
+    main()
