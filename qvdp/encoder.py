@@ -119,7 +119,8 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
                           policy: str = "flops", split_videos=None, geometry: VisionGeometry | None = None,
                           max_patches_per_chunk: int | None = None, gather_backend: str = "auto",
                           return_last_hidden: bool = False, check_ranks: bool = True,
-                          timeout_s: float | None = None) -> DPVisionOutput:
+                          timeout_s: float | None = None, output_widths: list | None = None,
+                          device=None, dtype=None) -> DPVisionOutput:
     """Encode a batch data-parallel over `group`: each rank runs the vision tower on its share
     only, and every rank gets all outputs back in original item order.
 
@@ -138,6 +139,8 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
         check_ranks: confirm with one small collective that all ranks hold the same plan and that
             every local forward succeeded, before the gather (raises the same error on all ranks).
         timeout_s: wait at most this long for the other ranks at that check.
+        output_widths: widths of (pooled, *deepstack) when `forward` is not qvdp's (default from geometry).
+        device, dtype: of the outputs, when they cannot be read off the model.
     """
     forward = _forward_for(vision_model, forward)
     geometry = _geometry_for(vision_model, forward, geometry)
@@ -151,7 +154,8 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
         plan = plan_shards(grid, world, geometry, policy=policy, split_videos=split_videos)
     elif not isinstance(plan, ShardPlan) or plan.grid != grid or plan.world_size != world:
         raise ValueError("plan does not match grid_thw / the group's world size")
-    device, dtype = _model_device_dtype(vision_model, forward)
+    mdev, mdt = _model_device_dtype(vision_model, forward)
+    device, dtype = torch.device(device) if device is not None else mdev, dtype or mdt
     if world > 1:
         backend = group_backend(group)
         if backend == "nccl" and device.type != "cuda":
@@ -160,8 +164,9 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
             raise ValueError("a gloo group gathers CPU tensors; put the model on CPU or use NCCL")
 
     # ---- local forward on this rank's share (chunked by the patch budget) --------------------
-    O = geometry.out_hidden_size
-    nd = len(geometry.deepstack_visual_indexes)
+    widths = list(output_widths) if output_widths is not None else \
+        [geometry.out_hidden_size] * (1 + len(geometry.deepstack_visual_indexes))
+    O, nd = widths[0], len(widths) - 1
     pieces = plan.pieces[rank]
     ok, err = True, None
     pooled_parts, ds_parts, hid_parts = [], [[] for _ in range(nd)], []
@@ -198,7 +203,7 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
                 raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
             raise
     pooled = cat(pooled_parts, O)
-    ds = [cat(p, O) for p in ds_parts]
+    ds = [cat(p, widths[1 + j]) for j, p in enumerate(ds_parts)]
     outs = [pooled] + ds
     gathered = gather_rows(outs, plan, group, layout="list", backend=gather_backend)
     last = None

@@ -17,12 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, fn, args, outdir, timeout_s):
+def _entry(rank, world, port, fn, args, outdir, timeout_s, backend="gloo"):
     import datetime
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    kw = {}
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        kw["device_id"] = torch.device("cuda", rank)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s), **kw)
     try:
         res = fn(rank, world, *args)
         torch.save({"ok": True, "result": res}, os.path.join(outdir, f"{rank}.pt"))
@@ -36,12 +41,13 @@ def _entry(rank, world, port, fn, args, outdir, timeout_s):
             pass
 
 
-def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, join_timeout_s: float = 120.0):
-    """Run fn(rank, world, *args) on `world` gloo ranks; return the per-rank {"ok", "result"|"error"}."""
+def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, join_timeout_s: float = 120.0, backend: str = "gloo"):
+    """Run fn(rank, world, *args) on `world` ranks (gloo on CPU, or nccl one GPU each); return the
+    per-rank {"ok", "result"|"error"}."""
     with tempfile.TemporaryDirectory() as d:
         ctx = mp.get_context("spawn")
         port = free_port()
-        procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, d, timeout_s)) for r in range(world)]
+        procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, d, timeout_s, backend)) for r in range(world)]
         for p in procs:
             p.start()
         for p in procs:

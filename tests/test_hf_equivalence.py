@@ -72,3 +72,29 @@ def test_apply_accepts_tower_and_model(kind):
 def test_apply_rejects_other_models():
     with pytest.raises(TypeError, match="vision tower"):
         qvdp.apply_to_qwen3_vl(torch.nn.Linear(2, 2))
+
+
+def test_serving_dropin_single_rank():
+    """The SGLang/vLLM-signature drop-in with an engine-style tower (returns [N/4, 4*O] concatenated)."""
+    from qvdp.integrations.serving import run_dp_sharded_mrope_vision_model
+    m = tiny_vision_model(4)
+
+    class EngineTower(torch.nn.Module):
+        def __init__(self, hf):
+            super().__init__()
+            self.hf = hf
+            self.config = hf.config
+            self.out_hidden_size = 48 * 3
+
+        def forward(self, x, grid_thw):
+            o = self.hf(x, grid_thw=torch.tensor(grid_thw))
+            return torch.cat([o.pooler_output] + list(o.deepstack_features), 1)
+
+    tower = EngineTower(m).eval()
+    grid = [[1, 4, 4], [2, 2, 6], [1, 2, 2]]
+    px = torch.randn(sum(t * h * w for t, h, w in grid), 1536)
+    with torch.no_grad():
+        got = run_dp_sharded_mrope_vision_model(tower, px, grid, rope_type="rope_3d")
+        ref = tower(px, grid)
+    assert isinstance(got, tuple) and [g.shape[0] for g in got] == [4, 6, 1]
+    assert rel(torch.cat(got), ref) < 1e-6

@@ -234,14 +234,14 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cos, sin, validate):
             raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest segment ({longest})")
 
 
-def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map=None):
+def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map=None, config=None):
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
     if T == 0:
         return out
-    cfg = attention_config(D, max_seqlen, q.device.type)
+    cfg = config or attention_config(D, max_seqlen, q.device.type)
     bm = cfg["BLOCK_M"]
-    if block_map is None or block_map.shape[0] < T // bm:  # caller's map is for another tile size
+    if block_map is None or config is not None:  # a caller's map is built for attention_config()'s BLOCK_M
         block_map = build_block_map(cu_seqlens, T, bm)
     da, db = split_head_dim(D)
     has_rope = cos is not None

@@ -1,15 +1,140 @@
 """Patch merger: norm + 2x2 merge + Linear + GELU + Linear.
 
-The torch path (used on CPU and as the reference) runs norm -> view -> addmm -> gelu -> addmm.
-A fused Triton version (norm folded into the first GEMM's prologue, bias+GELU in its epilogue)
-is tracked in issue 4; until it lands and beats cuBLAS, this op dispatches to torch.
+Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
+  1. `_row_stats`: mean / rstd of every norm row (per patch over H, or per merged row over 4H
+     for the deepstack mergers' post-shuffle norm; RMSNorm: rstd only), fp32, one read of x;
+  2. `_fc1_norm_gelu`: the first GEMM normalises each x tile on load (x - mean) * rstd * gamma
+     + beta in fp32 registers, feeds the tensor cores, and adds bias + exact-erf GELU in the
+     epilogue. The normalised [N, H] tensor is never written; the [N/4, 4H] intermediate is;
+  3. the second GEMM with its bias: torch.addmm (cuBLAS, bias fused in its epilogue).
+The torch path (CPU default, reference) runs norm -> view -> addmm -> gelu -> addmm.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from ._triton_utils import HAS_TRITON, triton_usable
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _row_stats(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        base = X + row.to(tl.int64) * stride_x
+        offs = tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], tl.float32)
+        mean = 0.0
+        if not RMS:
+            for c in range(0, width, BLOCK):
+                x = tl.load(base + c + offs, mask=c + offs < width, other=0.0).to(tl.float32)
+                acc += x
+            mean = tl.sum(acc, 0) / width
+            acc = tl.zeros([BLOCK], tl.float32)
+        for c in range(0, width, BLOCK):  # second pass over the row (cache-resident): centred moments
+            x = tl.load(base + c + offs, mask=c + offs < width, other=0.0).to(tl.float32)
+            d = tl.where(c + offs < width, x - mean, 0.0)
+            acc += d * d
+        rstd = 1.0 / tl.sqrt(tl.sum(acc, 0) / width + eps)
+        tl.store(MEAN + row, mean)
+        tl.store(RSTD + row, rstd)
+
+    @triton.jit
+    def _fc1_norm_gelu(X, MEAN, RSTD, GAMMA, BETA, W, B, Y, M, N, K, H, stride_xm, stride_wn, stride_ym,
+                       POST: tl.constexpr, RMS: tl.constexpr, HAS_BIAS: tl.constexpr, MERGE: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+        # grouped tile order: GROUP_M row-tiles share each weight column tile while it is in L2
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BM)
+        num_n = tl.cdiv(N, BN)
+        group = pid // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        gsize = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * num_n)) % gsize
+        pid_n = (pid % (GROUP_M * num_n)) // gsize
+
+        rows = pid_m * BM + tl.arange(0, BM)
+        rmask = rows < M
+        rows64 = rows.to(tl.int64)
+        cols = pid_n * BN + tl.arange(0, BN)
+        cmask = cols < N
+        if POST:  # one norm row per merged row
+            mean_r = tl.load(MEAN + rows, mask=rmask, other=0.0)
+            rstd_r = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        acc = tl.zeros([BM, BN], tl.float32)
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            x = tl.load(X + rows64[:, None] * stride_xm + offs_k[None, :], mask=rmask[:, None], other=0.0)
+            if POST:
+                mean = mean_r
+                rstd = rstd_r
+                g_idx = offs_k
+            else:  # norm over each patch: the K tile lies inside patch k0 // H (BK divides H)
+                p = k0 // H
+                mean = tl.load(MEAN + rows64 * MERGE + p, mask=rmask, other=0.0)
+                rstd = tl.load(RSTD + rows64 * MERGE + p, mask=rmask, other=0.0)
+                g_idx = offs_k - p * H
+            gamma = tl.load(GAMMA + g_idx).to(tl.float32)
+            xf = x.to(tl.float32)
+            if not RMS:
+                xf = xf - mean[:, None]
+            xn = xf * rstd[:, None] * gamma[None, :]
+            if not RMS:
+                xn += tl.load(BETA + g_idx).to(tl.float32)[None, :]
+            w = tl.load(W + cols[:, None].to(tl.int64) * stride_wn + offs_k[None, :], mask=cmask[:, None], other=0.0)
+            acc = tl.dot(xn.to(w.dtype), tl.trans(w), acc)
+        if HAS_BIAS:
+            acc += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))  # exact GELU (nn.GELU())
+        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+
+def merger_config(M: int, N: int, device_type: str) -> dict:
+    if device_type != "cuda":
+        return dict(BM=32, BN=32, BK=32, GROUP_M=4, num_warps=4, num_stages=1)
+    return dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
+                         postshuffle_norm, norm, eps, config=None):
+    mu = merge_size * merge_size
+    Np, H = x.shape
+    M, K = Np // mu, mu * H
+    N1 = fc1_weight.shape[0]
+    x = x.contiguous()
+    rms = norm == "rmsnorm"
+    width = K if postshuffle_norm else H
+    n_norm_rows = Np * H // width
+    mean = torch.empty(n_norm_rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty_like(mean)
+    if n_norm_rows:
+        _row_stats[(n_norm_rows,)](x, mean, rstd, n_norm_rows, width, width, float(eps), RMS=rms,
+                                   BLOCK=min(1024, triton.next_power_of_2(width)))
+    cfg = config or merger_config(M, N1, x.device.type)
+    y = torch.empty((M, N1), dtype=x.dtype, device=x.device)
+    if M:
+        w1 = fc1_weight.contiguous()
+        grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
+        _fc1_norm_gelu[grid](x, mean, rstd, norm_weight, norm_bias if norm_bias is not None else norm_weight, w1,
+                             fc1_bias if fc1_bias is not None else w1, y, M, N1, K, H, K, w1.stride(0), y.stride(0),
+                             POST=postshuffle_norm, RMS=rms, HAS_BIAS=fc1_bias is not None, MERGE=mu,
+                             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"],
+                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if fc2_bias is not None:
+        return torch.addmm(fc2_bias, y, fc2_weight.t())
+    return y @ fc2_weight.t()
+
+
+def _triton_ok(x, H, K, cfg_bk=64):
+    """The fused path needs BK | H for the per-patch norm; interpreter tiles use BK=32."""
+    bk = 32 if x.device.type != "cuda" else cfg_bk
+    return H % bk == 0 and K % bk == 0 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 NORMS = ("layernorm", "rmsnorm")
 
@@ -59,21 +184,37 @@ def _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
 def _patch_merger_op(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: Optional[torch.Tensor],
                      fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor], fc2_weight: torch.Tensor,
                      fc2_bias: Optional[torch.Tensor], merge_size: int, postshuffle_norm: bool, norm: str,
-                     eps: float) -> torch.Tensor:
+                     eps: float, backend: str = "auto") -> torch.Tensor:
+    H = x.shape[1]
+    K = H * merge_size * merge_size
+    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda)
+    if use_triton and triton_usable(x) and _triton_ok(x, H, K):
+        return _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                    merge_size, postshuffle_norm, norm, eps)
+    if backend == "triton":
+        raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and H divisible by the "
+                         "K tile")
     return _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                                postshuffle_norm, norm, eps).contiguous()
 
 
 @_patch_merger_op.register_fake
 def _(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm, norm,
-      eps):
+      eps, backend="auto"):
     return x.new_empty((x.shape[0] // (merge_size * merge_size), fc2_weight.shape[0]))
 
 
 def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, *, merge_size=2,
-                 postshuffle_norm=False, norm="layernorm", eps=1e-6):
-    """[N, H] patches in merge-window order -> [N / merge_size^2, out]."""
+                 postshuffle_norm=False, norm="layernorm", eps=1e-6, backend="auto"):
+    """[N, H] patches in merge-window order -> [N / merge_size^2, out].
+
+    norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
+    4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
+    backend: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
+    """
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
            norm)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     return _patch_merger_op(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, int(merge_size),
-                            bool(postshuffle_norm), norm, float(eps))
+                            bool(postshuffle_norm), norm, float(eps), backend)

@@ -1,0 +1,105 @@
+"""Shared bits of the benchmarks: card name, timing, the results table (markdown) and plot."""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+sys.path.insert(0, ROOT)
+
+
+def card() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    n = torch.cuda.get_device_name()
+    for k in ("H100", "H200", "A100", "B200", "L40S"):
+        if k in n:
+            return k.lower()
+    return n.replace(" ", "_").lower()
+
+
+def bench(fn, warmup=25, rep=100) -> float:
+    """Median ms, CUDA events (triton.testing.do_bench)."""
+    import triton
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def try_import_fa3():
+    """FlashAttention-3 forward from the PyPI wheel fa3-fwd (its interface imports flash_attn_config,
+    shipped as fa3_fwd_config)."""
+    try:
+        import fa3_fwd_config
+        sys.modules.setdefault("flash_attn_config", fa3_fwd_config)
+        import fa3_fwd_interface
+        return fa3_fwd_interface.flash_attn_varlen_func
+    except Exception as e:  # noqa: BLE001
+        print(f"[fa3] not available: {type(e).__name__}: {e}")
+        return None
+
+
+def write_results(name: str, title: str, header: list, rows: list, notes: str = "", out_dir: str | None = None):
+    c = card()
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}-{c}.md")
+    lines = [f"# {title}", "", f"card: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
+             f"date: {datetime.date.today().isoformat()}; torch {torch.__version__}"
+             + (f"; triton {__import__('triton').__version__}" if _has_triton() else ""), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(x) for x in r) + " |")
+    if notes:
+        lines += ["", notes]
+    text = "\n".join(lines) + "\n"
+    for d in filter(None, [RESULTS, out_dir]):
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"{name}-{c}.md"), "w") as f:
+            f.write(text)
+    print(text)
+    return path
+
+
+def _has_triton():
+    try:
+        import triton  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def _fmt(x):
+    if isinstance(x, float):
+        return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+    return str(x)
+
+
+def bar_plot(name: str, groups: list, series: dict, ylabel: str, out_dir: str | None = None):
+    """groups: x labels; series: {system: [value per group]} -> results/<name>-<card>.png"""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001
+        print(f"[plot] matplotlib unavailable: {e}")
+        return
+    import numpy as np
+    x = np.arange(len(groups))
+    n = max(len(series), 1)
+    w = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    for i, (k, vals) in enumerate(series.items()):
+        ax.bar(x + i * w - 0.4 + w / 2, [v if v is not None else 0 for v in vals], w, label=k)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{name} ({card()})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    for d in filter(None, [RESULTS, out_dir]):
+        os.makedirs(d, exist_ok=True)
+        fig.savefig(os.path.join(d, f"{name}-{card()}.png"), dpi=120)
+    plt.close(fig)

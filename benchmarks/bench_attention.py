@@ -1,0 +1,194 @@
+"""Varlen vision attention with 2D RoPE: qvdp (RoPE fused) vs FA3 / torch FA2 / cuDNN / FlexAttention,
+each of the others with a separate RoPE as HF applies it. One card, one run, all side by side.
+
+    python benchmarks/bench_attention.py [--sweep] [--out DIR]
+
+TFLOP/s counts attention only: 4 * sum(s^2) * H * D.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _common import bar_plot, bench, card, try_import_fa3, write_results
+
+from qvdp.ops.attention import _varlen_attention_triton, attention_config, build_block_map, varlen_attention
+from qvdp.reference import apply_rope, attention_reference
+
+SHAPES = [  # (name, segment lengths, heads, head dim)
+    ("D72 4x3520", [3520] * 4, 16, 72),
+    ("D72 4x6400", [6400] * 4, 16, 72),
+    ("D72 mixed", [256, 1024, 3520, 6400, 16384], 16, 72),
+    ("D72 video 16x3520", [3520] * 16, 16, 72),
+    ("D80 4x3520", [3520] * 4, 16, 80),
+    ("D64 4x3520", [3520] * 4, 16, 64),
+]
+
+
+def make(lens, H, D, dtype=torch.bfloat16, seed=0):
+    torch.manual_seed(seed)
+    T = sum(lens)
+    qkv = torch.randn(T, 3, H, D, device="cuda", dtype=dtype)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lens).cumsum(0)
+    ang = torch.rand(T, D // 2, device="cuda") * 50
+    cos = torch.cat([ang, ang], -1).cos().contiguous()
+    sin = torch.cat([ang, ang], -1).sin().contiguous()
+    return qkv, cu.cuda(), cos, sin
+
+
+def systems(fa3):
+    def qvdp_sys(qkv, cu, cos, sin, lens, bm):
+        q, k, v = qkv.unbind(1)
+        return lambda: varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, validate=False, block_map=bm)
+
+    def hf_rope(qkv, cos, sin):
+        q, k, v = qkv.unbind(1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def fa3_sys(qkv, cu, cos, sin, lens, bm):
+        def f():
+            q, k, v = hf_rope(qkv, cos, sin)
+            return fa3(q, k, v, cu, cu, max(lens), max(lens))
+        return f
+
+    def fa3_only(qkv, cu, cos, sin, lens, bm):
+        q, k, v = hf_rope(qkv, cos, sin)
+        v = v.contiguous()
+        return lambda: fa3(q, k, v, cu, cu, max(lens), max(lens))
+
+    def fa2_sys(qkv, cu, cos, sin, lens, bm):
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+
+            def f():
+                q, k, v = hf_rope(qkv, cos, sin)
+                return varlen_attn(q, k, v.contiguous(), cu, cu, max(lens), max(lens))
+        except Exception:
+            def f():
+                q, k, v = hf_rope(qkv, cos, sin)
+                return torch.ops.aten._flash_attention_forward(q, k, v.contiguous(), cu, cu, max(lens), max(lens),
+                                                               0.0, False, False)[0]
+        return f
+
+    def cudnn_sys(qkv, cu, cos, sin, lens, bm):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        offs = [0]
+        for s in lens:
+            offs.append(offs[-1] + s)
+
+        def f():
+            q, k, v = hf_rope(qkv, cos, sin)
+            out = torch.empty_like(q)
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                for a, b in zip(offs[:-1], offs[1:]):
+                    qs, ks, vs = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+                    out[a:b] = F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1)
+            return out
+        return f
+
+    def flex_sys(qkv, cu, cos, sin, lens, bm):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        T = qkv.shape[0]
+        doc = torch.repeat_interleave(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return doc[q_idx] == doc[kv_idx]
+        block_mask = create_block_mask(mask_mod, None, None, T, T, device="cuda")
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def f():
+            q, k, v = hf_rope(qkv, cos, sin)
+            D = q.shape[-1]
+            pad = (-D) % 16
+            qq, kk, vv = (F.pad(x, (0, pad)).transpose(0, 1).unsqueeze(0) for x in (q, k, v.contiguous()))
+            return flex(qq, kk, vv, block_mask=block_mask, scale=D ** -0.5)[0, :, :, :D].transpose(0, 1)
+        return f
+
+    out = {"qvdp (RoPE fused)": qvdp_sys}
+    if fa3 is not None:
+        out["FA3 + RoPE"] = fa3_sys
+        out["FA3 attn only"] = fa3_only
+    out["torch FA2 varlen + RoPE"] = fa2_sys
+    out["cuDNN per segment + RoPE"] = cudnn_sys
+    out["FlexAttention + RoPE"] = flex_sys
+    return out
+
+
+def sweep(out_dir):
+    """Tile-size sweep of the qvdp kernel (choose attention_config defaults)."""
+    rows = []
+    for name, lens, H, D in [SHAPES[0], SHAPES[2], SHAPES[4], SHAPES[5]]:
+        qkv, cu, cos, sin = make(lens, H, D)
+        q, k, v = qkv.unbind(1)
+        fl = 4.0 * sum(s * s for s in lens) * H * D
+        for bm, bn, nw, ns in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+                               (128, 32, 4, 3), (128, 64, 8, 2), (128, 64, 8, 4), (256, 64, 8, 2)]:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+            try:
+                bmap = build_block_map(cu, q.shape[0], bm)
+                fn = lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, D ** -0.5, bmap, cfg)
+                ms = bench(fn, 10, 50)
+                rows.append([name, f"{bm}x{bn} w{nw} s{ns}", ms, fl / ms / 1e9])
+            except Exception as e:  # noqa: BLE001
+                rows.append([name, f"{bm}x{bn} w{nw} s{ns}", "fail", type(e).__name__])
+            print(rows[-1], flush=True)
+    write_results("attention-sweep", "qvdp attention tile sweep (bf16, RoPE fused)",
+                  ["shape", "config", "ms", "TFLOP/s"], rows, out_dir=out_dir)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip", nargs="*", default=[])
+    args = ap.parse_args()
+    if args.sweep:
+        sweep(args.out)
+    fa3 = try_import_fa3()
+    sysd = {k: v for k, v in systems(fa3).items() if not any(s in k for s in args.skip)}
+    names = list(sysd)
+    table, tflops = [], {n: [] for n in names}
+    for sname, lens, H, D in SHAPES:
+        qkv, cu, cos, sin = make(lens, H, D)
+        fl = 4.0 * sum(s * s for s in lens) * H * D
+        bm = build_block_map(cu, qkv.shape[0], attention_config(D, max(lens), "cuda")["BLOCK_M"])
+        # correctness of qvdp on this very input, vs fp32 torch (first 2 heads, to keep it cheap)
+        q, k, v = qkv.unbind(1)
+        got = varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin)
+        sub = slice(0, 2)
+        ref = attention_reference(q[:, sub], k[:, sub], v[:, sub], cu, cos, sin, dtype=torch.float32)
+        err = ((got[:, sub].float() - ref).norm() / ref.norm()).item()
+        res = {}
+        for n in names:
+            try:
+                fn = sysd[n](qkv, cu, cos, sin, lens, bm)
+                fn()
+                torch.cuda.synchronize()
+                res[n] = bench(fn)
+            except Exception as e:  # noqa: BLE001
+                print(f"[{n}] {sname}: {type(e).__name__}: {str(e)[:200]}")
+                res[n] = None
+        for n in names:
+            ms = res[n]
+            tf = fl / ms / 1e9 if ms else None
+            tflops[n].append(tf)
+            ratio = (res[n] / res["qvdp (RoPE fused)"]) if (ms and res.get("qvdp (RoPE fused)")) else None
+            table.append([sname, n, ms if ms else "n/a", tf if tf else "n/a",
+                          f"{ratio:.2f}x" if ratio else "n/a", f"{err:.1e}" if n.startswith("qvdp") else ""])
+        print(table[-len(names):], flush=True)
+    notes = ("ratio = system time / qvdp time (>1: qvdp faster). 'FA3 attn only' excludes the RoPE pass; "
+             "the other anchors include HF's fp32 RoPE on q and k. err: qvdp vs fp32 torch reference, ‖out−ref‖/‖ref‖.")
+    write_results("attention", "Varlen vision attention with 2D RoPE (bf16, fwd)",
+                  ["shape", "system", "ms", "TFLOP/s", "time / qvdp", "err"], table, notes, out_dir=args.out)
+    bar_plot("attention", [s[0] for s in SHAPES], tflops, "TFLOP/s (attention FLOPs)", out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

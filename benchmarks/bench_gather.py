@@ -1,0 +1,172 @@
+"""Ordered variable-size gather of Qwen3-VL-8B embeddings (16384-wide bf16 rows: main + 3 deepstack).
+
+    python benchmarks/bench_gather.py [--worlds 2 4] [--out DIR]
+
+Systems: qvdp native (NCCL grouped broadcasts, or p2p send/recv) straight into final rows; qvdp's
+torch.distributed path; torch's uneven all_gather (coalesced broadcast) + reorder; the SGLang/vLLM
+path (pad to max rows, all_gather_into_tensor, slice, cat in order); the floor = one
+all_gather_into_tensor of equal-size buffers holding the same total bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import statistics
+
+import torch
+
+from _common import write_results
+
+WIDTH = 16384
+WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
+             ("one 720p image", [[1, 44, 80]]), ("64x256^2", [[1, 16, 16]] * 64),
+             ("32-frame video", [[16, 44, 80]])]
+
+
+def _worker(rank, world, port, q):
+    import torch.distributed as dist
+    import qvdp
+    from qvdp import plan_shards
+    from qvdp.dist.gather import _gather_rows_torch
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
+    torch.cuda.set_device(rank)
+    dev = torch.device("cuda", rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300),
+                            device_id=dev)
+    try:
+        from qvdp.dist.native import gather_rows_native
+        native = True
+    except Exception:
+        native = False
+    try:
+        from qvdp import _C  # noqa: F401
+    except Exception:
+        native = False
+    out = {}
+
+    def timed(fn, iters=30, warm=5):
+        for _ in range(warm):
+            fn()
+        ts = []
+        for _ in range(iters):
+            dist.barrier()
+            torch.cuda.synchronize()
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b) * 1e3)
+        t = torch.tensor([statistics.median(ts)], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
+    for name, grid in WORKLOADS:
+        plan = plan_shards(grid, world)        # qvdp: FLOP plan, frames split
+        pplan = plan_shards(grid, world, policy="patches")  # engines: whole items by patch count
+        g = torch.Generator(device=dev).manual_seed(rank)
+        local = torch.randn(plan.rows(rank), WIDTH, generator=g, device=dev).to(torch.bfloat16)
+        plocal = torch.randn(pplan.rows(rank), WIDTH, generator=g, device=dev).to(torch.bfloat16)
+        total = plan.total_rows
+        r = {}
+        if native:
+            for mode in ("bcast", "p2p"):
+                r[f"qvdp native ({mode})"] = timed(lambda: gather_rows_native([local], plan, None, "concat", mode))
+        r["qvdp torch path"] = timed(lambda: _gather_rows_torch([local], plan, None, rank, "concat"))
+
+        rows = [pplan.rows(i) for i in range(world)]
+
+        def uneven():
+            buf = torch.empty(total, WIDTH, dtype=torch.bfloat16, device=dev)
+            views, o = [], 0
+            for n in rows:
+                views.append(buf[o:o + n])
+                o += n
+            dist.all_gather(views, plocal)
+            # reorder into request order (rank-major -> item order) unless already in order
+            order, o = [], 0
+            for i in range(world):
+                for p in pplan.pieces[i]:
+                    order.append((p.out_start, o, p.num_rows))
+                    o += p.num_rows
+            if any(a != b for a, b, _ in order):
+                res = torch.empty_like(buf)
+                for dst, src, n in order:
+                    res[dst:dst + n] = buf[src:src + n]
+                return res
+            return buf
+        r["torch uneven all_gather"] = timed(uneven)
+
+        def padded():
+            mx = max(rows)
+            pad = torch.zeros(mx, WIDTH, dtype=torch.bfloat16, device=dev)
+            pad[:plocal.shape[0]] = plocal
+            gathered = torch.empty(world * mx, WIDTH, dtype=torch.bfloat16, device=dev)
+            dist.all_gather_into_tensor(gathered, pad)
+            items = {}
+            for i in range(world):
+                o = i * mx
+                for p in pplan.pieces[i]:
+                    items[p.item] = gathered[o:o + p.num_rows]
+                    o += p.num_rows
+            return torch.cat([items[i] for i in range(len(grid))])
+        r["SGLang/vLLM padded"] = timed(padded)
+
+        per = -(-total // world)
+        fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
+        fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
+        r["floor (equal all_gather_into_tensor)"] = timed(lambda: dist.all_gather_into_tensor(fl_out, fl_in))
+        r["_bytes"] = total * WIDTH * 2
+        out[name] = r
+        if rank == 0:
+            print(world, name, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
+    if rank == 0:
+        q.put(out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(world):
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    res = q.get(timeout=900)
+    for p in procs:
+        p.join(60)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rows = []
+    for w in [w for w in args.worlds if w <= torch.cuda.device_count()]:
+        res = run(w)
+        for name, r in res.items():
+            floor = r["floor (equal all_gather_into_tensor)"]
+            best_q = min(v for k, v in r.items() if k.startswith("qvdp"))
+            for k, v in r.items():
+                if k.startswith("_"):
+                    continue
+                rows.append([w, name, k, v, r["_bytes"] / v / 1e3, f"{v / floor:.2f}x",
+                             f"{v / best_q:.2f}x"])
+    write_results("gather", "Ordered gather of 16384-wide bf16 rows (µs, slowest rank, median of 30)",
+                  ["GPUs", "workload", "system", "µs", "GB/s (output bytes)", "time / floor", "time / best qvdp"],
+                  rows, "qvdp uses its FLOP plan (video frames split); the engines' paths use whole-item patch-count "
+                  "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes.",
+                  out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

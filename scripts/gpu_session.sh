@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device-tool call: build, test and benchmark on a GPU machine; everything lands in $OUT.
+#   bash scripts/gpu_session.sh single   # GPU tests + attention + merger benchmarks (1 GPU)
+#   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
+set -uo pipefail
+STAGE=${1:-single}
+OUT=${OUT:-/tmp/qvdp_out}
+mkdir -p "$OUT" logs
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+step() { local name=$1; shift; echo "=== $name: $*"; local t0=$(date +%s); timeout "${T:-900}" "$@" > "logs/$name.log" 2>&1; local rc=$?; echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
+T=300 step build python3 setup.py build_ext --inplace
+python3 -m qvdp.env
+if [ "$STAGE" = single ]; then
+  T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=300 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --sweep
+  T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
+else
+  T=300 TAILN=30 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=400 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  T=200 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4
+  T=200 TAILN=30 step demo python3 -m qvdp.demo
+fi
+tar czf "$OUT/results-$STAGE.tgz" benchmarks/results logs 2>/dev/null
+ls -la "$OUT"

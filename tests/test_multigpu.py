@@ -1,0 +1,120 @@
+"""On 2+ GPUs with NCCL (-m multigpu): the DP runner equals the single-GPU run, the native gather
+equals the reference gather bit for bit, and faults end with clear errors on every rank."""
+import pytest
+import torch
+
+from _dist_util import run_ranks
+
+import qvdp
+from qvdp import QWEN3_VL_8B, plan_shards
+
+pytestmark = [pytest.mark.gpu, pytest.mark.multigpu]
+
+GRID = [[1, 44, 80], [4, 16, 16], [1, 8, 10], [1, 80, 80], [3, 20, 32]]
+
+
+def _model(device, depth=4):
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+    torch.manual_seed(0)
+    cfg = Qwen3VLVisionConfig(depth=depth, hidden_size=1152, num_heads=16, intermediate_size=4304,
+                              out_hidden_size=4096, deepstack_visual_indexes=[0, 1, 2])
+    with torch.device(device):
+        m = Qwen3VLVisionModel(cfg)
+    return m.to(torch.bfloat16).eval()
+
+
+def _pixels(grid):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(sum(t * h * w for t, h, w in grid), 1536, generator=g)
+
+
+def _dp_worker(rank, world, batch_invariant):
+    dev = torch.device("cuda", rank)
+    m = _model(dev)
+    fwd = qvdp.Qwen3VLVisionForward(m, batch_invariant=batch_invariant)
+    px = _pixels(GRID)  # CPU: each rank moves only its own rows
+    out = qvdp.run_dp_sharded_vision(m, px, GRID, forward=fwd)
+    res = {"backend_native": qvdp.dist.gather._native_available(None)}
+    if rank == 0:
+        single = fwd(px.to(dev), tuple(map(tuple, GRID)))
+        res["checks"] = []
+        for a, b in zip([out.pooler_output] + out.deepstack_features, [single[0]] + single[1]):
+            res["checks"].append((bool(torch.equal(a, b)),
+                                  ((a.float() - b.float()).norm() / b.float().norm()).item()))
+    return res
+
+
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_dp_nccl_equals_single_gpu(batch_invariant):
+    world = min(torch.cuda.device_count(), 4)
+    res = run_ranks(_dp_worker, world, batch_invariant, backend="nccl", timeout_s=120, join_timeout_s=600)
+    for r in res:
+        assert r["ok"], r
+    checks = res[0]["result"]["checks"]
+    print(f"\nworld {world}, batch_invariant={batch_invariant}, native gather "
+          f"{res[0]['result']['backend_native']}: (bit-identical, rel err) per output = {checks}")
+    for same, err in checks:
+        assert err < 1e-2
+        if batch_invariant:
+            assert same
+
+
+def _gather_worker(rank, world, dtype, mode):
+    import os
+    os.environ["QVDP_GATHER_MODE"] = mode
+    grid = [[1, 44, 80], [1, 80, 80], [16, 16, 16], [1, 2, 2]] + [[1, 4, 4]] * 9
+    plan = plan_shards(grid, world, QWEN3_VL_8B)
+    g = torch.Generator().manual_seed(5)
+    full = [torch.randn(plan.total_rows, w, generator=g).to(dtype).cuda(rank) for w in (64, 64, 32)]
+    local = [torch.cat([f[p.out_start:p.out_end] for p in plan.pieces[rank]]) if plan.pieces[rank]
+             else f[:0] for f in full]
+    out = {}
+    for backend in ("native", "torch"):
+        try:
+            got = qvdp.gather_rows(local, plan, backend=backend)
+            out[backend] = all(torch.equal(a, b) for a, b in zip(got, full))
+            gc = qvdp.gather_rows(local, plan, backend=backend, layout="concat")
+            out[backend + "_concat"] = torch.equal(gc, torch.cat(full, 1))
+        except ImportError as e:
+            out[backend] = f"unavailable: {e}"
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("mode", ["bcast", "p2p"])
+def test_native_gather_exact(dtype, mode):
+    world = min(torch.cuda.device_count(), 4)
+    res = run_ranks(_gather_worker, world, dtype, mode, backend="nccl", timeout_s=120, join_timeout_s=300)
+    for r in res:
+        assert r["ok"], r
+        assert r["result"]["torch"] is True and r["result"]["torch_concat"] is True
+        if not isinstance(r["result"]["native"], str):
+            assert r["result"]["native"] is True and r["result"]["native_concat"] is True
+    print(f"\n{mode} {dtype}: {res[0]['result']}")
+
+
+def _fault_worker(rank, world, kind):
+    dev = torch.device("cuda", rank)
+    m = _model(dev, depth=2)
+    px = _pixels(GRID)
+    grid = GRID
+    fwd = qvdp.Qwen3VLVisionForward(m)
+    if kind == "mismatch" and rank == 1:
+        grid = [[1, 44, 80], [4, 16, 16], [1, 8, 10], [1, 80, 80], [1, 20, 32], [2, 20, 32]]
+    if kind == "raise":
+        def failing(p, g, r):
+            if rank == 1:
+                raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+            return fwd(p, g, r)
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=failing, timeout_s=60)
+    else:
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, timeout_s=60)
+
+
+@pytest.mark.parametrize("kind,err", [("mismatch", "PlanMismatchError"), ("raise", "RankFailedError")])
+def test_faults_nccl(kind, err):
+    res = run_ranks(_fault_worker, 2, kind, backend="nccl", timeout_s=90, join_timeout_s=300)
+    print(f"\n{kind}: " + " | ".join(f"rank {i}: {r.get('error', r)}"[:300] for i, r in enumerate(res)))
+    for r in res:
+        assert not r["ok"] and err in r["error"], r

@@ -1,0 +1,72 @@
+"""qvdp.patch_merger vs the fp32/fp64 torch reference: three norm variants, ragged row counts."""
+import pytest
+import torch
+
+from qvdp.ops import _triton_utils
+from qvdp.ops.patch_merger import patch_merger
+from qvdp.reference import patch_merger_reference
+
+TOL = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+VARIANTS = [("layernorm", False), ("layernorm", True), ("rmsnorm", False)]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def make(n, H, out, norm, post, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    K = 4 * H
+    nw = K if post else H
+    x = (torch.randn(n, H, generator=g) * 2 + 0.5).to(device=device, dtype=dtype)  # non-zero mean
+    p = dict(norm_weight=(1 + 0.1 * torch.randn(nw, generator=g)),
+             norm_bias=(0.1 * torch.randn(nw, generator=g)) if norm == "layernorm" else None,
+             fc1_weight=torch.randn(K, K, generator=g) / K ** 0.5, fc1_bias=0.1 * torch.randn(K, generator=g),
+             fc2_weight=torch.randn(out, K, generator=g) / K ** 0.5, fc2_bias=0.1 * torch.randn(out, generator=g))
+    p = {k: (v.to(device=device, dtype=dtype) if v is not None else None) for k, v in p.items()}
+    return x, p
+
+
+def _check(n, H, out, norm, post, dtype, device, backend):
+    x, p = make(n, H, out, norm, post, dtype, device)
+    got = patch_merger(x, **p, postshuffle_norm=post, norm=norm, backend=backend)
+    ref = patch_merger_reference(x.cpu(), **{k: (v.cpu() if v is not None else None) for k, v in p.items()},
+                                 postshuffle_norm=post, norm=norm, dtype=torch.float64)
+    assert got.shape == (n // 4, out) and got.dtype == dtype
+    assert torch.isfinite(got).all()
+    e = rel(got.cpu(), ref)
+    assert e < TOL[dtype], f"{norm} post={post} {dtype}: rel err {e:.2e}"
+
+
+@pytest.mark.parametrize("norm,post", VARIANTS)
+def test_torch_backend(norm, post):
+    _check(4 * 37, 64, 48, norm, post, torch.float32, "cpu", "torch")
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_interpreter(norm, post, dtype):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    _check(4 * 37, 64, 48, norm, post, dtype, dev, "triton")  # 37 merged rows: not a multiple of the tile
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 4096), (4 * 1001, 1024, 2048), (4, 1152, 2048)])
+def test_gpu(norm, post, dtype, n, H, out):
+    _check(n, H, out, norm, post, dtype, "cuda", "triton")
+
+
+@pytest.mark.parametrize("kw,name", [(dict(n=6), "rows"), (dict(nw=3), "norm_weight"), (dict(fc1=5), "fc1_weight")])
+def test_bad_inputs(kw, name):
+    x, p = make(8, 16, 8, "layernorm", False, torch.float32, "cpu")
+    if "n" in kw:
+        x = x[:kw["n"]]
+    if "nw" in kw:
+        p["norm_weight"] = p["norm_weight"][:kw["nw"]]
+    if "fc1" in kw:
+        p["fc1_weight"] = p["fc1_weight"][:, :kw["fc1"]]
+    with pytest.raises(ValueError, match=name):
+        patch_merger(x, **p)
