@@ -40,7 +40,7 @@ def pixels(grid, device):
     return torch.randn(n, 1536, generator=g).to(device=device, dtype=torch.bfloat16)
 
 
-def time_it(fn, warm=2, rep=5, sync=None):
+def time_it(fn, warm=1, rep=3, sync=None):
     for _ in range(warm):
         fn()
     ts = []
@@ -172,7 +172,7 @@ def main():
                          f"{r1['err']:.1e}" if sname == "qvdp (1 GPU)" else ""])
         print(rows[-len(sysrows):], flush=True)
     notes = ("speedup = HF sdpa (1 GPU) time / system time. scaling = qvdp 1 GPU time / (W x qvdp DP time). "
-             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). Times: median of 5 after 2 warm-ups; "
+             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). Times: median of 3 after 1 warm-up; "
              "DP: the slowest rank, pixels already on every GPU (as in SGLang); qvdp DP includes planning, the "
              "rank-agreement check and the ordered gather of pooler + 3 deepstack outputs.")
     write_results("encoder", "Qwen3-VL-8B vision tower (bf16, random weights): ms per batch",

@@ -53,7 +53,7 @@ def main():
                 xn = eager_norm = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
                                    F.layer_norm(x, (H,), nw, nb, 1e-6).view(-1, K)).contiguous()
                 h1 = torch.empty(N // 4, K, device="cuda", dtype=torch.bfloat16)
-                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post)
+                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="triton")
                 fe = lambda: eager(x, nw, nb, w1, b1, w2, b2, post)
                 fc = lambda: compiled(x, nw, nb, w1, b1, w2, b2, post)
                 ff = lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t())

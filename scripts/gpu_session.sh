@@ -14,12 +14,18 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 step() { local name=$1; shift; echo "=== $name: $*"; local t0=$(date +%s); timeout "${T:-900}" "$@" > "logs/$name.log" 2>&1; local rc=$?; echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
-T=300 step build python3 setup.py build_ext --inplace
+T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 python3 -m qvdp.env
 if [ "$STAGE" = single ]; then
   T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
   T=300 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --sweep
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
+elif [ "$STAGE" = final ]; then
+  T=120 TAILN=30 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=170 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  T=70 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4
+  T=80 TAILN=30 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
+  T=90 TAILN=25 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
 else
   T=300 TAILN=30 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=400 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4

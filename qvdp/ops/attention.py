@@ -1,14 +1,17 @@
 """Fused varlen vision attention (Triton): packed QKV views in, 2D RoPE applied inside,
 per-frame segments from cu_seqlens, head dims 64/72/80 without padding to 128.
 
-Algorithm (one program = one BLOCK_M slice of queries of one segment, one head):
-  1. load the Q tile as two column chunks (DA = largest power of two <= D, DB = the
-     power-of-two tail >= 16: 72 -> 64 + 16, 80 -> 64 + 16), rotate it in fp32 with the
-     rotate-half partner column (j + D/2) mod D, and cast back to the input dtype;
-  2. stream the segment's K/V tiles: rotate K the same way, S = Qa Ka^T + Qb Kb^T,
-     base-2 online softmax, O += P V (two chunked dots); full tiles run without masks and
-     the ragged last tile with a key mask;
-  3. normalise and store the valid rows and columns.
+Two launches per call:
+  0. `_pack_kv`: K is rotated once (fp32 math, like HF) and K, V are packed head-major into
+     [H, T, DP] buffers, DP = DA + DB: the head dim split into a power-of-two main chunk and a
+     power-of-two tail >= 16 (72 -> 64 + 16, 80 -> 64 + 16) with zero columns past D. One read
+     of k/v, one write. (Rotating K inside the attention loop instead re-reads cos/sin for
+     every (query tile, key tile) pair - measured 20 TFLOP/s at D=72, see NOTES.md.)
+  1. `_varlen_attn_fwd`, one program = one BLOCK_M slice of queries of one segment, one head:
+     load the Q tile from the strided qkv view and rotate it in fp32 on load; stream the
+     segment's packed K/V tiles: S = Qa Ka^T + Qb Kb^T, base-2 online softmax, O += P [Va|Vb]
+     (two chunked dots); full tiles unmasked, the ragged last tile with a key mask; normalise,
+     store the valid rows and columns.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """
@@ -27,45 +30,73 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _rope_tile(x, base, rows, rmask, offs, cmask, stride_t, COS, SIN, stride_ct,
-                   HALF: tl.constexpr, HEAD_DIM: tl.constexpr):
-        # x * cos + rotate_half(x) * sin, rotate_half(x)[j] = -x[j + D/2] (j < D/2) else x[j - D/2]
-        partner = (offs + HALF) % HEAD_DIM
-        sign = tl.where(offs < HALF, -1.0, 1.0)
+    def _load_rot(base, rows, rmask, offs, stride_t, COS, SIN, stride_ct,
+                  HALF: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr):
+        # a [rows, len(offs)] tile of a strided [T, D] head, rotated in fp32 when HAS_ROPE:
+        # x * cos + rotate_half(x) * sin, rotate_half(x)[j] = -x[j + D/2] (j < D/2) else x[j - D/2];
+        # columns >= D read as 0 (and rotate to 0).
+        cmask = offs < HEAD_DIM
         m2 = rmask[:, None] & cmask[None, :]
-        xp = tl.load(base + rows[:, None] * stride_t + partner[None, :], mask=m2, other=0.0).to(tl.float32)
-        c = tl.load(COS + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        s = tl.load(SIN + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        return x.to(tl.float32) * c + sign[None, :] * xp * s
+        x = tl.load(base + rows[:, None] * stride_t + offs[None, :], mask=m2, other=0.0)
+        if HAS_ROPE:
+            partner = (offs + HALF) % HEAD_DIM
+            sign = tl.where(offs < HALF, -1.0, 1.0)
+            xp = tl.load(base + rows[:, None] * stride_t + partner[None, :], mask=m2, other=0.0).to(tl.float32)
+            c = tl.load(COS + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+            s = tl.load(SIN + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+            x = (x.to(tl.float32) * c + sign[None, :] * xp * s).to(base.dtype.element_ty)
+        return x
 
     @triton.jit
-    def _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, k_base, v_base, COS, SIN, start_n, seg_start, seqlen,
-                   stride_kt, stride_vt, stride_ct, qk_scale,
-                   HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                   HAS_ROPE: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _pack_kv(K, V, KP, VP, COS, SIN, T, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
+                 HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
+                 HAS_ROPE: tl.constexpr, BLOCK_T: tl.constexpr):
+        # K (rotated once here, not once per query tile) and V into head-major [H, T, DP] buffers,
+        # DP = DA + DB with zero columns past D: the main loop then loads whole aligned rows, unmasked.
+        DP: tl.constexpr = DA + DB if HAS_B else DA
+        pid = tl.program_id(0)
+        head = tl.program_id(1).to(tl.int64)
+        rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        rmask = rows < T
+        k_base = K + head * stride_kh
+        v_base = V + head * stride_vh
+        out_k = KP + head * T * DP + rows[:, None] * DP
+        out_v = VP + head * T * DP + rows[:, None] * DP
+        offs_a = tl.arange(0, DA)
+        ka = _load_rot(k_base, rows, rmask, offs_a, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
+        tl.store(out_k + offs_a[None, :], ka, mask=rmask[:, None])
+        va = _load_rot(v_base, rows, rmask, offs_a, stride_vt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, False)
+        tl.store(out_v + offs_a[None, :], va, mask=rmask[:, None])
+        if HAS_B:
+            offs_b = DA + tl.arange(0, DB)
+            kb = _load_rot(k_base, rows, rmask, offs_b, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
+                           HAS_ROPE)
+            tl.store(out_k + offs_b[None, :], kb, mask=rmask[:, None])
+            vb = _load_rot(v_base, rows, rmask, offs_b, stride_vt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
+                           False)
+            tl.store(out_v + offs_b[None, :], vb, mask=rmask[:, None])
+
+    @triton.jit
+    def _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, start_n, seqlen, qk_scale,
+                   DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr, MASKED: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+        DP: tl.constexpr = DA + DB if HAS_B else DA
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < seqlen
-        rows_n = (seg_start + offs_n).to(tl.int64)
         offs_a = tl.arange(0, DA)
-        a_mask = offs_a < HEAD_DIM
+        rn = offs_n.to(tl.int64)[:, None] * DP
         if MASKED:
-            ka = tl.load(k_base + rows_n[:, None] * stride_kt + offs_a[None, :],
-                         mask=n_mask[:, None] & a_mask[None, :], other=0.0)
+            ka = tl.load(kp + rn + offs_a[None, :], mask=n_mask[:, None], other=0.0)
         else:
-            ka = tl.load(k_base + rows_n[:, None] * stride_kt + offs_a[None, :], mask=a_mask[None, :], other=0.0)
-        if HAS_ROPE:
-            ka = _rope_tile(ka, k_base, rows_n, n_mask, offs_a, a_mask, stride_kt, COS, SIN, stride_ct,
-                            HEAD_DIM // 2, HEAD_DIM).to(qa.dtype)
+            ka = tl.load(kp + rn + offs_a[None, :])
         qk = tl.dot(qa, tl.trans(ka))
         if HAS_B:
             offs_b = DA + tl.arange(0, DB)
-            b_mask = offs_b < HEAD_DIM
-            kb = tl.load(k_base + rows_n[:, None] * stride_kt + offs_b[None, :],
-                         mask=n_mask[:, None] & b_mask[None, :], other=0.0)
-            if HAS_ROPE:
-                kb = _rope_tile(kb, k_base, rows_n, n_mask, offs_b, b_mask, stride_kt, COS, SIN, stride_ct,
-                                HEAD_DIM // 2, HEAD_DIM).to(qa.dtype)
-            qk += tl.dot(qb, tl.trans(kb))
+            if MASKED:
+                kb = tl.load(kp + rn + offs_b[None, :], mask=n_mask[:, None], other=0.0)
+            else:
+                kb = tl.load(kp + rn + offs_b[None, :])
+            qk = tl.dot(qb, tl.trans(kb), qk)
         if MASKED:
             qk = tl.where(n_mask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -74,23 +105,24 @@ if HAS_TRITON:
         l_i = l_i * alpha + tl.sum(p, 1)
         p = p.to(qa.dtype)
         if MASKED:
-            va = tl.load(v_base + rows_n[:, None] * stride_vt + offs_a[None, :],
-                         mask=n_mask[:, None] & a_mask[None, :], other=0.0)
+            va = tl.load(vp + rn + offs_a[None, :], mask=n_mask[:, None], other=0.0)
         else:
-            va = tl.load(v_base + rows_n[:, None] * stride_vt + offs_a[None, :], mask=a_mask[None, :], other=0.0)
-        acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
+            va = tl.load(vp + rn + offs_a[None, :])
+        acc_a = tl.dot(p, va, acc_a * alpha[:, None])
         if HAS_B:
-            vb = tl.load(v_base + rows_n[:, None] * stride_vt + offs_b[None, :],
-                         mask=n_mask[:, None] & b_mask[None, :], other=0.0)
-            acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
+            if MASKED:
+                vb = tl.load(vp + rn + offs_b[None, :], mask=n_mask[:, None], other=0.0)
+            else:
+                vb = tl.load(vp + rn + offs_b[None, :])
+            acc_b = tl.dot(p, vb, acc_b * alpha[:, None])
         return acc_a, acc_b, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd(Q, K, V, O, COS, SIN, CU, BLOCKS,
-                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                         stride_ot, stride_oh, stride_ct, qk_scale,
+    def _varlen_attn_fwd(Q, KP, VP, O, COS, SIN, CU, BLOCKS, T,
+                         stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                          HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
                          HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
         seg = tl.load(BLOCKS + 2 * pid)
@@ -100,68 +132,65 @@ if HAS_TRITON:
         seg_start = tl.load(CU + seg)
         seqlen = tl.load(CU + seg + 1) - seg_start
 
-        # ---- Q tile: load, rotate in fp32, back to the input dtype -----------------------
+        # ---- Q tile from the strided view, rotated in fp32 on load --------------------------
         offs_m = q_off + tl.arange(0, BLOCK_M)
         m_mask = offs_m < seqlen
         rows_m = (seg_start + offs_m).to(tl.int64)
-        offs_a = tl.arange(0, DA)
-        a_mask = offs_a < HEAD_DIM
         q_base = Q + head * stride_qh
-        qa = tl.load(q_base + rows_m[:, None] * stride_qt + offs_a[None, :],
-                     mask=m_mask[:, None] & a_mask[None, :], other=0.0)
-        if HAS_ROPE:
-            qa = _rope_tile(qa, q_base, rows_m, m_mask, offs_a, a_mask, stride_qt, COS, SIN, stride_ct,
-                            HEAD_DIM // 2, HEAD_DIM).to(Q.dtype.element_ty)
+        offs_a = tl.arange(0, DA)
+        qa = _load_rot(q_base, rows_m, m_mask, offs_a, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
+                       HAS_ROPE)
         offs_b = DA + tl.arange(0, DB)
-        b_mask = offs_b < HEAD_DIM
         if HAS_B:
-            qb = tl.load(q_base + rows_m[:, None] * stride_qt + offs_b[None, :],
-                         mask=m_mask[:, None] & b_mask[None, :], other=0.0)
-            if HAS_ROPE:
-                qb = _rope_tile(qb, q_base, rows_m, m_mask, offs_b, b_mask, stride_qt, COS, SIN, stride_ct,
-                                HEAD_DIM // 2, HEAD_DIM).to(Q.dtype.element_ty)
+            qb = _load_rot(q_base, rows_m, m_mask, offs_b, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
+                           HAS_ROPE)
         else:
             qb = qa  # unused
 
-        # ---- stream K/V: unmasked full tiles, then the ragged tail ----------------------
+        # ---- stream the segment's packed K/V: unmasked full tiles, then the ragged tail ------
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc_a = tl.zeros([BLOCK_M, DA], tl.float32)
         acc_b = tl.zeros([BLOCK_M, DB], tl.float32)
-        k_base = K + head * stride_kh
-        v_base = V + head * stride_vh
+        kp = KP + head * T * DP + seg_start.to(tl.int64) * DP
+        vp = VP + head * T * DP + seg_start.to(tl.int64) * DP
         n_full = (seqlen // BLOCK_N) * BLOCK_N
         for start_n in range(0, n_full, BLOCK_N):
-            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, k_base, v_base, COS, SIN,
-                                                start_n, seg_start, seqlen, stride_kt, stride_vt, stride_ct,
-                                                qk_scale, HEAD_DIM, DA, DB, HAS_B, HAS_ROPE, False, BLOCK_N)
+            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, start_n, seqlen, qk_scale,
+                                                DA, DB, HAS_B, False, BLOCK_N)
         if n_full < seqlen:
-            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, k_base, v_base, COS, SIN,
-                                                n_full, seg_start, seqlen, stride_kt, stride_vt, stride_ct,
-                                                qk_scale, HEAD_DIM, DA, DB, HAS_B, HAS_ROPE, True, BLOCK_N)
+            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, n_full, seqlen, qk_scale,
+                                                DA, DB, HAS_B, True, BLOCK_N)
 
         # ---- normalise, store -------------------------------------------------------------
         inv_l = 1.0 / l_i
         o_base = O + head * stride_oh
         tl.store(o_base + rows_m[:, None] * stride_ot + offs_a[None, :],
-                 (acc_a * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & a_mask[None, :])
+                 (acc_a * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & (offs_a < HEAD_DIM)[None, :])
         if HAS_B:
             tl.store(o_base + rows_m[:, None] * stride_ot + offs_b[None, :],
-                     (acc_b * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & b_mask[None, :])
+                     (acc_b * inv_l[:, None]).to(O.dtype.element_ty),
+                     mask=m_mask[:, None] & (offs_b < HEAD_DIM)[None, :])
 
 
 # ------------------------------------------------------------------------------------------
 # host side
 # ------------------------------------------------------------------------------------------
 def attention_config(head_dim: int, max_seqlen: int, device_type: str) -> dict:
-    """Tile sizes and launch knobs (measured on H100, see benchmarks/NOTES.md)."""
+    """Tile sizes and launch knobs, from the H100 sweep logged in benchmarks/NOTES.md.
+
+    Head dims with a tail chunk (72, 80, ...) run BLOCK_N=32: with Triton 3.6 on Hopper, BLOCK_N >= 64
+    together with the 16-wide tail dots gave wrong results (correct in the interpreter), so those
+    tiles are not used."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    _, db = split_head_dim(head_dim)
     if max_seqlen <= 64:
-        bm = max(16, 1 << (max(max_seqlen, 1) - 1).bit_length())
-        return dict(BLOCK_M=max(bm, 64), BLOCK_N=32, num_warps=4, num_stages=2)
-    if head_dim <= 80:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    if db:
+        return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8 if head_dim <= 72 else 4, num_stages=3)
+    if head_dim <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
@@ -244,17 +273,25 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     if block_map is None or config is not None:  # a caller's map is built for attention_config()'s BLOCK_M
         block_map = build_block_map(cu_seqlens, T, bm)
     da, db = split_head_dim(D)
+    dp = da + db
     has_rope = cos is not None
     if has_rope:
         cos = cos.float() if cos.dtype != torch.float32 else cos
         sin = sin.float() if sin.dtype != torch.float32 else sin
     else:
         cos = sin = q  # never read
+    # 1) K rotated once + V, packed head-major [H, T, DP] (zero columns past D)
+    kp = torch.empty((H, T, dp), dtype=q.dtype, device=q.device)
+    vp = torch.empty((H, T, dp), dtype=q.dtype, device=q.device)
+    bt = 64
+    _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                                     cos.stride(0), HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
+                                     HAS_ROPE=has_rope, BLOCK_T=bt, num_warps=4)
+    # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
     _varlen_attn_fwd[grid](
-        q, k, v, out, cos, sin, cu_seqlens, block_map,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
+        q, kp, vp, out, cos, sin, cu_seqlens, block_map, T,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
         BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out

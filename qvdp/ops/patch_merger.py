@@ -12,6 +12,7 @@ The torch path (CPU default, reference) runs norm -> view -> addmm -> gelu -> ad
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -95,9 +96,80 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
 
+    @triton.jit
+    def _fc1_folded_gelu(X, MEAN, RSTD, WG, S, C, Y, M, N, K, KC, stride_xm, stride_wn, stride_ym,
+                         NCHUNK: tl.constexpr, RMS: tl.constexpr, MERGE: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+        # fc1(norm(x)) with the norm folded into the weights: WG = W1 * gamma (bf16), S = rowsum(WG),
+        # C = b1 + W1 @ beta. Per norm chunk p (one patch, or the whole merged row):
+        #   acc += rstd_p * (x_p @ WG_p^T) - rstd_p * mean_p * S_p
+        # so the tensor cores read raw x straight from memory: a plain pipelined GEMM.
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BM)
+        num_n = tl.cdiv(N, BN)
+        group = pid // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        gsize = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * num_n)) % gsize
+        pid_n = (pid % (GROUP_M * num_n)) // gsize
+        rows = pid_m * BM + tl.arange(0, BM)
+        rmask = rows < M
+        rows64 = rows.to(tl.int64)
+        cols = pid_n * BN + tl.arange(0, BN)
+        cmask = cols < N
+        acc = tl.zeros([BM, BN], tl.float32)
+        for p in tl.static_range(NCHUNK):
+            part = tl.zeros([BM, BN], tl.float32)
+            for k0 in range(p * KC, (p + 1) * KC, BK):
+                offs_k = k0 + tl.arange(0, BK)
+                x = tl.load(X + rows64[:, None] * stride_xm + offs_k[None, :], mask=rmask[:, None], other=0.0)
+                w = tl.load(WG + cols[:, None].to(tl.int64) * stride_wn + offs_k[None, :], mask=cmask[:, None],
+                            other=0.0)
+                part = tl.dot(x, tl.trans(w), part)
+            rstd = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+            acc += part * rstd[:, None]
+            if not RMS:
+                mean = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
+                acc -= (rstd * mean)[:, None] * s_p[None, :]
+        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+
+_FOLD_CACHE = {}
+
+
+def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms):
+    """(WG, S, C) for the folded fc1, cached per weight version (weights are reused every call)."""
+    key = tuple((t.data_ptr(), t._version) if t is not None else None
+                for t in (norm_weight, norm_bias, fc1_weight, fc1_bias)) + (mu, postshuffle_norm, rms)
+    hit = _FOLD_CACHE.get(key)
+    if hit is not None:
+        return hit
+    K = fc1_weight.shape[1]
+    nchunk = 1 if postshuffle_norm else mu
+    g = norm_weight.float().repeat(nchunk) if not postshuffle_norm else norm_weight.float()
+    wg = (fc1_weight.float() * g[None, :]).to(fc1_weight.dtype).contiguous()
+    s = wg.float().view(wg.shape[0], nchunk, K // nchunk).sum(-1).t().contiguous()  # [nchunk, N]
+    c = fc1_bias.float().clone() if fc1_bias is not None else torch.zeros(wg.shape[0], device=wg.device)
+    if not rms and norm_bias is not None:
+        b = norm_bias.float().repeat(nchunk) if not postshuffle_norm else norm_bias.float()
+        c += fc1_weight.float() @ b
+    if len(_FOLD_CACHE) > 64:
+        _FOLD_CACHE.clear()
+    _FOLD_CACHE[key] = (wg, s, c.contiguous())
+    return _FOLD_CACHE[key]
+
+
 def merger_config(M: int, N: int, device_type: str) -> dict:
     if device_type != "cuda":
         return dict(BM=32, BN=32, BK=32, GROUP_M=4, num_warps=4, num_stages=1)
+    env = os.environ.get("QVDP_MERGER_CFG")
+    if env:  # experiments: "BM,BN,BK,GROUP_M,num_warps,num_stages"
+        bm, bn, bk, g, w, st = (int(v) for v in env.split(","))
+        return dict(BM=bm, BN=bn, BK=bk, GROUP_M=g, num_warps=w, num_stages=st)
     return dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
@@ -118,7 +190,15 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                                    BLOCK=min(1024, triton.next_power_of_2(width)))
     cfg = config or merger_config(M, N1, x.device.type)
     y = torch.empty((M, N1), dtype=x.dtype, device=x.device)
-    if M:
+    variant = os.environ.get("QVDP_MERGER_VARIANT") or ("fold" if postshuffle_norm else "load")
+    if M and variant == "fold":
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
+        nchunk = 1 if postshuffle_norm else mu
+        grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
+        _fc1_folded_gelu[grid](x, mean, rstd, wg, s_, c_, y, M, N1, K, K // nchunk, K, wg.stride(0), y.stride(0),
+                               NCHUNK=nchunk, RMS=rms, MERGE=mu, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+                               GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    elif M:
         w1 = fc1_weight.contiguous()
         grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
         _fc1_norm_gelu[grid](x, mean, rstd, norm_weight, norm_bias if norm_bias is not None else norm_weight, w1,
@@ -187,7 +267,9 @@ def _patch_merger_op(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: Opti
                      eps: float, backend: str = "auto") -> torch.Tensor:
     H = x.shape[1]
     K = H * merge_size * merge_size
-    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda)
+    # "auto" takes torch (cuBLAS): on an H100 the fused Triton version was slower than eager (see
+    # benchmarks/results/merger-h100.md), so it runs only when asked for
+    use_triton = backend == "triton"
     if use_triton and triton_usable(x) and _triton_ok(x, H, K):
         return _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                     merge_size, postshuffle_norm, norm, eps)
@@ -210,7 +292,8 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
 
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
-    backend: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
+    backend: "auto" (torch/cuBLAS: measured fastest on H100), "triton" (the fused kernels: norm
+    normalised on load for the per-patch norm, folded into the weights for the post-shuffle norm) or "torch".
     """
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
            norm)
