@@ -56,6 +56,8 @@ def hf_call(model):
     def f(px, grid):
         gt = torch.tensor(grid, dtype=torch.long, device=px.device)
         o = model(px, grid_thw=gt)
+        if isinstance(o, tuple):  # older transformers: (merged, deepstack list)
+            return o[0], list(o[1])
         return o.pooler_output, list(o.deepstack_features)
     return f
 

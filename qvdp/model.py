@@ -160,6 +160,8 @@ def hf_vision_forward(visual):
     def fwd(pixel_values, grid, return_last_hidden=False):
         gt = torch.tensor([list(r) for r in grid], dtype=torch.long, device=pixel_values.device)
         out = orig(pixel_values, grid_thw=gt)
+        if isinstance(out, tuple):  # older transformers: (merged, deepstack list)
+            return out[0], list(out[1]), None
         return out.pooler_output, list(out.deepstack_features or []), (out.last_hidden_state if return_last_hidden
                                                                          else None)
     return fwd
