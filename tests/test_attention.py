@@ -13,6 +13,7 @@ from qvdp.ops.attention import varlen_attention
 from qvdp.reference import attention_reference, rotary_cos_sin
 
 TOL = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+TOL_GPU_FP32 = 5e-3  # fp32 inputs run tl.dot on tf32 tensor cores on the GPU
 
 
 def rel(a, b):
@@ -41,7 +42,8 @@ def _check(lens, H, D, dtype, device, rope=True, backend="triton", seed=0):
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     e = rel(out, ref)
-    assert e < TOL[dtype], f"rel err {e:.2e} lens={lens[:5]}... D={D} {dtype}"
+    tol = TOL_GPU_FP32 if (dtype == torch.float32 and str(device).startswith("cuda")) else TOL[dtype]
+    assert e < tol, f"rel err {e:.2e} lens={lens[:5]}... D={D} {dtype}"
     return e
 
 

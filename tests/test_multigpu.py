@@ -96,7 +96,7 @@ def test_native_gather_exact():
 
 def _fault_worker(rank, world, kind):
     dev = torch.device("cuda", rank)
-    m = _model(dev, depth=2)
+    m = _model(dev, depth=3)  # deepstack after blocks 0, 1, 2
     px = _pixels(GRID)
     grid = GRID
     fwd = qvdp.Qwen3VLVisionForward(m)

@@ -143,11 +143,13 @@ _FOLD_CACHE = {}
 
 def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms):
     """(WG, S, C) for the folded fc1, cached per weight version (weights are reused every call)."""
-    key = tuple((t.data_ptr(), t._version) if t is not None else None
-                for t in (norm_weight, norm_bias, fc1_weight, fc1_bias)) + (mu, postshuffle_norm, rms)
+    src = (norm_weight, norm_bias, fc1_weight, fc1_bias)
+    key = tuple((t.data_ptr(), t._version) if t is not None else None for t in src) + (mu, postshuffle_norm, rms)
     hit = _FOLD_CACHE.get(key)
-    if hit is not None:
-        return hit
+    # the entry holds the source tensors, so their memory cannot be reused by other tensors while cached;
+    # the identity check rules out a stale hit
+    if hit is not None and all(a is b for a, b in zip(hit[0], src)):
+        return hit[1:]
     K = fc1_weight.shape[1]
     nchunk = 1 if postshuffle_norm else mu
     g = norm_weight.float().repeat(nchunk) if not postshuffle_norm else norm_weight.float()
@@ -159,8 +161,8 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
         c += fc1_weight.float() @ b
     if len(_FOLD_CACHE) > 64:
         _FOLD_CACHE.clear()
-    _FOLD_CACHE[key] = (wg, s, c.contiguous())
-    return _FOLD_CACHE[key]
+    _FOLD_CACHE[key] = (src, wg, s, c.contiguous())
+    return _FOLD_CACHE[key][1:]
 
 
 def merger_config(M: int, N: int, device_type: str) -> dict:
