@@ -172,7 +172,14 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
     pooled_parts, ds_parts, hid_parts = [], [[] for _ in range(nd)], []
     try:
         for chunk in (_chunks(pieces, grid, max_patches_per_chunk) if pieces else []):
-            rows = [pixel_values[p0:p0 + (f1 - f0) * grid[i][1] * grid[i][2]] for (i, f0, f1, p0) in chunk]
+            spans = []  # this chunk's pixel rows, adjacent ranges merged (one slice, no copy, when contiguous)
+            for (i, f0, f1, p0) in chunk:
+                p1 = p0 + (f1 - f0) * grid[i][1] * grid[i][2]
+                if spans and spans[-1][1] == p0:
+                    spans[-1] = (spans[-1][0], p1)
+                else:
+                    spans.append((p0, p1))
+            rows = [pixel_values[a:b] for a, b in spans]
             px = rows[0] if len(rows) == 1 else torch.cat(rows)
             px = px.to(device=device, non_blocking=True)
             lgrid = tuple((f1 - f0, grid[i][1], grid[i][2]) for (i, f0, f1, _) in chunk)
