@@ -103,3 +103,21 @@ def bar_plot(name: str, groups: list, series: dict, ylabel: str, out_dir: str | 
         os.makedirs(d, exist_ok=True)
         fig.savefig(os.path.join(d, f"{name}-{card()}.png"), dpi=120)
     plt.close(fig)
+
+
+def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
+    """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(r, world, port, *args, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    res = q.get(timeout=timeout_s)
+    for p in procs:
+        p.join(120)
+    return res

@@ -12,13 +12,12 @@ import argparse
 import datetime
 import os
 import random
-import socket
 import statistics
 import time
 
 import torch
 
-from _common import bar_plot, card, try_import_fa3, write_results
+from _common import spawn_ranks, bar_plot, card, try_import_fa3, write_results
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp
@@ -121,19 +120,7 @@ def _dp_worker(rank, world, port, wls, q):
 
 
 def dp(world, wls):
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_dp_worker, args=(r, world, port, wls, q)) for r in range(world)]
-    for p in procs:
-        p.start()
-    res = q.get(timeout=1800)
-    for p in procs:
-        p.join(120)
-    return res
+    return spawn_ranks(_dp_worker, world, wls, timeout_s=1800)
 
 
 def main():

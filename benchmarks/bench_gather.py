@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import socket
 import statistics
 
 import torch
 
-from _common import write_results
+from _common import spawn_ranks, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -130,19 +129,7 @@ def _worker(rank, world, port, q):
 
 
 def run(world):
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
-    for p in procs:
-        p.start()
-    res = q.get(timeout=900)
-    for p in procs:
-        p.join(60)
-    return res
+    return spawn_ranks(_worker, world, timeout_s=900)
 
 
 def main():

@@ -50,7 +50,7 @@ def main():
                 b1 = (0.1 * torch.randn(K, device="cuda")).bfloat16()
                 w2 = (torch.randn(O, K, device="cuda") / K ** 0.5).bfloat16()
                 b2 = (0.1 * torch.randn(O, device="cuda")).bfloat16()
-                xn = eager_norm = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
+                xn = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
                                    F.layer_norm(x, (H,), nw, nb, 1e-6).view(-1, K)).contiguous()
                 h1 = torch.empty(N // 4, K, device="cuda", dtype=torch.bfloat16)
                 fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="triton")

@@ -93,7 +93,7 @@ def _chunks(pieces, grid, budget):
 
 def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
     """One tiny all_gather: [plan fingerprint, ok] from every rank. Raises the same error everywhere."""
-    world, rank = plan.world_size, group_info(group)[1]
+    world = plan.world_size
     mine = torch.tensor([plan.fingerprint(), 1 if ok else 0], dtype=torch.int64, device=device)
     allv = [torch.empty_like(mine) for _ in range(world)]
     work = dist.all_gather(allv, mine, group=group, async_op=True)
