@@ -81,3 +81,23 @@ def test_gather_world_one():
         qvdp.gather_rows([torch.randn(5, 3)], plan)
     with pytest.raises(ValueError, match="world_size"):
         qvdp.gather_rows([x], plan_shards([[1, 4, 4]], 2, QWEN3_VL_8B))
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda x: [x, x.double()], TypeError, r"local_outputs\[1\]"),
+    (lambda x: [x[None]], ValueError, "2-D"),
+    (lambda x: [x.t().contiguous().t()[:, :1].expand(4, 3)], ValueError, "contiguous"),
+    (lambda x: "x", TypeError, "local_outputs"),
+    (lambda x: [], TypeError, "local_outputs"),
+])
+def test_gather_bad_inputs(make, exc, match):
+    plan = plan_shards([[1, 4, 4]], 1, QWEN3_VL_8B)
+    with pytest.raises(exc, match=match):
+        qvdp.gather_rows(make(torch.randn(4, 3)), plan)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(layout="rows"), "layout"), (dict(backend="mpi"), "backend")])
+def test_gather_bad_options(kw, match):
+    plan = plan_shards([[1, 4, 4]], 1, QWEN3_VL_8B)
+    with pytest.raises(ValueError, match=match):
+        qvdp.gather_rows([torch.randn(4, 3)], plan, **kw)
