@@ -155,7 +155,7 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
     if not rms and norm_bias is not None:
         b = norm_bias.float().repeat(nchunk) if not postshuffle_norm else norm_bias.float()
         c += fc1_weight.float() @ b
-    if len(_FOLD_CACHE) > 64:
+    if len(_FOLD_CACHE) >= 8:  # entries pin their source weights: keep few (one model has 4 mergers)
         _FOLD_CACHE.clear()
     _FOLD_CACHE[key] = (src, wg, s, c.contiguous())
     return _FOLD_CACHE[key][1:]
