@@ -101,8 +101,9 @@ def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
         work.wait(datetime.timedelta(seconds=timeout_s))
     else:
         work.wait()
-    fps = [int(t[0]) for t in allv]
-    oks = [int(t[1]) for t in allv]
+    vals = torch.stack(allv).cpu().tolist()  # one device->host copy for all ranks' flags
+    fps = [v[0] for v in vals]
+    oks = [v[1] for v in vals]
     bad = [r for r, o in enumerate(oks) if not o]
     if bad:
         raise RankFailedError(f"local vision forward failed on rank(s) {bad}; no outputs were gathered")

@@ -22,13 +22,16 @@ from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.patch_merger import patch_merger
 
 
-@lru_cache(maxsize=64)
-def _host_geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float):
+@lru_cache(maxsize=16)
+def _geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float, device: torch.device):
+    """Per-grid tables, built on the host once and kept on `device`: rotary cos/sin, pos-embed taps,
+    cu_seqlens (device tensor and host list) and the longest segment."""
     cos, sin = R.rotary_cos_sin(grid, head_dim, merge, theta)
     idx, wgt = R.pos_embed_taps(grid, side, merge)
     cu = R.cu_seqlens_for(grid)
     max_seqlen = max(h * w for _, h, w in grid)
-    return cos, sin, idx, wgt, cu, max_seqlen
+    return (cos.to(device), sin.to(device), idx.to(device), wgt.to(device), cu.to(device), cu.tolist(),
+            max_seqlen)
 
 
 def find_vision_tower(model):
@@ -89,7 +92,6 @@ class Qwen3VLVisionForward:
 
     def _merger(self, m, x, postshuffle):
         if self.batch_invariant:
-            from .ops.patch_merger import _patch_merger_torch
             mu = self.geometry.merge_unit
             H = x.shape[-1]
             if postshuffle:
@@ -108,12 +110,8 @@ class Qwen3VLVisionForward:
         dev, dt = self.device, self.dtype
         D = g.head_dim
         side = int(g.num_position_embeddings ** 0.5)
-        cos, sin, idx, wgt, cu, max_seqlen = _host_geometry(tuple(map(tuple, grid)), D, g.spatial_merge_size,
-                                                            side, self.theta)
-        cos, sin = cos.to(dev, non_blocking=True), sin.to(dev, non_blocking=True)
-        idx, wgt = idx.to(dev, non_blocking=True), wgt.to(dev, non_blocking=True)
-        cu_dev = cu.to(dev, non_blocking=True)
-        cu_list = cu.tolist()
+        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = _geometry(tuple(map(tuple, grid)), D, g.spatial_merge_size,
+                                                                    side, self.theta, dev)
 
         # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
         w = v.patch_embed.proj.weight

@@ -36,7 +36,7 @@ def normalize_grid_thw(grid_thw, merge_size: int = 2, name: str = "grid_thw") ->
         rows = []
         for i, r in enumerate(grid_thw):
             if isinstance(r, torch.Tensor):
-                r = r.tolist() if r.dtype.is_floating_point is False else r.tolist()
+                r = r.tolist()
             if not isinstance(r, (list, tuple)) or len(r) != 3:
                 raise ValueError(f"{name}[{i}] must be a (t, h, w) triple, got {r!r}")
             if not all(_is_int(v) for v in r):

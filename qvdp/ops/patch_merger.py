@@ -47,26 +47,25 @@ if HAS_TRITON:
 
     @triton.jit
     def _tile_coords(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-        # grouped tile order: GROUP_M row-tiles share each weight column tile while it is in L2
+        # this program's output tile (rows, row mask, int64 rows, cols, col mask); grouped tile order:
+        # GROUP_M row-tiles share each weight column tile while it is in L2
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
         group = pid // (GROUP_M * num_n)
         first_m = group * GROUP_M
         gsize = min(num_m - first_m, GROUP_M)
-        return first_m + (pid % (GROUP_M * num_n)) % gsize, (pid % (GROUP_M * num_n)) // gsize
+        pid_m = first_m + (pid % (GROUP_M * num_n)) % gsize
+        pid_n = (pid % (GROUP_M * num_n)) // gsize
+        rows = pid_m * BM + tl.arange(0, BM)
+        cols = pid_n * BN + tl.arange(0, BN)
+        return rows, rows < M, rows.to(tl.int64), cols, cols < N
 
     @triton.jit
     def _fc1_norm_gelu(X, MEAN, RSTD, GAMMA, BETA, W, B, Y, M, N, K, H, stride_xm, stride_wn, stride_ym,
                        POST: tl.constexpr, RMS: tl.constexpr, HAS_BIAS: tl.constexpr, MERGE: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-        pid_m, pid_n = _tile_coords(M, N, BM, BN, GROUP_M)
-
-        rows = pid_m * BM + tl.arange(0, BM)
-        rmask = rows < M
-        rows64 = rows.to(tl.int64)
-        cols = pid_n * BN + tl.arange(0, BN)
-        cmask = cols < N
+        rows, rmask, rows64, cols, cmask = _tile_coords(M, N, BM, BN, GROUP_M)
         if POST:  # one norm row per merged row
             mean_r = tl.load(MEAN + rows, mask=rmask, other=0.0)
             rstd_r = tl.load(RSTD + rows, mask=rmask, other=0.0)
@@ -107,12 +106,7 @@ if HAS_TRITON:
         # C = b1 + W1 @ beta. Per norm chunk p (one patch, or the whole merged row):
         #   acc += rstd_p * (x_p @ WG_p^T) - rstd_p * mean_p * S_p
         # so the tensor cores read raw x straight from memory: a plain pipelined GEMM.
-        pid_m, pid_n = _tile_coords(M, N, BM, BN, GROUP_M)
-        rows = pid_m * BM + tl.arange(0, BM)
-        rmask = rows < M
-        rows64 = rows.to(tl.int64)
-        cols = pid_n * BN + tl.arange(0, BN)
-        cmask = cols < N
+        rows, rmask, rows64, cols, cmask = _tile_coords(M, N, BM, BN, GROUP_M)
         acc = tl.zeros([BM, BN], tl.float32)
         for p in tl.static_range(NCHUNK):
             part = tl.zeros([BM, BN], tl.float32)
