@@ -17,7 +17,8 @@ built with a few device ops (searchsorted) - no host sync - and may be reused ac
 """
 from __future__ import annotations
 
-import math
+import json
+import os
 from typing import Optional
 
 import torch
@@ -48,11 +49,16 @@ if HAS_TRITON:
         return x
 
     @triton.jit
-    def _pack_kv(K, V, KP, VP, COS, SIN, T, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
+    def _pack_kv(K, V, KP, VP, COS, SIN, T, TP, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
                  HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                 HAS_ROPE: tl.constexpr, BLOCK_T: tl.constexpr):
-        # K (rotated once here, not once per query tile) and V into head-major [H, T, DP] buffers,
-        # DP = DA + DB with zero columns past D: the main loop then loads whole aligned rows, unmasked.
+                 HAS_ROPE: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_T: tl.constexpr):
+        # K (rotated once here, not once per query tile) and V into head-major buffers with zero
+        # columns past D; the main loop then loads whole aligned rows, unmasked.
+        # LAYOUT 0: rows of DP = DA + DB, [H, T, DP] (K and V alike).
+        # LAYOUT 1: main parts [H, T, DA]; after them K's tail [H, T, DB] and V's tail transposed,
+        #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
+        #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
+        #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -60,68 +66,123 @@ if HAS_TRITON:
         rmask = rows < T
         k_base = K + head * stride_kh
         v_base = V + head * stride_vh
-        out_k = KP + head * T * DP + rows[:, None] * DP
-        out_v = VP + head * T * DP + rows[:, None] * DP
+        offs_bl = tl.arange(0, DB)
+        tail0 = T * tl.num_programs(1).to(tl.int64) * DA
+        if LAYOUT == 0:
+            off_a = head * T * DP + rows[:, None] * DP
+            off_bk = off_a + DA + offs_bl[None, :]
+            off_bv = off_bk
+        else:
+            off_a = head * T * DA + rows[:, None] * DA
+            off_bk = tail0 + head * T * DB + rows[:, None] * DB + offs_bl[None, :]
+            off_bv = tail0 + head * DB * TP + offs_bl[None, :] * TP + rows[:, None]
         offs_a = tl.arange(0, DA)
         ka = _load_rot(k_base, rows, rmask, offs_a, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
-        tl.store(out_k + offs_a[None, :], ka, mask=rmask[:, None])
+        tl.store(KP + off_a + offs_a[None, :], ka, mask=rmask[:, None])
         va = _load_rot(v_base, rows, rmask, offs_a, stride_vt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, False)
-        tl.store(out_v + offs_a[None, :], va, mask=rmask[:, None])
+        tl.store(VP + off_a + offs_a[None, :], va, mask=rmask[:, None])
         if HAS_B:
             offs_b = DA + tl.arange(0, DB)
             kb = _load_rot(k_base, rows, rmask, offs_b, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
                            HAS_ROPE)
-            tl.store(out_k + offs_b[None, :], kb, mask=rmask[:, None])
+            tl.store(KP + off_bk, kb, mask=rmask[:, None])
             vb = _load_rot(v_base, rows, rmask, offs_b, stride_vt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
                            False)
-            tl.store(out_v + offs_b[None, :], vb, mask=rmask[:, None])
+            tl.store(VP + off_bv, vb, mask=rmask[:, None])
 
     @triton.jit
-    def _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, start_n, seqlen, qk_scale,
-                   DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr, MASKED: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
-        DP: tl.constexpr = DA + DB if HAS_B else DA
+    def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
+                 HAS_B: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+        # S = Qa Ka^T + Qb Kb^T for keys start_n .. start_n + BLOCK_N (keys past seqlen -> -inf if MASKED);
+        # K rows: main chunk at kpa (row stride SA), tail at kpb (row stride SBK)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < seqlen
+        rn = offs_n.to(tl.int64)[:, None]
         offs_a = tl.arange(0, DA)
-        rn = offs_n.to(tl.int64)[:, None] * DP
         if MASKED:
-            ka = tl.load(kp + rn + offs_a[None, :], mask=n_mask[:, None], other=0.0)
+            ka = tl.load(kpa + rn * SA + offs_a[None, :], mask=n_mask[:, None], other=0.0)
         else:
-            ka = tl.load(kp + rn + offs_a[None, :])
+            ka = tl.load(kpa + rn * SA + offs_a[None, :])
         qk = tl.dot(qa, tl.trans(ka))
         if HAS_B:
-            offs_b = DA + tl.arange(0, DB)
+            offs_b = tl.arange(0, DB)
             if MASKED:
-                kb = tl.load(kp + rn + offs_b[None, :], mask=n_mask[:, None], other=0.0)
+                kb = tl.load(kpb + rn * SBK + offs_b[None, :], mask=n_mask[:, None], other=0.0)
             else:
-                kb = tl.load(kp + rn + offs_b[None, :])
+                kb = tl.load(kpb + rn * SBK + offs_b[None, :])
             qk = tl.dot(qb, tl.trans(kb), qk)
         if MASKED:
             qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        return qk
+
+    @triton.jit
+    def _softmax_pv(acc_a, acc_b, m_i, l_i, qk, vpa, vpb, start_n, seqlen, qk_scale,
+                    DA: tl.constexpr, DB: tl.constexpr, SA, SBV, HAS_B: tl.constexpr, MASKED: tl.constexpr,
+                    BLOCK_N: tl.constexpr, VT: tl.constexpr):
+        # online softmax of one score tile (base 2) and O += P V. V rows: main chunk at vpa (row stride SA);
+        # tail at vpb, row-major (row stride SBV) or, VT, transposed ([DB, tokens], row stride SBV).
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < seqlen
+        rn = offs_n.to(tl.int64)[:, None]
+        offs_a = tl.arange(0, DA)
+        offs_b = tl.arange(0, DB)
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(qa.dtype)
+        p = p.to(vpa.dtype.element_ty)
         if MASKED:
-            va = tl.load(vp + rn + offs_a[None, :], mask=n_mask[:, None], other=0.0)
+            va = tl.load(vpa + rn * SA + offs_a[None, :], mask=n_mask[:, None], other=0.0)
         else:
-            va = tl.load(vp + rn + offs_a[None, :])
+            va = tl.load(vpa + rn * SA + offs_a[None, :])
         acc_a = tl.dot(p, va, acc_a * alpha[:, None])
         if HAS_B:
-            if MASKED:
-                vb = tl.load(vp + rn + offs_b[None, :], mask=n_mask[:, None], other=0.0)
+            if VT:
+                tptr = vpb + offs_b.to(tl.int64)[:, None] * SBV + offs_n[None, :]
+                if MASKED:
+                    vb = tl.trans(tl.load(tptr, mask=n_mask[None, :], other=0.0))
+                else:
+                    vb = tl.trans(tl.load(tptr))
             else:
-                vb = tl.load(vp + rn + offs_b[None, :])
+                if MASKED:
+                    vb = tl.load(vpb + rn * SBV + offs_b[None, :], mask=n_mask[:, None], other=0.0)
+                else:
+                    vb = tl.load(vpb + rn * SBV + offs_b[None, :])
             acc_b = tl.dot(p, vb, acc_b * alpha[:, None])
         return acc_a, acc_b, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd(Q, KP, VP, O, COS, SIN, CU, BLOCKS, T,
+    def _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
+                   DA: tl.constexpr, DB: tl.constexpr, SA, SBK, SBV, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                   VT: tl.constexpr, PIPE: tl.constexpr):
+        # unmasked full key tiles, then the ragged last tile. PIPE: the next tile's S = Q K^T is issued
+        # before this tile's softmax (software pipelining; the last iteration recomputes a valid tile).
+        n_full = (seqlen // BLOCK_N) * BLOCK_N
+        if PIPE:
+            qk = _qk_tile(qa, qb, kpa, kpb, 0, seqlen, DA, DB, SA, SBK, HAS_B, True, BLOCK_N)
+            for start_n in range(0, n_full, BLOCK_N):
+                nxt = tl.minimum(start_n + BLOCK_N, n_full - BLOCK_N)
+                qk_next = _qk_tile(qa, qb, kpa, kpb, nxt, seqlen, DA, DB, SA, SBK, HAS_B, False, BLOCK_N)
+                acc_a, acc_b, m_i, l_i = _softmax_pv(acc_a, acc_b, m_i, l_i, qk, vpa, vpb, start_n, seqlen, qk_scale,
+                                                     DA, DB, SA, SBV, HAS_B, False, BLOCK_N, VT)
+                qk = qk_next
+        else:
+            for start_n in range(0, n_full, BLOCK_N):
+                qk = _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA, DB, SA, SBK, HAS_B, False, BLOCK_N)
+                acc_a, acc_b, m_i, l_i = _softmax_pv(acc_a, acc_b, m_i, l_i, qk, vpa, vpb, start_n, seqlen, qk_scale,
+                                                     DA, DB, SA, SBV, HAS_B, False, BLOCK_N, VT)
+        if n_full < seqlen:
+            qk = _qk_tile(qa, qb, kpa, kpb, n_full, seqlen, DA, DB, SA, SBK, HAS_B, True, BLOCK_N)
+            acc_a, acc_b, m_i, l_i = _softmax_pv(acc_a, acc_b, m_i, l_i, qk, vpa, vpb, n_full, seqlen, qk_scale,
+                                                 DA, DB, SA, SBV, HAS_B, True, BLOCK_N, VT)
+        return acc_a, acc_b, m_i, l_i
+
+    @triton.jit
+    def _varlen_attn_fwd(Q, KP, VP, O, COS, SIN, CU, BLOCKS, T, TP,
                          stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                          HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                         HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         LAYOUT: tl.constexpr, PIPE: tl.constexpr):
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -152,15 +213,20 @@ if HAS_TRITON:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc_a = tl.zeros([BLOCK_M, DA], tl.float32)
         acc_b = tl.zeros([BLOCK_M, DB], tl.float32)
-        kp = KP + head * T * DP + seg_start.to(tl.int64) * DP
-        vp = VP + head * T * DP + seg_start.to(tl.int64) * DP
-        n_full = (seqlen // BLOCK_N) * BLOCK_N
-        for start_n in range(0, n_full, BLOCK_N):
-            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, start_n, seqlen, qk_scale,
-                                                DA, DB, HAS_B, False, BLOCK_N)
-        if n_full < seqlen:
-            acc_a, acc_b, m_i, l_i = _attn_tile(acc_a, acc_b, m_i, l_i, qa, qb, kp, vp, n_full, seqlen, qk_scale,
-                                                DA, DB, HAS_B, True, BLOCK_N)
+        s0 = seg_start.to(tl.int64)
+        tail0 = T * tl.num_programs(1).to(tl.int64) * DA
+        if LAYOUT == 0:
+            kpa = KP + head * T * DP + s0 * DP
+            vpa = VP + head * T * DP + s0 * DP
+            acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpa + DA, vpa, vpa + DA, seqlen,
+                                                qk_scale, DA, DB, DP, DP, DP, HAS_B, BLOCK_N, False, PIPE)
+        else:
+            kpa = KP + head * T * DA + s0 * DA
+            vpa = VP + head * T * DA + s0 * DA
+            kpb = KP + tail0 + head * T * DB + s0 * DB
+            vpb = VP + tail0 + head * DB * TP + s0
+            acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
+                                                DA, DB, DA, DB, TP, HAS_B, BLOCK_N, True, PIPE)
 
         # ---- normalise, store -------------------------------------------------------------
         inv_l = 1.0 / l_i
@@ -177,21 +243,44 @@ if HAS_TRITON:
 # host side
 # ------------------------------------------------------------------------------------------
 def attention_config(head_dim: int, max_seqlen: int, device_type: str) -> dict:
-    """Tile sizes and launch knobs, from the H100 sweep logged in benchmarks/NOTES.md.
+    """Tile sizes, K/V layout and launch knobs, from the H100 sweeps logged in benchmarks/NOTES.md.
 
-    Head dims with a tail chunk (72, 80, ...) run BLOCK_N=32: with Triton 3.6 on Hopper, BLOCK_N >= 64
-    together with the 16-wide tail dots gave wrong results (correct in the interpreter), so those
-    tiles are not used."""
+    LAYOUT=1 (head dims with a 16-wide tail chunk) stores V's tail transposed: that is what makes
+    BLOCK_N >= 64 exact with Triton 3.6 on Hopper (a row-major [BLOCK_N, 16] V tile gave wrong P@V
+    results there). PIPE=1 (the default) issues the next key tile's Q K^T before this tile's softmax.
+    Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
     _, db = split_head_dim(head_dim)
+    override = _config_override()
+    if max_seqlen > 64 and override:
+        got = override.get(str(head_dim)) or (override.get("tail") if db else None)
+        if got:
+            return dict(got)
     if max_seqlen <= 64:
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    if db:
+    if db == 16 and head_dim <= 72:  # 72: 64 + 16
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
+    if db:  # 80: 64 + 16, measured fastest at 128 x 32 with the packed layout
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8 if head_dim <= 72 else 4, num_stages=3)
     if head_dim <= 64:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+
+
+def _config_override() -> dict:
+    """QVDP_ATTN_CONFIG='{"72": {...}, "tail": {...}}': tile/layout override per head dim ("tail": every
+    head dim with a tail chunk), for tuning runs."""
+    raw = os.environ.get("QVDP_ATTN_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        got = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"QVDP_ATTN_CONFIG must be JSON like '{{\"72\": {{\"BLOCK_M\": 128, ...}}}}': {e}")
+    if not isinstance(got, dict):
+        raise ValueError("QVDP_ATTN_CONFIG must be a JSON object keyed by head dim or 'tail'")
+    return got
 
 
 def build_block_map(cu_seqlens: torch.Tensor, total_tokens: int, block_m: int) -> torch.Tensor:
@@ -273,7 +362,10 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     if block_map is None or config is not None:  # a caller's map is built for attention_config()'s BLOCK_M
         block_map = build_block_map(cu_seqlens, T, bm)
     da, db = split_head_dim(D)
-    dp = da + db
+    if cfg.get("DB"):  # tail width override (diagnostics)
+        db = cfg["DB"]
+    layout = int(cfg.get("LAYOUT", 0)) if db else 0
+    tp = (T + 63) // 64 * 64 if layout else T
     has_rope = cos is not None
     if has_rope:
         cos = cos.float() if cos.dtype != torch.float32 else cos
@@ -281,19 +373,21 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     else:
         cos = sin = q  # never read
     # 1) K rotated once + V, packed head-major [H, T, DP] (zero columns past D)
-    kp = torch.empty((H, T, dp), dtype=q.dtype, device=q.device)
-    vp = torch.empty((H, T, dp), dtype=q.dtype, device=q.device)
+    nbuf = H * (T * da + tp * db) if db else H * T * da
+    kp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
+    vp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     bt = 64
-    _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+    _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, tp, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                      cos.stride(0), HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
-                                     HAS_ROPE=has_rope, BLOCK_T=bt, num_warps=4)
+                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, num_warps=4)
     # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
     _varlen_attn_fwd[grid](
-        q, kp, vp, out, cos, sin, cu_seqlens, block_map, T,
+        q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
-        BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 
