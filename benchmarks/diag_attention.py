@@ -45,23 +45,19 @@ print(json.dumps(res))
 '''
 
 
-def tile(bm, bn, w, s, layout=0, lazy=0, pipe=0):
-    c = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, LAYOUT=layout)
-    if lazy:
-        c["LAZY"] = 1
-    if pipe:
-        c["PIPE"] = 1
-    return c
+def tile(bm, bn, w, s, layout=0, pipe=1):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, LAYOUT=layout, PIPE=pipe)
 
 
-# (head dim, config); None = the shipped attention_config(). LAYOUT 1 = V's tail stored transposed (the
-# form that is exact at BLOCK_N >= 64, NOTES.md v3); LAZY = rescale only when the max grows by > 2^8;
-# PIPE = next tile's QK^T issued before this tile's softmax.
-LP = [(1, 0), (0, 1), (1, 1)]
-STAGE1 = ([(72, None)] + [(72, tile(64, 64, 4, 3, 1, *f)) for f in LP]
-          + [(72, tile(128, 64, 8, 3, 1, *f)) for f in [(0, 0)] + LP]
-          + [(80, None)] + [(80, tile(128, 32, 4, 3, 0, *f)) for f in LP] + [(80, tile(128, 64, 8, 3, 1, *f)) for f in LP]
-          + [(64, None)] + [(64, tile(64, 64, 4, 3, 0, *f)) for f in LP] + [(64, tile(128, 128, 8, 3, 0, *f)) for f in LP])
+# (head dim, config); None = the shipped attention_config() (PIPE=1 unless a config says PIPE=0).
+# LAYOUT 1 = V's tail stored transposed (exact at BLOCK_N >= 64, NOTES.md v3).
+STAGE1 = ([(72, None)] + [(72, tile(*t, layout=1)) for t in [
+              (64, 64, 4, 2), (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (128, 64, 8, 2), (128, 128, 8, 3),
+              (64, 32, 4, 3)]]
+          + [(80, None)] + [(80, tile(64, 64, 4, 3, 1)), (80, tile(128, 64, 4, 3, 1)), (80, tile(128, 32, 8, 3)),
+                            (80, tile(64, 32, 4, 3))]
+          + [(64, None)] + [(64, tile(*t)) for t in [
+              (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (128, 128, 8, 2)]])
 
 
 def run(D, cfg, shapes):

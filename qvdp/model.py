@@ -22,6 +22,21 @@ from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.patch_merger import patch_merger
 
 
+@lru_cache(maxsize=8)
+def _fused_gelu_is_tanh(device) -> bool:
+    """torch._addmm_activation(use_gelu=True) is the tanh GELU on CUDA (cuBLASLt epilogue or its
+    fallback) but the erf GELU on CPU; check what this device does, once (fp32, 64x32x48, inputs on a
+    coarse grid so the GEMM is exact even in TF32)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (64, 32), generator=g).float().div(4).to(device)
+    w = torch.randint(-3, 4, (48, 32), generator=g).float().div(16).to(device)
+    b = torch.randint(-8, 9, (48,), generator=g).float().div(8).to(device)
+    fused = torch._addmm_activation(b, x, w.t(), use_gelu=True).cpu()
+    tanh = F.gelu(F.linear(x, w, b), approximate="tanh").cpu()
+    erf = F.gelu(F.linear(x, w, b)).cpu()
+    return bool((fused - tanh).abs().max() < 0.25 * (erf - tanh).abs().max())
+
+
 @lru_cache(maxsize=16)
 def _geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float, device: torch.device):
     """Per-grid tables, built on the host once and kept on `device`: rotary cos/sin, pos-embed taps,
@@ -56,7 +71,7 @@ class Qwen3VLVisionForward:
     """Callable: (pixel_values [N, P], grid) -> (pooled [N/4, O], [deepstack [N/4, O] ...], last_hidden or None)."""
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
-                 invariant_rows: int = 64):
+                 invariant_rows: int = 64, fused_mlp: bool = True):
         """batch_invariant: run every GEMM on fixed-size row tiles (the tail padded), so a row's
         result never depends on which other rows share the call. Then a DP rank's output for
         an item is bit-identical to the single-process run (GEMM libraries pick kernels by M)."""
@@ -69,7 +84,20 @@ class Qwen3VLVisionForward:
         self.theta = float(rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)) or 10000.0)
         self.attention_backend = attention_backend
         act = getattr(cfg, "hidden_act", "gelu_pytorch_tanh")
-        self._act = (lambda t: F.gelu(t, approximate="tanh")) if act == "gelu_pytorch_tanh" else None
+        self._tanh_gelu = act == "gelu_pytorch_tanh"
+        self._act = (lambda t: F.gelu(t, approximate="tanh")) if self._tanh_gelu else None
+        self.fused_mlp = fused_mlp
+
+    def _fc1_act(self, h, mlp):
+        """fc1 + bias + tanh-GELU. On CUDA one cuBLASLt GEMM with the bias+GELU epilogue (no separate
+        elementwise pass over the [T, intermediate] activation), when this device's fused op is the
+        tanh GELU (probed once); otherwise GEMM then GELU."""
+        w, b = mlp.linear_fc1.weight, mlp.linear_fc1.bias
+        if (self.fused_mlp and self._tanh_gelu and not self.batch_invariant and h.is_cuda and b is not None
+                and h.shape[0] > 1 and _fused_gelu_is_tanh(h.device)):
+            return torch._addmm_activation(b, h, w.t(), use_gelu=True)
+        h = self._linear(h, w, b)
+        return self._act(h) if self._act is not None else mlp.act_fn(h)
 
     def _linear(self, x, weight, bias):
         if not self.batch_invariant:
@@ -141,8 +169,7 @@ class Qwen3VLVisionForward:
                                      backend=backend, validate=False, block_map=block_map)
             x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
             h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-            h = self._linear(h, blk.mlp.linear_fc1.weight, blk.mlp.linear_fc1.bias)
-            h = self._act(h) if self._act is not None else blk.mlp.act_fn(h)
+            h = self._fc1_act(h, blk.mlp)
             x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
             if li in ds_idx:
                 deepstack.append(self._merger(v.deepstack_merger_list[ds_idx.index(li)], x, True))

@@ -12,7 +12,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-step() { local name=$1; shift; echo "=== $name: $*"; local t0=$(date +%s); timeout "${T:-900}" "$@" > "logs/$name.log" 2>&1; local rc=$?; echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"; }
+DEADLINE=$(( $(date +%s) + ${BUDGET_S:-100000} ))  # whole-call budget: no step runs past it
+step() {
+  local name=$1; shift; local t0=$(date +%s); local t=${T:-900}; local left=$(( DEADLINE - t0 ))
+  [ "$left" -lt "$t" ] && t=$left
+  if [ "$t" -le 5 ]; then echo "=== $name: SKIPPED (call budget spent)"; return; fi
+  echo "=== $name (limit ${t}s): $*"; timeout "$t" "$@" > "logs/$name.log" 2>&1; local rc=$?
+  echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 python3 -m qvdp.env
@@ -21,11 +28,12 @@ if [ "$STAGE" = single ]; then
   T=300 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --sweep
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
 elif [ "$STAGE" = final ]; then
-  T=120 TAILN=30 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-  T=170 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
-  T=70 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4
-  T=80 TAILN=30 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
-  T=90 TAILN=25 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=130 TAILN=8 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=190 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  T=85 TAILN=34 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
+  T=30 TAILN=12 step bench_mlp python3 benchmarks/bench_mlp.py
+  T=90 TAILN=8 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=120 TAILN=12 step demo python3 -m qvdp.demo --world 2
 else
   T=300 TAILN=30 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=400 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4

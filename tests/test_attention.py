@@ -5,6 +5,8 @@ the interpreter, triton#11584). GPU (-m gpu): bf16/fp16, long segments, many tin
 """
 import os
 
+import json
+
 import pytest
 import torch
 
@@ -122,7 +124,7 @@ def test_bad_inputs(kw, exc, name):
 
 # ---- GPU -------------------------------------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("D", [64, 72, 80, 128, 32, 96, 104])
+@pytest.mark.parametrize("D", [64, 72, 80, 128, 32, 96, 104, 40, 48, 24])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_head_dims(D, dtype):
     _check([1, 300, 3520, 77], 4, D, dtype, "cuda", seed=D)
@@ -133,6 +135,18 @@ def test_gpu_head_dims(D, dtype):
                                   [3520] * 4, [0, 5, 0, 130]])
 def test_gpu_segments(lens):
     _check(lens, 2 if sum(lens) > 30000 else 4, 72, torch.bfloat16, "cuda", seed=len(lens))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [72, 80, 64])
+@pytest.mark.parametrize("pipe", [0, 1])
+def test_gpu_layouts_and_pipelining(D, pipe, monkeypatch):
+    # both K/V layouts and the PIPE on/off loop, at the BLOCK_N the shipped tiles use
+    for layout, bn in ((0, 32), (1, 64), (1, 128)):
+        cfg = {"BLOCK_M": 64 if bn == 64 else 128, "BLOCK_N": bn, "num_warps": 4 if bn == 64 else 8,
+               "num_stages": 3, "LAYOUT": layout, "PIPE": pipe}
+        monkeypatch.setenv("QVDP_ATTN_CONFIG", json.dumps({str(D): cfg}))
+        _check([1, 300, 1000, 77, 64, 129], 2, D, torch.bfloat16, "cuda", seed=D + pipe)
 
 
 @pytest.mark.gpu

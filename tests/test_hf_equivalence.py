@@ -98,3 +98,45 @@ def test_serving_dropin_single_rank():
         ref = tower(px, grid)
     assert isinstance(got, tuple) and [g.shape[0] for g in got] == [4, 6, 1]
     assert rel(torch.cat(got), ref) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused_mlp", [True, False])
+def test_gpu_forward_matches_hf_fp32(fused_mlp, monkeypatch):
+    # tight fp32 check on the GPU: catches an erf-vs-tanh GELU mix-up in the fused fc1 epilogue
+    # (erf vs tanh differs by up to 5e-4 per activation) and any GEMM-path difference
+    from qvdp.model import _fused_gelu_is_tanh
+    assert _fused_gelu_is_tanh(torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # HF's Conv3d patch embed
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    m = tiny_vision_model(1).cuda()
+    grid = GRIDS[0]
+    N = sum(t * h * w for t, h, w in grid)
+    px = torch.randn(N, 1536, device="cuda")
+    with torch.no_grad():
+        ref = m(px, grid_thw=torch.tensor(grid, device="cuda"))
+    fwd = qvdp.Qwen3VLVisionForward(m, attention_backend="torch", fused_mlp=fused_mlp)
+    pooled, ds, last = fwd(px, tuple(map(tuple, grid)), True)
+    assert rel(pooled, ref.pooler_output) < 2e-5
+    assert rel(last, ref.last_hidden_state) < 2e-5
+    for a, b in zip(ds, ref.deepstack_features):
+        assert rel(a, b) < 2e-5
+
+
+@pytest.mark.gpu
+def test_gpu_fused_fc1_is_tanh_gelu(monkeypatch):
+    # the fused fc1 (cuBLASLt bias+GELU epilogue) on activations where erf and tanh GELU differ (~5e-4)
+    import torch.nn.functional as F
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    fwd = qvdp.Qwen3VLVisionForward(tiny_vision_model(1).cuda())
+    mlp = torch.nn.Module()
+    mlp.linear_fc1 = torch.nn.Linear(256, 512).cuda()
+    with torch.no_grad():
+        mlp.linear_fc1.weight.normal_(0, 0.12)
+        mlp.linear_fc1.bias.normal_(0, 0.5)
+    h = torch.randn(300, 256, device="cuda")
+    out = fwd._fc1_act(h, mlp).double()
+    pre = F.linear(h.double(), mlp.linear_fc1.weight.double(), mlp.linear_fc1.bias.double())
+    tanh, erf = F.gelu(pre, approximate="tanh"), F.gelu(pre)
+    assert (erf - tanh).abs().max() > 2e-4  # the check below can tell them apart
+    assert (out - tanh).abs().max() < 5e-5

@@ -259,10 +259,12 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str) -> dict:
             return dict(got)
     if max_seqlen <= 64:
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    if db == 16 and head_dim <= 72:  # 72: 64 + 16
+    if db == 16 and 64 < head_dim <= 72:  # 72 = 64 + 16
+        return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, LAYOUT=1)
+    if db == 16:  # 80 = 64 + 16 (and 24, 40, 48: 16 or 32 + 16)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
-    if db:  # 80: 64 + 16, measured fastest at 128 x 32 with the packed layout
-        return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8 if head_dim <= 72 else 4, num_stages=3)
+    if db:
+        return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
     if head_dim <= 64:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
