@@ -155,7 +155,8 @@ class Qwen3VLVisionForward:
             backend = "triton" if x.is_cuda and triton_usable(x) else "torch"
         block_map = None
         if backend == "triton":
-            block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type)["BLOCK_M"])
+            block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,
+                                                                       x.element_size())["BLOCK_M"])
         deepstack = []
         ds_idx = list(g.deepstack_visual_indexes)
         for li, blk in enumerate(v.blocks):

@@ -73,6 +73,17 @@ def test_interpreter_segments(interpreter, lens):
 
 
 @interp
+def test_interpreter_block_map_for_another_tile_is_rebuilt(interpreter):
+    # a reused block map built for a different BLOCK_M than the kernel runs must not be used as is
+    from qvdp.ops.attention import build_block_map
+    lens = [200, 3, 90]
+    q, k, v, cu, cos, sin = make(lens, 2, 72, torch.float32, interpreter, seed=3)
+    stale = build_block_map(cu, q.shape[0], 128)  # the interpreter config runs BLOCK_M=32
+    out = varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, backend="triton", block_map=stale)
+    assert rel(out, attention_reference(q, k, v, cu, cos, sin)) < TOL[torch.float32]
+
+
+@interp
 def test_interpreter_no_rope_and_scale(interpreter):
     q, k, v, cu, _, _ = make([20, 9], 2, 72, torch.float32, interpreter, rope=False)
     out = varlen_attention(q, k, v, cu, 20, scale=0.3, backend="triton")

@@ -242,12 +242,14 @@ if HAS_TRITON:
 # ------------------------------------------------------------------------------------------
 # host side
 # ------------------------------------------------------------------------------------------
-def attention_config(head_dim: int, max_seqlen: int, device_type: str) -> dict:
+def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_bytes: int = 2) -> dict:
     """Tile sizes, K/V layout and launch knobs, from the H100 sweeps logged in benchmarks/NOTES.md.
 
     LAYOUT=1 (head dims with a 16-wide tail chunk) stores V's tail transposed: that is what makes
     BLOCK_N >= 64 exact with Triton 3.6 on Hopper (a row-major [BLOCK_N, 16] V tile gave wrong P@V
     results there). PIPE=1 (the default) issues the next key tile's Q K^T before this tile's softmax.
+    fp32 inputs (elem_bytes=4, tf32 dots) with a tail chunk keep the 128x32 packed-layout tile: the
+    bf16 128x128 tile's K/V stages do not fit in shared memory at 4 bytes.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -259,6 +261,8 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str) -> dict:
             return dict(got)
     if max_seqlen <= 64:
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    if db and elem_bytes > 2:
+        return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3, PIPE=0)
     if db == 16 and 64 < head_dim <= 72:  # 72 = 64 + 16
         return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, LAYOUT=1)
     if db == 16:  # 80 = 64 + 16 (and 24, 40, 48: 16 or 32 + 16)
@@ -359,9 +363,12 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
     if T == 0:
         return out
-    cfg = config or attention_config(D, max_seqlen, q.device.type)
+    cfg = config or attention_config(D, max_seqlen, q.device.type, q.element_size())
     bm = cfg["BLOCK_M"]
-    if block_map is None or config is not None:  # a caller's map is built for attention_config()'s BLOCK_M
+    S = cu_seqlens.numel() - 1
+    # a caller's map must be built for this BLOCK_M: its row count T // BLOCK_M + S tells (for T < 64,
+    # where counts coincide, the maps are identical)
+    if block_map is None or block_map.shape[0] != max(T // bm + S, 1):
         block_map = build_block_map(cu_seqlens, T, bm)
     da, db = split_head_dim(D)
     if cfg.get("DB"):  # tail width override (diagnostics)
