@@ -2,16 +2,19 @@
 per-frame segments from cu_seqlens, head dims 64/72/80 without padding to 128.
 
 Two launches per call:
-  0. `_pack_kv`: K is rotated once (fp32 math, like HF) and K, V are packed head-major into
-     [H, T, DP] buffers, DP = DA + DB: the head dim split into a power-of-two main chunk and a
-     power-of-two tail >= 16 (72 -> 64 + 16, 80 -> 64 + 16) with zero columns past D. One read
-     of k/v, one write. (Rotating K inside the attention loop instead re-reads cos/sin for
-     every (query tile, key tile) pair - measured 20 TFLOP/s at D=72, see NOTES.md.)
+  0. `_pack_kv`: K is rotated once (fp32 math, like HF) and K, V are packed head-major, the head
+     dim split into a power-of-two main chunk and a power-of-two tail >= 16 (72 -> 64 + 16,
+     80 -> 64 + 16) with zero columns past D. Layout 0: rows of DA + DB; layout 1 (the 16-wide
+     tails of 72/80): main chunks, K's tail rows, and V's tail transposed (token-contiguous) - the
+     form that stays exact at BLOCK_N >= 64 with Triton 3.6 on Hopper. One read of k/v, one write.
+     (Rotating K inside the attention loop instead re-reads cos/sin for every (query tile, key
+     tile) pair - measured 20 TFLOP/s at D=72, see NOTES.md.)
   1. `_varlen_attn_fwd`, one program = one BLOCK_M slice of queries of one segment, one head:
      load the Q tile from the strided qkv view and rotate it in fp32 on load; stream the
      segment's packed K/V tiles: S = Qa Ka^T + Qb Kb^T, base-2 online softmax, O += P [Va|Vb]
-     (two chunked dots); full tiles unmasked, the ragged last tile with a key mask; normalise,
-     store the valid rows and columns.
+     (two chunked dots), with the next tile's S issued before this tile's softmax (PIPE); full
+     tiles unmasked, the ragged last tile with a key mask; normalise, store the valid rows and
+     columns.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """
