@@ -74,7 +74,9 @@ class Qwen3VLVisionForward:
                  invariant_rows: int = 64, fused_mlp: bool = True):
         """batch_invariant: run every GEMM on fixed-size row tiles (the tail padded), so a row's
         result never depends on which other rows share the call. Then a DP rank's output for
-        an item is bit-identical to the single-process run (GEMM libraries pick kernels by M)."""
+        an item is bit-identical to the single-process run (GEMM libraries pick kernels by M).
+        fused_mlp: on CUDA, fc1 + bias + tanh-GELU as one cuBLASLt GEMM with the GELU epilogue
+        (benchmarks/bench_mlp.py); off in batch_invariant mode."""
         self.visual = visual
         self.batch_invariant = batch_invariant
         self.invariant_rows = invariant_rows
