@@ -1,24 +1,22 @@
 """Varlen vision attention with 2D RoPE: qvdp (RoPE fused) vs FA3 / torch FA2 / cuDNN / FlexAttention,
 each of the others with a separate RoPE as HF applies it. One card, one run, all side by side.
 
-    python benchmarks/bench_attention.py [--sweep] [--out DIR]
+    python benchmarks/bench_attention.py [--out DIR] [--skip NAME ...]
+
+Kernel forms and tiles are swept (with a correctness check per config) by diag_attention.py.
 
 TFLOP/s counts attention only: 4 * sum(s^2) * H * D.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import bar_plot, bench, card, try_import_fa3, write_results
+from _common import bar_plot, bench, try_import_fa3, write_results
 
-from qvdp.ops.attention import _varlen_attention_triton, attention_config, build_block_map, varlen_attention
+from qvdp.ops.attention import attention_config, build_block_map, varlen_attention
 from qvdp.reference import apply_rope, attention_reference
 
 SHAPES = [  # (name, segment lengths, heads, head dim)
@@ -121,36 +119,11 @@ def systems(fa3):
     return out
 
 
-def sweep(out_dir):
-    """Tile-size sweep of the qvdp kernel (choose attention_config defaults)."""
-    rows = []
-    for name, lens, H, D in [SHAPES[0], SHAPES[2], SHAPES[4], SHAPES[5]]:
-        qkv, cu, cos, sin = make(lens, H, D)
-        q, k, v = qkv.unbind(1)
-        fl = 4.0 * sum(s * s for s in lens) * H * D
-        for bm, bn, nw, ns in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
-                               (128, 32, 4, 3), (128, 64, 8, 2), (128, 64, 8, 4), (256, 64, 8, 2)]:
-            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
-            try:
-                bmap = build_block_map(cu, q.shape[0], bm)
-                fn = lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, D ** -0.5, bmap, cfg)
-                ms = bench(fn, 10, 50)
-                rows.append([name, f"{bm}x{bn} w{nw} s{ns}", ms, fl / ms / 1e9])
-            except Exception as e:  # noqa: BLE001
-                rows.append([name, f"{bm}x{bn} w{nw} s{ns}", "fail", type(e).__name__])
-            print(rows[-1], flush=True)
-    write_results("attention-sweep", "qvdp attention tile sweep (bf16, RoPE fused)",
-                  ["shape", "config", "ms", "TFLOP/s"], rows, out_dir=out_dir)
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip", nargs="*", default=[])
     args = ap.parse_args()
-    if args.sweep:
-        sweep(args.out)
     fa3 = try_import_fa3()
     sysd = {k: v for k, v in systems(fa3).items() if not any(s in k for s in args.skip)}
     names = list(sysd)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _common import spawn_ranks, bar_plot, card, try_import_fa3, write_results
+from _common import spawn_ranks, bar_plot, try_import_fa3, write_results
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp

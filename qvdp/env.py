@@ -1,7 +1,6 @@
 """python -m qvdp.env: which backends are active on this machine, and why."""
 from __future__ import annotations
 
-import os
 import platform
 
 

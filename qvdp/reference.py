@@ -5,7 +5,6 @@ runs. Nothing here launches custom kernels.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-tool call: build, test and benchmark on a GPU machine; everything lands in $OUT.
-#   bash scripts/gpu_session.sh single   # GPU tests + attention + merger benchmarks (1 GPU)
+#   bash scripts/gpu_session.sh single   # GPU tests + attention sweep/benchmark + merger benchmark (1 GPU)
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
 set -uo pipefail
 STAGE=${1:-single}
@@ -25,7 +25,8 @@ T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 python3 -m qvdp.env
 if [ "$STAGE" = single ]; then
   T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
-  T=300 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --sweep
+  T=300 TAILN=40 step diag_attention python3 benchmarks/diag_attention.py --out logs/diag_attention.jsonl
+  T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
 elif [ "$STAGE" = final ]; then
   T=130 TAILN=8 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider

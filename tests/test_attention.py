@@ -3,7 +3,6 @@
 CPU: the Triton kernel under TRITON_INTERPRET=1 (fp32/fp16, small shapes; bf16 tl.dot is broken in
 the interpreter, triton#11584). GPU (-m gpu): bf16/fp16, long segments, many tiny segments.
 """
-import os
 
 import json
 
@@ -12,7 +11,7 @@ import torch
 
 from qvdp.ops import _triton_utils
 from qvdp.ops.attention import varlen_attention
-from qvdp.reference import attention_reference, rotary_cos_sin
+from qvdp.reference import attention_reference
 
 TOL = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 TOL_GPU_FP32 = 5e-3  # fp32 inputs run tl.dot on tf32 tensor cores on the GPU

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 import types
 
-import torch
 
 from ..dist.gather import group_info
 from ..encoder import run_dp_sharded_vision

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -279,8 +280,12 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
 
 def _config_override() -> dict:
     """QVDP_ATTN_CONFIG='{"72": {...}, "tail": {...}}': tile/layout override per head dim ("tail": every
-    head dim with a tail chunk), for tuning runs."""
-    raw = os.environ.get("QVDP_ATTN_CONFIG", "")
+    head dim with a tail chunk), for tuning runs. Parsed once per distinct value."""
+    return _parse_override(os.environ.get("QVDP_ATTN_CONFIG", ""))
+
+
+@lru_cache(maxsize=4)
+def _parse_override(raw: str) -> dict:
     if not raw:
         return {}
     try:

@@ -11,7 +11,6 @@ The torch path (CPU default, reference) runs norm -> view -> addmm -> gelu -> ad
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
