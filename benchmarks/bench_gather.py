@@ -2,7 +2,9 @@
 
     python benchmarks/bench_gather.py [--worlds 2 4] [--out DIR]
 
-Systems: qvdp native (NCCL grouped broadcasts, or p2p send/recv) straight into final rows; qvdp's
+Systems: qvdp native (auto = the default: a plain ncclAllGather when the plan gives every rank one
+equal run in rank order, else NCCL grouped broadcasts; or forced bcast / p2p send/recv) straight into
+final rows; qvdp's
 torch.distributed path; torch's uneven all_gather (coalesced broadcast) + reorder; the SGLang/vLLM
 path (pad to max rows, all_gather_into_tensor, slice, cat in order); the floor = one
 all_gather_into_tensor of equal-size buffers holding the same total bytes.
@@ -72,7 +74,7 @@ def _worker(rank, world, port, q):
         total = plan.total_rows
         r = {}
         if native:
-            for mode in ("bcast", "p2p"):
+            for mode in ("auto", "bcast", "p2p"):
                 r[f"qvdp native ({mode})"] = timed(lambda: gather_rows_native([local], plan, None, "concat", mode))
         r["qvdp torch path"] = timed(lambda: _gather_rows_torch([local], plan, None, rank, "concat"))
 
@@ -151,7 +153,9 @@ def main():
     write_results("gather", "Ordered gather of 16384-wide bf16 rows (µs, slowest rank, median of 30)",
                   ["GPUs", "workload", "system", "µs", "GB/s (output bytes)", "time / floor", "time / best qvdp"],
                   rows, "qvdp uses its FLOP plan (video frames split); the engines' paths use whole-item patch-count "
-                  "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes.",
+                  "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes. qvdp native (auto) "
+                  "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
+                  "64 small and the video get such contiguous plans), else grouped broadcasts.",
                   out_dir=args.out)
 
 

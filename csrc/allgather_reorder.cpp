@@ -6,6 +6,8 @@
 // One NCCL group call moves every run straight into its final rows on every rank:
 //   mode "bcast": one ncclBroadcast per (run, output), rooted at the owner;
 //   mode "p2p":   the owner ncclSend's each run to every peer, peers ncclRecv into the slice.
+// When every rank owns one run of the same n rows, rank r's landing at rows [r*n, (r+1)*n), the
+// gather is a plain all-gather: all_gather() issues one ncclAllGather per output in one group.
 // No padding, no staging buffer, no reorder pass. Work is enqueued on the current CUDA stream.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -76,6 +78,31 @@ class Comm {
 
   int world() const { return world_; }
   int rank() const { return rank_; }
+
+  // local[k]: [n, width_k] on every rank; out[k]: [world * n, width_k]; rank r's rows land at r*n.
+  void all_gather(const std::vector<at::Tensor>& local, const std::vector<at::Tensor>& out) {
+    if (local.size() != out.size() || out.empty()) throw std::invalid_argument("qvdp: local/out count mismatch");
+    const auto dtype = out[0].scalar_type();
+    const ncclDataType_t nd = nccl_dtype(dtype);
+    for (size_t k = 0; k < out.size(); ++k) {
+      const auto& o = out[k];
+      const auto& l = local[k];
+      if (!o.is_cuda() || o.get_device() != device_ || o.dim() != 2 || !o.is_contiguous() || !l.is_cuda() ||
+          l.get_device() != device_ || l.dim() != 2 || !l.is_contiguous())
+        throw std::invalid_argument("qvdp: all_gather tensors must be contiguous 2-D on the communicator's device");
+      if (o.scalar_type() != dtype || l.scalar_type() != dtype)
+        throw std::invalid_argument("qvdp: all tensors must share one dtype");
+      if (l.size(1) != o.size(1) || o.size(0) != l.size(0) * world_)
+        throw std::invalid_argument("qvdp: all_gather needs out [world * n, w] for local [n, w]");
+    }
+    c10::cuda::CUDAGuard guard(device_);
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device_).stream();
+    QVDP_NCCL_CHECK(ncclGroupStart());
+    for (size_t k = 0; k < out.size(); ++k)
+      QVDP_NCCL_CHECK(ncclAllGather(local[k].data_ptr(), out[k].data_ptr(), static_cast<size_t>(local[k].numel()),
+                                    nd, comm_, stream));
+    QVDP_NCCL_CHECK(ncclGroupEnd());
+  }
 
   // local[k]: [local_rows, width_k] on this rank; out[k]: [total_rows, width_k];
   // runs: int64 CPU tensor [R, 4] = (owner rank, local_start, out_start, rows).
@@ -161,5 +188,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("world", &Comm::world)
       .def_property_readonly("rank", &Comm::rank)
       .def("gather_runs", &Comm::gather_runs, py::arg("local"), py::arg("out"), py::arg("runs"),
-           py::arg("p2p") = false, py::call_guard<py::gil_scoped_release>());
+           py::arg("p2p") = false, py::call_guard<py::gil_scoped_release>())
+      .def("all_gather", &Comm::all_gather, py::arg("local"), py::arg("out"),
+           py::call_guard<py::gil_scoped_release>());
 }

@@ -49,6 +49,24 @@ def _geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float, d
             max_seqlen)
 
 
+@lru_cache(maxsize=8)
+def _is_hopper(device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def auto_attention_backend(x, head_dim: int) -> str:
+    """"fa3" for fp16/bf16 and head dims 64..256 on a Hopper GPU when FlashAttention-3 imports (its kernel plus qvdp's one-pass
+    RoPE measured 1.13-1.30x faster than qvdp's Triton kernel at head dim 72 on an H100,
+    benchmarks/results/attention-h100.md); else "triton" on CUDA; else "torch"."""
+    if not x.is_cuda:
+        return "torch"
+    from .ops.attention import fa3_available
+    if (x.dtype in (torch.float16, torch.bfloat16) and 64 <= head_dim <= 256 and head_dim % 8 == 0
+            and _is_hopper(x.device) and fa3_available()):
+        return "fa3"
+    return "triton"
+
+
 def find_vision_tower(model):
     """The Qwen3VLVisionModel inside a Qwen3VL(Moe)ForConditionalGeneration / Qwen3VL(Moe)Model, or itself."""
     for path in ("visual", "model.visual"):
@@ -71,12 +89,23 @@ class Qwen3VLVisionForward:
     """Callable: (pixel_values [N, P], grid) -> (pooled [N/4, O], [deepstack [N/4, O] ...], last_hidden or None)."""
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
-                 invariant_rows: int = 64, fused_mlp: bool = True):
-        """batch_invariant: run every GEMM on fixed-size row tiles (the tail padded), so a row's
+                 invariant_rows: int = 64, fused_mlp: bool = True, cuda_graphs: bool = True,
+                 graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
+        """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
+        imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
+        "flash_attn" (that library's varlen kernel after qvdp's one-pass RoPE kernel).
+        batch_invariant: run every GEMM on fixed-size row tiles (the tail padded), so a row's
         result never depends on which other rows share the call. Then a DP rank's output for
         an item is bit-identical to the single-process run (GEMM libraries pick kernels by M).
         fused_mlp: on CUDA, fc1 + bias + tanh-GELU as one cuBLASLt GEMM with the GELU epilogue
-        (benchmarks/bench_mlp.py); off in batch_invariant mode."""
+        (benchmarks/bench_mlp.py); off in batch_invariant mode.
+        cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
+        in a CUDA graph and replayed (pixels copied into its input buffer, outputs copied out): one
+        launch instead of ~440, which matters once a DP rank's share is small enough for the host to
+        be the bottleneck (benchmarks/diag_encoder.py). Only calls of at most `graph_max_patches`
+        patches are captured (bigger ones keep the GPU busy on their own), at most `max_graphs` grids
+        are kept (LRU), each with its own memory pool (~30 KB per patch for the 8B tower); the weights
+        must not move after a capture."""
         self.visual = visual
         self.batch_invariant = batch_invariant
         self.invariant_rows = invariant_rows
@@ -84,11 +113,22 @@ class Qwen3VLVisionForward:
         self.geometry = VisionGeometry.from_config(cfg)
         rp = getattr(cfg, "rope_parameters", None) or {}
         self.theta = float(rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)) or 10000.0)
+        if attention_backend not in ("auto", "triton", "torch", "fa3", "flash_attn"):
+            raise ValueError(f"attention_backend must be 'auto', 'triton', 'torch', 'fa3' or 'flash_attn', "
+                             f"got {attention_backend!r}")
         self.attention_backend = attention_backend
         act = getattr(cfg, "hidden_act", "gelu_pytorch_tanh")
         self._tanh_gelu = act == "gelu_pytorch_tanh"
         self._act = (lambda t: F.gelu(t, approximate="tanh")) if self._tanh_gelu else None
         self.fused_mlp = fused_mlp
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+        self.cuda_graphs = cuda_graphs
+        self.graph_after_calls = max(int(graph_after_calls), 1)
+        self.max_graphs = max(int(max_graphs), 1)
+        self.graph_max_patches = int(graph_max_patches)
+        self._graphs = {}       # key -> (static input, CUDAGraph, static outputs, tables); LRU order
+        self._graph_seen = {}   # key -> calls so far
 
     def _fc1_act(self, h, mlp):
         """fc1 + bias + tanh-GELU. On CUDA one cuBLASLt GEMM with the bias+GELU epilogue (no separate
@@ -134,14 +174,69 @@ class Qwen3VLVisionForward:
                             m.linear_fc2.weight, m.linear_fc2.bias, merge_size=self.geometry.spatial_merge_size,
                             postshuffle_norm=postshuffle, eps=m.norm.eps)
 
+    def _tables(self, grid: tuple):
+        g = self.geometry
+        return _geometry(grid, g.head_dim, g.spatial_merge_size, int(g.num_position_embeddings ** 0.5), self.theta,
+                         self.device)
+
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor, grid: tuple, return_last_hidden: bool = False):
+        grid = tuple(tuple(int(x) for x in r) for r in grid)
+        if not self._graphable(pixel_values):
+            return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid))
+        key = (grid, bool(return_last_hidden), pixel_values.shape[1], self.visual.patch_embed.proj.weight.data_ptr())
+        ent = self._graphs.get(key)
+        if ent is None:
+            seen = self._graph_seen.get(key, 0) + 1
+            self._graph_seen[key] = seen
+            if seen < self.graph_after_calls or len(self._graph_seen) > 4096:
+                return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid))
+            ent = self._capture(pixel_values, grid, return_last_hidden, key)
+        else:
+            self._graphs[key] = self._graphs.pop(key)  # most recently used last
+        static_in, graph, outs = ent[0], ent[1], ent[2]
+        static_in.copy_(pixel_values, non_blocking=True)
+        graph.replay()
+        pooled, ds, last = outs
+        # the graph's buffers are overwritten by its next replay: hand out copies
+        return pooled.clone(), [d.clone() for d in ds], (last.clone() if last is not None else None)
+
+    # ---- CUDA graphs: the whole tower for one grid, one replay instead of ~440 launches --------------
+    def _graphable(self, px) -> bool:
+        if not (self.cuda_graphs and px.ndim == 2 and self.device.type == "cuda"
+                and 0 < px.shape[0] <= self.graph_max_patches):
+            return False
+        if self.batch_invariant or torch.cuda.is_current_stream_capturing():
+            return False
+        try:
+            if torch.compiler.is_compiling():
+                return False
+        except AttributeError:  # pragma: no cover
+            pass
+        return True
+
+    def _capture(self, pixel_values, grid, return_last_hidden, key):
+        while len(self._graphs) >= self.max_graphs:  # least recently used out
+            self._graphs.pop(next(iter(self._graphs)))
+        tables = self._tables(grid)  # held by the entry: the graph reads these buffers
+        static_in = torch.empty(pixel_values.shape, dtype=self.dtype, device=self.device)
+        static_in.copy_(pixel_values)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: compiles kernels, runs the one-time probes
+            self._forward(static_in, grid, return_last_hidden, tables)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = self._forward(static_in, grid, return_last_hidden, tables)
+        self._graphs[key] = ent = (static_in, graph, outs, tables)
+        return ent
+
+    def _forward(self, pixel_values, grid, return_last_hidden, tables):
         g, v = self.geometry, self.visual
         dev, dt = self.device, self.dtype
         D = g.head_dim
-        side = int(g.num_position_embeddings ** 0.5)
-        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = _geometry(tuple(map(tuple, grid)), D, g.spatial_merge_size,
-                                                                    side, self.theta, dev)
+        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = tables
 
         # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
         w = v.patch_embed.proj.weight
@@ -153,8 +248,7 @@ class Qwen3VLVisionForward:
         nh = g.num_heads
         backend = self.attention_backend
         if backend == "auto":
-            from .ops._triton_utils import triton_usable
-            backend = "triton" if x.is_cuda and triton_usable(x) else "torch"
+            backend = auto_attention_backend(x, D)
         block_map = None
         if backend == "triton":
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One device-tool call: build, test and benchmark on a GPU machine; everything lands in $OUT.
 #   bash scripts/gpu_session.sh single   # GPU tests + attention sweep/benchmark + merger benchmark (1 GPU)
+#   bash scripts/gpu_session.sh diag     # GPU tests + encoder diagnostics (diag_encoder.py single) + attention
+#   bash scripts/gpu_session.sh dp       # (4 GPUs) new GPU tests, multi-GPU tests, DP diagnostics, encoder benchmark
+#   bash scripts/gpu_session.sh gather   # (4 GPUs) gather benchmark at 2 and 4 GPUs, GPU demo
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
 set -uo pipefail
 STAGE=${1:-single}
@@ -28,6 +31,18 @@ if [ "$STAGE" = single ]; then
   T=300 TAILN=40 step diag_attention python3 benchmarks/diag_attention.py --out logs/diag_attention.jsonl
   T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
+elif [ "$STAGE" = diag ]; then
+  T=200 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=200 TAILN=150 step diag_encoder python3 benchmarks/diag_encoder.py single --out "$OUT"
+  T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
+elif [ "$STAGE" = dp ]; then
+  T=90 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3" tests -p no:cacheprovider
+  T=100 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=120 TAILN=40 step diag_dp python3 benchmarks/diag_encoder.py dp --world 4 --out "$OUT"
+  T=330 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+elif [ "$STAGE" = gather ]; then
+  T=200 TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4
+  T=120 TAILN=12 step demo python3 -m qvdp.demo --world 2
 elif [ "$STAGE" = final ]; then
   T=130 TAILN=8 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
   T=190 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4

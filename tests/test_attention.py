@@ -173,3 +173,39 @@ def test_gpu_torch_compile_no_graph_break():
 
     cf = torch.compile(f, fullgraph=True)
     assert rel(cf(q, k, v, cu, cos, sin), f(q, k, v, cu, cos, sin)) < 1e-6
+
+
+# ---- the RoPE pass in front of external kernels, and the FA3 backend -------------------------
+def _rope_check(T, H, D, dtype, device):
+    from qvdp.ops.attention import rope_qk
+    from qvdp.reference import apply_rope
+    q, k, _, _, cos, sin = make([T], H, D, dtype, device, seed=3)
+    qr, kr = rope_qk(q, k, cos, sin)
+    assert qr.is_contiguous() and kr.is_contiguous() and qr.shape == q.shape
+    for got, x in ((qr, q), (kr, k)):
+        ref = apply_rope(x.double(), cos.double(), sin.double())
+        assert rel(got, ref) < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+
+
+@interp
+@pytest.mark.parametrize("D", [72, 64, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_interpreter_rope_qk(interpreter, D, dtype):
+    _rope_check(77, 3, D, dtype, interpreter)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [72, 80, 64, 128, 40])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_rope_qk(D, dtype):
+    _rope_check(1000, 4, D, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [72, 80, 64])
+@pytest.mark.parametrize("lens", [[3520] * 4, [1] * 300 + [4000], [256, 1024, 3520, 6400]])
+def test_gpu_fa3_backend(D, lens):
+    from qvdp.ops.attention import fa3_available
+    if not fa3_available():
+        pytest.skip("FlashAttention-3 not importable (bring the fa3-fwd wheel)")
+    _check(lens, 4, D, torch.bfloat16, "cuda", backend="fa3")

@@ -140,3 +140,34 @@ def test_gpu_fused_fc1_is_tanh_gelu(monkeypatch):
     tanh, erf = F.gelu(pre, approximate="tanh"), F.gelu(pre)
     assert (erf - tanh).abs().max() > 2e-4  # the check below can tell them apart
     assert (out - tanh).abs().max() < 5e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "fa3"])
+def test_gpu_cuda_graph_replay(backend):
+    # graphs captured on the second sight of a grid, LRU of one, pixels from GPU and CPU: every output
+    # equals the eager forward's, fresh inputs each call, outputs are copies the next replay leaves alone
+    from qvdp.ops.attention import fa3_available
+    if backend == "fa3" and not fa3_available():
+        pytest.skip("FlashAttention-3 not importable")
+    m = tiny_vision_model(2, hidden_size=144, num_heads=2).cuda().to(torch.bfloat16)  # head dim 72
+    eager = qvdp.Qwen3VLVisionForward(m, attention_backend=backend, cuda_graphs=False)
+    graphed = qvdp.Qwen3VLVisionForward(m, attention_backend=backend, max_graphs=1)
+    worst = 0.0
+    for rep in range(3):
+        for grid in (GRIDS[0], GRIDS[2]):
+            g = tuple(map(tuple, grid))
+            px = torch.randn(sum(t * h * w for t, h, w in grid), 1536, device="cuda").to(torch.bfloat16)
+            a = eager(px, g, True)
+            b = graphed(px.cpu() if rep == 2 else px, g, True)
+            for x, y in zip([a[0], *a[1], a[2]], [b[0], *b[1], b[2]]):
+                assert x.shape == y.shape and x.dtype == y.dtype
+                worst = max(worst, rel(y, x))
+    assert worst < 1e-6, worst
+    assert len(graphed._graphs) == 1
+    g = tuple(map(tuple, GRIDS[2]))
+    px = torch.randn(sum(t * h * w for t, h, w in GRIDS[2]), 1536, device="cuda").to(torch.bfloat16)
+    first = graphed(px, g)[0]
+    keep = first.clone()
+    graphed(px * 2, g)
+    assert torch.equal(first, keep)

@@ -64,8 +64,26 @@ def test_dp_nccl_equals_single_gpu():
 def _gather_worker(rank, world):
     import os
     grid = [[1, 44, 80], [1, 80, 80], [16, 16, 16], [1, 2, 2]] + [[1, 4, 4]] * 9
-    plan = plan_shards(grid, world, QWEN3_VL_8B)
     out = {}
+    # a uniform plan (equal items: one equal run per rank) takes the plain all-gather in auto mode
+    uplan = plan_shards([[1, 8, 12]] * (2 * world), world, QWEN3_VL_8B)
+    assert uplan.uniform_block_rows() == 48
+    g = torch.Generator().manual_seed(6)
+    ufull = [torch.randn(uplan.total_rows, w, generator=g).to(torch.bfloat16).cuda(rank) for w in (64, 32)]
+    ulocal = [f[rank * 48:(rank + 1) * 48] for f in ufull]
+    for mode in ("auto", "allgather", "bcast"):
+        os.environ["QVDP_GATHER_MODE"] = mode
+        try:
+            got = qvdp.gather_rows(ulocal, uplan, backend="native")
+            gc = qvdp.gather_rows(ulocal, uplan, backend="native", layout="concat")
+            out[f"native/uniform-{mode}"] = all(torch.equal(a, b) for a, b in zip(got, ufull)) and \
+                torch.equal(gc, torch.cat(ufull, 1))
+        except ImportError as e:
+            out[f"native/uniform-{mode}"] = f"unavailable: {e}"
+    got = qvdp.gather_rows(ulocal, uplan, backend="torch")
+    out["torch/uniform"] = all(torch.equal(a, b) for a, b in zip(got, ufull))
+    plan = plan_shards(grid, world, QWEN3_VL_8B)
+    assert plan.uniform_block_rows() is None
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         g = torch.Generator().manual_seed(5)
         full = [torch.randn(plan.total_rows, w, generator=g).to(dtype).cuda(rank) for w in (64, 64, 32)]

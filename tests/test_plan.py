@@ -127,3 +127,52 @@ def test_bad_world(world):
 def test_bad_policy():
     with pytest.raises(ValueError, match="policy"):
         plan_shards([[1, 2, 2]], 2, GEOM, policy="rows")
+
+
+def _contiguous_brute(costs, world):
+    n, best = len(costs), float("inf")
+    for cuts in itertools.combinations_with_replacement(range(n + 1), world - 1):
+        bounds = (0,) + cuts + (n,)
+        best = min(best, max(sum(costs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])))
+    return best
+
+
+@settings(max_examples=80, deadline=None)
+@given(grid=grids, world=st.integers(2, 4), split=st.booleans())
+def test_contiguous_plans(grid, world, split):
+    from qvdp.dist.plan import CONTIGUOUS_SLACK
+    c = plan_shards(grid, world, GEOM, split_videos=split, contiguous=True)
+    _check_cover(c)
+    # every rank one run (or none), in rank order: rank r's rows all come before rank r+1's
+    last = -1
+    for r in range(world):
+        runs = c.runs(r)
+        assert len(runs) <= 1
+        if runs:
+            assert runs[0][1] > last
+            last = runs[0][1]
+    units = []
+    for t, h, w in grid:
+        fc = GEOM.frame_flops(h * w)
+        units += [fc] * t if (split and t > 1) else [fc * t]
+    if len(units) <= 12:
+        assert c.makespan <= _contiguous_brute(units, world) * (1 + 1e-9)
+    lpt = plan_shards(grid, world, GEOM, split_videos=split, contiguous=False)
+    auto = plan_shards(grid, world, GEOM, split_videos=split)
+    assert auto.makespan <= lpt.makespan * (1 + CONTIGUOUS_SLACK) * (1 + 1e-9)
+    assert auto in (c, lpt)
+
+
+def test_equal_items_and_split_video_gather_as_all_gather():
+    for grid, world, n in (([[1, 44, 80]] * 4, 4, 880), ([[1, 16, 16]] * 64, 4, 1024), ([[16, 44, 80]], 4, 3520),
+                           ([[1, 16, 16]] * 64, 2, 2048)):
+        plan = plan_shards(grid, world, GEOM)
+        assert plan.imbalance == pytest.approx(1.0)
+        assert plan.uniform_block_rows() == n
+    assert plan_shards([[1, 16, 16]] * 64, 4, GEOM, contiguous=False).uniform_block_rows() is None
+    assert plan_shards([[1, 80, 80]] + [[1, 16, 16]] * 3, 4, GEOM).uniform_block_rows() is None
+
+
+def test_bad_contiguous():
+    with pytest.raises(TypeError, match="contiguous"):
+        plan_shards([[1, 2, 2]], 2, GEOM, contiguous="yes")

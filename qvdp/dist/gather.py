@@ -3,7 +3,9 @@ rows of the original-order output. No padding, no staging buffer, no second pass
 
 Backends behind one entry point (gather_rows):
 - "native": the NCCL extension in csrc/ (grouped broadcasts from each rank's local buffer
-  straight into the output slices), when built and the group is NCCL;
+  straight into the output slices; a plain ncclAllGather when every rank owns one equal run in
+  rank order, which contiguous plans give for equal items and split videos), when built and the
+  group is NCCL;
 - "torch": torch.distributed broadcasts of each contiguous run, from the owner's local rows
   into views of the output, on any backend (gloo on CPU, NCCL on GPU).
 """
@@ -97,6 +99,10 @@ def _gather_rows_torch(local_outputs, plan, group, rank, layout):
     else:
         srcs = list(local_outputs)
     outs = [torch.empty((plan.total_rows, s.shape[1]), dtype=ref.dtype, device=ref.device) for s in srcs]
+    if plan.uniform_block_rows() is not None and group_backend(group) == "nccl":
+        for src, out in zip(srcs, outs):  # a plain all-gather: rank r's rows are rows [r*n, (r+1)*n)
+            dist.all_gather_into_tensor(out, src.contiguous(), group=group)
+        return outs if layout == "list" else outs[0]
     for r in range(plan.world_size):
         gsrc = _global_rank(group, r)
         for (ls, os_, n) in plan.runs(r):

@@ -36,7 +36,14 @@ def _comm_for(group):
 
 
 def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None):
-    mode = mode or os.environ.get("QVDP_GATHER_MODE", "bcast")
+    """mode: "auto" (default: a plain NCCL all-gather when plan.uniform_block_rows() holds, else grouped
+    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans)."""
+    mode = mode or os.environ.get("QVDP_GATHER_MODE", "auto")
+    if mode not in ("auto", "bcast", "p2p", "allgather"):
+        raise ValueError(f"gather mode must be 'auto', 'bcast', 'p2p' or 'allgather', got {mode!r}")
+    uniform = plan.uniform_block_rows()
+    if mode == "allgather" and uniform is None:
+        raise ValueError("gather mode 'allgather' needs a plan where every rank owns one equal run in rank order")
     comm = _comm_for(group)
     ref = local_outputs[0]
     if layout == "concat":
@@ -44,6 +51,9 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
     else:
         local = [t.contiguous() for t in local_outputs]
     outs = [torch.empty((plan.total_rows, t.shape[1]), dtype=ref.dtype, device=ref.device) for t in local]
+    if uniform is not None and mode in ("auto", "allgather"):
+        comm.all_gather(local, outs)
+        return outs if layout == "list" else outs[0]
     runs = torch.tensor([(r, ls, os_, n) for r in range(plan.world_size) for (ls, os_, n) in plan.runs(r)],
                         dtype=torch.int64).reshape(-1, 4)
     comm.gather_runs(local, outs, runs, mode == "p2p")

@@ -12,6 +12,7 @@ Policy "patches" reproduces what SGLang/vLLM do: whole items, balanced by patch 
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ class ShardPlan:
                 out.append((p.local_out_start, p.out_start, p.num_rows))
         return out
 
+    def uniform_block_rows(self) -> int | None:
+        """n when the gather is a plain all-gather: every rank owns exactly one run of n > 0 rows,
+        rank r's run landing at output rows [r*n, (r+1)*n). Else None."""
+        n = None
+        for r in range(self.world_size):
+            runs = self.runs(r)
+            if len(runs) != 1:
+                return None
+            ls, os_, m = runs[0]
+            if n is None:
+                n = m
+            if m != n or m == 0 or ls != 0 or os_ != r * n:
+                return None
+        return n
+
     def fingerprint(self) -> int:
         """A 63-bit hash of everything the ranks must agree on (used for the cross-rank check)."""
         h = hashlib.blake2b(repr((self.world_size, self.grid, self.merge_unit, self.policy,
@@ -188,8 +204,54 @@ def _refine(costs: list, assign: list, world: int, max_iters: int = 200) -> list
     return assign
 
 
+def _contiguous(costs: list, world: int) -> tuple:
+    """The contiguous split of the units (in order) into at most `world` ranges that minimises the
+    largest range cost: binary search on the bound, each probe a greedy fill with prefix sums.
+    Returns (assign, makespan)."""
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    n = len(costs)
+
+    def fill(bound):
+        ends, start = [], 0
+        for _ in range(world):
+            # last end with prefix[end] - prefix[start] <= bound
+            end = bisect.bisect_right(prefix, prefix[start] + bound, lo=start) - 1
+            ends.append(end)
+            start = end
+            if start == n:
+                break
+        return ends if start == n else None
+
+    lo, hi = max(max(costs), prefix[-1] / world), prefix[-1]
+    for _ in range(64):
+        if hi - lo <= 1e-12 * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if fill(mid) is not None:
+            hi = mid
+        else:
+            lo = mid
+    ends = fill(hi)
+    assign, start, span = [0] * n, 0, 0.0
+    for r, end in enumerate(ends):
+        for u in range(start, end):
+            assign[u] = r
+        span = max(span, prefix[end] - prefix[start])
+        start = end
+    return assign, span
+
+
+# A contiguous plan (rank r holds one run of items/frames, in rank order) gathers as a plain
+# all-gather when the runs are equal and needs no pixel cat; it is taken when its modelled
+# makespan is within this fraction of the list-scheduling plan's.
+CONTIGUOUS_SLACK = 0.005
+
+
 def plan_shards(grid_thw, world_size: int, geometry: VisionGeometry | None = None, *,
-                policy: str = "flops", split_videos: bool | None = None, refine: bool = True) -> ShardPlan:
+                policy: str = "flops", split_videos: bool | None = None, refine: bool = True,
+                contiguous: bool | None = None) -> ShardPlan:
     """Plan the DP shards of one batch.
 
     Args:
@@ -200,6 +262,10 @@ def plan_shards(grid_thw, world_size: int, geometry: VisionGeometry | None = Non
         split_videos: allow splitting videos across ranks at frame boundaries. Default: True
             for "flops", False for "patches" (the engines' behaviour).
         refine: run the local-search refinement after LPT.
+        contiguous: True: each rank gets one contiguous range of items (frames) in rank order, the
+            best such split; False: list scheduling (LPT + refinement) only; None (default): the
+            contiguous split when its modelled makespan is within CONTIGUOUS_SLACK of list
+            scheduling's (equal items, video frames), since it gathers as a plain all-gather.
     """
     geometry = geometry or VisionGeometry()
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
@@ -209,12 +275,14 @@ def plan_shards(grid_thw, world_size: int, geometry: VisionGeometry | None = Non
     grid = normalize_grid_thw(grid_thw, geometry.spatial_merge_size)
     if split_videos is None:
         split_videos = policy == "flops"
-    return _plan_cached(grid, world_size, geometry, policy, bool(split_videos), bool(refine))
+    if contiguous is not None and not isinstance(contiguous, bool):
+        raise TypeError(f"contiguous must be True, False or None, got {contiguous!r}")
+    return _plan_cached(grid, world_size, geometry, policy, bool(split_videos), bool(refine), contiguous)
 
 
 @lru_cache(maxsize=256)
 def _plan_cached(grid: tuple, world: int, geometry: VisionGeometry, policy: str, split: bool,
-                 refine: bool) -> ShardPlan:
+                 refine: bool, contiguous: bool | None = None) -> ShardPlan:
     mu = geometry.merge_unit
     # Work units: whole items, or single frames of videos when splitting.
     units = []  # (item, frame_start, frame_end, cost)
@@ -228,10 +296,19 @@ def _plan_cached(grid: tuple, world: int, geometry: VisionGeometry, policy: str,
     costs = [u[3] for u in units]
     if world == 1:
         assign = [0] * len(units)
+    elif contiguous:
+        assign = _contiguous(costs, world)[0]
     else:
         assign = _lpt(costs, world)
         if refine:
             assign = _refine(costs, assign, world)
+        if contiguous is None:
+            loads = [0.0] * world
+            for c, r in zip(costs, assign):
+                loads[r] += c
+            cassign, cspan = _contiguous(costs, world)
+            if cspan <= max(loads) * (1.0 + CONTIGUOUS_SLACK):
+                assign = cassign
 
     # Frames of one video are interchangeable: count how many each rank got and hand out
     # contiguous frame ranges in rank order, so each (rank, item) is one piece.

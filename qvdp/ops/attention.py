@@ -95,6 +95,33 @@ if HAS_TRITON:
             tl.store(VP + off_bv, vb, mask=rmask[:, None])
 
     @triton.jit
+    def _rope_qk(Q, K, QO, KO, COS, SIN, T, H, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
+                 HEAD_DIM: tl.constexpr, DPOW: tl.constexpr, BLOCK_T: tl.constexpr):
+        # BLOCK_T rows of q and k, every head, rotated in fp32 and written contiguous [T, H, D]: the
+        # RoPE pass in front of an external attention kernel (backend "fa3" / "flash_attn"). cos/sin
+        # are loaded once per row block and reused for all 2H head rows.
+        pid = tl.program_id(0)
+        rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        rmask = rows < T
+        offs = tl.arange(0, DPOW)
+        m2 = rmask[:, None] & (offs < HEAD_DIM)[None, :]
+        partner = (offs + HEAD_DIM // 2) % HEAD_DIM
+        sign = tl.where(offs < HEAD_DIM // 2, -1.0, 1.0)
+        c = tl.load(COS + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+        s = tl.load(SIN + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+        s = sign[None, :] * s
+        dst = rows[:, None] * (H * HEAD_DIM) + offs[None, :]
+        for h in range(H):
+            qb = Q + h * stride_qh + rows[:, None] * stride_qt
+            x = tl.load(qb + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+            xp = tl.load(qb + partner[None, :], mask=m2, other=0.0).to(tl.float32)
+            tl.store(QO + dst + h * HEAD_DIM, (x * c + xp * s).to(QO.dtype.element_ty), mask=m2)
+            kb = K + h * stride_kh + rows[:, None] * stride_kt
+            x = tl.load(kb + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+            xp = tl.load(kb + partner[None, :], mask=m2, other=0.0).to(tl.float32)
+            tl.store(KO + dst + h * HEAD_DIM, (x * c + xp * s).to(KO.dtype.element_ty), mask=m2)
+
+    @triton.jit
     def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
                  HAS_B: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
         # S = Qa Ka^T + Qb Kb^T for keys start_n .. start_n + BLOCK_N (keys past seqlen -> -inf if MASKED);
@@ -431,6 +458,57 @@ def flash_attn_available() -> bool:
         return False
 
 
+@lru_cache(maxsize=1)
+def fa3_varlen_func():
+    """FlashAttention-3's varlen forward, or None: the `flash_attn_interface` module of a FA3 build
+    (flash-attention's hopper/ package), else the PyPI wheel `fa3-fwd` (`fa3_fwd_interface`, whose
+    import of `flash_attn_config` is served by its own `fa3_fwd_config`)."""
+    import sys
+    try:
+        from flash_attn_interface import flash_attn_varlen_func
+        return flash_attn_varlen_func
+    except Exception:
+        pass
+    try:
+        import fa3_fwd_config
+        sys.modules.setdefault("flash_attn_config", fa3_fwd_config)
+        from fa3_fwd_interface import flash_attn_varlen_func
+        return flash_attn_varlen_func
+    except Exception:
+        return None
+
+
+def fa3_available() -> bool:
+    return fa3_varlen_func() is not None
+
+
+def rope_qk(q, k, cos, sin):
+    """q, k [T, H, D] (strided views allowed, last dim contiguous) rotated by cos/sin [T, D] (HF's
+    rotate-half form, fp32 math) into two new contiguous [T, H, D] tensors, one Triton launch (torch
+    on CPU tensors outside the interpreter)."""
+    if not triton_usable(q):
+        return _ref.apply_rope(q, cos, sin), _ref.apply_rope(k, cos, sin)
+    T, H, D = q.shape
+    qo = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    ko = torch.empty((T, H, D), dtype=k.dtype, device=k.device)
+    if T == 0:
+        return qo, ko
+    cos = cos if cos.dtype == torch.float32 else cos.float()
+    sin = sin if sin.dtype == torch.float32 else sin.float()
+    bt = 16
+    _rope_qk[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                                    cos.stride(0), HEAD_DIM=D, DPOW=1 << (D - 1).bit_length(), BLOCK_T=bt,
+                                    num_warps=4)
+    return qo, ko
+
+
+def _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale):
+    if cos is not None:
+        q, k = rope_qk(q, k, cos, sin)
+    o = fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale, causal=False)
+    return o[0] if isinstance(o, tuple) else o
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, scale=None,
                      backend: str = "auto", validate: bool = True, block_map=None):
     """Bidirectional attention within each segment of cu_seqlens, RoPE fused.
@@ -440,7 +518,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         cu_seqlens: int32 [S + 1], 0 ... T.  max_seqlen: longest segment (host int).
         cos, sin: optional [T, D] rotary tables in HF's rotate-half layout, applied to q and k.
         scale: softmax scale, default D^-0.5.
-        backend: "auto" (Triton on CUDA, else torch), "triton", "torch", "flash_attn".
+        backend: "auto" (Triton on CUDA, else torch), "triton", "torch", "flash_attn" (flash-attn's
+            varlen kernel after qvdp's one-pass Triton RoPE), "fa3" (FlashAttention-3's varlen kernel
+            after the same RoPE pass; fp16/bf16 on Hopper).
         validate: check cu_seqlens values (one device->host copy when it lives on the GPU).
         block_map: optional output of build_block_map() to reuse across layers.
     Returns [T, H, D] in q's dtype.
@@ -457,11 +537,15 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         return _ref.varlen_attention_torch(q, k, v, cu_seqlens, cos, sin, scale)
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
-        if cos is not None:
-            q, k = _ref.apply_rope(q, cos, sin), _ref.apply_rope(k, cos, sin)
-        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                      softmax_scale=scale, causal=False)
-    raise ValueError(f"backend must be 'auto', 'triton', 'torch' or 'flash_attn', got {backend!r}")
+        return _external_attention(flash_attn_varlen_func, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale)
+    if backend == "fa3":
+        fn = fa3_varlen_func()
+        if fn is None:
+            raise ImportError("backend='fa3' needs FlashAttention-3 (flash_attn_interface, or the fa3-fwd wheel)")
+        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"backend='fa3' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
+        return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale)
+    raise ValueError(f"backend must be 'auto', 'triton', 'torch', 'flash_attn' or 'fa3', got {backend!r}")
 
 
 def attention_flops(seqlens, num_heads: int, head_dim: int) -> float:

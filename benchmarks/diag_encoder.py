@@ -1,0 +1,213 @@
+"""Where the encoder's time goes (diagnostics, not a results table).
+
+    python benchmarks/diag_encoder.py single [--out DIR]   # 1 GPU
+    python benchmarks/diag_encoder.py dp --world 4 [--out DIR]
+
+single: full forward per workload (qvdp Triton attention and, when FA3 imports, qvdp with the FA3
+  backend); each DP rank's share timed alone on this one GPU (what DP could reach with zero
+  overhead); per-patch cost against frame size (to calibrate the planner's cost model); a
+  torch.profiler summary of one 4 x 720p forward (GPU time by kernel family, launches, GPU busy
+  fraction of the wall time).
+dp: per rank, per workload: the local forward alone (after a barrier), the whole
+  run_dp_sharded_vision call, and its gather alone; median and spread of 10 runs.
+Writes JSON to --out (diag-encoder-<mode>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from _common import spawn_ranks, try_import_fa3
+from bench_encoder import pixels, workloads
+from encoder_systems import build_hf
+
+import qvdp
+from qvdp import plan_shards
+
+
+def timed(fn, rep=10, warm=2, sync=None):
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(rep):
+        if sync:
+            sync()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return {"med": statistics.median(ts), "min": min(ts), "max": max(ts)}
+
+
+def local_share(plan, rank, grid, px):
+    pieces = plan.pieces[rank]
+    if not pieces:
+        return None, None
+    rows, lgrid = [], []
+    for p in pieces:
+        rows.append(px[p.patch_start:p.patch_end])
+        lgrid.append((p.num_frames, grid[p.item][1], grid[p.item][2]))
+    return torch.cat(rows), tuple(lgrid)
+
+
+def family(name: str) -> str:
+    n = name.lower()
+    for key, fam in (("_varlen_attn_fwd", "attention (qvdp)"), ("_pack_kv", "attention pack_kv"),
+                     ("flash", "attention (FA3)"), ("_rope_qk", "rope (qvdp)"), ("merger", "merger (Triton)"),
+                     ("gemm", "GEMM"), ("cutlass", "GEMM"), ("nvjet", "GEMM"), ("sm90_xmma", "GEMM"),
+                     ("layer_norm", "LayerNorm"), ("elementwise", "elementwise"), ("reduce", "reduce"),
+                     ("copy", "copy/cast"), ("cat", "cat"), ("index", "index/gather")):
+        if key in n:
+            return fam
+    return "other"
+
+
+def profile_summary(fn):
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    fams, kernels, n_launch, gpu = {}, {}, 0, 0.0
+    for e in prof.key_averages():
+        dt = getattr(e, "device_type", None)
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0)
+        if t <= 0 or (dt is not None and "CUDA" not in str(dt)):
+            continue
+        ms = t / 1e3
+        gpu += ms
+        n_launch += e.count
+        f = family(e.key)
+        fams[f] = fams.get(f, 0.0) + ms
+        kernels[e.key[:90]] = (kernels.get(e.key[:90], (0.0, 0))[0] + ms, e.count)
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
+    return {"wall_ms": wall, "gpu_kernel_ms": gpu, "launches": n_launch,
+            "families_ms": dict(sorted(fams.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [(k, round(v[0], 3), v[1]) for k, v in top]}
+
+
+def single(out_dir):
+    dev = torch.device("cuda", 0)
+    model = build_hf(dev)
+    fwds = {"triton": qvdp.Qwen3VLVisionForward(model)}
+    if try_import_fa3() is not None:
+        fwds["fa3"] = qvdp.Qwen3VLVisionForward(model, attention_backend="fa3")
+    res = {"card": torch.cuda.get_device_name(), "full": {}, "shards": {}, "calib": {}, "profile": {}}
+    for name, grid in workloads():
+        px = pixels(grid, dev)
+        g = tuple(map(tuple, grid))
+        ref = None
+        for b, f in fwds.items():
+            r = timed(lambda: f(px, g))
+            out = f(px, g)[0].float()
+            if ref is None:
+                ref = out
+            r["rel_vs_triton"] = ((out - ref).norm() / ref.norm()).item()
+            res["full"][f"{name} / {b}"] = r
+            print("full", name, b, r, flush=True)
+        for W in (2, 4):
+            plan = plan_shards(grid, W)
+            per = []
+            for rank in range(W):
+                lpx, lg = local_share(plan, rank, grid, px)
+                per.append(timed(lambda: fwds["triton"](lpx, lg), rep=5)["med"] if lpx is not None else 0.0)
+            full = res["full"][f"{name} / triton"]["med"]
+            res["shards"][f"{name} / W{W}"] = {"per_rank_ms": per, "max": max(per), "ideal": full / W,
+                                               "max_over_ideal": max(per) / (full / W),
+                                               "modelled_imbalance": plan.imbalance}
+            print("shards", name, W, res["shards"][f"{name} / W{W}"], flush=True)
+    # per-patch cost vs frame size: k frames of h x w, ~14k patches per call
+    for h, w in ((8, 8), (16, 16), (24, 32), (32, 32), (44, 80), (64, 64), (80, 80), (68, 120), (128, 128)):
+        n = h * w
+        k = max(1, round(14080 / n))
+        grid = tuple([(1, h, w)] * k)
+        px = pixels([list(x) for x in grid], dev)
+        r = timed(lambda: fwds["triton"](px, grid), rep=5)
+        res["calib"][f"{h}x{w}"] = {"patches": n, "frames": k, "ms": r["med"], "us_per_patch": r["med"] * 1e3 / (n * k)}
+        print("calib", h, w, res["calib"][f"{h}x{w}"], flush=True)
+    grid = ((1, 44, 80),) * 4
+    px = pixels([list(x) for x in grid], dev)
+    for b, f in fwds.items():
+        res["profile"][b] = profile_summary(lambda: f(px, grid))
+        print("profile", b, json.dumps(res["profile"][b], indent=1), flush=True)
+    small = ((1, 16, 16),) * 16
+    pxs = pixels([list(x) for x in small], dev)
+    res["profile"]["triton 16x256^2"] = profile_summary(lambda: fwds["triton"](pxs, small))
+    print("profile small", json.dumps(res["profile"]["triton 16x256^2"], indent=1), flush=True)
+    return res
+
+
+def _dp_worker(rank, world, port, q):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
+    torch.cuda.set_device(rank)
+    dev = torch.device("cuda", rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600),
+                            device_id=dev)
+    model = build_hf(dev)
+    qf = qvdp.Qwen3VLVisionForward(model)
+    out = {}
+    for name, grid in workloads():
+        px = pixels(grid, dev)
+        plan = plan_shards(grid, world)
+        lpx, lg = local_share(plan, rank, grid, px)
+        r = {}
+        if lpx is not None:
+            r["local forward"] = timed(lambda: qf(lpx, lg), sync=dist.barrier)
+        r["run_dp_sharded_vision"] = timed(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf),
+                                           sync=dist.barrier)
+        r["  no rank check"] = timed(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf,
+                                                                         check_ranks=False), sync=dist.barrier)
+        outs = [torch.randn(plan.rows(rank), 4096, device=dev).to(torch.bfloat16) for _ in range(4)]
+        r["gather alone"] = timed(lambda: qvdp.gather_rows(outs, plan), sync=dist.barrier)
+        r["_uniform"] = plan.uniform_block_rows()
+        out[name] = r
+    allr = [None] * world
+    dist.all_gather_object(allr, out)
+    if rank == 0:
+        q.put(allr)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def dp(world):
+    allr = spawn_ranks(_dp_worker, world, timeout_s=1500)
+    res = {"world": world, "card": torch.cuda.get_device_name(), "per_rank": allr}
+    for name in allr[0]:
+        print(f"== {name} (uniform gather rows: {allr[0][name]['_uniform']})")
+        for k in allr[0][name]:
+            if k.startswith("_"):
+                continue
+            meds = [round(r[name][k]["med"], 2) if k in r[name] else None for r in allr]
+            mx = [round(r[name][k]["max"], 2) if k in r[name] else None for r in allr]
+            print(f"  {k:24s} median per rank {meds}  max per rank {mx}")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["single", "dp"])
+    ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    res = single(a.out) if a.mode == "single" else dp(a.world)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, f"diag-encoder-{a.mode}.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
