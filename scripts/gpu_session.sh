@@ -35,11 +35,13 @@ elif [ "$STAGE" = diag ]; then
   T=200 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
   T=200 TAILN=150 step diag_encoder python3 benchmarks/diag_encoder.py single --out "$OUT"
   T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
-elif [ "$STAGE" = dp ]; then
+elif [ "$STAGE" = dp ]; then  # WORLDS="2 4" (default) or "2" on a 2-GPU machine
+  W=${WORLDS:-2 4}; WMAX=${W##* }
   T=90 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3" tests -p no:cacheprovider
   T=100 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-  T=120 TAILN=40 step diag_dp python3 benchmarks/diag_encoder.py dp --world 4 --out "$OUT"
-  T=330 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  T=330 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds $W
+  T=100 TAILN=40 step diag_dp python3 benchmarks/diag_encoder.py dp --world $WMAX --out "$OUT"
+  T=150 TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds $W
 elif [ "$STAGE" = gather ]; then
   T=200 TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4
   T=120 TAILN=12 step demo python3 -m qvdp.demo --world 2
