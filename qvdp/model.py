@@ -6,8 +6,11 @@ Differences from the HF forward, all numerically equivalent:
 - rotary cos/sin, pos-embed taps, cu_seqlens and the attention block map are built once per
   forward (host geometry is cached per grid);
 - attention takes strided q/k/v views of the packed qkv output and applies RoPE inside
-  (qvdp.varlen_attention);
-- the mergers go through qvdp.patch_merger.
+  (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel);
+- fc1 + bias + tanh-GELU is one cuBLASLt GEMM; proj/fc2 run bias-free and the residual add, bias
+  and the next LayerNorm are one Triton pass (qvdp.ops.layernorm);
+- the mergers go through qvdp.patch_merger;
+- on CUDA the whole tower for a repeated grid is replayed from a CUDA graph.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from . import reference as R
 from .geometry import VisionGeometry
 from .ops.attention import attention_config, build_block_map, varlen_attention
+from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
 
 
@@ -55,9 +59,9 @@ def _is_hopper(device) -> bool:
 
 
 def auto_attention_backend(x, head_dim: int) -> str:
-    """"fa3" for fp16/bf16 and head dims 64..256 on a Hopper GPU when FlashAttention-3 imports (its kernel plus qvdp's one-pass
-    RoPE measured 1.13-1.30x faster than qvdp's Triton kernel at head dim 72 on an H100,
-    benchmarks/results/attention-h100.md); else "triton" on CUDA; else "torch"."""
+    """"fa3" for fp16/bf16 and head dims 64..256 on a Hopper GPU when FlashAttention-3 imports (its
+    kernel plus qvdp's one-pass RoPE measured 1.13-1.30x faster than qvdp's Triton kernel at head dim
+    72 on an H100, benchmarks/results/attention-h100.md); else "triton" on CUDA; else "torch"."""
     if not x.is_cuda:
         return "torch"
     from .ops.attention import fa3_available
@@ -89,7 +93,7 @@ class Qwen3VLVisionForward:
     """Callable: (pixel_values [N, P], grid) -> (pooled [N/4, O], [deepstack [N/4, O] ...], last_hidden or None)."""
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
-                 invariant_rows: int = 64, fused_mlp: bool = True, cuda_graphs: bool = True,
+                 invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True, cuda_graphs: bool = True,
                  graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
         """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
         imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
@@ -99,6 +103,8 @@ class Qwen3VLVisionForward:
         an item is bit-identical to the single-process run (GEMM libraries pick kernels by M).
         fused_mlp: on CUDA, fc1 + bias + tanh-GELU as one cuBLASLt GEMM with the GELU epilogue
         (benchmarks/bench_mlp.py); off in batch_invariant mode.
+        fused_norm: on CUDA, proj and fc2 run without bias and one Triton pass does residual add + bias +
+        the following LayerNorm (qvdp.ops.layernorm.add_layernorm); off in batch_invariant mode.
         cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
         in a CUDA graph and replayed (pixels copied into its input buffer, outputs copied out): one
         launch instead of ~440, which matters once a DP rank's share is small enough for the host to
@@ -121,6 +127,7 @@ class Qwen3VLVisionForward:
         self._tanh_gelu = act == "gelu_pytorch_tanh"
         self._act = (lambda t: F.gelu(t, approximate="tanh")) if self._tanh_gelu else None
         self.fused_mlp = fused_mlp
+        self.fused_norm = fused_norm
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
@@ -140,6 +147,15 @@ class Qwen3VLVisionForward:
             return torch._addmm_activation(b, h, w.t(), use_gelu=True)
         h = self._linear(h, w, b)
         return self._act(h) if self._act is not None else mlp.act_fn(h)
+
+    def _fuse_norm(self, x) -> bool:
+        """Residual add + bias + LayerNorm as one Triton pass (qvdp.ops.layernorm) on CUDA."""
+        if not (self.fused_norm and x.is_cuda and not self.batch_invariant):
+            return False
+        from .ops._triton_utils import triton_usable
+        blk = self.visual.blocks[0] if len(self.visual.blocks) else None
+        return (triton_usable(x) and blk is not None and isinstance(blk.norm1, torch.nn.LayerNorm)
+                and blk.attn.proj.bias is not None and blk.mlp.linear_fc2.bias is not None)
 
     def _linear(self, x, weight, bias):
         if not self.batch_invariant:
@@ -255,8 +271,12 @@ class Qwen3VLVisionForward:
                                                                        x.element_size())["BLOCK_M"])
         deepstack = []
         ds_idx = list(g.deepstack_visual_indexes)
-        for li, blk in enumerate(v.blocks):
-            h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+        fuse = self._fuse_norm(x)
+        blocks = list(v.blocks)
+        h = None  # LN1 of the block about to run, when the previous block's fused add produced it
+        for li, blk in enumerate(blocks):
+            if h is None:
+                h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
             qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
             q, k, vv = qkv.unbind(1)
             if backend == "torch":
@@ -264,10 +284,20 @@ class Qwen3VLVisionForward:
             else:
                 o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
                                      backend=backend, validate=False, block_map=block_map)
-            x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
-            h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-            h = self._fc1_act(h, blk.mlp)
-            x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
+            if fuse:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
+                y = torch.mm(o.reshape(T, -1), blk.attn.proj.weight.t())
+                x, h = add_layernorm(x, y, blk.attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+                h = self._fc1_act(h, blk.mlp)
+                y = torch.mm(h, blk.mlp.linear_fc2.weight.t())
+                nxt = blocks[li + 1].norm1 if li + 1 < len(blocks) else None
+                x, h = add_layernorm(x, y, blk.mlp.linear_fc2.bias, nxt.weight if nxt is not None else None,
+                                     nxt.bias if nxt is not None else None, nxt.eps if nxt is not None else 1e-6)
+            else:
+                x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
+                h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+                h = self._fc1_act(h, blk.mlp)
+                x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
+                h = None
             if li in ds_idx:
                 deepstack.append(self._merger(v.deepstack_merger_list[ds_idx.index(li)], x, True))
         pooled = self._merger(v.merger, x, False)
