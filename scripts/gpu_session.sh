@@ -35,6 +35,11 @@ elif [ "$STAGE" = diag ]; then
   T=200 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
   T=200 TAILN=150 step diag_encoder python3 benchmarks/diag_encoder.py single --out "$OUT"
   T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
+elif [ "$STAGE" = one ]; then  # one GPU: all GPU tests, attention + encoder (1 GPU) benchmarks, profile
+  T=220 TAILN=8 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=60 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
+  T=200 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds
+  T=100 TAILN=30 step diag_encoder python3 benchmarks/diag_encoder.py single --out "$OUT"
 elif [ "$STAGE" = dp ]; then  # WORLDS="2 4" (default) or "2" on a 2-GPU machine
   W=${WORLDS:-2 4}; WMAX=${W##* }
   T=90 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3" tests -p no:cacheprovider
