@@ -3,8 +3,8 @@
     python benchmarks/diag_encoder.py single [--out DIR]   # 1 GPU
     python benchmarks/diag_encoder.py dp --world 4 [--out DIR]
 
-single: full forward per workload (qvdp Triton attention and, when FA3 imports, qvdp with the FA3
-  backend); each DP rank's share timed alone on this one GPU (what DP could reach with zero
+single: full forward per workload (qvdp with attention "auto" - FA3 where it imports - and with
+  its Triton attention); each DP rank's share timed alone on this one GPU (what DP could reach with zero
   overhead); per-patch cost against frame size (to calibrate the planner's cost model); a
   torch.profiler summary of one 4 x 720p forward (GPU time by kernel family, launches, GPU busy
   fraction of the wall time).
@@ -60,7 +60,8 @@ def local_share(plan, rank, grid, px):
 def family(name: str) -> str:
     n = name.lower()
     for key, fam in (("_varlen_attn_fwd", "attention (qvdp)"), ("_pack_kv", "attention pack_kv"),
-                     ("flash", "attention (FA3)"), ("_rope_qk", "rope (qvdp)"), ("merger", "merger (Triton)"),
+                     ("flash", "attention (FA3)"), ("_rope_qk", "rope (qvdp)"),
+                     ("_add_layernorm", "add+LayerNorm (qvdp)"), ("merger", "merger (Triton)"),
                      ("gemm", "GEMM"), ("cutlass", "GEMM"), ("nvjet", "GEMM"), ("sm90_xmma", "GEMM"),
                      ("layer_norm", "LayerNorm"), ("elementwise", "elementwise"), ("reduce", "reduce"),
                      ("copy", "copy/cast"), ("cat", "cat"), ("index", "index/gather")):
@@ -101,9 +102,9 @@ def profile_summary(fn):
 def single(out_dir):
     dev = torch.device("cuda", 0)
     model = build_hf(dev)
-    fwds = {"triton": qvdp.Qwen3VLVisionForward(model)}
-    if try_import_fa3() is not None:
-        fwds["fa3"] = qvdp.Qwen3VLVisionForward(model, attention_backend="fa3")
+    fwds = {"auto": qvdp.Qwen3VLVisionForward(model),
+            "triton": qvdp.Qwen3VLVisionForward(model, attention_backend="triton")}
+    try_import_fa3()
     res = {"card": torch.cuda.get_device_name(), "full": {}, "shards": {}, "calib": {}, "profile": {}}
     for name, grid in workloads():
         px = pixels(grid, dev)
@@ -122,8 +123,8 @@ def single(out_dir):
             per = []
             for rank in range(W):
                 lpx, lg = local_share(plan, rank, grid, px)
-                per.append(timed(lambda: fwds["triton"](lpx, lg), rep=5)["med"] if lpx is not None else 0.0)
-            full = res["full"][f"{name} / triton"]["med"]
+                per.append(timed(lambda: fwds["auto"](lpx, lg), rep=5)["med"] if lpx is not None else 0.0)
+            full = res["full"][f"{name} / auto"]["med"]
             res["shards"][f"{name} / W{W}"] = {"per_rank_ms": per, "max": max(per), "ideal": full / W,
                                                "max_over_ideal": max(per) / (full / W),
                                                "modelled_imbalance": plan.imbalance}
@@ -134,7 +135,7 @@ def single(out_dir):
         k = max(1, round(14080 / n))
         grid = tuple([(1, h, w)] * k)
         px = pixels([list(x) for x in grid], dev)
-        r = timed(lambda: fwds["triton"](px, grid), rep=5)
+        r = timed(lambda: fwds["auto"](px, grid), rep=5)
         res["calib"][f"{h}x{w}"] = {"patches": n, "frames": k, "ms": r["med"], "us_per_patch": r["med"] * 1e3 / (n * k)}
         print("calib", h, w, res["calib"][f"{h}x{w}"], flush=True)
     grid = ((1, 44, 80),) * 4
@@ -144,8 +145,8 @@ def single(out_dir):
         print("profile", b, json.dumps(res["profile"][b], indent=1), flush=True)
     small = ((1, 16, 16),) * 16
     pxs = pixels([list(x) for x in small], dev)
-    res["profile"]["triton 16x256^2"] = profile_summary(lambda: fwds["triton"](pxs, small))
-    print("profile small", json.dumps(res["profile"]["triton 16x256^2"], indent=1), flush=True)
+    res["profile"]["auto 16x256^2"] = profile_summary(lambda: fwds["auto"](pxs, small))
+    print("profile small", json.dumps(res["profile"]["auto 16x256^2"], indent=1), flush=True)
     return res
 
 

@@ -95,31 +95,36 @@ if HAS_TRITON:
             tl.store(VP + off_bv, vb, mask=rmask[:, None])
 
     @triton.jit
-    def _rope_qk(Q, K, QO, KO, COS, SIN, T, H, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
-                 HEAD_DIM: tl.constexpr, DPOW: tl.constexpr, BLOCK_T: tl.constexpr):
-        # BLOCK_T rows of q and k, every head, rotated in fp32 and written contiguous [T, H, D]: the
-        # RoPE pass in front of an external attention kernel (backend "fa3" / "flash_attn"). cos/sin
-        # are loaded once per row block and reused for all 2H head rows.
+    def _rope_qk(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
+                 H: tl.constexpr, HEAD_DIM: tl.constexpr, LANES: tl.constexpr, BLOCK_T: tl.constexpr):
+        # BLOCK_T rows of q and k, all heads, rotated in fp32 and written contiguous [T, H, D]: the RoPE
+        # pass in front of an external attention kernel (backend "fa3" / "flash_attn"). One lane per
+        # (head, j < D/2) pair: out[j] = x[j] cos[j] - x[j+D/2] sin[j], out[j+D/2] = x[j+D/2] cos[j+D/2]
+        # + x[j] sin[j+D/2] - both halves from two plain loads, no gathers of a partner column.
+        HALF: tl.constexpr = HEAD_DIM // 2
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-        rmask = rows < T
-        offs = tl.arange(0, DPOW)
-        m2 = rmask[:, None] & (offs < HEAD_DIM)[None, :]
-        partner = (offs + HEAD_DIM // 2) % HEAD_DIM
-        sign = tl.where(offs < HEAD_DIM // 2, -1.0, 1.0)
-        c = tl.load(COS + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        s = tl.load(SIN + rows[:, None] * stride_ct + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        s = sign[None, :] * s
-        dst = rows[:, None] * (H * HEAD_DIM) + offs[None, :]
-        for h in range(H):
-            qb = Q + h * stride_qh + rows[:, None] * stride_qt
-            x = tl.load(qb + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-            xp = tl.load(qb + partner[None, :], mask=m2, other=0.0).to(tl.float32)
-            tl.store(QO + dst + h * HEAD_DIM, (x * c + xp * s).to(QO.dtype.element_ty), mask=m2)
-            kb = K + h * stride_kh + rows[:, None] * stride_kt
-            x = tl.load(kb + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-            xp = tl.load(kb + partner[None, :], mask=m2, other=0.0).to(tl.float32)
-            tl.store(KO + dst + h * HEAD_DIM, (x * c + xp * s).to(KO.dtype.element_ty), mask=m2)
+        lane = tl.arange(0, LANES)
+        head = lane // HALF
+        j = lane % HALF
+        m2 = (rows < T)[:, None] & (lane < H * HALF)[None, :]
+        cb = COS + rows[:, None] * stride_ct + j[None, :]
+        sb = SIN + rows[:, None] * stride_ct + j[None, :]
+        c_lo = tl.load(cb, mask=m2, other=0.0).to(tl.float32)
+        c_hi = tl.load(cb + HALF, mask=m2, other=0.0).to(tl.float32)
+        s_lo = tl.load(sb, mask=m2, other=0.0).to(tl.float32)
+        s_hi = tl.load(sb + HALF, mask=m2, other=0.0).to(tl.float32)
+        dst = rows[:, None] * (H * HEAD_DIM) + (head * HEAD_DIM + j)[None, :]
+        qb = Q + rows[:, None] * stride_qt + (head * stride_qh + j)[None, :]
+        x1 = tl.load(qb, mask=m2, other=0.0).to(tl.float32)
+        x2 = tl.load(qb + HALF, mask=m2, other=0.0).to(tl.float32)
+        tl.store(QO + dst, (x1 * c_lo - x2 * s_lo).to(QO.dtype.element_ty), mask=m2)
+        tl.store(QO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(QO.dtype.element_ty), mask=m2)
+        kb = K + rows[:, None] * stride_kt + (head * stride_kh + j)[None, :]
+        x1 = tl.load(kb, mask=m2, other=0.0).to(tl.float32)
+        x2 = tl.load(kb + HALF, mask=m2, other=0.0).to(tl.float32)
+        tl.store(KO + dst, (x1 * c_lo - x2 * s_lo).to(KO.dtype.element_ty), mask=m2)
+        tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m2)
 
     @triton.jit
     def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
@@ -495,10 +500,13 @@ def rope_qk(q, k, cos, sin):
         return qo, ko
     cos = cos if cos.dtype == torch.float32 else cos.float()
     sin = sin if sin.dtype == torch.float32 else sin.float()
-    bt = 16
-    _rope_qk[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                                    cos.stride(0), HEAD_DIM=D, DPOW=1 << (D - 1).bit_length(), BLOCK_T=bt,
-                                    num_warps=4)
+    if D % 2:
+        raise ValueError(f"RoPE needs an even head dim, got {D}")
+    lanes = 1 << max(H * D // 2 - 1, 1).bit_length()
+    bt = max(1, min(16, 8192 // lanes))
+    _rope_qk[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                                    cos.stride(0), H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt,
+                                    num_warps=8 if lanes * bt >= 4096 else 4)
     return qo, ko
 
 
