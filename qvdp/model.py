@@ -60,7 +60,7 @@ def _is_hopper(device) -> bool:
 
 def auto_attention_backend(x, head_dim: int) -> str:
     """"fa3" for fp16/bf16 and head dims 64..256 on a Hopper GPU when FlashAttention-3 imports (its
-    kernel plus qvdp's one-pass RoPE measured 1.13-1.30x faster than qvdp's Triton kernel at head dim
+    kernel plus qvdp's one-pass RoPE measured 1.17-1.39x faster than qvdp's Triton kernel at head dim
     72 on an H100, benchmarks/results/attention-h100.md); else "triton" on CUDA; else "torch"."""
     if not x.is_cuda:
         return "torch"
