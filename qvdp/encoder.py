@@ -116,12 +116,105 @@ def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
                                 f"same grid_thw")
 
 
+def _local_pixels(pixel_values, grid, chunk, device):
+    """This chunk's pixel rows (one slice, no copy, when contiguous), moved to the device."""
+    spans = []
+    for (i, f0, f1, p0) in chunk:
+        p1 = p0 + (f1 - f0) * grid[i][1] * grid[i][2]
+        if spans and spans[-1][1] == p0:
+            spans[-1] = (spans[-1][0], p1)
+        else:
+            spans.append((p0, p1))
+    rows = [pixel_values[a:b] for a, b in spans]
+    px = rows[0] if len(rows) == 1 else torch.cat(rows)
+    lgrid = tuple((f1 - f0, grid[i][1], grid[i][2]) for (i, f0, f1, _) in chunk)
+    return px.to(device=device, non_blocking=True), lgrid
+
+
+def _can_overlap(forward, plan, grid, budget, device, group, forced=False) -> bool:
+    """Overlap the gather of each output with the rest of the forward: NCCL on CUDA (or any backend when
+    forced), a forward that reports outputs as they are produced, and one local call on every rank
+    (decided from the plan, so every rank takes the same path and issues the same collectives)."""
+    if not forced and (device.type != "cuda" or group_backend(group) != "nccl"):
+        return False
+    if not getattr(forward, "supports_output_callback", False):
+        return False
+    return all(len(_chunks(plan.pieces[r], grid, budget)) <= 1 for r in range(plan.world_size))
+
+
+def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtype, widths, gather_backend,
+                    return_last_hidden, check_ranks, timeout_s, geometry):
+    """Every output is gathered on a side stream as soon as the forward has produced it (deepstack
+    features after their layers, while the remaining layers run), in the fixed order 1..nd, 0 on every
+    rank. The plan check runs before the first collective; a rank whose forward fails still issues
+    the remaining gathers (zeros) and every rank then raises RankFailedError at the final check."""
+    nd = len(widths) - 1
+    order = list(range(1, nd + 1)) + [0]
+    if check_ranks:
+        _status_check(plan, True, group, device, timeout_s)  # plans agree: the gathers below match up
+    rows = plan.rows(rank)
+    cuda = device.type == "cuda"
+    main = torch.cuda.current_stream(device) if cuda else None
+    side = torch.cuda.Stream(device=device) if cuda else None
+    gathered = {}
+
+    def issue(i, t):
+        if i != order[len(gathered)]:
+            raise RuntimeError(f"forward produced output {i} out of order (expected {order[len(gathered)]})")
+        if tuple(t.shape) != (rows, widths[i]) or t.dtype != dtype:
+            raise RuntimeError(f"forward output {i} is {tuple(t.shape)} {t.dtype}, the plan needs "
+                               f"({rows}, {widths[i]}) {dtype}")
+        if not cuda:
+            gathered[i] = gather_rows([t], plan, group, layout="list", backend=gather_backend)[0]
+            return
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            t.record_stream(side)
+            gathered[i] = gather_rows([t], plan, group, layout="list", backend=gather_backend)[0]
+
+    ok, err, hid = True, None, None
+    try:
+        pieces = plan.pieces[rank]
+        if pieces:
+            chunk = _chunks(pieces, grid, None)[0]
+            px, lgrid = _local_pixels(pixel_values, grid, chunk, device)
+            _, _, hid = forward(px, lgrid, return_last_hidden, on_output=issue)
+        for i in order[len(gathered):]:  # a rank with no items: empty contributions
+            issue(i, torch.empty((0, widths[i]), dtype=dtype, device=device))
+    except Exception as e:  # keep the collectives matched, then report at the check below
+        if not check_ranks:
+            raise
+        ok, err = False, e
+        for i in order[len(gathered):]:
+            issue(i, torch.zeros((rows, widths[i]), dtype=dtype, device=device))
+    if cuda:
+        main.wait_stream(side)
+        for t in gathered.values():
+            t.record_stream(main)
+    if check_ranks:
+        try:
+            _status_check(plan, ok, group, device, timeout_s)
+        except RankFailedError as e:
+            if err is not None:
+                raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
+            raise
+    last = None
+    if return_last_hidden:
+        mu = geometry.merge_unit
+        if hid is None:
+            hid = torch.empty((0, geometry.hidden_size), dtype=dtype, device=device)
+        hv = hid.reshape(-1, mu * geometry.hidden_size)
+        last = gather_rows([hv], plan, group, layout="list", backend=gather_backend)[0]
+        last = last.reshape(-1, geometry.hidden_size)
+    return DPVisionOutput(gathered[0], [gathered[1 + k] for k in range(nd)], last, plan)
+
+
 def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, forward=None, plan=None,
                           policy: str = "flops", split_videos=None, geometry: VisionGeometry | None = None,
                           max_patches_per_chunk: int | None = None, gather_backend: str = "auto",
                           return_last_hidden: bool = False, check_ranks: bool = True,
                           timeout_s: float | None = None, output_widths: list | None = None,
-                          device=None, dtype=None) -> DPVisionOutput:
+                          device=None, dtype=None, overlap_gather: bool | None = None) -> DPVisionOutput:
     """Encode a batch data-parallel over `group`: each rank runs the vision tower on its share
     only, and every rank gets all outputs back in original item order.
 
@@ -142,6 +235,9 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
         timeout_s: wait at most this long for the other ranks at that check.
         output_widths: widths of (pooled, *deepstack) when `forward` is not qvdp's (default from geometry).
         device, dtype: of the outputs, when they cannot be read off the model.
+        overlap_gather: None (default): on NCCL/CUDA, with qvdp's forward and one local call per rank,
+            gather each deepstack output on a side stream while the later layers run (the plan check
+            then runs before the forward); True: also on other backends (tests); False: never.
     """
     forward = _forward_for(vision_model, forward)
     geometry = _geometry_for(vision_model, forward, geometry)
@@ -169,21 +265,17 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
         [geometry.out_hidden_size] * (1 + len(geometry.deepstack_visual_indexes))
     O, nd = widths[0], len(widths) - 1
     pieces = plan.pieces[rank]
+    if overlap_gather not in (None, True, False):
+        raise TypeError(f"overlap_gather must be None, True or False, got {overlap_gather!r}")
+    if world > 1 and overlap_gather is not False and _can_overlap(forward, plan, grid, max_patches_per_chunk, device,
+                                                                  group, forced=overlap_gather is True):
+        return _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtype, widths,
+                               gather_backend, return_last_hidden, check_ranks, timeout_s, geometry)
     ok, err = True, None
     pooled_parts, ds_parts, hid_parts = [], [[] for _ in range(nd)], []
     try:
         for chunk in (_chunks(pieces, grid, max_patches_per_chunk) if pieces else []):
-            spans = []  # this chunk's pixel rows, adjacent ranges merged (one slice, no copy, when contiguous)
-            for (i, f0, f1, p0) in chunk:
-                p1 = p0 + (f1 - f0) * grid[i][1] * grid[i][2]
-                if spans and spans[-1][1] == p0:
-                    spans[-1] = (spans[-1][0], p1)
-                else:
-                    spans.append((p0, p1))
-            rows = [pixel_values[a:b] for a, b in spans]
-            px = rows[0] if len(rows) == 1 else torch.cat(rows)
-            px = px.to(device=device, non_blocking=True)
-            lgrid = tuple((f1 - f0, grid[i][1], grid[i][2]) for (i, f0, f1, _) in chunk)
+            px, lgrid = _local_pixels(pixel_values, grid, chunk, device)
             pooled, ds, hid = forward(px, lgrid, return_last_hidden)
             if len(ds) != nd:
                 raise RuntimeError(f"vision forward returned {len(ds)} deepstack features, geometry says {nd}")

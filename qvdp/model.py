@@ -195,29 +195,54 @@ class Qwen3VLVisionForward:
         return _geometry(grid, g.head_dim, g.spatial_merge_size, int(g.num_position_embeddings ** 0.5), self.theta,
                          self.device)
 
+    # the forward as segments: [prologue +] layers up to a deepstack merger (or the end) + that merger;
+    # outputs are indexed as in (pooled, *deepstack): deepstack k -> 1 + k, pooled -> 0, and are
+    # produced in the order 1, 2, ..., nd, 0
+    supports_output_callback = True
+
+    def _segments(self) -> list:
+        """[(first block, end block, output k or None, merger index)]: deepstack outputs in layer order."""
+        L = len(self.visual.blocks)
+        ds = list(self.geometry.deepstack_visual_indexes)
+        segs, start = [], 0
+        for k, li in enumerate(sorted(x for x in ds if 0 <= x < L)):
+            segs.append((start, li + 1, k, ds.index(li)))
+            start = li + 1
+        segs.append((start, L, None, None))
+        return segs
+
     @torch.no_grad()
-    def __call__(self, pixel_values: torch.Tensor, grid: tuple, return_last_hidden: bool = False):
+    def __call__(self, pixel_values: torch.Tensor, grid: tuple, return_last_hidden: bool = False, on_output=None):
+        """on_output(index, tensor), when given, is called as soon as each output has been enqueued
+        (index 1 + k for deepstack k, then 0 for pooled), on the host, in stream order: the tensor is
+        valid for work enqueued after it on the current stream (or on a stream that waits on it)."""
         grid = tuple(tuple(int(x) for x in r) for r in grid)
         if not self._graphable(pixel_values):
-            return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid))
+            return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid), on_output)
         key = (grid, bool(return_last_hidden), pixel_values.shape[1], self.visual.patch_embed.proj.weight.data_ptr())
         ent = self._graphs.get(key)
         if ent is None:
             seen = self._graph_seen.get(key, 0) + 1
             self._graph_seen[key] = seen
             if seen < self.graph_after_calls or len(self._graph_seen) > 4096:
-                return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid))
+                return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid), on_output)
             ent = self._capture(pixel_values, grid, return_last_hidden, key)
         else:
             self._graphs[key] = self._graphs.pop(key)  # most recently used last
-        static_in, graph, outs = ent[0], ent[1], ent[2]
+        static_in, graphs, seg_outs, last = ent[0], ent[1], ent[2], ent[3]
         static_in.copy_(pixel_values, non_blocking=True)
-        graph.replay()
-        pooled, ds, last = outs
-        # the graph's buffers are overwritten by its next replay: hand out copies
-        return pooled.clone(), [d.clone() for d in ds], (last.clone() if last is not None else None)
+        res = {}
+        for graph, outs in zip(graphs, seg_outs):
+            graph.replay()
+            for i, t in outs:
+                # the graph's buffers are overwritten by its next replay: hand out copies
+                res[i] = t.clone()
+                if on_output is not None:
+                    on_output(i, res[i])
+        nd = len(res) - 1
+        return res[0], [res[1 + k] for k in range(nd)], (last.clone() if last is not None else None)
 
-    # ---- CUDA graphs: the whole tower for one grid, one replay instead of ~440 launches --------------
+    # ---- CUDA graphs: the tower for one grid as one graph per segment (~440 launches -> 4 replays) -----
     def _graphable(self, px) -> bool:
         if not (self.cuda_graphs and px.ndim == 2 and self.device.type == "cuda"
                 and 0 < px.shape[0] <= self.graph_max_patches):
@@ -234,7 +259,7 @@ class Qwen3VLVisionForward:
     def _capture(self, pixel_values, grid, return_last_hidden, key):
         while len(self._graphs) >= self.max_graphs:  # least recently used out
             self._graphs.pop(next(iter(self._graphs)))
-        tables = self._tables(grid)  # held by the entry: the graph reads these buffers
+        tables = self._tables(grid)  # held by the entry: the graphs read these buffers
         static_in = torch.empty(pixel_values.shape, dtype=self.dtype, device=self.device)
         static_in.copy_(pixel_values)
         side = torch.cuda.Stream(device=self.device)
@@ -242,18 +267,36 @@ class Qwen3VLVisionForward:
         with torch.cuda.stream(side):  # warm-up off the capture: compiles kernels, runs the one-time probes
             self._forward(static_in, grid, return_last_hidden, tables)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = self._forward(static_in, grid, return_last_hidden, tables)
-        self._graphs[key] = ent = (static_in, graph, outs, tables)
+        pool = torch.cuda.graph_pool_handle()  # one pool: the segments replay in capture order
+        graphs, seg_outs, st = [], [], None
+        for si, seg in enumerate(self._segments()):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                if si == 0:
+                    st = self._prologue(static_in, tables)
+                outs = self._segment(st, seg)
+            graphs.append(graph)
+            seg_outs.append(outs)
+        last = st["x"] if return_last_hidden else None
+        self._graphs[key] = ent = (static_in, graphs, seg_outs, last, tables, st)
         return ent
 
-    def _forward(self, pixel_values, grid, return_last_hidden, tables):
+    def _forward(self, pixel_values, grid, return_last_hidden, tables, on_output=None):
+        st = self._prologue(pixel_values, tables)
+        res = {}
+        for seg in self._segments():
+            for i, t in self._segment(st, seg):
+                res[i] = t
+                if on_output is not None:
+                    on_output(i, t)
+        nd = len(res) - 1
+        return res[0], [res[1 + k] for k in range(nd)], (st["x"] if return_last_hidden else None)
+
+    def _prologue(self, pixel_values, tables) -> dict:
         g, v = self.geometry, self.visual
         dev, dt = self.device, self.dtype
         D = g.head_dim
         cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = tables
-
         # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
         w = v.patch_embed.proj.weight
         x = self._linear(pixel_values.to(device=dev, dtype=dt), w.reshape(w.shape[0], -1), v.patch_embed.proj.bias)
@@ -261,7 +304,6 @@ class Qwen3VLVisionForward:
         pos = (v.pos_embed(idx) * wgt[:, :, None]).sum(1)
         x = x + pos.to(dt)
         T = x.shape[0]
-        nh = g.num_heads
         backend = self.attention_backend
         if backend == "auto":
             backend = auto_attention_backend(x, D)
@@ -269,39 +311,50 @@ class Qwen3VLVisionForward:
         if backend == "triton":
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,
                                                                        x.element_size())["BLOCK_M"])
-        deepstack = []
-        ds_idx = list(g.deepstack_visual_indexes)
-        fuse = self._fuse_norm(x)
-        blocks = list(v.blocks)
-        h = None  # LN1 of the block about to run, when the previous block's fused add produced it
-        for li, blk in enumerate(blocks):
-            if h is None:
-                h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
-            qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
-            q, k, vv = qkv.unbind(1)
-            if backend == "torch":
-                o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
-            else:
-                o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
-                                     backend=backend, validate=False, block_map=block_map)
-            if fuse:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
-                y = torch.mm(o.reshape(T, -1), blk.attn.proj.weight.t())
-                x, h = add_layernorm(x, y, blk.attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-                h = self._fc1_act(h, blk.mlp)
-                y = torch.mm(h, blk.mlp.linear_fc2.weight.t())
-                nxt = blocks[li + 1].norm1 if li + 1 < len(blocks) else None
-                x, h = add_layernorm(x, y, blk.mlp.linear_fc2.bias, nxt.weight if nxt is not None else None,
-                                     nxt.bias if nxt is not None else None, nxt.eps if nxt is not None else 1e-6)
-            else:
-                x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
-                h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-                h = self._fc1_act(h, blk.mlp)
-                x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
-                h = None
-            if li in ds_idx:
-                deepstack.append(self._merger(v.deepstack_merger_list[ds_idx.index(li)], x, True))
-        pooled = self._merger(v.merger, x, False)
-        return pooled, deepstack, (x if return_last_hidden else None)
+        # h: LN1 of the block about to run, when the previous block's fused add produced it
+        return dict(x=x, h=None, T=T, backend=backend, block_map=block_map, fuse=self._fuse_norm(x), tables=tables)
+
+    def _segment(self, st, seg) -> list:
+        """Run blocks [a, b) on the state, then the deepstack merger k (or the final merger)."""
+        a, b, k, m = seg
+        v = self.visual
+        for li in range(a, b):
+            self._block(st, li)
+        if k is not None:
+            return [(1 + k, self._merger(v.deepstack_merger_list[m], st["x"], True))]
+        return [(0, self._merger(v.merger, st["x"], False))]
+
+    def _block(self, st, li):
+        g = self.geometry
+        D, nh = g.head_dim, g.num_heads
+        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = st["tables"]
+        blocks = self.visual.blocks
+        blk = blocks[li]
+        x, h, T, backend = st["x"], st["h"], st["T"], st["backend"]
+        if h is None:
+            h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+        qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
+        q, k, vv = qkv.unbind(1)
+        if backend == "torch":
+            o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
+        else:
+            o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
+                                 backend=backend, validate=False, block_map=st["block_map"])
+        if st["fuse"]:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
+            y = torch.mm(o.reshape(T, -1), blk.attn.proj.weight.t())
+            x, h = add_layernorm(x, y, blk.attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+            h = self._fc1_act(h, blk.mlp)
+            y = torch.mm(h, blk.mlp.linear_fc2.weight.t())
+            nxt = blocks[li + 1].norm1 if li + 1 < len(blocks) else None
+            x, h = add_layernorm(x, y, blk.mlp.linear_fc2.bias, nxt.weight if nxt is not None else None,
+                                 nxt.bias if nxt is not None else None, nxt.eps if nxt is not None else 1e-6)
+        else:
+            x = x + self._linear(o.reshape(T, -1), blk.attn.proj.weight, blk.attn.proj.bias)
+            h = F.layer_norm(x, (x.shape[-1],), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+            h = self._fc1_act(h, blk.mlp)
+            x = x + self._linear(h, blk.mlp.linear_fc2.weight, blk.mlp.linear_fc2.bias)
+            h = None
+        st["x"], st["h"] = x, h
 
 
 def hf_vision_forward(visual):

@@ -43,9 +43,13 @@ elif [ "$STAGE" = one ]; then  # one GPU: all GPU tests, attention + encoder (1 
 elif [ "$STAGE" = x4 ]; then  # the 4-GPU wrap-up: encoder at 1/2/4 GPUs, gather at 4, tests
   T=270 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   T=80 TAILN=20 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
-  T=60 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3 or layernorm" tests -p no:cacheprovider
+  T=120 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3 or layernorm" tests -p no:cacheprovider
   T=90 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=40 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
+elif [ "$STAGE" = last ]; then  # (4 GPUs) overlapped gather: NCCL tests, two encoder workloads, graph test
+  T=75 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=95 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" 4x720p
+  T=40 TAILN=4 step gpu_graph_test python3 -m pytest -q -m "gpu and not multigpu" -k graph tests -p no:cacheprovider
 elif [ "$STAGE" = dp ]; then  # WORLDS="2 4" (default) or "2" on a 2-GPU machine
   W=${WORLDS:-2 4}; WMAX=${W##* }
   T=90 TAILN=6 step gpu_tests_new python3 -m pytest -q -m "gpu and not multigpu" -k "graph or rope or fa3" tests -p no:cacheprovider

@@ -111,3 +111,42 @@ def test_absent_rank_times_out():
     res = run_ranks(_absent_worker, 2, timeout_s=10, join_timeout_s=90)
     assert not res[0]["ok"], res[0]
     assert any(s in res[0]["error"].lower() for s in ("timeout", "timed out", "time out")), res[0]["error"]
+
+
+# ---- the same faults with the gather overlapped with the forward (forced on gloo) ---------------
+def _mismatch_overlap_worker(rank, world):
+    m = tiny_vision_model(0)
+    grid = GRID if rank == 0 else [[1, 4, 4], [1, 2, 2], [1, 2, 2]]
+    torch.manual_seed(0)
+    qvdp.run_dp_sharded_vision(m, _px(), grid, overlap_gather=True)
+
+
+def test_mismatched_grid_raises_on_every_rank_overlapped():
+    res = run_ranks(_mismatch_overlap_worker, 2, timeout_s=20, join_timeout_s=60)
+    for r in res:
+        assert not r["ok"] and "PlanMismatchError" in r["error"], r
+
+
+def _raise_after_deepstack_worker(rank, world):
+    # rank 1 fails after its first deepstack output has been handed to the gather
+    m = tiny_vision_model(0)
+    fwd = qvdp.Qwen3VLVisionForward(m)
+
+    class Failing:
+        supports_output_callback = True
+
+        def __call__(self, px, grid, ret, on_output=None):
+            def cb(i, t):
+                on_output(i, t)
+                if rank == 1:
+                    raise _Boom("simulated out of memory after deepstack 0")
+            return fwd(px, grid, ret, on_output=cb)
+    qvdp.run_dp_sharded_vision(m, _px(40), [[1, 4, 4], [1, 4, 4], [2, 2, 2]], forward=Failing(),
+                               overlap_gather=True)
+
+
+def test_rank_raising_mid_forward_fails_all_ranks_overlapped():
+    res = run_ranks(_raise_after_deepstack_worker, 3, timeout_s=20, join_timeout_s=60)
+    for r in res:
+        assert not r["ok"] and "RankFailedError" in r["error"] and "[1]" in r["error"], r
+    assert "after deepstack 0" in res[1]["error"]

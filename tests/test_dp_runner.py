@@ -15,14 +15,16 @@ CASES = {
 }
 
 
-def _dp_worker(rank, world, grid, seed, policy, chunk):
+def _dp_worker(rank, world, grid, seed, policy, chunk, overlap=None):
     torch.manual_seed(seed)
     m = tiny_vision_model(seed)
     N = sum(t * h * w for t, h, w in grid)
     px = torch.randn(N, 1536)
     fwd = qvdp.Qwen3VLVisionForward(m, batch_invariant=True)
-    out = qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, policy=policy, max_patches_per_chunk=chunk)
-    return [out.pooler_output] + list(out.deepstack_features)
+    out = qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, policy=policy, max_patches_per_chunk=chunk,
+                                     overlap_gather=overlap, return_last_hidden=overlap is True)
+    res = [out.pooler_output] + list(out.deepstack_features)
+    return res + ([out.last_hidden_state] if overlap is True else [])
 
 
 def _single(grid, seed):
@@ -58,6 +60,20 @@ def test_dp_equals_single(world, case):
             assert torch.equal(a, b), f"rank {r}: DP output differs from the single-process run"
     for a, b in zip(single, hf_ref):
         assert ((a - b).norm() / b.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dp_overlapped_gather_equals_single(case):
+    # each output gathered as soon as it is produced (forced on gloo): same bits, also for an empty rank
+    grid = CASES[case]
+    _, single = _single(grid, seed=11)
+    res = run_ranks(_dp_worker, 3, grid, 11, "flops", None, True)
+    for r, rr in enumerate(res):
+        assert rr["ok"], rr
+        assert len(rr["result"]) == len(single) + 1
+        for a, b in zip(rr["result"], single):
+            assert a.shape == b.shape and torch.equal(a, b), f"rank {r}"
+        assert rr["result"][-1].shape[0] == sum(t * h * w for t, h, w in grid)
 
 
 def test_dp_patch_policy_and_chunks():
