@@ -47,8 +47,8 @@ elif [ "$STAGE" = x4 ]; then  # the 4-GPU wrap-up: encoder at 1/2/4 GPUs, gather
   T=90 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=40 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
 elif [ "$STAGE" = last ]; then  # (4 GPUs) overlapped gather: NCCL tests, two encoder workloads, graph test
-  T=75 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-  T=95 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" 4x720p
+  T=70 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=70 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "${ONLY:-16 mixed}"
   T=40 TAILN=4 step gpu_graph_test python3 -m pytest -q -m "gpu and not multigpu" -k graph tests -p no:cacheprovider
 elif [ "$STAGE" = dp ]; then  # WORLDS="2 4" (default) or "2" on a 2-GPU machine
   W=${WORLDS:-2 4}; WMAX=${W##* }
