@@ -28,8 +28,12 @@ def backends() -> list:
                      f"not built ({type(e).__name__}); setup.py builds it when torch has CUDA, nvcc and NCCL "
                      f"headers are found"))
     rows.append(("torch.distributed gather", torch.distributed.is_available(),
-                 "broadcast of each contiguous run into the output (gloo/NCCL)"))
-    from .ops.attention import flash_attn_available
+                 "broadcast of each contiguous run into the output (gloo/NCCL; all_gather for equal shares on NCCL)"))
+    from .ops.attention import fa3_available, flash_attn_available
+    fa3 = fa3_available()
+    rows.append(("FlashAttention-3 backend", fa3,
+                 "imports: the tower's attention 'auto' uses it on Hopper (fp16/bf16, head dim >= 64)" if fa3
+                 else "optional: FA3's flash_attn_interface or the fa3-fwd wheel; else qvdp's Triton kernel"))
     rows.append(("flash-attn backend", flash_attn_available(), "optional: pip install flash-attn"))
     rows.append(("torch fallback", True, "plain torch for every op (CPU, or backend='torch')"))
     return rows
