@@ -106,12 +106,12 @@ class Qwen3VLVisionForward:
         fused_norm: on CUDA, proj and fc2 run without bias and one Triton pass does residual add + bias +
         the following LayerNorm (qvdp.ops.layernorm.add_layernorm); off in batch_invariant mode.
         cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
-        in a CUDA graph and replayed (pixels copied into its input buffer, outputs copied out): one
-        launch instead of ~440, which matters once a DP rank's share is small enough for the host to
-        be the bottleneck (benchmarks/diag_encoder.py). Only calls of at most `graph_max_patches`
-        patches are captured (bigger ones keep the GPU busy on their own), at most `max_graphs` grids
-        are kept (LRU), each with its own memory pool (~30 KB per patch for the 8B tower); the weights
-        must not move after a capture."""
+        as CUDA graphs (one per segment, see _segments) and replayed (pixels copied into its input
+        buffer, outputs copied out): 4 replays instead of ~440 launches, which matters once a DP rank's
+        share is small enough for the host to be the bottleneck (benchmarks/diag_encoder.py). Only
+        calls of at most `graph_max_patches` patches are captured (bigger ones keep the GPU busy on
+        their own), at most `max_graphs` grids are kept (LRU), each holding a memory pool about the size
+        of the eager forward's activations (not measured); the weights must not move after a capture."""
         self.visual = visual
         self.batch_invariant = batch_invariant
         self.invariant_rows = invariant_rows
