@@ -105,6 +105,34 @@ def bar_plot(name: str, groups: list, series: dict, ylabel: str, out_dir: str | 
     plt.close(fig)
 
 
+def init_nccl_worker(rank: int, world: int, port: int, timeout_s: float = 600):
+    """Join the NCCL process group of a spawn_ranks() worker (NVLink multicast off); return its device."""
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
+    torch.cuda.set_device(rank)
+    dev = torch.device("cuda", rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=dev)
+    return dev
+
+
+def time_runs(fn, warm: int, rep: int, sync=None) -> list:
+    """Wall ms of `rep` synchronised calls after `warm` untimed ones; sync() (e.g. a barrier) before each."""
+    import time
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(rep):
+        if sync:
+            sync()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return ts
+
+
 def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
     """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
     import socket

@@ -9,15 +9,12 @@ reorder); qvdp DP (FLOP-aware plan, frame splitting, ordered gather), on each wo
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import random
 import statistics
-import time
 
 import torch
 
-from _common import spawn_ranks, bar_plot, try_import_fa3, write_results
+from _common import bar_plot, init_nccl_worker, spawn_ranks, time_runs, try_import_fa3, write_results
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp
@@ -40,18 +37,7 @@ def pixels(grid, device):
 
 
 def time_it(fn, warm=2, rep=5, sync=None):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(rep):
-        if sync:
-            sync()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+    return statistics.median(time_runs(fn, warm, rep, sync))
 
 
 def single_gpu(fa3, wls):
@@ -86,11 +72,7 @@ def single_gpu(fa3, wls):
 
 def _dp_worker(rank, world, port, wls, q):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600),
-                            device_id=dev)
+    dev = init_nccl_worker(rank, world, port)
     fa3 = try_import_fa3()
     model = build_hf(dev)
     qf = qvdp.Qwen3VLVisionForward(model)

@@ -12,13 +12,11 @@ all_gather_into_tensor of equal-size buffers holding the same total bytes.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 
 import torch
 
-from _common import spawn_ranks, write_results
+from _common import init_nccl_worker, spawn_ranks, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -31,11 +29,7 @@ def _worker(rank, world, port, q):
     import qvdp
     from qvdp import plan_shards
     from qvdp.dist.gather import _gather_rows_torch
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300),
-                            device_id=dev)
+    dev = init_nccl_worker(rank, world, port, timeout_s=300)
     try:
         from qvdp.dist.native import gather_rows_native
         native = True

@@ -15,7 +15,6 @@ Writes JSON to --out (diag-encoder-<mode>.json).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -23,7 +22,7 @@ import time
 
 import torch
 
-from _common import spawn_ranks, try_import_fa3
+from _common import init_nccl_worker, spawn_ranks, time_runs, try_import_fa3
 from bench_encoder import pixels, workloads
 from encoder_systems import build_hf
 
@@ -32,17 +31,7 @@ from qvdp import plan_shards
 
 
 def timed(fn, rep=10, warm=2, sync=None):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(rep):
-        if sync:
-            sync()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t0) * 1e3)
+    ts = time_runs(fn, warm, rep, sync)
     return {"med": statistics.median(ts), "min": min(ts), "max": max(ts)}
 
 
@@ -152,11 +141,7 @@ def single(out_dir):
 
 def _dp_worker(rank, world, port, q):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600),
-                            device_id=dev)
+    dev = init_nccl_worker(rank, world, port)
     model = build_hf(dev)
     qf = qvdp.Qwen3VLVisionForward(model)
     out = {}

@@ -116,6 +116,16 @@ def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
                                 f"same grid_thw")
 
 
+def _final_check(plan, ok, err, rank, group, device, timeout_s):
+    """The status check after the local forward; the failing rank chains its own error."""
+    try:
+        _status_check(plan, ok, group, device, timeout_s)
+    except RankFailedError as e:
+        if err is not None:
+            raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
+        raise
+
+
 def _local_pixels(pixel_values, grid, chunk, device):
     """This chunk's pixel rows (one slice, no copy, when contiguous), moved to the device."""
     spans = []
@@ -192,12 +202,7 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
         for t in gathered.values():
             t.record_stream(main)
     if check_ranks:
-        try:
-            _status_check(plan, ok, group, device, timeout_s)
-        except RankFailedError as e:
-            if err is not None:
-                raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
-            raise
+        _final_check(plan, ok, err, rank, group, device, timeout_s)
     last = None
     if return_last_hidden:
         mu = geometry.merge_unit
@@ -296,12 +301,7 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
 
     if world > 1 and check_ranks:
         sdev = device if group_backend(group) == "nccl" else torch.device("cpu")
-        try:
-            _status_check(plan, ok, group, sdev, timeout_s)
-        except RankFailedError as e:
-            if err is not None:
-                raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
-            raise
+        _final_check(plan, ok, err, rank, group, sdev, timeout_s)
     pooled = cat(pooled_parts, O)
     ds = [cat(p, widths[1 + j]) for j, p in enumerate(ds_parts)]
     outs = [pooled] + ds
