@@ -3,8 +3,8 @@ Qwen3VLVisionModel (or any module with the same attributes) in place.
 
 Differences from the HF forward, all numerically equivalent:
 - the Conv3d patch embed (kernel == stride) runs as one GEMM on the pixel rows;
-- rotary cos/sin, pos-embed taps, cu_seqlens and the attention block map are built once per
-  forward (host geometry is cached per grid);
+- rotary cos/sin, pos-embed taps and cu_seqlens are built once per forward on the device in one
+  vectorised pass (qvdp.tables; cached per grid), the attention block map once per forward;
 - attention takes strided q/k/v views of the packed qkv output and applies RoPE inside
   (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel);
 - fc1 + bias + tanh-GELU is one cuBLASLt GEMM; proj/fc2 run bias-free and the residual add, bias
@@ -24,6 +24,7 @@ from .geometry import VisionGeometry
 from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
+from .tables import vision_tables
 
 
 @lru_cache(maxsize=8)
@@ -43,14 +44,10 @@ def _fused_gelu_is_tanh(device) -> bool:
 
 @lru_cache(maxsize=16)
 def _geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float, device: torch.device):
-    """Per-grid tables, built on the host once and kept on `device`: rotary cos/sin, pos-embed taps,
-    cu_seqlens (device tensor and host list) and the longest segment."""
-    cos, sin = R.rotary_cos_sin(grid, head_dim, merge, theta)
-    idx, wgt = R.pos_embed_taps(grid, side, merge)
-    cu = R.cu_seqlens_for(grid)
-    max_seqlen = max(h * w for _, h, w in grid)
-    return (cos.to(device), sin.to(device), idx.to(device), wgt.to(device), cu.to(device), cu.tolist(),
-            max_seqlen)
+    """Per-grid tables on `device` (qvdp.tables.vision_tables: one vectorised pass on the device, no
+    host loop over items, no large copy): rotary cos/sin, pos-embed taps, cu_seqlens (device tensor
+    and host list) and the longest segment. Cached for repeated grids."""
+    return vision_tables(grid, head_dim, merge, side, theta, device)
 
 
 @lru_cache(maxsize=8)
