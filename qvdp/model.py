@@ -219,9 +219,11 @@ class Qwen3VLVisionForward:
         key = (grid, bool(return_last_hidden), pixel_values.shape[1], self.visual.patch_embed.proj.weight.data_ptr())
         ent = self._graphs.get(key)
         if ent is None:
+            if len(self._graph_seen) > 4096:  # a long run of ever-new grids: forget the counts
+                self._graph_seen.clear()
             seen = self._graph_seen.get(key, 0) + 1
             self._graph_seen[key] = seen
-            if seen < self.graph_after_calls or len(self._graph_seen) > 4096:
+            if seen < self.graph_after_calls:
                 return self._forward(pixel_values, grid, return_last_hidden, self._tables(grid), on_output)
             ent = self._capture(pixel_values, grid, return_last_hidden, key)
         else:
