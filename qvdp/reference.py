@@ -39,15 +39,37 @@ def rotary_inv_freq(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float) / spatial))
 
 
+def rotary_from_positions(r: torch.Tensor, c: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple:
+    """cos, sin [N, head_dim] fp32 for patch rows r and columns c: [row freqs | col freqs] twice."""
+    inv = rotary_inv_freq(head_dim, theta).to(r.device)
+    half = torch.cat([r[:, None].float() * inv, c[:, None].float() * inv], dim=-1)
+    emb = torch.cat([half, half], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def bilinear_taps(r: torch.Tensor, c: torch.Tensor, h: torch.Tensor, w: torch.Tensor, side: int) -> tuple:
+    """Bilinear (align_corners=True) taps into the side x side table for patch (r, c) of an h x w frame
+    (all per patch): indices [N, 4] (long) and weights [N, 4] (fp32), as HF interpolates the table."""
+    two = torch.arange(2, device=r.device)
+
+    def axis(idx, size):
+        src = idx.float() * (side - 1) / torch.clamp(size - 1, min=1)
+        fl = torch.floor(src)
+        taps = fl.long()[:, None] + two
+        dist = (src[:, None] - fl[:, None] - two).abs()
+        return taps.clamp(0, side - 1), (1 - dist).clamp(min=0)
+
+    ht, hw_ = axis(r, h)
+    wt, ww = axis(c, w)
+    idx = (ht[:, :, None] * side + wt[:, None, :]).reshape(-1, 4)
+    wgt = (hw_[:, :, None] * ww[:, None, :]).reshape(-1, 4)
+    return idx, wgt
+
+
 def rotary_cos_sin(grid: tuple, head_dim: int, merge: int, theta: float = 10000.0, device=None) -> tuple:
     """cos, sin [N, head_dim] fp32 in HF's rotate-half layout: [row freqs | col freqs] twice."""
     r, c = patch_rows_cols(grid, merge, device)
-    inv = rotary_inv_freq(head_dim, theta).to(device)
-    fr = r[:, None].float() * inv
-    fc = c[:, None].float() * inv
-    half = torch.cat([fr, fc], dim=-1)
-    emb = torch.cat([half, half], dim=-1)
-    return emb.cos(), emb.sin()
+    return rotary_from_positions(r, c, head_dim, theta)
 
 
 def pos_embed_taps(grid: tuple, side: int, merge: int, device=None) -> tuple:
@@ -59,19 +81,7 @@ def pos_embed_taps(grid: tuple, side: int, merge: int, device=None) -> tuple:
     r, c = patch_rows_cols(grid, merge, device)
     hs = torch.cat([torch.full((t * h * w,), h, device=device) for t, h, w in grid])
     ws = torch.cat([torch.full((t * h * w,), w, device=device) for t, h, w in grid])
-
-    def axis(idx, size):
-        src = idx.float() * (side - 1) / torch.clamp(size - 1, min=1)
-        fl = torch.floor(src)
-        taps = fl.long()[:, None] + torch.arange(2, device=device)
-        dist = (src[:, None] - fl[:, None] - torch.arange(2, device=device)).abs()
-        return taps.clamp(0, side - 1), (1 - dist).clamp(min=0)
-
-    ht, hw_ = axis(r, hs)
-    wt, ww = axis(c, ws)
-    idx = (ht[:, :, None] * side + wt[:, None, :]).reshape(-1, 4)
-    wgt = (hw_[:, :, None] * ww[:, None, :]).reshape(-1, 4)
-    return idx, wgt
+    return bilinear_taps(r, c, hs, ws, side)
 
 
 # ------------------------------------------------------------------------------------------

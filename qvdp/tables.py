@@ -4,7 +4,8 @@ For a batch of frames the tower needs, per patch: the 2D rotary cos/sin [N, D] (
 bilinear taps into the learned position-embedding table and their weights [N, 4], and the
 segment boundaries cu_seqlens (one segment per frame). qvdp.reference builds the same tables
 item by item on the host (the readable reference); here the host only lists the frames (a few
-ints each) and ~30 device ops do the rest, whatever the number of items: no Python loop over
+ints each) and ~30 device ops find every patch's (row, col) and frame size, then the same
+reference formulas (rotary_from_positions, bilinear_taps) run on them, whatever the number of items: no Python loop over
 patches or items on the host, no large host->device copy, no device->host sync.
 The values equal the reference's bit for bit on the same device (tests/test_tables.py).
 """
@@ -37,24 +38,7 @@ def vision_tables(grid: tuple, head_dim: int, merge: int, side: int, theta: floa
     bw = w // merge
     r = (blk // bw) * merge + within // merge
     c = (blk % bw) * merge + within % merge
-    # rotary: [row freqs | col freqs] twice, HF's rotate-half layout
-    inv = R.rotary_inv_freq(head_dim, theta).to(device)
-    half = torch.cat([r[:, None].float() * inv, c[:, None].float() * inv], dim=-1)
-    emb = torch.cat([half, half], dim=-1)
-    cos, sin = emb.cos(), emb.sin()
-
-    # bilinear taps (align_corners=True) of the side x side table, as HF interpolates it
-    def axis(idx, size):
-        src = idx.float() * (side - 1) / torch.clamp(size - 1, min=1)
-        fl = torch.floor(src)
-        two = torch.arange(2, device=device)
-        taps = fl.long()[:, None] + two
-        dist = (src[:, None] - fl[:, None] - two).abs()
-        return taps.clamp(0, side - 1), (1 - dist).clamp(min=0)
-
-    ht, hwt = axis(r, h)
-    wt, wwt = axis(c, w)
-    idx = (ht[:, :, None] * side + wt[:, None, :]).reshape(-1, 4)
-    wgt = (hwt[:, :, None] * wwt[:, None, :]).reshape(-1, 4)
+    cos, sin = R.rotary_from_positions(r, c, head_dim, theta)
+    idx, wgt = R.bilinear_taps(r, c, h, w, side)
     cu = torch.tensor(cu_list, dtype=torch.int32).to(device)
     return cos, sin, idx, wgt, cu, cu_list, max(sizes)
