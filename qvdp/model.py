@@ -228,7 +228,8 @@ class Qwen3VLVisionForward:
             ent = self._capture(pixel_values, grid, return_last_hidden, key)
         else:
             self._graphs[key] = self._graphs.pop(key)  # most recently used last
-        static_in, graphs, seg_outs, last = ent[0], ent[1], ent[2], ent[3]
+        static_in, graphs, seg_outs, st = ent
+        last = st["x"] if return_last_hidden else None
         static_in.copy_(pixel_values, non_blocking=True)
         res = {}
         for graph, outs in zip(graphs, seg_outs):
@@ -258,7 +259,7 @@ class Qwen3VLVisionForward:
     def _capture(self, pixel_values, grid, return_last_hidden, key):
         while len(self._graphs) >= self.max_graphs:  # least recently used out
             self._graphs.pop(next(iter(self._graphs)))
-        tables = self._tables(grid)  # held by the entry: the graphs read these buffers
+        tables = self._tables(grid)  # kept alive through st["tables"]: the graphs read these buffers
         static_in = torch.empty(pixel_values.shape, dtype=self.dtype, device=self.device)
         static_in.copy_(pixel_values)
         side = torch.cuda.Stream(device=self.device)
@@ -276,8 +277,8 @@ class Qwen3VLVisionForward:
                 outs = self._segment(st, seg)
             graphs.append(graph)
             seg_outs.append(outs)
-        last = st["x"] if return_last_hidden else None
-        self._graphs[key] = ent = (static_in, graphs, seg_outs, last, tables, st)
+        # st holds the tables and the final stream x (the last hidden state): the graphs read and write them
+        self._graphs[key] = ent = (static_in, graphs, seg_outs, st)
         return ent
 
     def _forward(self, pixel_values, grid, return_last_hidden, tables, on_output=None):
