@@ -22,22 +22,19 @@
 
 namespace {
 
-#define QVDP_NCCL_CHECK(cmd)                                                                \
-  do {                                                                                     \
-    ncclResult_t r_ = (cmd);                                                               \
-    if (r_ != ncclSuccess) {                                                               \
-      throw std::runtime_error(std::string("qvdp: NCCL error '") + ncclGetErrorString(r_) + \
-                               "' in " #cmd);                                              \
-    }                                                                                      \
+// A failed CUDA or NCCL call throws "qvdp: <lib> error '<text>' in <call>" (a Python RuntimeError).
+inline void check_status(bool ok, const char* lib, const char* text, const char* call) {
+  if (!ok) throw std::runtime_error(std::string("qvdp: ") + lib + " error '" + text + "' in " + call);
+}
+#define QVDP_NCCL_CHECK(cmd)                                                      \
+  do {                                                                           \
+    ncclResult_t r_ = (cmd);                                                     \
+    check_status(r_ == ncclSuccess, "NCCL", ncclGetErrorString(r_), #cmd);       \
   } while (0)
-
-#define QVDP_CUDA_CHECK(cmd)                                                                      \
-  do {                                                                                           \
-    cudaError_t e_ = (cmd);                                                                      \
-    if (e_ != cudaSuccess) {                                                                     \
-      throw std::runtime_error(std::string("qvdp: CUDA error '") + cudaGetErrorString(e_) +       \
-                               "' in " #cmd);                                                    \
-    }                                                                                            \
+#define QVDP_CUDA_CHECK(cmd)                                                      \
+  do {                                                                           \
+    cudaError_t e_ = (cmd);                                                      \
+    check_status(e_ == cudaSuccess, "CUDA", cudaGetErrorString(e_), #cmd);       \
   } while (0)
 
 ncclDataType_t nccl_dtype(at::ScalarType t) {
