@@ -133,6 +133,28 @@ def time_runs(fn, warm: int, rep: int, sync=None) -> list:
     return ts
 
 
+def time_interleaved(fns: dict, warm: int, rep: int) -> dict:
+    """Median wall ms per system, the systems timed in turn (one call each per round, the starting system
+    rotating), so all of them see the same GPU clock state: a sustained load heats an H100 and its clock
+    falls (one 4 x 720p forward went 38.5 -> 41.0 ms over five back-to-back calls), which penalises
+    whichever system is timed last when each is timed in its own block."""
+    import statistics
+    import time
+    for fn in fns.values():
+        for _ in range(warm):
+            fn()
+    names = list(fns)
+    ts = {n: [] for n in names}
+    for r in range(rep):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fns[n]()
+            torch.cuda.synchronize()
+            ts[n].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(v) for n, v in ts.items()}
+
+
 def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
     """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
     import socket

@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from _common import bar_plot, init_nccl_worker, spawn_ranks, time_runs, try_import_fa3, write_results
+from _common import bar_plot, init_nccl_worker, spawn_ranks, time_interleaved, time_runs, try_import_fa3, write_results
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp
@@ -41,30 +41,29 @@ def time_it(fn, warm=2, rep=5, sync=None):
 
 
 def single_gpu(fa3, wls):
+    """The 1-GPU systems, timed interleaved (time_interleaved): HF sdpa, HF+FA3 (a second HF tower with the
+    same seed, so the same weights, its attention swapped), qvdp (auto backend), qvdp with its Triton
+    attention."""
     dev = torch.device("cuda", 0)
     model = build_hf(dev)
-    res = {}
     qf = qvdp.Qwen3VLVisionForward(model)  # attention "auto": FA3 + qvdp RoPE pass on Hopper if FA3 imports
     qt = qvdp.Qwen3VLVisionForward(model, attention_backend="triton")
     hf_sdpa = hf_call(model)
+    hf_fa3 = hf_call(use_fa3_attention(build_hf(dev), fa3)) if fa3 is not None else None
+    res = {}
     for name, grid in wls:
         px = pixels(grid, dev)
-        r = {}
-        r["HF sdpa"] = time_it(lambda: hf_sdpa(px, grid))
+        g = tuple(map(tuple, grid))
+        fns = {"HF sdpa": lambda: hf_sdpa(px, grid), "qvdp 1 GPU": lambda: qf(px, g),
+               "qvdp 1 GPU (Triton attn)": lambda: qt(px, g)}
+        if hf_fa3 is not None:
+            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
+        r = time_interleaved(fns, warm=2, rep=7)
         ref = hf_sdpa(px, grid)
-        r["qvdp 1 GPU"] = time_it(lambda: qf(px, tuple(map(tuple, grid))))
-        r["qvdp 1 GPU (Triton attn)"] = time_it(lambda: qt(px, tuple(map(tuple, grid))))
-        got = qf(px, tuple(map(tuple, grid)))
+        got = qf(px, g)
         r["err"] = ((got[0].float() - ref[0].float()).norm() / ref[0].float().norm()).item()
         res[name] = r
         print(name, r, flush=True)
-    if fa3 is not None:
-        use_fa3_attention(model, fa3)
-        hf_fa3 = hf_call(model)
-        for name, grid in wls:
-            px = pixels(grid, dev)
-            res[name]["HF+FA3"] = time_it(lambda: hf_fa3(px, grid))
-            print(name, "HF+FA3", res[name]["HF+FA3"], flush=True)
     del model
     torch.cuda.empty_cache()
     return res
@@ -144,8 +143,10 @@ def main():
                          f"{r1['err']:.1e}" if sname == "qvdp (1 GPU)" else ""])
         print(rows[-len(sysrows):], flush=True)
     notes = ("speedup = HF sdpa (1 GPU) time / system time. scaling = qvdp 1 GPU time / (W x qvdp DP time). "
-             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). Times: median of 5 after 2 warm-ups "
-             "(qvdp captures a CUDA graph per grid on its second call, so timed calls are replays); "
+             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 7 after 2 warm-ups, "
+             "the four 1-GPU systems timed in turn, one call each per round (a sustained load slows an H100's clock "
+             "by a few %, so block-wise timing favours whichever system runs first); DP times: median of 5 after "
+             "2 warm-ups (qvdp captures a CUDA graph per grid on its second call, so timed calls are replays); "
              "qvdp's attention: FA3's kernel after qvdp's RoPE pass where FA3 imports (backend auto), the "
              "Triton row uses qvdp's fused kernel; "
              "DP: the slowest rank, pixels already on every GPU (as in SGLang); qvdp DP includes planning, the "

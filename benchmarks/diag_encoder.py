@@ -2,6 +2,7 @@
 
     python benchmarks/diag_encoder.py single [--out DIR]   # 1 GPU
     python benchmarks/diag_encoder.py dp --world 4 [--out DIR]
+    python benchmarks/diag_encoder.py profile [--out DIR]  # only the 4 x 720p profile
 
 single: full forward per workload (qvdp with attention "auto" - FA3 where it imports - and with
   its Triton attention); each DP rank's share timed alone on this one GPU (what DP could reach with zero
@@ -50,7 +51,7 @@ def family(name: str) -> str:
     n = name.lower()
     for key, fam in (("_varlen_attn_fwd", "attention (qvdp)"), ("_pack_kv", "attention pack_kv"),
                      ("flash", "attention (FA3)"), ("_rope_qk", "rope (qvdp)"),
-                     ("_add_layernorm", "add+LayerNorm (qvdp)"), ("merger", "merger (Triton)"),
+                     ("_add_layernorm", "add+LayerNorm (qvdp)"), ("_pos_embed_add", "pos-embed add (qvdp)"), ("merger", "merger (Triton)"),
                      ("gemm", "GEMM"), ("cutlass", "GEMM"), ("nvjet", "GEMM"), ("sm90_xmma", "GEMM"),
                      ("layer_norm", "LayerNorm"), ("elementwise", "elementwise"), ("reduce", "reduce"),
                      ("copy", "copy/cast"), ("cat", "cat"), ("index", "index/gather")):
@@ -83,7 +84,20 @@ def profile_summary(fn):
         fams[f] = fams.get(f, 0.0) + ms
         kernels[e.key[:90]] = (kernels.get(e.key[:90], (0.0, 0))[0] + ms, e.count)
     top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
+    # idle GPU time before each kernel, by the family of the kernel that follows the gap
+    gaps, dev_ev = {}, []
+    for e in prof.events():
+        dt = str(getattr(e, "device_type", ""))
+        if "CUDA" in dt and e.time_range.end > e.time_range.start:
+            dev_ev.append((e.time_range.start, e.time_range.end, e.name))
+    dev_ev.sort()
+    for (s0, e0, _), (s1, _, n1) in zip(dev_ev, dev_ev[1:]):
+        if s1 > e0:
+            f = family(n1) if "memset" not in n1.lower() else "memset"
+            gaps[f] = gaps.get(f, 0.0) + (s1 - e0) / 1e3
     return {"wall_ms": wall, "gpu_kernel_ms": gpu, "launches": n_launch,
+            "gaps_before_ms": dict(sorted(gaps.items(), key=lambda kv: -kv[1])),
+            "span_ms": (dev_ev[-1][1] - dev_ev[0][0]) / 1e3 if dev_ev else 0.0,
             "families_ms": dict(sorted(fams.items(), key=lambda kv: -kv[1])),
             "top_kernels": [(k, round(v[0], 3), v[1]) for k, v in top]}
 
@@ -139,6 +153,51 @@ def single(out_dir):
     return res
 
 
+def profile_only(out_dir):
+    """The torch.profiler summary of one 4 x 720p forward (auto backend, graph replay), and the same
+    call timed (median of 10): kernel time vs wall."""
+    dev = torch.device("cuda", 0)
+    model = build_hf(dev)
+    try_import_fa3()
+    f = qvdp.Qwen3VLVisionForward(model)
+    grid = ((1, 44, 80),) * 4
+    px = pixels([list(x) for x in grid], dev)
+    res = {"card": torch.cuda.get_device_name(), "timed": timed(lambda: f(px, grid)),
+           "profile": profile_summary(lambda: f(px, grid)), "split": []}
+    # host enqueue time vs GPU time (events) vs wall, per call
+    for _ in range(5):
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        a.record()
+        f(px, grid)
+        t1 = time.perf_counter()
+        b.record()
+        b.synchronize()
+        t2 = time.perf_counter()
+        res["split"].append({"host_enqueue_ms": (t1 - t0) * 1e3, "gpu_events_ms": a.elapsed_time(b),
+                             "wall_ms": (t2 - t0) * 1e3})
+    # each graph replay alone (events around it)
+    ent = next(iter(f._graphs.values()), None)
+    if ent is not None:
+        per = []
+        for gr in ent[1]:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a.record()
+            gr.replay()
+            t1 = time.perf_counter()
+            b.record()
+            b.synchronize()
+            per.append({"gpu_ms": a.elapsed_time(b), "host_replay_ms": (t1 - t0) * 1e3})
+        res["replays"] = per
+    fe = qvdp.Qwen3VLVisionForward(model, cuda_graphs=False)
+    res["eager"] = timed(lambda: fe(px, grid))
+    print("profile 4x720p", json.dumps(res, indent=1), flush=True)
+    return res
+
+
 def _dp_worker(rank, world, port, q):
     import torch.distributed as dist
     dev = init_nccl_worker(rank, world, port)
@@ -184,11 +243,11 @@ def dp(world):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["single", "dp"])
+    ap.add_argument("mode", choices=["single", "dp", "profile"])
     ap.add_argument("--world", type=int, default=4)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    res = single(a.out) if a.mode == "single" else dp(a.world)
+    res = single(a.out) if a.mode == "single" else profile_only(a.out) if a.mode == "profile" else dp(a.world)
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, f"diag-encoder-{a.mode}.json"), "w") as f:

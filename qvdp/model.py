@@ -9,6 +9,8 @@ Differences from the HF forward, all numerically equivalent:
   (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel);
 - fc1 + bias + tanh-GELU is one cuBLASLt GEMM; proj/fc2 run bias-free and the residual add, bias
   and the next LayerNorm are one Triton pass (qvdp.ops.layernorm);
+- the interpolated position embedding is added to the patch-embed output by one Triton pass
+  (qvdp.ops.pos_embed) instead of gather + multiply + sum + cast + add;
 - the mergers go through qvdp.patch_merger;
 - on CUDA the whole tower for a repeated grid is replayed from a CUDA graph.
 """
@@ -24,6 +26,7 @@ from .geometry import VisionGeometry
 from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
+from .ops.pos_embed import pos_embed_add_
 from .tables import vision_tables
 
 
@@ -56,14 +59,15 @@ def _is_hopper(device) -> bool:
 
 
 def auto_attention_backend(x, head_dim: int) -> str:
-    """"fa3" for fp16/bf16 and head dims 64..256 on a Hopper GPU when FlashAttention-3 imports (its
+    """"fa3" on a Hopper GPU when FlashAttention-3 imports, for head dims 64..256 and the dtypes that
+    FA3 build runs (fa3_dtypes(): bf16, fp16 only where built - the fa3-fwd wheel has no fp16) (its
     kernel plus qvdp's one-pass RoPE measured 1.17-1.39x faster than qvdp's Triton kernel at head dim
     72 on an H100, benchmarks/results/attention-h100.md); else "triton" on CUDA; else "torch"."""
     if not x.is_cuda:
         return "torch"
-    from .ops.attention import fa3_available
+    from .ops.attention import fa3_available, fa3_dtypes
     if (x.dtype in (torch.float16, torch.bfloat16) and 64 <= head_dim <= 256 and head_dim % 8 == 0
-            and _is_hopper(x.device) and fa3_available()):
+            and _is_hopper(x.device) and fa3_available() and x.dtype in fa3_dtypes()):
         return "fa3"
     return "triton"
 
@@ -300,9 +304,13 @@ class Qwen3VLVisionForward:
         # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
         w = v.patch_embed.proj.weight
         x = self._linear(pixel_values.to(device=dev, dtype=dt), w.reshape(w.shape[0], -1), v.patch_embed.proj.bias)
-        # learned position embedding, bilinear taps of the 48x48 table (fp32 weights, like HF)
-        pos = (v.pos_embed(idx) * wgt[:, :, None]).sum(1)
-        x = x + pos.to(dt)
+        # learned position embedding: bilinear taps of the 48x48 table (fp32 weights), added in place
+        # by one Triton pass on CUDA (qvdp.ops.pos_embed); the eager form elsewhere
+        if x.is_cuda:
+            pos_embed_add_(x, v.pos_embed.weight, idx, wgt)
+        else:
+            pos = (v.pos_embed(idx) * wgt[:, :, None]).sum(1)
+            x = x + pos.to(dt)
         T = x.shape[0]
         backend = self.attention_backend
         if backend == "auto":

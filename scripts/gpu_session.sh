@@ -40,6 +40,29 @@ elif [ "$STAGE" = one ]; then  # one GPU: all GPU tests, attention + encoder (1 
   T=60 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
   T=200 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds
   T=100 TAILN=30 step diag_encoder python3 benchmarks/diag_encoder.py single --out "$OUT"
+elif [ "$STAGE" = s4a ]; then  # session 4, one GPU: every GPU test, RoPE tuning, 1-GPU encoder, profile, attention
+  T=240 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=40 TAILN=12 step diag_rope python3 benchmarks/diag_rope.py
+  T=150 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds
+  T=60 TAILN=60 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
+  T=60 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
+elif [ "$STAGE" = s4b ]; then  # session 4, one GPU: RoPE v5 vs v3, then the 1-GPU encoder with the faster one
+  T=100 TAILN=12 step rope_tests python3 -m pytest -q -m gpu -k "rope or fa3 or graph" tests -p no:cacheprovider
+  T=40 TAILN=12 step diag_rope python3 benchmarks/diag_rope.py --winner logs/rope_winner
+  export QVDP_ROPE_IMPL=$(cat logs/rope_winner 2>/dev/null || echo tile); echo "QVDP_ROPE_IMPL=$QVDP_ROPE_IMPL"
+  T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds
+  T=60 TAILN=8 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
+  T=40 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN FA2
+elif [ "$STAGE" = s4c ]; then  # session 4, one GPU: where the 3 ms between kernel sum and wall go; FA3 metadata
+  T=60 TAILN=30 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
+  T=60 TAILN=20 step diag_fa3 python3 benchmarks/diag_fa3.py
+elif [ "$STAGE" = s4d ]; then  # session 4, one GPU: host vs GPU time of a graph-replayed forward
+  T=80 TAILN=8 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
+elif [ "$STAGE" = s4x ]; then  # session 4, 4 GPUs: NCCL tests, gather (minCTAs rows), encoder at 1/2/4 GPUs, attention
+  T=120 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=150 TAILN=60 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
+  T=330 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  T=50 TAILN=36 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
 elif [ "$STAGE" = x4 ]; then  # the 4-GPU wrap-up: encoder at 1/2/4 GPUs, gather at 4, tests
   T=270 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   T=80 TAILN=20 step bench_gather python3 benchmarks/bench_gather.py --worlds 4

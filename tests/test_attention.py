@@ -176,11 +176,19 @@ def test_gpu_torch_compile_no_graph_break():
 
 
 # ---- the RoPE pass in front of external kernels, and the FA3 backend -------------------------
-def _rope_check(T, H, D, dtype, device):
+def _rope_check(T, H, D, dtype, device, impl=None, packed=True):
     from qvdp.ops.attention import rope_qk
     from qvdp.reference import apply_rope
-    q, k, _, _, cos, sin = make([T], H, D, dtype, device, seed=3)
-    qr, kr = rope_qk(q, k, cos, sin)
+    q, k, _, _, _, _ = make([T], H, D, dtype, device, seed=3)
+    if not packed:  # heads not D apart: [T, H, D] views of a [T, H, D + 8] tensor
+        g = torch.Generator().manual_seed(5)
+        big = torch.randn(2, T, H, D + 8, generator=g).to(device=device, dtype=dtype)
+        q, k = big[0, :, :, :D], big[1, :, :, :D]
+    # cos/sin halves independent (the general [T, D] contract, not only HF's duplicated halves)
+    g = torch.Generator().manual_seed(4)
+    ang = torch.rand(T, D, generator=g) * 40.0
+    cos, sin = ang.cos().to(device), ang.sin().to(device)
+    qr, kr = rope_qk(q, k, cos, sin, impl=impl)
     assert qr.is_contiguous() and kr.is_contiguous() and qr.shape == q.shape
     for got, x in ((qr, q), (kr, k)):
         ref = apply_rope(x.double(), cos.double(), sin.double())
@@ -190,15 +198,28 @@ def _rope_check(T, H, D, dtype, device):
 @interp
 @pytest.mark.parametrize("D", [72, 64, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_interpreter_rope_qk(interpreter, D, dtype):
-    _rope_check(77, 3, D, dtype, interpreter)
+@pytest.mark.parametrize("impl", ["tile", "lanes"])
+def test_interpreter_rope_qk(interpreter, D, dtype, impl):
+    _rope_check(77, 3, D, dtype, interpreter, impl=impl)
+
+
+@interp
+def test_interpreter_rope_qk_unpacked_heads(interpreter):
+    _rope_check(19, 3, 72, torch.float32, interpreter, impl="tile", packed=False)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("D", [72, 80, 64, 128, 40])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_rope_qk(D, dtype):
-    _rope_check(1000, 4, D, dtype, "cuda")
+@pytest.mark.parametrize("impl", ["tile", "lanes"])
+def test_gpu_rope_qk(D, dtype, impl):
+    _rope_check(1000, 4, D, dtype, "cuda", impl=impl)
+    _rope_check(3, 16, D, dtype, "cuda", impl=impl, packed=False)
+
+
+@pytest.mark.gpu
+def test_gpu_rope_qk_tower_shape():
+    _rope_check(14080, 16, 72, torch.bfloat16, "cuda")
 
 
 @pytest.mark.gpu
@@ -209,3 +230,22 @@ def test_gpu_fa3_backend(D, lens):
     if not fa3_available():
         pytest.skip("FlashAttention-3 not importable (bring the fa3-fwd wheel)")
     _check(lens, 4, D, torch.bfloat16, "cuda", backend="fa3")
+
+
+@pytest.mark.gpu
+def test_gpu_fa3_dtype_guard():
+    """fp16 where the FA3 build has none (the fa3-fwd wheel): the tower's auto backend keeps qvdp's kernel,
+    and backend='fa3' refuses with a ValueError naming the dtypes, before any launch."""
+    from qvdp.model import auto_attention_backend
+    from qvdp.ops.attention import fa3_available, fa3_dtypes
+    if not fa3_available():
+        pytest.skip("FlashAttention-3 not importable (bring the fa3-fwd wheel)")
+    x = torch.empty(4, 8, device="cuda", dtype=torch.float16)
+    if torch.float16 in fa3_dtypes():
+        assert auto_attention_backend(x, 72) in ("fa3", "triton")
+        return
+    assert auto_attention_backend(x, 72) == "triton"
+    q = torch.randn(64, 2, 72, device="cuda", dtype=torch.float16)
+    cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        varlen_attention(q, q, q, cu, 64, backend="fa3")

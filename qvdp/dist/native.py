@@ -17,8 +17,21 @@ def native_extension():
     return _C
 
 
-def _comm_for(group):
-    key = id(group) if group is not None else "world"
+def _min_ctas(value=None) -> int:
+    v = os.environ.get("QVDP_NCCL_MIN_CTAS", "0") if value is None else value
+    try:
+        v = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_ctas (or QVDP_NCCL_MIN_CTAS) must be an integer >= 0, got {v!r}") from None
+    if v < 0:
+        raise ValueError(f"min_ctas (or QVDP_NCCL_MIN_CTAS) must be >= 0, got {v}")
+    return v
+
+
+def _comm_for(group, min_ctas: int = 0):
+    """The communicator for (group, min_ctas): min_ctas > 0 asks NCCL for at least that many channels
+    (ncclConfig_t.minCTAs); 0 keeps NCCL's choice. Creating one is collective over the group."""
+    key = (id(group) if group is not None else "world", min_ctas)
     c = _COMMS.get(key)
     if c is not None:
         return c
@@ -30,21 +43,25 @@ def _comm_for(group):
         buf.copy_(torch.frombuffer(bytearray(_C.nccl_unique_id()), dtype=torch.uint8))
     src = 0 if group is None else dist.get_global_rank(group, 0)
     dist.broadcast(buf, src=src, group=group)
-    c = _C.NcclComm(bytes(buf.cpu().tolist()), world, rank, dev)
+    c = _C.NcclComm(bytes(buf.cpu().tolist()), world, rank, dev, min_ctas, 0)
     _COMMS[key] = c
     return c
 
 
-def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None):
+def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None,
+                       min_ctas: int | None = None):
     """mode: "auto" (default: a plain NCCL all-gather when plan.uniform_block_rows() holds, else grouped
-    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans)."""
+    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans).
+    min_ctas: channels NCCL must use at least (default: QVDP_NCCL_MIN_CTAS, else 0 = NCCL's choice);
+    every rank must pass the same value (the first use of a value creates a communicator, collectively)."""
     mode = mode or os.environ.get("QVDP_GATHER_MODE", "auto")
+    min_ctas = _min_ctas(min_ctas)
     if mode not in ("auto", "bcast", "p2p", "allgather"):
         raise ValueError(f"gather mode must be 'auto', 'bcast', 'p2p' or 'allgather', got {mode!r}")
     uniform = plan.uniform_block_rows()
     if mode == "allgather" and uniform is None:
         raise ValueError("gather mode 'allgather' needs a plan where every rank owns one equal run in rank order")
-    comm = _comm_for(group)
+    comm = _comm_for(group, min_ctas)
     ref = local_outputs[0]
     if layout == "concat":
         local = [torch.cat(list(local_outputs), 1) if len(local_outputs) > 1 else local_outputs[0].contiguous()]
@@ -54,7 +71,6 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
     if uniform is not None and mode in ("auto", "allgather"):
         comm.all_gather(local, outs)
         return outs if layout == "list" else outs[0]
-    runs = torch.tensor([(r, ls, os_, n) for r in range(plan.world_size) for (ls, os_, n) in plan.runs(r)],
-                        dtype=torch.int64).reshape(-1, 4)
+    runs = plan._memo("runs_tensor", lambda: torch.tensor(plan.all_runs(), dtype=torch.int64).reshape(-1, 4))
     comm.gather_runs(local, outs, runs, mode == "p2p")
     return outs if layout == "list" else outs[0]

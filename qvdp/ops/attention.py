@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from ._triton_utils import HAS_TRITON, split_head_dim, triton_usable
+from ._triton_utils import HAS_TRITON, next_pow2, split_head_dim, triton_usable
 from .. import reference as _ref
 
 if HAS_TRITON:
@@ -101,10 +101,12 @@ if HAS_TRITON:
         # pass in front of an external attention kernel (backend "fa3" / "flash_attn"). One lane per
         # (head, j < D/2) pair: out[j] = x[j] cos[j] - x[j+D/2] sin[j], out[j+D/2] = x[j+D/2] cos[j+D/2]
         # + x[j] sin[j+D/2] - both halves from two plain loads, no gathers of a partner column.
+        # Grid axis 1 walks the H * D/2 lanes in chunks of LANES (64 for 16 x 72: 576 = 9 x 64, no idle
+        # lanes; v3 padded 576 to 1024).
         HALF: tl.constexpr = HEAD_DIM // 2
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-        lane = tl.arange(0, LANES)
+        lane = tl.program_id(1) * LANES + tl.arange(0, LANES)
         head = lane // HALF
         j = lane % HALF
         m2 = (rows < T)[:, None] & (lane < H * HALF)[None, :]
@@ -125,6 +127,41 @@ if HAS_TRITON:
         x2 = tl.load(kb + HALF, mask=m2, other=0.0).to(tl.float32)
         tl.store(KO + dst, (x1 * c_lo - x2 * s_lo).to(KO.dtype.element_ty), mask=m2)
         tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m2)
+
+    @triton.jit
+    def _rope_qk_tile(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_kt, stride_ct,
+                      H: tl.constexpr, HP: tl.constexpr, HEAD_DIM: tl.constexpr, JP: tl.constexpr,
+                      BLOCK_T: tl.constexpr):
+        # v5 of the RoPE pass: a [BLOCK_T, H, D/2] tile per half (padded to powers of two), heads packed
+        # (stride D, a constexpr, so the compiler sees 8-byte-aligned runs of D/2 elements and vectorises
+        # the loads and stores; v3's one-lane-per-element form issued one 2-byte access per lane).
+        HALF: tl.constexpr = HEAD_DIM // 2
+        pid = tl.program_id(0)
+        rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        hh = tl.arange(0, HP)
+        jj = tl.arange(0, JP)
+        rm = rows < T
+        jm = jj < HALF
+        m_cs = rm[:, None] & jm[None, :]
+        cb = COS + rows[:, None] * stride_ct + jj[None, :]
+        sb = SIN + rows[:, None] * stride_ct + jj[None, :]
+        c_lo = tl.load(cb, mask=m_cs, other=0.0).to(tl.float32)[:, None, :]
+        c_hi = tl.load(cb + HALF, mask=m_cs, other=0.0).to(tl.float32)[:, None, :]
+        s_lo = tl.load(sb, mask=m_cs, other=0.0).to(tl.float32)[:, None, :]
+        s_hi = tl.load(sb + HALF, mask=m_cs, other=0.0).to(tl.float32)[:, None, :]
+        m3 = rm[:, None, None] & (hh < H)[None, :, None] & jm[None, None, :]
+        col = hh[None, :, None] * HEAD_DIM + jj[None, None, :]
+        dst = rows[:, None, None] * (H * HEAD_DIM) + col
+        qb = Q + rows[:, None, None] * stride_qt + col
+        x1 = tl.load(qb, mask=m3, other=0.0).to(tl.float32)
+        x2 = tl.load(qb + HALF, mask=m3, other=0.0).to(tl.float32)
+        tl.store(QO + dst, (x1 * c_lo - x2 * s_lo).to(QO.dtype.element_ty), mask=m3)
+        tl.store(QO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(QO.dtype.element_ty), mask=m3)
+        kb = K + rows[:, None, None] * stride_kt + col
+        x1 = tl.load(kb, mask=m3, other=0.0).to(tl.float32)
+        x2 = tl.load(kb + HALF, mask=m3, other=0.0).to(tl.float32)
+        tl.store(KO + dst, (x1 * c_lo - x2 * s_lo).to(KO.dtype.element_ty), mask=m3)
+        tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m3)
 
     @triton.jit
     def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
@@ -487,10 +524,29 @@ def fa3_available() -> bool:
     return fa3_varlen_func() is not None
 
 
-def rope_qk(q, k, cos, sin):
+@lru_cache(maxsize=1)
+def fa3_dtypes() -> tuple:
+    """The activation dtypes the importable FA3 build runs: its build config (`flash_attn_config`, the
+    fa3-fwd wheel's `fa3_fwd_config`) may disable fp16 - the fa3-fwd 0.0.3 wheel does."""
+    if not fa3_available():
+        return ()
+    import sys
+    cfg = sys.modules.get("flash_attn_config")
+    if cfg is None:
+        try:
+            import flash_attn_config as cfg
+        except Exception:
+            cfg = None
+    flags = (getattr(cfg, "CONFIG", None) or {}).get("build_flags", {}) if cfg is not None else {}
+    return (torch.bfloat16,) if flags.get("FLASHATTENTION_DISABLE_FP16") else (torch.float16, torch.bfloat16)
+
+
+def rope_qk(q, k, cos, sin, *, impl: str | None = None, lanes: int = 1024, elems: int = 8192):
     """q, k [T, H, D] (strided views allowed, last dim contiguous) rotated by cos/sin [T, D] (HF's
     rotate-half form, fp32 math) into two new contiguous [T, H, D] tensors, one Triton launch (torch
-    on CPU tensors outside the interpreter)."""
+    on CPU tensors outside the interpreter). impl: "tile" (v5, heads packed: q.stride(1) == k.stride(1)
+    == D; else "lanes" is used) or "lanes" (v3: lanes x elems/lanes per program); default from the
+    environment QVDP_ROPE_IMPL, else "tile". Tuning: benchmarks/diag_rope.py."""
     if not triton_usable(q):
         return _ref.apply_rope(q, cos, sin), _ref.apply_rope(k, cos, sin)
     T, H, D = q.shape
@@ -502,11 +558,22 @@ def rope_qk(q, k, cos, sin):
     sin = sin if sin.dtype == torch.float32 else sin.float()
     if D % 2:
         raise ValueError(f"RoPE needs an even head dim, got {D}")
-    lanes = 1 << max(H * D // 2 - 1, 1).bit_length()
-    bt = max(1, min(16, 8192 // lanes))
-    _rope_qk[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                                    cos.stride(0), H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt,
-                                    num_warps=8 if lanes * bt >= 4096 else 4)
+    impl = impl or os.environ.get("QVDP_ROPE_IMPL", "tile")
+    if impl not in ("tile", "lanes"):
+        raise ValueError(f"impl must be 'tile' or 'lanes', got {impl!r}")
+    if impl == "tile" and q.stride(1) == D and k.stride(1) == D:
+        hp, jp = next_pow2(H), next_pow2(D // 2)
+        bt = max(1, min(64, int(elems) // (hp * jp)))
+        _rope_qk_tile[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, q.stride(0), k.stride(0), cos.stride(0),
+                                             H=H, HP=hp, HEAD_DIM=D, JP=jp, BLOCK_T=bt,
+                                             num_warps=8 if bt * hp * jp >= 4096 else 4)
+        return qo, ko
+    pairs = H * D // 2
+    lanes = min(int(lanes), 1 << max(pairs - 1, 1).bit_length())
+    bt = max(1, int(elems) // lanes)
+    _rope_qk[(triton.cdiv(T, bt), triton.cdiv(pairs, lanes))](
+        q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
+        H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt, num_warps=8 if lanes * bt >= 4096 else 4)
     return qo, ko
 
 
@@ -528,7 +595,7 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         scale: softmax scale, default D^-0.5.
         backend: "auto" (Triton on CUDA, else torch), "triton", "torch", "flash_attn" (flash-attn's
             varlen kernel after qvdp's one-pass Triton RoPE), "fa3" (FlashAttention-3's varlen kernel
-            after the same RoPE pass; fp16/bf16 on Hopper).
+            after the same RoPE pass; bf16 on Hopper, and fp16 where the FA3 build has it: fa3_dtypes()).
         validate: check cu_seqlens values (one device->host copy when it lives on the GPU).
         block_map: optional output of build_block_map() to reuse across layers.
     Returns [T, H, D] in q's dtype.
@@ -550,8 +617,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         fn = fa3_varlen_func()
         if fn is None:
             raise ImportError("backend='fa3' needs FlashAttention-3 (flash_attn_interface, or the fa3-fwd wheel)")
-        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"backend='fa3' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
+        if not q.is_cuda or q.dtype not in fa3_dtypes():
+            raise ValueError(f"backend='fa3' needs CUDA tensors of a dtype this FA3 build runs "
+                             f"({', '.join(str(d) for d in fa3_dtypes())}), got {q.dtype} on {q.device}")
         return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale)
     raise ValueError(f"backend must be 'auto', 'triton', 'torch', 'flash_attn' or 'fa3', got {backend!r}")
 
