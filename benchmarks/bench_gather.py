@@ -19,7 +19,6 @@ import torch
 from _common import init_nccl_worker, spawn_ranks, write_results
 
 WIDTH = 16384
-MIN_CTAS = (16, 32)  # extra rows: qvdp's communicator with ncclConfig_t.minCTAs set (0 = NCCL's choice)
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
              ("one 720p image", [[1, 44, 80]]), ("64x256^2", [[1, 16, 16]] * 64),
              ("32-frame video", [[16, 44, 80]])]
@@ -71,9 +70,6 @@ def _worker(rank, world, port, q):
         if native:
             for mode in ("auto", "bcast", "p2p"):
                 r[f"qvdp native ({mode})"] = timed(lambda: gather_rows_native([local], plan, None, "concat", mode))
-            for mc in MIN_CTAS:  # the same op on a communicator that must use >= mc channels
-                r[f"qvdp native (auto, minCTAs {mc})"] = timed(
-                    lambda: gather_rows_native([local], plan, None, "concat", "auto", min_ctas=mc))
         r["qvdp torch path"] = timed(lambda: _gather_rows_torch([local], plan, None, rank, "concat"))
 
         rows = [pplan.rows(i) for i in range(world)]
@@ -153,9 +149,7 @@ def main():
                   rows, "qvdp uses its FLOP plan (video frames split); the engines' paths use whole-item patch-count "
                   "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes. qvdp native (auto) "
                   "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
-                  "64 small and the video get such contiguous plans), else grouped broadcasts. 'minCTAs n': the "
-                  "same op on a qvdp communicator created with ncclConfig_t.minCTAs = n (more channels; the floor "
-                  "and torch's rows use torch's communicator with NCCL's defaults).",
+                  "64 small and the video get such contiguous plans), else grouped broadcasts.",
                   out_dir=args.out)
 
 

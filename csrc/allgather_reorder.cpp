@@ -59,21 +59,13 @@ py::bytes unique_id() {
 
 class Comm {
  public:
-  // min_ctas / max_ctas > 0 bound the channels (CTAs) NCCL may use on this communicator
-  // (ncclConfig_t minCTAs / maxCTAs); 0 keeps NCCL's choice.
-  Comm(const std::string& uid, int world, int rank, int device, int min_ctas, int max_ctas)
-      : world_(world), rank_(rank), device_(device) {
+  Comm(const std::string& uid, int world, int rank, int device) : world_(world), rank_(rank), device_(device) {
     if (uid.size() != NCCL_UNIQUE_ID_BYTES) throw std::invalid_argument("qvdp: bad NCCL unique id length");
     if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("qvdp: bad rank/world");
-    if (min_ctas < 0 || max_ctas < 0 || (max_ctas > 0 && min_ctas > max_ctas))
-      throw std::invalid_argument("qvdp: min_ctas/max_ctas must be >= 0 and min_ctas <= max_ctas");
     ncclUniqueId id;
     std::memcpy(id.internal, uid.data(), NCCL_UNIQUE_ID_BYTES);
     c10::cuda::CUDAGuard guard(device);
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    if (min_ctas > 0) config.minCTAs = min_ctas;
-    if (max_ctas > 0) config.maxCTAs = max_ctas;
-    QVDP_NCCL_CHECK(ncclCommInitRankConfig(&comm_, world, id, rank, &config));
+    QVDP_NCCL_CHECK(ncclCommInitRank(&comm_, world, id, rank));
   }
   ~Comm() {
     if (comm_ != nullptr) ncclCommDestroy(comm_);
@@ -188,8 +180,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nccl_unique_id", &unique_id, "a new NCCL unique id (bytes)");
   m.def("nccl_version", []() { int v = 0; ncclGetVersion(&v); return v; });
   py::class_<Comm>(m, "NcclComm")
-      .def(py::init<const std::string&, int, int, int, int, int>(), py::arg("unique_id"), py::arg("world"),
-           py::arg("rank"), py::arg("device"), py::arg("min_ctas") = 0, py::arg("max_ctas") = 0)
+      .def(py::init<const std::string&, int, int, int>(), py::arg("unique_id"), py::arg("world"), py::arg("rank"),
+           py::arg("device"))
       .def_property_readonly("world", &Comm::world)
       .def_property_readonly("rank", &Comm::rank)
       .def("gather_runs", &Comm::gather_runs, py::arg("local"), py::arg("out"), py::arg("runs"),

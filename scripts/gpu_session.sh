@@ -63,6 +63,14 @@ elif [ "$STAGE" = s4x ]; then  # session 4, 4 GPUs: NCCL tests, gather (minCTAs 
   T=150 TAILN=60 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
   T=330 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   T=50 TAILN=36 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
+elif [ "$STAGE" = s4y ]; then  # session 4, 4 GPUs: NCCL tests, gather at 4, encoder (full on H100, 16 mixed on H200)
+  T=90 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H200; then
+    T=90 TAILN=20 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" --out logs/enc16
+  else
+    T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  fi
 elif [ "$STAGE" = x4 ]; then  # the 4-GPU wrap-up: encoder at 1/2/4 GPUs, gather at 4, tests
   T=270 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   T=80 TAILN=20 step bench_gather python3 benchmarks/bench_gather.py --worlds 4

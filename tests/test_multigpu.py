@@ -80,13 +80,6 @@ def _gather_worker(rank, world):
                 torch.equal(gc, torch.cat(ufull, 1))
         except ImportError as e:
             out[f"native/uniform-{mode}"] = f"unavailable: {e}"
-    try:  # the same gathers on a communicator created with ncclConfig_t.minCTAs = 16
-        from qvdp.dist.native import gather_rows_native
-        gu = gather_rows_native(ulocal, uplan, None, "list", "auto", min_ctas=16)
-        gb = gather_rows_native(ulocal, uplan, None, "list", "bcast", min_ctas=16)
-        out["native/minCTAs16"] = all(torch.equal(a, b) for a, b in zip(gu + gb, ufull + ufull))
-    except ImportError as e:
-        out["native/minCTAs16"] = f"unavailable: {e}"
     got = qvdp.gather_rows(ulocal, uplan, backend="torch")
     out["torch/uniform"] = all(torch.equal(a, b) for a, b in zip(got, ufull))
     plan = plan_shards(grid, world, QWEN3_VL_8B)

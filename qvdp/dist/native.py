@@ -17,21 +17,8 @@ def native_extension():
     return _C
 
 
-def _min_ctas(value=None) -> int:
-    v = os.environ.get("QVDP_NCCL_MIN_CTAS", "0") if value is None else value
-    try:
-        v = int(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"min_ctas (or QVDP_NCCL_MIN_CTAS) must be an integer >= 0, got {v!r}") from None
-    if v < 0:
-        raise ValueError(f"min_ctas (or QVDP_NCCL_MIN_CTAS) must be >= 0, got {v}")
-    return v
-
-
-def _comm_for(group, min_ctas: int = 0):
-    """The communicator for (group, min_ctas): min_ctas > 0 asks NCCL for at least that many channels
-    (ncclConfig_t.minCTAs); 0 keeps NCCL's choice. Creating one is collective over the group."""
-    key = (id(group) if group is not None else "world", min_ctas)
+def _comm_for(group):
+    key = id(group) if group is not None else "world"
     c = _COMMS.get(key)
     if c is not None:
         return c
@@ -43,25 +30,21 @@ def _comm_for(group, min_ctas: int = 0):
         buf.copy_(torch.frombuffer(bytearray(_C.nccl_unique_id()), dtype=torch.uint8))
     src = 0 if group is None else dist.get_global_rank(group, 0)
     dist.broadcast(buf, src=src, group=group)
-    c = _C.NcclComm(bytes(buf.cpu().tolist()), world, rank, dev, min_ctas, 0)
+    c = _C.NcclComm(bytes(buf.cpu().tolist()), world, rank, dev)
     _COMMS[key] = c
     return c
 
 
-def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None,
-                       min_ctas: int | None = None):
+def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None):
     """mode: "auto" (default: a plain NCCL all-gather when plan.uniform_block_rows() holds, else grouped
-    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans).
-    min_ctas: channels NCCL must use at least (default: QVDP_NCCL_MIN_CTAS, else 0 = NCCL's choice);
-    every rank must pass the same value (the first use of a value creates a communicator, collectively)."""
+    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans)."""
     mode = mode or os.environ.get("QVDP_GATHER_MODE", "auto")
-    min_ctas = _min_ctas(min_ctas)
     if mode not in ("auto", "bcast", "p2p", "allgather"):
         raise ValueError(f"gather mode must be 'auto', 'bcast', 'p2p' or 'allgather', got {mode!r}")
     uniform = plan.uniform_block_rows()
     if mode == "allgather" and uniform is None:
         raise ValueError("gather mode 'allgather' needs a plan where every rank owns one equal run in rank order")
-    comm = _comm_for(group, min_ctas)
+    comm = _comm_for(group)
     ref = local_outputs[0]
     if layout == "concat":
         local = [torch.cat(list(local_outputs), 1) if len(local_outputs) > 1 else local_outputs[0].contiguous()]
