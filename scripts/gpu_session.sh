@@ -24,6 +24,9 @@ step() {
   echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
+if [ "$STAGE" = s4z ] && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+  echo "not an H100: nothing run"; exit 0
+fi
 T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 python3 -m qvdp.env
 if [ "$STAGE" = single ]; then
@@ -70,6 +73,13 @@ elif [ "$STAGE" = s4y ]; then  # session 4, 4 GPUs: NCCL tests, gather at 4, enc
     T=90 TAILN=20 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" --out logs/enc16
   else
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  fi
+elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+    T=60 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
+  else
+    echo "not an H100: nothing run"
   fi
 elif [ "$STAGE" = x4 ]; then  # the 4-GPU wrap-up: encoder at 1/2/4 GPUs, gather at 4, tests
   T=270 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
