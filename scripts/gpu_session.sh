@@ -24,7 +24,7 @@ step() {
   echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
-if [ "$STAGE" = s4z ] && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
 T=60 TAILN=3 step build python3 setup.py build_ext --inplace
@@ -74,6 +74,14 @@ elif [ "$STAGE" = s4y ]; then  # session 4, 4 GPUs: NCCL tests, gather at 4, enc
   else
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   fi
+elif [ "$STAGE" = s4r ]; then  # session 4, one GPU: RoPE v6 vs v5/v3, 4 x 720p encoder (interleaved) twice
+  T=80 TAILN=6 step rope_tests python3 -m pytest -q -m gpu -k "rope or fa3_backend" tests -p no:cacheprovider
+  T=40 TAILN=14 step diag_rope python3 benchmarks/diag_rope.py --winner logs/rope_winner
+  export QVDP_ROPE_IMPL=$(cat logs/rope_winner 2>/dev/null || echo tile); echo "QVDP_ROPE_IMPL=$QVDP_ROPE_IMPL"
+  T=60 TAILN=8 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e1
+  T=60 TAILN=8 step bench_encoder2 python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e2
+elif [ "$STAGE" = s4w ]; then  # session 4, 4 x H100 only: 16 mixed and the video at 1 and 4 GPUs
+  T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
