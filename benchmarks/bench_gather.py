@@ -41,23 +41,29 @@ def _worker(rank, world, port, q):
         native = False
     out = {}
 
-    def timed(fn, iters=30, warm=5):
-        for _ in range(warm):
-            fn()
-        ts = []
-        for _ in range(iters):
-            dist.barrier()
-            torch.cuda.synchronize()
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b) * 1e3)
-        t = torch.tensor([statistics.median(ts)], device=dev)
+    def timed_all(fns, iters=30, warm=5):
+        """Median µs per system (slowest rank), the systems timed in turn - one call each per round, the
+        starting system rotating - so no system always runs first (on 4 x H200 the first-timed mode came
+        out 11-32% slower than the same code timed second)."""
+        for fn in fns.values():
+            for _ in range(warm):
+                fn()
+        names = list(fns)
+        ts = {n: [] for n in names}
+        for it in range(iters):
+            for n in names[it % len(names):] + names[:it % len(names)]:
+                dist.barrier()
+                torch.cuda.synchronize()
+                a = torch.cuda.Event(enable_timing=True)
+                b = torch.cuda.Event(enable_timing=True)
+                a.record()
+                fns[n]()
+                b.record()
+                b.synchronize()
+                ts[n].append(a.elapsed_time(b) * 1e3)
+        t = torch.tensor([statistics.median(ts[n]) for n in names], device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
+        return dict(zip(names, t.tolist()))
 
     for name, grid in WORKLOADS:
         plan = plan_shards(grid, world)        # qvdp: FLOP plan, frames split
@@ -66,11 +72,11 @@ def _worker(rank, world, port, q):
         local = torch.randn(plan.rows(rank), WIDTH, generator=g, device=dev).to(torch.bfloat16)
         plocal = torch.randn(pplan.rows(rank), WIDTH, generator=g, device=dev).to(torch.bfloat16)
         total = plan.total_rows
-        r = {}
+        fns = {}
         if native:
             for mode in ("auto", "bcast", "p2p"):
-                r[f"qvdp native ({mode})"] = timed(lambda: gather_rows_native([local], plan, None, "concat", mode))
-        r["qvdp torch path"] = timed(lambda: _gather_rows_torch([local], plan, None, rank, "concat"))
+                fns[f"qvdp native ({mode})"] = (lambda m: lambda: gather_rows_native([local], plan, None, "concat", m))(mode)
+        fns["qvdp torch path"] = lambda: _gather_rows_torch([local], plan, None, rank, "concat")
 
         rows = [pplan.rows(i) for i in range(world)]
 
@@ -93,7 +99,7 @@ def _worker(rank, world, port, q):
                     res[dst:dst + n] = buf[src:src + n]
                 return res
             return buf
-        r["torch uneven all_gather"] = timed(uneven)
+        fns["torch uneven all_gather"] = uneven
 
         def padded():
             mx = max(rows)
@@ -108,12 +114,13 @@ def _worker(rank, world, port, q):
                     items[p.item] = gathered[o:o + p.num_rows]
                     o += p.num_rows
             return torch.cat([items[i] for i in range(len(grid))])
-        r["SGLang/vLLM padded"] = timed(padded)
+        fns["SGLang/vLLM padded"] = padded
 
         per = -(-total // world)
         fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
-        r["floor (equal all_gather_into_tensor)"] = timed(lambda: dist.all_gather_into_tensor(fl_out, fl_in))
+        fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
+        r = timed_all(fns)
         r["_bytes"] = total * WIDTH * 2
         out[name] = r
         if rank == 0:
@@ -144,7 +151,7 @@ def main():
                     continue
                 rows.append([w, name, k, v, r["_bytes"] / v / 1e3, f"{v / floor:.2f}x",
                              f"{v / best_q:.2f}x"])
-    write_results("gather", "Ordered gather of 16384-wide bf16 rows (µs, slowest rank, median of 30)",
+    write_results("gather", "Ordered gather of 16384-wide bf16 rows (µs, slowest rank, median of 30, systems timed in turn)",
                   ["GPUs", "workload", "system", "µs", "GB/s (output bytes)", "time / floor", "time / best qvdp"],
                   rows, "qvdp uses its FLOP plan (video frames split); the engines' paths use whole-item patch-count "
                   "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes. qvdp native (auto) "
