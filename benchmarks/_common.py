@@ -118,28 +118,33 @@ def init_nccl_worker(rank: int, world: int, port: int, timeout_s: float = 600):
 
 def time_runs(fn, warm: int, rep: int, sync=None) -> list:
     """Wall ms of `rep` synchronised calls after `warm` untimed ones; sync() (e.g. a barrier) before each."""
-    import time
     for _ in range(warm):
         fn()
     ts = []
     for _ in range(rep):
         if sync:
             sync()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t0) * 1e3)
+        ts.append(wall_ms(fn))
     return ts
 
 
-def time_interleaved(fns: dict, warm: int, rep: int) -> dict:
-    """Median wall ms per system, the systems timed in turn (one call each per round, the starting system
-    rotating), so all of them see the same GPU clock state: a sustained load heats an H100 and its clock
-    falls (one 4 x 720p forward went 38.5 -> 41.0 ms over five back-to-back calls), which penalises
-    whichever system is timed last when each is timed in its own block."""
-    import statistics
+def wall_ms(fn) -> float:
+    """Wall ms of one synchronised call."""
     import time
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
+    """Median of timer(fn) per system, the systems timed in turn (one call each per round, the starting
+    system rotating), so all of them see the same GPU clock state and none always runs first: a sustained
+    load heats an H100 and its clock falls (one 4 x 720p forward went 38.5 -> 41.0 ms over five
+    back-to-back calls), which penalises whichever system is timed last when each is timed in its own
+    block; on 4 x H200 the first-timed gather mode came out 11-32% slower than the same code timed second."""
+    import statistics
     for fn in fns.values():
         for _ in range(warm):
             fn()
@@ -147,11 +152,7 @@ def time_interleaved(fns: dict, warm: int, rep: int) -> dict:
     ts = {n: [] for n in names}
     for r in range(rep):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fns[n]()
-            torch.cuda.synchronize()
-            ts[n].append((time.perf_counter() - t0) * 1e3)
+            ts[n].append(timer(fns[n]))
     return {n: statistics.median(v) for n, v in ts.items()}
 
 

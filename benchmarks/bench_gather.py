@@ -12,11 +12,10 @@ all_gather_into_tensor of equal-size buffers holding the same total bytes.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
-from _common import init_nccl_worker, spawn_ranks, write_results
+from _common import init_nccl_worker, spawn_ranks, time_interleaved, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -41,29 +40,24 @@ def _worker(rank, world, port, q):
         native = False
     out = {}
 
-    def timed_all(fns, iters=30, warm=5):
-        """Median µs per system (slowest rank), the systems timed in turn - one call each per round, the
-        starting system rotating - so no system always runs first (on 4 x H200 the first-timed mode came
-        out 11-32% slower than the same code timed second)."""
-        for fn in fns.values():
-            for _ in range(warm):
-                fn()
-        names = list(fns)
-        ts = {n: [] for n in names}
-        for it in range(iters):
-            for n in names[it % len(names):] + names[:it % len(names)]:
-                dist.barrier()
-                torch.cuda.synchronize()
-                a = torch.cuda.Event(enable_timing=True)
-                b = torch.cuda.Event(enable_timing=True)
-                a.record()
-                fns[n]()
-                b.record()
-                b.synchronize()
-                ts[n].append(a.elapsed_time(b) * 1e3)
-        t = torch.tensor([statistics.median(ts[n]) for n in names], device=dev)
+    def event_us(fn):  # one call after a barrier, timed by CUDA events on this rank
+        dist.barrier()
+        torch.cuda.synchronize()
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) * 1e3
+
+    def timed_all(fns):
+        """Median µs per system over 30 calls after 5 warm-ups, the systems timed in turn
+        (time_interleaved); the slowest rank's median."""
+        med = time_interleaved(fns, warm=5, rep=30, timer=event_us)
+        t = torch.tensor([med[n] for n in fns], device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return dict(zip(names, t.tolist()))
+        return dict(zip(fns, t.tolist()))
 
     for name, grid in WORKLOADS:
         plan = plan_shards(grid, world)        # qvdp: FLOP plan, frames split

@@ -54,6 +54,6 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
     if uniform is not None and mode in ("auto", "allgather"):
         comm.all_gather(local, outs)
         return outs if layout == "list" else outs[0]
-    runs = plan._memo("runs_tensor", lambda: torch.tensor(plan.all_runs(), dtype=torch.int64).reshape(-1, 4))
+    runs = plan.memo("runs_tensor", lambda: torch.tensor(plan.all_runs(), dtype=torch.int64).reshape(-1, 4))
     comm.gather_runs(local, outs, runs, mode == "p2p")
     return outs if layout == "list" else outs[0]

@@ -98,9 +98,9 @@ class ShardPlan:
                 out.append((p.patch_start, p.patch_end))
         return out
 
-    def _memo(self, key, fn):
-        """Per-plan cache of derived values (a plan is immutable): the gather asks for the same runs
-        on every call, and re-deriving them costs ~30 µs of Python for 64 items on a slow host."""
+    def memo(self, key, fn):
+        """Per-plan cache of derived values (a plan is immutable): fn() once per key. The gather asks for
+        the same runs on every call; re-deriving them costs ~30 µs of Python for 64 items on a slow host."""
         cache = self.__dict__.setdefault("_derived", {})
         if key not in cache:
             cache[key] = fn()
@@ -108,11 +108,11 @@ class ShardPlan:
 
     def runs(self, rank: int) -> list:
         """[(local_start, out_start, num_rows)]: maximal contiguous runs of this rank's rows."""
-        return list(self._memo(("runs", rank), lambda: tuple(self._runs(rank))))
+        return list(self.memo(("runs", rank), lambda: tuple(self._runs(rank))))
 
     def all_runs(self) -> tuple:
         """((rank, local_start, out_start, num_rows), ...) over all ranks, cached."""
-        return self._memo("all_runs", lambda: tuple((r, *run) for r in range(self.world_size) for run in self.runs(r)))
+        return self.memo("all_runs", lambda: tuple((r, *run) for r in range(self.world_size) for run in self.runs(r)))
 
     def _runs(self, rank: int) -> list:
         out = []
@@ -127,7 +127,7 @@ class ShardPlan:
     def uniform_block_rows(self) -> int | None:
         """n when the gather is a plain all-gather: every rank owns exactly one run of n > 0 rows,
         rank r's run landing at output rows [r*n, (r+1)*n). Else None. Cached."""
-        return self._memo("uniform", self._uniform_block_rows)
+        return self.memo("uniform", self._uniform_block_rows)
 
     def _uniform_block_rows(self) -> int | None:
         n = None
@@ -144,7 +144,7 @@ class ShardPlan:
 
     def fingerprint(self) -> int:
         """A 63-bit hash of everything the ranks must agree on (used for the cross-rank check). Cached."""
-        return self._memo("fingerprint", self._fingerprint)
+        return self.memo("fingerprint", self._fingerprint)
 
     def _fingerprint(self) -> int:
         h = hashlib.blake2b(repr((self.world_size, self.grid, self.merge_unit, self.policy,
