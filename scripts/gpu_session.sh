@@ -82,6 +82,12 @@ elif [ "$STAGE" = s4r ]; then  # session 4, one GPU: RoPE v6 vs v5/v3, 4 x 720p 
   T=60 TAILN=8 step bench_encoder2 python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e2
 elif [ "$STAGE" = s4w ]; then  # session 4, 4 x H100 only: 16 mixed and the video at 1 and 4 GPUs
   T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
+  T=100 TAILN=45 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
+  T=90 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
