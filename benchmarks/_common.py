@@ -138,6 +138,17 @@ def wall_ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def event_ms(fn, inner: int = 10) -> float:
+    """GPU ms per call, CUDA events around `inner` back-to-back calls (host launch gaps amortised)."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(inner):
+        fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / inner
+
+
 def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
     """Median of timer(fn) per system, the systems timed in turn (one call each per round, the starting
     system rotating), so all of them see the same GPU clock state and none always runs first: a sustained

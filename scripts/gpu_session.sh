@@ -88,6 +88,11 @@ elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs
   fi
   T=100 TAILN=45 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
   T=90 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+elif [ "$STAGE" = s5b ]; then  # session 5, one GPU: merger v3 (TMA, folded norm) tests, config sweep, benchmark
+  T=150 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=150 TAILN=60 step diag_merger python3 benchmarks/diag_merger.py --winner logs/merger_winner
+  export QVDP_MERGER_CFG=$(cat logs/merger_winner 2>/dev/null || echo 128,256,64,8,8,3); echo "QVDP_MERGER_CFG=$QVDP_MERGER_CFG"
+  T=240 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4

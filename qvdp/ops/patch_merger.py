@@ -22,6 +22,7 @@ from ._triton_utils import HAS_TRITON, triton_usable
 if HAS_TRITON:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
     @triton.jit
     def _row_stats(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, BLOCK: tl.constexpr):
@@ -45,9 +46,9 @@ if HAS_TRITON:
         tl.store(RSTD + row, rstd)
 
     @triton.jit
-    def _tile_coords(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-        # this program's output tile (rows, row mask, int64 rows, cols, col mask); grouped tile order:
-        # GROUP_M row-tiles share each weight column tile while it is in L2
+    def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+        # this program's (row tile, column tile) in grouped order: GROUP_M row-tiles share each weight
+        # column tile while it is in L2
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
@@ -56,6 +57,12 @@ if HAS_TRITON:
         gsize = min(num_m - first_m, GROUP_M)
         pid_m = first_m + (pid % (GROUP_M * num_n)) % gsize
         pid_n = (pid % (GROUP_M * num_n)) // gsize
+        return pid_m, pid_n
+
+    @triton.jit
+    def _tile_coords(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+        # this program's output tile: rows, row mask, int64 rows, cols, col mask
+        pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         return rows, rows < M, rows.to(tl.int64), cols, cols < N
@@ -127,6 +134,46 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
 
+    @triton.jit
+    def _fc1_fold_tma(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym,
+                      NCHUNK: tl.constexpr, RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                      BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr):
+        # v3: the folded fc1 (see _fc1_folded_gelu) with TMA tile loads and ONE accumulator. The
+        # per-chunk scales are applied flash-attention style: after chunk p the accumulator is
+        # rescaled by rstd_p / rstd_{p+1}, after the last by rstd_last, which leaves
+        # sum_p rstd_p * (x_p @ WG_p^T) without a second [BM, BN] register tile.
+        pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+        off_m = pid_m * BM
+        off_n = pid_n * BN
+        rows = off_m + tl.arange(0, BM)
+        cols = off_n + tl.arange(0, BN)
+        rmask = rows < M
+        cmask = cols < N
+        rows64 = rows.to(tl.int64)
+        acc = tl.zeros([BM, BN], tl.float32)
+        rstd = tl.load(RSTD + rows64 * NCHUNK, mask=rmask, other=1.0)
+        for p in tl.static_range(NCHUNK):
+            for k0 in tl.range(p * KC, (p + 1) * KC, BK, num_stages=NUM_STAGES):
+                a = x_desc.load([off_m, k0])
+                b = w_desc.load([off_n, k0])
+                acc = tl.dot(a, b.T, acc)
+            if p + 1 < NCHUNK:
+                rstd_next = tl.load(RSTD + rows64 * NCHUNK + p + 1, mask=rmask, other=1.0)
+                acc = acc * (rstd / rstd_next)[:, None]
+                rstd = rstd_next
+        acc = acc * rstd[:, None]
+        if not RMS:  # minus sum_p rstd_p * mean_p * S_p (the centring, folded)
+            for p in tl.static_range(NCHUNK):
+                r_p = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
+                acc -= (r_p * m_p)[:, None] * s_p[None, :]
+        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+
 _FOLD_CACHE = {}
 
 
@@ -181,8 +228,18 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                                    BLOCK=min(1024, triton.next_power_of_2(width)))
     cfg = config or merger_config(M, N1, x.device.type)
     y = torch.empty((M, N1), dtype=x.dtype, device=x.device)
-    variant = os.environ.get("QVDP_MERGER_VARIANT") or ("fold" if postshuffle_norm else "load")
-    if M and variant == "fold":
+    variant = os.environ.get("QVDP_MERGER_VARIANT") or "tma"
+    if M and variant == "tma":
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
+        nchunk = 1 if postshuffle_norm else mu
+        bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
+        x_desc = TensorDescriptor.from_tensor(x.view(M, K), [bm, bk])
+        w_desc = TensorDescriptor.from_tensor(wg, [bn, bk])
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N1, bn),)
+        _fc1_fold_tma[grid](x_desc, w_desc, mean, rstd, s_, c_, y, M, N1, K // nchunk, y.stride(0),
+                            NCHUNK=nchunk, RMS=rms, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"],
+                            NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    elif M and variant == "fold":
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
         nchunk = 1 if postshuffle_norm else mu
         grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
