@@ -3,7 +3,7 @@ accumulator rescaled between patch chunks) over tile configs, against the floor 
 and fc2 on a pre-normalised input) and eager, timed in turn with CUDA events. Prints one line per
 config and shape, then the config with the best worst-case ratio to the floor.
 
-    python benchmarks/diag_merger.py [--winner FILE]   # FILE gets "BM,BN,BK,GROUP_M,warps,stages"
+    python benchmarks/diag_merger.py [--winner FILE]   # FILE gets "BM,BN,BK,GROUP_M,warps,stages,persistent"
 """
 import argparse
 import os
@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 from _common import event_ms, time_interleaved
 
-import triton
+from qvdp.ops.patch_merger import _patch_merger_torch, _patch_merger_triton, config_from_tuple, row_stats
 
-from qvdp.ops.patch_merger import _patch_merger_torch, _patch_merger_triton, _row_stats
-
-CONFIGS = [(128, 256, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4), (128, 256, 64, 16, 8, 3), (128, 128, 64, 8, 4, 4),
-           (128, 128, 64, 8, 8, 4), (256, 128, 64, 8, 8, 3), (128, 128, 128, 8, 8, 3), (64, 256, 64, 8, 4, 4)]
+# (BM, BN, BK, GROUP_M, warps, stages, persistent CTAs per SM or 0 for one program per tile)
+CONFIGS = [(128, 256, 64, 8, 8, 3, 0), (128, 256, 64, 8, 8, 4, 0), (128, 128, 64, 8, 8, 4, 0),
+           (128, 128, 64, 8, 8, 3, 0), (128, 128, 64, 8, 4, 3, 0), (128, 128, 64, 8, 8, 2, 0),
+           (128, 256, 64, 8, 8, 3, 1), (128, 256, 64, 8, 8, 4, 1), (128, 128, 64, 8, 8, 4, 1),
+           (128, 128, 64, 8, 8, 3, 2), (128, 128, 64, 8, 4, 3, 2)]
 SHAPES = [(False, 4 * 3520, 1152, 4096), (True, 4 * 3520, 1152, 4096), (False, 56320, 1152, 4096),
           (False, 4 * 3520, 1024, 2048), (True, 4 * 6400, 1152, 2048)]
 
@@ -48,7 +49,7 @@ def main():
         fns = {"floor": lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t()),
                "eager": lambda: _patch_merger_torch(*args)}
         for c in CONFIGS:
-            cfg = dict(zip(("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages"), c))
+            cfg = config_from_tuple(c)
             fn = (lambda cfg=cfg: _patch_merger_triton(*args, config=cfg))
             try:
                 out = fn()
@@ -63,8 +64,7 @@ def main():
         width = K if post else H
         mean = torch.empty(N * H // width, device="cuda")
         rstd = torch.empty_like(mean)
-        fns["stats"] = lambda: _row_stats[(mean.numel(),)](x, mean, rstd, mean.numel(), width, width, 1e-6, RMS=False,
-                                                          BLOCK=min(1024, triton.next_power_of_2(width)))
+        fns["stats"] = lambda: row_stats(x, mean, rstd, width, 1e-6, False)
         t = time_interleaved(fns, warm=3, rep=15, timer=event_ms)
         fl = 2.0 * (N // 4) * K * K + 2.0 * (N // 4) * K * O
         print(f"--- {'post' if post else 'pre'} N={N} H={H} O={O}: floor {t['floor']:.3f} ms "

@@ -49,7 +49,7 @@ def test_torch_backend(norm, post):
 @pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
 @pytest.mark.parametrize("norm,post", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("variant", ["tma", "fold", "load"])
+@pytest.mark.parametrize("variant", ["tma", "tmap", "fold", "load"])
 def test_triton_interpreter(norm, post, dtype, variant, monkeypatch):
     monkeypatch.setenv("QVDP_MERGER_VARIANT", variant)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,3 +75,12 @@ def test_bad_inputs(kw, name):
         p["fc1_weight"] = p["fc1_weight"][:, :kw["fc1"]]
     with pytest.raises(ValueError, match=name):
         patch_merger(x, **p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("variant", ["tma", "tmap"])
+def test_gpu_tma_variants(norm, post, variant, monkeypatch):
+    """one program per tile and the persistent form, bf16, a row count that is not a tile multiple"""
+    monkeypatch.setenv("QVDP_MERGER_VARIANT", variant)
+    _check(4 * 1001, 1152, 2048, norm, post, torch.bfloat16, "cuda", "triton")

@@ -1,7 +1,7 @@
 """Patch merger: norm + 2x2 merge + Linear + GELU + Linear.
 
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
-  1. `_row_stats`: mean / rstd of every norm row (per patch over H, or per merged row over 4H
+  1. `_row_stats_tile`: mean / rstd of every norm row (per patch over H, or per merged row over 4H
      for the deepstack mergers' post-shuffle norm; RMSNorm: rstd only), fp32, one read of x;
   2. `_fc1_norm_gelu`: the first GEMM normalises each x tile on load (x - mean) * rstd * gamma
      + beta in fp32 registers, feeds the tensor cores, and adds bias + exact-erf GELU in the
@@ -25,25 +25,64 @@ if HAS_TRITON:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     @triton.jit
-    def _row_stats(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
-        base = X + row.to(tl.int64) * stride_x
-        offs = tl.arange(0, BLOCK)
-        acc = tl.zeros([BLOCK], tl.float32)
-        mean = 0.0
-        if not RMS:
-            for c in range(0, width, BLOCK):
-                x = tl.load(base + c + offs, mask=c + offs < width, other=0.0).to(tl.float32)
-                acc += x
-            mean = tl.sum(acc, 0) / width
-            acc = tl.zeros([BLOCK], tl.float32)
-        for c in range(0, width, BLOCK):  # second pass over the row (cache-resident): centred moments
-            x = tl.load(base + c + offs, mask=c + offs < width, other=0.0).to(tl.float32)
-            d = tl.where(c + offs < width, x - mean, 0.0)
-            acc += d * d
-        rstd = 1.0 / tl.sqrt(tl.sum(acc, 0) / width + eps)
-        tl.store(MEAN + row, mean)
-        tl.store(RSTD + row, rstd)
+    def _row_stats_tile(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        # ROWS whole rows per program held in registers: one read of x, exact centred variance
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        m = (rows < n_rows)[:, None] & (cols < width)[None, :]
+        x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if RMS:
+            mean = tl.zeros([ROWS], tl.float32)
+            d = x
+        else:
+            mean = tl.sum(x, 1) / width
+            d = tl.where(m, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+        tl.store(MEAN + rows, mean, mask=rows < n_rows)
+        tl.store(RSTD + rows, rstd, mask=rows < n_rows)
+
+    @triton.jit
+    def _fc1_fold_tma_persistent(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, NUM_PROGS,
+                                 NCHUNK: tl.constexpr, RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                                 BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr):
+        # v3p: _fc1_fold_tma as a persistent kernel (one program per SM walking the tiles in grouped
+        # order), so the next tile's first loads are issued while this tile's epilogue runs
+        num_m = tl.cdiv(M, BM)
+        num_n = tl.cdiv(N, BN)
+        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_PROGS, flatten=NCHUNK == 1):
+            group = tile // (GROUP_M * num_n)
+            first_m = group * GROUP_M
+            gsize = min(num_m - first_m, GROUP_M)
+            off_m = (first_m + (tile % (GROUP_M * num_n)) % gsize) * BM
+            off_n = ((tile % (GROUP_M * num_n)) // gsize) * BN
+            rows = off_m + tl.arange(0, BM)
+            cols = off_n + tl.arange(0, BN)
+            rmask = rows < M
+            cmask = cols < N
+            rows64 = rows.to(tl.int64)
+            acc = tl.zeros([BM, BN], tl.float32)
+            rstd = tl.load(RSTD + rows64 * NCHUNK, mask=rmask, other=1.0)
+            for p in tl.static_range(NCHUNK):
+                for k0 in tl.range(p * KC, (p + 1) * KC, BK, num_stages=NUM_STAGES):
+                    a = x_desc.load([off_m, k0])
+                    b = w_desc.load([off_n, k0])
+                    acc = tl.dot(a, b.T, acc)
+                if p + 1 < NCHUNK:
+                    rstd_next = tl.load(RSTD + rows64 * NCHUNK + p + 1, mask=rmask, other=1.0)
+                    acc = acc * (rstd / rstd_next)[:, None]
+                    rstd = rstd_next
+            acc = acc * rstd[:, None]
+            if not RMS:
+                for p in tl.static_range(NCHUNK):
+                    r_p = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                    m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                    s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
+                    acc -= (r_p * m_p)[:, None] * s_p[None, :]
+            acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                     mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
     def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
@@ -201,13 +240,38 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
     return _FOLD_CACHE[key][1:]
 
 
+def row_stats(x, mean, rstd, width, eps, rms):
+    """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass."""
+    n = mean.numel()
+    block = triton.next_power_of_2(width)
+    rows = max(1, min(16, 8192 // block))
+    if x.device.type != "cuda":
+        rows = min(rows, 4)
+    _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
+                                             BLOCK=block, num_warps=4 if block * rows <= 4096 else 8)
+
+
+_SMS = {}
+
+
+def _num_sms(device):
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
+
+
+def config_from_tuple(c):
+    keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
+    return dict(zip(keys, c))
+
+
 def merger_config(M: int, N: int, device_type: str) -> dict:
     if device_type != "cuda":
         return dict(BM=32, BN=32, BK=32, GROUP_M=4, num_warps=4, num_stages=1)
     env = os.environ.get("QVDP_MERGER_CFG")
-    if env:  # experiments: "BM,BN,BK,GROUP_M,num_warps,num_stages"
-        bm, bn, bk, g, w, st = (int(v) for v in env.split(","))
-        return dict(BM=bm, BN=bn, BK=bk, GROUP_M=g, num_warps=w, num_stages=st)
+    if env:  # experiments: "BM,BN,BK,GROUP_M,num_warps,num_stages[,persistent CTAs per SM]"
+        return config_from_tuple(tuple(int(v) for v in env.split(",")))
     return dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
@@ -224,18 +288,26 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
     mean = torch.empty(n_norm_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty_like(mean)
     if n_norm_rows:
-        _row_stats[(n_norm_rows,)](x, mean, rstd, n_norm_rows, width, width, float(eps), RMS=rms,
-                                   BLOCK=min(1024, triton.next_power_of_2(width)))
+        row_stats(x, mean, rstd, width, eps, rms)
     cfg = config or merger_config(M, N1, x.device.type)
     y = torch.empty((M, N1), dtype=x.dtype, device=x.device)
     variant = os.environ.get("QVDP_MERGER_VARIANT") or "tma"
-    if M and variant == "tma":
+    if M and variant in ("tma", "tmap"):
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
         nchunk = 1 if postshuffle_norm else mu
         bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
         x_desc = TensorDescriptor.from_tensor(x.view(M, K), [bm, bk])
         w_desc = TensorDescriptor.from_tensor(wg, [bn, bk])
-        grid = (triton.cdiv(M, bm) * triton.cdiv(N1, bn),)
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N1, bn)
+        if cfg.get("persistent") or variant == "tmap":
+            sms = _num_sms(x.device) if x.is_cuda else 2
+            progs = min(tiles, sms * max(1, cfg.get("persistent", 1)))
+            _fc1_fold_tma_persistent[(progs,)](
+                x_desc, w_desc, mean, rstd, s_, c_, y, M, N1, K // nchunk, y.stride(0), progs,
+                NCHUNK=nchunk, RMS=rms, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"],
+                NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            return torch.addmm(fc2_bias, y, fc2_weight.t()) if fc2_bias is not None else y @ fc2_weight.t()
+        grid = (tiles,)
         _fc1_fold_tma[grid](x_desc, w_desc, mean, rstd, s_, c_, y, M, N1, K // nchunk, y.stride(0),
                             NCHUNK=nchunk, RMS=rms, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"],
                             NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
