@@ -98,6 +98,11 @@ elif [ "$STAGE" = s5c ]; then  # session 5, one GPU: merger v3 + one-pass stats,
   T=200 TAILN=80 step diag_merger python3 benchmarks/diag_merger.py --winner logs/merger_winner
   export QVDP_MERGER_CFG=$(cat logs/merger_winner 2>/dev/null || echo 128,256,64,8,8,3,0); echo "QVDP_MERGER_CFG=$QVDP_MERGER_CFG"
   T=200 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py
+elif [ "$STAGE" = s5d ]; then  # session 5, 4 GPUs: on H100 the 16 mixed / video DP figures; every GPU test
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
+  T=300 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
