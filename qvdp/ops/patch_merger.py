@@ -3,9 +3,12 @@
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
   1. `_row_stats_tile`: mean / rstd of every norm row (per patch over H, or per merged row over 4H
      for the deepstack mergers' post-shuffle norm; RMSNorm: rstd only), fp32, one read of x;
-  2. `_fc1_norm_gelu`: the first GEMM normalises each x tile on load (x - mean) * rstd * gamma
-     + beta in fp32 registers, feeds the tensor cores, and adds bias + exact-erf GELU in the
-     epilogue. The normalised [N, H] tensor is never written; the [N/4, 4H] intermediate is;
+  2. `_fc1_fold_tma` (default, "tma"): the norm folded into the weights (WG = W1 * gamma, cached), so
+     the first GEMM reads raw x through TMA; per patch chunk p the accumulator gets rstd_p applied by
+     rescaling between chunks, then the centring term, b1 + W1 @ beta, and exact-erf GELU in the
+     epilogue. The normalised [N, H] tensor is never written; the [N/4, 4H] intermediate is.
+     Older forms kept for comparison (QVDP_MERGER_VARIANT): "tmap" (persistent), "fold" (pointer
+     loads, two accumulators), "load" (x tiles normalised in registers on load);
   3. the second GEMM with its bias: torch.addmm (cuBLAS, bias fused in its epilogue).
 The torch path (CPU default, reference) runs norm -> view -> addmm -> gelu -> addmm.
 """
@@ -272,7 +275,9 @@ def merger_config(M: int, N: int, device_type: str) -> dict:
     env = os.environ.get("QVDP_MERGER_CFG")
     if env:  # experiments: "BM,BN,BK,GROUP_M,num_warps,num_stages[,persistent CTAs per SM]"
         return config_from_tuple(tuple(int(v) for v in env.split(",")))
-    return dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
+    # H100 sweep (benchmarks/diag_merger.py, session 5): 128x256x64, 8 warps, 4 stages, one program per
+    # tile was best or within 5% of the best on 4 of 5 shapes; persistent and 2-CTA/SM forms were slower
+    return dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=4)
 
 
 def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
