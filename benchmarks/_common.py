@@ -150,19 +150,24 @@ def event_ms(fn, inner: int = 10) -> float:
 
 
 def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
-    """Median of timer(fn) per system, the systems timed in turn (one call each per round, the starting
-    system rotating), so all of them see the same GPU clock state and none always runs first: a sustained
+    """Median of timer(fn) per system, the systems timed in turn (one call each per round, in a seeded
+    random order), so all of them see the same GPU clock state and none always runs first: a sustained
     load heats an H100 and its clock falls (one 4 x 720p forward went 38.5 -> 41.0 ms over five
     back-to-back calls), which penalises whichever system is timed last when each is timed in its own
     block; on 4 x H200 the first-timed gather mode came out 11-32% slower than the same code timed second."""
+    import random
     import statistics
     for fn in fns.values():
         for _ in range(warm):
             fn()
     names = list(fns)
     ts = {n: [] for n in names}
+    order = random.Random(0)  # the same sequence on every rank (the gather benchmark times collectives)
     for r in range(rep):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        # a fresh permutation each round: neither the first slot nor the predecessor is fixed. With a plain
+        # rotation "bcast" always ran right after "auto" (the same code on a non-uniform plan, the same
+        # NCCL communicator) and came out 3-10% faster in every gather run of session 5
+        for n in order.sample(names, len(names)):
             ts[n].append(timer(fns[n]))
     return {n: statistics.median(v) for n, v in ts.items()}
 
