@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from _common import bar_plot, bench, try_import_fa3, write_results
 
-from qvdp.ops.attention import attention_config, build_block_map, varlen_attention
+from qvdp.ops.attention import attention_config, build_block_map, flash_attn_available, varlen_attention
 from qvdp.reference import apply_rope, attention_reference
 
 SHAPES = [  # (name, segment lengths, heads, head dim)
@@ -113,7 +113,16 @@ def systems(fa3):
         q, k, v = qkv.unbind(1)
         return lambda: varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, validate=False, backend="fa3")
 
+    def qvdp_fa2_sys(qkv, cu, cos, sin, lens, bm):
+        q, k, v = qkv.unbind(1)
+        return lambda: varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, validate=False,
+                                        backend="flash_attn")
+
     out = {"qvdp (RoPE fused)": qvdp_sys}
+    if flash_attn_available():  # the optional flash-attn package (FA2): qvdp's RoPE pass + its varlen kernel
+        out["qvdp RoPE pass + flash-attn"] = qvdp_fa2_sys
+    else:
+        print("flash-attn not importable: the 'qvdp RoPE pass + flash-attn' row is skipped")
     if fa3 is not None:
         out["qvdp RoPE pass + FA3"] = qvdp_fa3_sys
         out["FA3 + RoPE"] = fa3_sys

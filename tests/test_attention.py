@@ -249,3 +249,46 @@ def test_gpu_fa3_dtype_guard():
     cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
     with pytest.raises(ValueError, match="dtype"):
         varlen_attention(q, q, q, cu, 64, backend="fa3")
+
+
+def test_flash_attn_backend_guards(monkeypatch):
+    """backend='flash_attn': CPU or fp32 tensors -> ValueError; package missing -> ImportError naming it.
+    Both before any kernel launch."""
+    import sys
+    q, k, v, cu, cos, sin = make([7, 9], 2, 16, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="flash_attn"):
+        varlen_attention(q, k, v, cu, 9, cos=cos, sin=sin, backend="flash_attn")
+    if not torch.cuda.is_available():
+        return
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import of flash_attn raises ImportError
+    q, k, v, cu, cos, sin = make([7, 9], 2, 16, torch.bfloat16, "cuda")
+    with pytest.raises(ImportError, match="flash-attn"):
+        varlen_attention(q, k, v, cu, 9, cos=cos, sin=sin, backend="flash_attn")
+
+
+def _flash_attn_module():
+    """flash-attn if importable; else a stand-in module with flash-attn's varlen signature that runs
+    torch's bundled FlashAttention-2 varlen kernel (aten._flash_attention_forward), so the backend's call
+    contract (argument order, scale, RoPE applied first, output unpacking) is exercised on the GPU."""
+    import types
+    from qvdp.ops.attention import flash_attn_available
+    if flash_attn_available():
+        import flash_attn
+        return flash_attn, "flash-attn"
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None,
+                               causal=False, **kw):
+        return torch.ops.aten._flash_attention_forward(q, k, v.contiguous(), cu_q, cu_k, max_q, max_k, dropout_p,
+                                                       causal, False, scale=softmax_scale)[0]
+    return types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func), "torch FA2 stand-in"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [72, 80, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lens", [[1] * 300 + [4000], [256, 1024, 3520, 6400]])
+def test_gpu_flash_attn_backend(D, dtype, lens, monkeypatch):
+    import sys
+    mod, _ = _flash_attn_module()
+    monkeypatch.setitem(sys.modules, "flash_attn", mod)
+    _check(lens, 4, D, dtype, "cuda", backend="flash_attn")

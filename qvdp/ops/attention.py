@@ -614,7 +614,12 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
     if backend == "torch":
         return _ref.varlen_attention_torch(q, k, v, cu_seqlens, cos, sin, scale)
     if backend == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
+        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"backend='flash_attn' needs CUDA fp16/bf16 tensors, got {q.dtype} on {q.device}")
+        try:
+            from flash_attn import flash_attn_varlen_func
+        except ImportError as e:
+            raise ImportError("backend='flash_attn' needs the flash-attn package (pip install flash-attn)") from e
         return _external_attention(flash_attn_varlen_func, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale)
     if backend == "fa3":
         fn = fa3_varlen_func()
