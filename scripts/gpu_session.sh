@@ -27,7 +27,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-T=60 TAILN=3 step build python3 setup.py build_ext --inplace
+if [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+  T=60 TAILN=3 step build python3 setup.py build_ext --inplace
+fi
 python3 -m qvdp.env
 if [ "$STAGE" = single ]; then
   T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
@@ -103,6 +105,11 @@ elif [ "$STAGE" = s5d ]; then  # session 5, 4 GPUs: on H100 the 16 mixed / video
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
   fi
   T=300 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+elif [ "$STAGE" = s5e ]; then  # session 5, 4 GPUs: flash_attn backend tests; on H100 the 16 mixed / video DP figures
+  T=120 TAILN=6 step fa_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "flash_attn or fa3" -p no:cacheprovider
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
