@@ -19,6 +19,27 @@ NS = [("4x3520", 4 * 3520), ("4x6400", 4 * 6400), ("56320", 56320)]
 HO = [(1152, 2048), (1152, 4096), (1152, 5120), (1024, 2048), (1024, 2560)]
 
 
+def make_inputs(N, H, O, post, spread=False):
+    """bf16 merger inputs (seed 0), the pre-normalised input xn and an fc1 output buffer h1 for the floor.
+    spread: each patch scaled by its own factor, so the four patch norms of a merged row differ."""
+    torch.manual_seed(0)
+    K = 4 * H
+    x = torch.randn(N, H, device="cuda", dtype=torch.bfloat16) * 2 + 0.3
+    if spread:
+        x *= torch.exp(0.5 * torch.randn(N, 1, device="cuda")).bfloat16()
+    nwd = K if post else H
+    nw = (1 + 0.1 * torch.randn(nwd, device="cuda")).bfloat16()
+    nb = (0.1 * torch.randn(nwd, device="cuda")).bfloat16()
+    w1 = (torch.randn(K, K, device="cuda") / K ** 0.5).bfloat16()
+    b1 = (0.1 * torch.randn(K, device="cuda")).bfloat16()
+    w2 = (torch.randn(O, K, device="cuda") / K ** 0.5).bfloat16()
+    b2 = (0.1 * torch.randn(O, device="cuda")).bfloat16()
+    xn = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
+          F.layer_norm(x, (H,), nw, nb, 1e-6).view(-1, K)).contiguous()
+    h1 = torch.empty(N // 4, K, device="cuda", dtype=torch.bfloat16)
+    return x, nw, nb, w1, b1, w2, b2, xn, h1
+
+
 def eager(x, nw, nb, w1, b1, w2, b2, post):
     H = x.shape[-1]
     if post:
@@ -40,19 +61,8 @@ def main():
     for post in (False, True):
         for nname, N in ns:
             for H, O in HO:
-                torch.manual_seed(0)
                 K = 4 * H
-                x = torch.randn(N, H, device="cuda", dtype=torch.bfloat16) * 2 + 0.3
-                nwd = K if post else H
-                nw = (1 + 0.1 * torch.randn(nwd, device="cuda")).bfloat16()
-                nb = (0.1 * torch.randn(nwd, device="cuda")).bfloat16()
-                w1 = (torch.randn(K, K, device="cuda") / K ** 0.5).bfloat16()
-                b1 = (0.1 * torch.randn(K, device="cuda")).bfloat16()
-                w2 = (torch.randn(O, K, device="cuda") / K ** 0.5).bfloat16()
-                b2 = (0.1 * torch.randn(O, device="cuda")).bfloat16()
-                xn = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
-                                   F.layer_norm(x, (H,), nw, nb, 1e-6).view(-1, K)).contiguous()
-                h1 = torch.empty(N // 4, K, device="cuda", dtype=torch.bfloat16)
+                x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post)
                 fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="triton")
                 fe = lambda: eager(x, nw, nb, w1, b1, w2, b2, post)
                 fc = lambda: compiled(x, nw, nb, w1, b1, w2, b2, post)

@@ -9,9 +9,9 @@ import argparse
 import os
 
 import torch
-import torch.nn.functional as F
 
 from _common import event_ms, time_interleaved
+from bench_merger import make_inputs
 
 from qvdp.ops.patch_merger import _patch_merger_torch, _patch_merger_triton, config_from_tuple, row_stats
 
@@ -30,20 +30,8 @@ def main():
     a = ap.parse_args()
     worst = {c: 0.0 for c in CONFIGS}
     for post, N, H, O in SHAPES:
-        torch.manual_seed(0)
         K = 4 * H
-        x = torch.randn(N, H, device="cuda", dtype=torch.bfloat16) * 2 + 0.3
-        x *= torch.exp(0.5 * torch.randn(N, 1, device="cuda")).bfloat16()  # per-patch scale spread
-        nwd = K if post else H
-        nw = (1 + 0.1 * torch.randn(nwd, device="cuda")).bfloat16()
-        nb = (0.1 * torch.randn(nwd, device="cuda")).bfloat16()
-        w1 = (torch.randn(K, K, device="cuda") / K ** 0.5).bfloat16()
-        b1 = (0.1 * torch.randn(K, device="cuda")).bfloat16()
-        w2 = (torch.randn(O, K, device="cuda") / K ** 0.5).bfloat16()
-        b2 = (0.1 * torch.randn(O, device="cuda")).bfloat16()
-        xn = (F.layer_norm(x.view(-1, K), (K,), nw, nb, 1e-6) if post else
-              F.layer_norm(x, (H,), nw, nb, 1e-6).view(-1, K)).contiguous()
-        h1 = torch.empty(N // 4, K, device="cuda", dtype=torch.bfloat16)
+        x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post, spread=True)
         args = (x, nw, nb, w1, b1, w2, b2, 2, post, "layernorm", 1e-6)
         ref = _patch_merger_torch(*[t.float() if isinstance(t, torch.Tensor) else t for t in args])
         fns = {"floor": lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t()),

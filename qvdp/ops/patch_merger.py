@@ -46,6 +46,42 @@ if HAS_TRITON:
         tl.store(RSTD + rows, rstd, mask=rows < n_rows)
 
     @triton.jit
+    def _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, off_m, off_n, NCHUNK: tl.constexpr,
+                   RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   NUM_STAGES: tl.constexpr):
+        # one [BM, BN] output tile of the folded fc1 (v3): TMA loads of raw x and WG, ONE accumulator.
+        # The per-chunk scales are applied flash-attention style: after chunk p the accumulator is
+        # rescaled by rstd_p / rstd_{p+1}, after the last by rstd_last, which leaves
+        # sum_p rstd_p * (x_p @ WG_p^T) without a second [BM, BN] register tile.
+        rows = off_m + tl.arange(0, BM)
+        cols = off_n + tl.arange(0, BN)
+        rmask = rows < M
+        cmask = cols < N
+        rows64 = rows.to(tl.int64)
+        acc = tl.zeros([BM, BN], tl.float32)
+        rstd = tl.load(RSTD + rows64 * NCHUNK, mask=rmask, other=1.0)
+        for p in tl.static_range(NCHUNK):
+            for k0 in tl.range(p * KC, (p + 1) * KC, BK, num_stages=NUM_STAGES):
+                a = x_desc.load([off_m, k0])
+                b = w_desc.load([off_n, k0])
+                acc = tl.dot(a, b.T, acc)
+            if p + 1 < NCHUNK:
+                rstd_next = tl.load(RSTD + rows64 * NCHUNK + p + 1, mask=rmask, other=1.0)
+                acc = acc * (rstd / rstd_next)[:, None]
+                rstd = rstd_next
+        acc = acc * rstd[:, None]
+        if not RMS:  # minus sum_p rstd_p * mean_p * S_p (the centring, folded)
+            for p in tl.static_range(NCHUNK):
+                r_p = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
+                s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
+                acc -= (r_p * m_p)[:, None] * s_p[None, :]
+        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
     def _fc1_fold_tma_persistent(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, NUM_PROGS,
                                  NCHUNK: tl.constexpr, RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                  BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr):
@@ -54,44 +90,14 @@ if HAS_TRITON:
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
         for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_PROGS, flatten=NCHUNK == 1):
-            group = tile // (GROUP_M * num_n)
-            first_m = group * GROUP_M
-            gsize = min(num_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % (GROUP_M * num_n)) % gsize) * BM
-            off_n = ((tile % (GROUP_M * num_n)) // gsize) * BN
-            rows = off_m + tl.arange(0, BM)
-            cols = off_n + tl.arange(0, BN)
-            rmask = rows < M
-            cmask = cols < N
-            rows64 = rows.to(tl.int64)
-            acc = tl.zeros([BM, BN], tl.float32)
-            rstd = tl.load(RSTD + rows64 * NCHUNK, mask=rmask, other=1.0)
-            for p in tl.static_range(NCHUNK):
-                for k0 in tl.range(p * KC, (p + 1) * KC, BK, num_stages=NUM_STAGES):
-                    a = x_desc.load([off_m, k0])
-                    b = w_desc.load([off_n, k0])
-                    acc = tl.dot(a, b.T, acc)
-                if p + 1 < NCHUNK:
-                    rstd_next = tl.load(RSTD + rows64 * NCHUNK + p + 1, mask=rmask, other=1.0)
-                    acc = acc * (rstd / rstd_next)[:, None]
-                    rstd = rstd_next
-            acc = acc * rstd[:, None]
-            if not RMS:
-                for p in tl.static_range(NCHUNK):
-                    r_p = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
-                    m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
-                    s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
-                    acc -= (r_p * m_p)[:, None] * s_p[None, :]
-            acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-            tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
-                     mask=rmask[:, None] & cmask[None, :])
+            pid_m, pid_n = _tile_ids(tile, M, N, BM, BN, GROUP_M)
+            _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, pid_m * BM, pid_n * BN,
+                       NCHUNK, RMS, BM, BN, BK, NUM_STAGES)
 
     @triton.jit
-    def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-        # this program's (row tile, column tile) in grouped order: GROUP_M row-tiles share each weight
+    def _tile_ids(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+        # tile number pid -> (row tile, column tile) in grouped order: GROUP_M row-tiles share each weight
         # column tile while it is in L2
-        pid = tl.program_id(0)
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
         group = pid // (GROUP_M * num_n)
@@ -104,7 +110,7 @@ if HAS_TRITON:
     @triton.jit
     def _tile_coords(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
         # this program's output tile: rows, row mask, int64 rows, cols, col mask
-        pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+        pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         return rows, rows < M, rows.to(tl.int64), cols, cols < N
@@ -180,40 +186,10 @@ if HAS_TRITON:
     def _fc1_fold_tma(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym,
                       NCHUNK: tl.constexpr, RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                       BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr):
-        # v3: the folded fc1 (see _fc1_folded_gelu) with TMA tile loads and ONE accumulator. The
-        # per-chunk scales are applied flash-attention style: after chunk p the accumulator is
-        # rescaled by rstd_p / rstd_{p+1}, after the last by rstd_last, which leaves
-        # sum_p rstd_p * (x_p @ WG_p^T) without a second [BM, BN] register tile.
-        pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-        off_m = pid_m * BM
-        off_n = pid_n * BN
-        rows = off_m + tl.arange(0, BM)
-        cols = off_n + tl.arange(0, BN)
-        rmask = rows < M
-        cmask = cols < N
-        rows64 = rows.to(tl.int64)
-        acc = tl.zeros([BM, BN], tl.float32)
-        rstd = tl.load(RSTD + rows64 * NCHUNK, mask=rmask, other=1.0)
-        for p in tl.static_range(NCHUNK):
-            for k0 in tl.range(p * KC, (p + 1) * KC, BK, num_stages=NUM_STAGES):
-                a = x_desc.load([off_m, k0])
-                b = w_desc.load([off_n, k0])
-                acc = tl.dot(a, b.T, acc)
-            if p + 1 < NCHUNK:
-                rstd_next = tl.load(RSTD + rows64 * NCHUNK + p + 1, mask=rmask, other=1.0)
-                acc = acc * (rstd / rstd_next)[:, None]
-                rstd = rstd_next
-        acc = acc * rstd[:, None]
-        if not RMS:  # minus sum_p rstd_p * mean_p * S_p (the centring, folded)
-            for p in tl.static_range(NCHUNK):
-                r_p = tl.load(RSTD + rows64 * NCHUNK + p, mask=rmask, other=0.0)
-                m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
-                s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
-                acc -= (r_p * m_p)[:, None] * s_p[None, :]
-        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
-        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
-                 mask=rmask[:, None] & cmask[None, :])
+        # v3: the folded fc1 (see _fc1_folded_gelu, _fold_tile), one program per output tile
+        pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
+        _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, pid_m * BM, pid_n * BN,
+                   NCHUNK, RMS, BM, BN, BK, NUM_STAGES)
 
 
 _FOLD_CACHE = {}
