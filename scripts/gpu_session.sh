@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+if { [ "$STAGE" != s5e ] && [ "$STAGE" != s5f ]; } || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -110,6 +110,9 @@ elif [ "$STAGE" = s5e ]; then  # session 5, 4 GPUs: flash_attn backend tests; on
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
   fi
+elif [ "$STAGE" = s5f ]; then  # session 5, one GPU: merger GPU tests after the tile-helper refactor, quick benchmark
+  T=150 TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  QVDP_MERGER_CFG=128,128,64,8,8,4,0 T=90 TAILN=16 step bench_merger_quick python3 benchmarks/bench_merger.py --quick --out logs/mq
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
