@@ -172,6 +172,21 @@ def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
     return {n: statistics.median(v) for n, v in ts.items()}
 
 
+def slowest_rank_us(fns: dict, dev, warm: int = 5, rep: int = 30) -> dict:
+    """Median µs per system of one call after a barrier, timed by CUDA events on each rank, the systems
+    timed in turn (time_interleaved); the slowest rank's median (every rank gets the same dict)."""
+    import torch.distributed as dist
+
+    def event_us(fn):
+        dist.barrier()
+        torch.cuda.synchronize()
+        return event_ms(fn, inner=1) * 1e3
+    med = time_interleaved(fns, warm=warm, rep=rep, timer=event_us)
+    t = torch.tensor([med[n] for n in fns], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return dict(zip(fns, t.tolist()))
+
+
 def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
     """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
     import socket

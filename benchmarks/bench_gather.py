@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from _common import init_nccl_worker, spawn_ranks, time_interleaved, write_results
+from _common import init_nccl_worker, slowest_rank_us, spawn_ranks, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -25,7 +25,6 @@ WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 8
 
 def _worker(rank, world, port, q):
     import torch.distributed as dist
-    import qvdp
     from qvdp import plan_shards
     from qvdp.dist.gather import _gather_rows_torch
     dev = init_nccl_worker(rank, world, port, timeout_s=300)
@@ -39,25 +38,6 @@ def _worker(rank, world, port, q):
     except Exception:
         native = False
     out = {}
-
-    def event_us(fn):  # one call after a barrier, timed by CUDA events on this rank
-        dist.barrier()
-        torch.cuda.synchronize()
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) * 1e3
-
-    def timed_all(fns):
-        """Median µs per system over 30 calls after 5 warm-ups, the systems timed in turn
-        (time_interleaved); the slowest rank's median."""
-        med = time_interleaved(fns, warm=5, rep=30, timer=event_us)
-        t = torch.tensor([med[n] for n in fns], device=dev)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return dict(zip(fns, t.tolist()))
 
     for name, grid in WORKLOADS:
         plan = plan_shards(grid, world)        # qvdp: FLOP plan, frames split
@@ -114,7 +94,7 @@ def _worker(rank, world, port, q):
         fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
-        r = timed_all(fns)
+        r = slowest_rank_us(fns, dev)  # systems timed in turn, 30 calls after 5 warm-ups
         r["_bytes"] = total * WIDTH * 2
         out[name] = r
         if rank == 0:

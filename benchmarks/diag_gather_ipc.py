@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from _common import init_nccl_worker, spawn_ranks, time_interleaved
+from _common import init_nccl_worker, slowest_rank_us, spawn_ranks
 
 WIDTH = 16384
 RELAY_MIN = 64
@@ -39,16 +39,6 @@ def _worker(rank, world, port, q):
     streams = [torch.cuda.Stream() for _ in range(world)]
     res = {}
     keep = []  # symmetric buffers stay allocated until the end
-
-    def event_us(fn):
-        dist.barrier()
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) * 1e3
 
     for name, grid in WORKLOADS:
         plan = plan_shards(grid, world)
@@ -147,10 +137,7 @@ def _worker(rank, world, port, q):
                 got = got[0] if isinstance(got, (list, tuple)) else got
                 torch.cuda.synchronize()
                 ok[k] = bool(torch.equal(got, expect))
-        med = time_interleaved(fns, warm=5, rep=30, timer=event_us)
-        t = torch.tensor([med[n] for n in fns], device=dev)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        r = dict(zip(fns, t.tolist()))
+        r = slowest_rank_us(fns, dev)
         okt = torch.tensor([int(all(ok.values()))], device=dev)
         dist.all_reduce(okt, op=dist.ReduceOp.MIN)
         res[name] = (r, bool(okt.item()), ok)

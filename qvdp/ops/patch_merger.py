@@ -230,16 +230,6 @@ def row_stats(x, mean, rstd, width, eps, rms):
                                              BLOCK=block, num_warps=4 if block * rows <= 4096 else 8)
 
 
-_SMS = {}
-
-
-def _num_sms(device):
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SMS:
-        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SMS[idx]
-
-
 def config_from_tuple(c):
     keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
     return dict(zip(keys, c))
@@ -283,7 +273,7 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
         kw = dict(NCHUNK=nchunk, RMS=rms, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"], NUM_STAGES=cfg["num_stages"],
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         if cfg.get("persistent") or variant == "tmap":
-            sms = _num_sms(x.device) if x.is_cuda else 2
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
             progs = min(tiles, sms * max(1, cfg.get("persistent") or 1))
             _fc1_fold_tma_persistent[(progs,)](x_desc, w_desc, mean, rstd, s_, c_, y, M, N1, K // nchunk,
                                                y.stride(0), progs, **kw)
