@@ -16,7 +16,10 @@ import torch.nn.functional as F
 
 from _common import bar_plot, bench, try_import_fa3, write_results
 
-from qvdp.ops.attention import attention_config, build_block_map, flash_attn_available, varlen_attention
+import os
+
+from qvdp.ops.attention import (_varlen_attention_triton, attention_config, build_block_map, flash_attn_available,
+                                varlen_attention)
 from qvdp.reference import apply_rope, attention_reference
 
 SHAPES = [  # (name, segment lengths, heads, head dim)
@@ -39,6 +42,20 @@ def make(lens, H, D, dtype=torch.bfloat16, seed=0):
     cos = torch.cat([ang, ang], -1).cos().contiguous()
     sin = torch.cat([ang, ang], -1).sin().contiguous()
     return qkv, cu.cuda(), cos, sin
+
+
+def pointer_config(D, max_seqlen):
+    """The v4 kernel's tile for this head dim: the shipped config (without a QVDP_ATTN_CONFIG override)
+    run with pointer loads - the transposed V tail (layout 1) where the TMA form uses layout 2."""
+    saved = os.environ.pop("QVDP_ATTN_CONFIG", None)
+    try:
+        cfg = dict(attention_config(D, max_seqlen, "cuda"))
+    finally:
+        if saved is not None:
+            os.environ["QVDP_ATTN_CONFIG"] = saved
+    if cfg.pop("TMA", 0) and cfg.get("LAYOUT") == 2:
+        cfg["LAYOUT"] = 1
+    return cfg
 
 
 def systems(fa3):
@@ -118,7 +135,15 @@ def systems(fa3):
         return lambda: varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, validate=False,
                                         backend="flash_attn")
 
+    def qvdp_v4_sys(qkv, cu, cos, sin, lens, bm):
+        q, k, v = qkv.unbind(1)
+        cfg = pointer_config(q.shape[-1], max(lens))
+        bm4 = build_block_map(cu, q.shape[0], cfg["BLOCK_M"])
+        return lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, q.shape[-1] ** -0.5, bm4, cfg)
+
     out = {"qvdp (RoPE fused)": qvdp_sys}
+    if any(attention_config(D, max(lens), "cuda").get("TMA") for _, lens, _, D in SHAPES):
+        out["qvdp v4 pointer loads"] = qvdp_v4_sys
     if flash_attn_available():  # the optional flash-attn package (FA2): qvdp's RoPE pass + its varlen kernel
         out["qvdp RoPE pass + flash-attn"] = qvdp_fa2_sys
     else:

@@ -45,8 +45,11 @@ print(json.dumps(res))
 '''
 
 
-def tile(bm, bn, w, s, layout=0, pipe=1):
-    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, LAYOUT=layout, PIPE=pipe)
+def tile(bm, bn, w, s, layout=0, pipe=1, tma=0):
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, LAYOUT=layout, PIPE=pipe)
+    if tma:
+        cfg["TMA"] = 1
+    return cfg
 
 
 # (head dim, config); None = the shipped attention_config() (PIPE=1 unless a config says PIPE=0).
@@ -58,6 +61,18 @@ STAGE1 = ([(72, None)] + [(72, tile(*t, layout=1)) for t in [
                             (80, tile(64, 32, 4, 3))]
           + [(64, None)] + [(64, tile(*t)) for t in [
               (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (128, 128, 8, 2)]])
+
+
+# v5: K/V by TMA descriptor (layout 2 = both tails row-major; layout 0 for D=64), against the shipped
+# pointer kernel (None) and, at D=72, the pointer kernel on layout 2 (separates layout from TMA)
+STAGE_TMA = ([(72, None), (72, tile(128, 128, 8, 3, 2))]
+             + [(72, tile(*t, layout=2, tma=1)) for t in [
+                 (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2)]]
+             + [(80, None)] + [(80, tile(*t, layout=2, tma=1)) for t in [
+                 (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)]]
+             + [(64, None)] + [(64, tile(*t, tma=1)) for t in [
+                 (64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3),
+                 (128, 64, 4, 3)]])
 
 
 def run(D, cfg, shapes):
@@ -75,18 +90,21 @@ def run(D, cfg, shapes):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--best", default=None, help="write the fastest correct tail config as QVDP_ATTN_CONFIG JSON")
+    ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
+                                                 "QVDP_ATTN_CONFIG JSON")
+    ap.add_argument("--stage", choices=["tiles", "tma"], default="tiles")
     args = ap.parse_args()
+    stage = STAGE1 if args.stage == "tiles" else STAGE_TMA
     rows = []
 
     def emit(r):
         rows.append(r)
         print(json.dumps(r), flush=True)
 
-    for D, cfg in STAGE1:
+    for D, cfg in stage:
         emit(run(D, cfg, ["4x3520"]))
     best = {}
-    for D in sorted({d for d, _ in STAGE1}):
+    for D in sorted({d for d, _ in stage}):
         mine = [r for r in rows if r["D"] == D]
         base = next((r.get("4x3520", 0) for r in mine if r["cfg"] is None), 0)
         ok = sorted([r for r in mine if r.get("4x3520") and r["cfg"]], key=lambda r: -r["4x3520"])

@@ -33,6 +33,10 @@ from .. import reference as _ref
 if HAS_TRITON:
     import triton
     import triton.language as tl
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # pragma: no cover - older Triton: the pointer kernel only
+        TensorDescriptor = None
 
     @triton.jit
     def _load_rot(base, rows, rmask, offs, stride_t, COS, SIN, stride_ct,
@@ -63,6 +67,8 @@ if HAS_TRITON:
         #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
         #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
         #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
+        # LAYOUT 2 (the TMA kernel's): like 1, V's tail row-major [H, T, DB] as K's - a TMA box cannot
+        #   start at the unaligned token column a segment may start at.
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -79,7 +85,10 @@ if HAS_TRITON:
         else:
             off_a = head * T * DA + rows[:, None] * DA
             off_bk = tail0 + head * T * DB + rows[:, None] * DB + offs_bl[None, :]
-            off_bv = tail0 + head * DB * TP + offs_bl[None, :] * TP + rows[:, None]
+            if LAYOUT == 1:
+                off_bv = tail0 + head * DB * TP + offs_bl[None, :] * TP + rows[:, None]
+            else:
+                off_bv = off_bk
         offs_a = tl.arange(0, DA)
         ka = _load_rot(k_base, rows, rmask, offs_a, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
         tl.store(KP + off_a + offs_a[None, :], ka, mask=rmask[:, None])
@@ -252,6 +261,42 @@ if HAS_TRITON:
         return acc_a, acc_b, m_i, l_i
 
     @triton.jit
+    def _q_prologue(Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head,
+                    HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
+                    HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr):
+        # segment seg's bounds, this program's q offset from the block map, and its Q tile from the
+        # strided view, rotated in fp32 on load
+        q_off = tl.load(BLOCKS + 2 * pid + 1)
+        seg_start = tl.load(CU + seg)
+        seqlen = tl.load(CU + seg + 1) - seg_start
+        offs_m = q_off + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < seqlen
+        rows_m = (seg_start + offs_m).to(tl.int64)
+        q_base = Q + head * stride_qh
+        qa = _load_rot(q_base, rows_m, m_mask, tl.arange(0, DA), stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2,
+                       HEAD_DIM, HAS_ROPE)
+        if HAS_B:
+            qb = _load_rot(q_base, rows_m, m_mask, DA + tl.arange(0, DB), stride_qt, COS, SIN, stride_ct,
+                           HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
+        else:
+            qb = qa  # unused
+        return seg_start, seqlen, rows_m, m_mask, qa, qb
+
+    @triton.jit
+    def _store_o(O, acc_a, acc_b, l_i, rows_m, m_mask, head, stride_ot, stride_oh, HEAD_DIM: tl.constexpr,
+                 DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr):
+        inv_l = 1.0 / l_i
+        o_base = O + head * stride_oh
+        offs_a = tl.arange(0, DA)
+        tl.store(o_base + rows_m[:, None] * stride_ot + offs_a[None, :],
+                 (acc_a * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & (offs_a < HEAD_DIM)[None, :])
+        if HAS_B:
+            offs_b = DA + tl.arange(0, DB)
+            tl.store(o_base + rows_m[:, None] * stride_ot + offs_b[None, :],
+                     (acc_b * inv_l[:, None]).to(O.dtype.element_ty),
+                     mask=m_mask[:, None] & (offs_b < HEAD_DIM)[None, :])
+
+    @triton.jit
     def _varlen_attn_fwd(Q, KP, VP, O, COS, SIN, CU, BLOCKS, T, TP,
                          stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                          HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
@@ -263,24 +308,9 @@ if HAS_TRITON:
         seg = tl.load(BLOCKS + 2 * pid)
         if seg < 0:  # past the last real q block (the grid is an upper bound)
             return
-        q_off = tl.load(BLOCKS + 2 * pid + 1)
-        seg_start = tl.load(CU + seg)
-        seqlen = tl.load(CU + seg + 1) - seg_start
-
-        # ---- Q tile from the strided view, rotated in fp32 on load --------------------------
-        offs_m = q_off + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < seqlen
-        rows_m = (seg_start + offs_m).to(tl.int64)
-        q_base = Q + head * stride_qh
-        offs_a = tl.arange(0, DA)
-        qa = _load_rot(q_base, rows_m, m_mask, offs_a, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
-                       HAS_ROPE)
-        offs_b = DA + tl.arange(0, DB)
-        if HAS_B:
-            qb = _load_rot(q_base, rows_m, m_mask, offs_b, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
-                           HAS_ROPE)
-        else:
-            qb = qa  # unused
+        seg_start, seqlen, rows_m, m_mask, qa, qb = _q_prologue(
+            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head, HEAD_DIM, DA, DB, HAS_B,
+            HAS_ROPE, BLOCK_M)
 
         # ---- stream the segment's packed K/V: unmasked full tiles, then the ragged tail ------
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -294,23 +324,93 @@ if HAS_TRITON:
             vpa = VP + head * T * DP + s0 * DP
             acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpa + DA, vpa, vpa + DA, seqlen,
                                                 qk_scale, DA, DB, DP, DP, DP, HAS_B, BLOCK_N, False, PIPE)
-        else:
+        elif LAYOUT == 1:
             kpa = KP + head * T * DA + s0 * DA
             vpa = VP + head * T * DA + s0 * DA
             kpb = KP + tail0 + head * T * DB + s0 * DB
             vpb = VP + tail0 + head * DB * TP + s0
             acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
                                                 DA, DB, DA, DB, TP, HAS_B, BLOCK_N, True, PIPE)
+        else:  # LAYOUT 2: both tails row-major in their own buffers
+            kpa = KP + head * T * DA + s0 * DA
+            vpa = VP + head * T * DA + s0 * DA
+            kpb = KP + tail0 + head * T * DB + s0 * DB
+            vpb = VP + tail0 + head * T * DB + s0 * DB
+            acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
+                                                DA, DB, DA, DB, DB, HAS_B, BLOCK_N, False, PIPE)
+        _store_o(O, acc_a, acc_b, l_i, rows_m, m_mask, head, stride_ot, stride_oh, HEAD_DIM, DA, DB, HAS_B)
 
-        # ---- normalise, store -------------------------------------------------------------
-        inv_l = 1.0 / l_i
-        o_base = O + head * stride_oh
-        tl.store(o_base + rows_m[:, None] * stride_ot + offs_a[None, :],
-                 (acc_a * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & (offs_a < HEAD_DIM)[None, :])
+    # ---- v5: K/V tiles through TMA descriptors ------------------------------------------------
+    @triton.jit
+    def _qk_tile_d(qa, qb, ka_d, kb_d, row, start_n, seqlen, KB_COL: tl.constexpr, HAS_B: tl.constexpr,
+                   MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+        # S = Qa Ka^T + Qb Kb^T for key rows row + start_n ... (one TMA box each). Rows past the segment
+        # belong to the next segment / head (finite) or lie past the buffer (TMA fills zeros): masked to
+        # -inf here, and their V rows meet p = 0.
+        qk = tl.dot(qa, tl.trans(ka_d.load([row + start_n, 0])))
         if HAS_B:
-            tl.store(o_base + rows_m[:, None] * stride_ot + offs_b[None, :],
-                     (acc_b * inv_l[:, None]).to(O.dtype.element_ty),
-                     mask=m_mask[:, None] & (offs_b < HEAD_DIM)[None, :])
+            qk = tl.dot(qb, tl.trans(kb_d.load([row + start_n, KB_COL])), qk)
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            qk = tl.where((offs_n < seqlen)[None, :], qk, float("-inf"))
+        return qk
+
+    @triton.jit
+    def _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, va_d, vb_d, row, start_n, qk_scale, KB_COL: tl.constexpr,
+                      HAS_B: tl.constexpr):
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        va = va_d.load([row + start_n, 0])
+        p = p.to(va.dtype)
+        acc_a = tl.dot(p, va, acc_a * alpha[:, None])
+        if HAS_B:
+            acc_b = tl.dot(p, vb_d.load([row + start_n, KB_COL]), acc_b * alpha[:, None])
+        return acc_a, acc_b, m_new, l_i
+
+    @triton.jit
+    def _varlen_attn_fwd_tma(Q, KA_D, KB_D, VA_D, VB_D, O, COS, SIN, CU, BLOCKS, T,
+                             stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                             HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
+                             HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             LAYOUT: tl.constexpr, PIPE: tl.constexpr):
+        # the loop of _varlen_attn_fwd with K/V boxes loaded by TMA (no per-thread address math, async
+        # copies into swizzled shared memory); no masked loads: only the last tile's scores are masked
+        pid = tl.program_id(0)
+        head = tl.program_id(1)
+        seg = tl.load(BLOCKS + 2 * pid)
+        if seg < 0:
+            return
+        seg_start, seqlen, rows_m, m_mask, qa, qb = _q_prologue(
+            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA, DB,
+            HAS_B, HAS_ROPE, BLOCK_M)
+        KB_COL: tl.constexpr = DA if LAYOUT == 0 else 0  # LAYOUT 2: the tails in their own [H*T, DB] buffers
+        row = head * T + seg_start  # int32: the host checks H * T < 2^31
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc_a = tl.zeros([BLOCK_M, DA], tl.float32)
+        acc_b = tl.zeros([BLOCK_M, DB], tl.float32)
+        n_full = (seqlen // BLOCK_N) * BLOCK_N
+        if PIPE:
+            qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, 0, seqlen, KB_COL, HAS_B, True, BLOCK_N)
+            for start_n in range(0, n_full, BLOCK_N):
+                nxt = tl.minimum(start_n + BLOCK_N, n_full - BLOCK_N)
+                qk_next = _qk_tile_d(qa, qb, KA_D, KB_D, row, nxt, seqlen, KB_COL, HAS_B, False, BLOCK_N)
+                acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, start_n,
+                                                       qk_scale, KB_COL, HAS_B)
+                qk = qk_next
+        else:
+            for start_n in range(0, n_full, BLOCK_N):
+                qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, start_n, seqlen, KB_COL, HAS_B, False, BLOCK_N)
+                acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, start_n,
+                                                       qk_scale, KB_COL, HAS_B)
+        if n_full < seqlen:
+            qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, n_full, seqlen, KB_COL, HAS_B, True, BLOCK_N)
+            acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, n_full,
+                                                   qk_scale, KB_COL, HAS_B)
+        _store_o(O, acc_a, acc_b, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, DB,
+                 HAS_B)
 
 
 # ------------------------------------------------------------------------------------------
@@ -452,7 +552,10 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     if cfg.get("DB"):  # tail width override (diagnostics)
         db = cfg["DB"]
     layout = int(cfg.get("LAYOUT", 0)) if db else 0
-    tp = (T + 63) // 64 * 64 if layout else T
+    tma = bool(cfg.get("TMA")) and TensorDescriptor is not None and H * T + cfg["BLOCK_N"] < 2 ** 31
+    if tma and layout == 1:
+        layout = 2  # TMA boxes: V's tail row-major (layout 1's transposed tail needs unaligned column starts)
+    tp = (T + 63) // 64 * 64 if layout == 1 else T
     has_rope = cos is not None
     if has_rope:
         cos = cos.float() if cos.dtype != torch.float32 else cos
@@ -469,6 +572,16 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
                                      HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, num_warps=4)
     # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
+    bn = cfg["BLOCK_N"]
+    if tma:
+        ka, kb, va, vb = _kv_descriptors(kp, vp, H, T, da, db, layout, bn)
+        _varlen_attn_fwd_tma[grid](
+            q, ka, kb, va, vb, out, cos, sin, cu_seqlens, block_map, T,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
+            HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
+            BLOCK_M=bm, BLOCK_N=bn, LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return out
     _varlen_attn_fwd[grid](
         q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
@@ -476,6 +589,26 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
+
+
+def _kv_descriptors(kp, vp, H, T, da, db, layout, bn):
+    """TMA descriptors over the packed K/V buffers of _pack_kv: main chunks [H*T, DA]; the tails (if any)
+    as a second box at column DA of layout 0's [H*T, DA + DB] rows, or in layout 2's own [H*T, DB]
+    buffers after the main chunks."""
+    if not db:
+        a_k = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
+        a_v = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
+        return a_k, a_k, a_v, a_v
+    if layout == 0:
+        k2, v2 = kp.view(H * T, da + db), vp.view(H * T, da + db)
+        return (TensorDescriptor.from_tensor(k2, [bn, da]), TensorDescriptor.from_tensor(k2, [bn, db]),
+                TensorDescriptor.from_tensor(v2, [bn, da]), TensorDescriptor.from_tensor(v2, [bn, db]))
+    if layout != 2:
+        raise ValueError(f"the TMA kernel takes K/V layouts 0 and 2, got {layout}")
+    n0 = H * T * da
+    return tuple(TensorDescriptor.from_tensor(t, [bn, d]) for t, d in (
+        (kp[:n0].view(H * T, da), da), (kp[n0:].view(H * T, db), db),
+        (vp[:n0].view(H * T, da), da), (vp[n0:].view(H * T, db), db)))
 
 
 # ---- torch custom op: torch.compile traces through it without a graph break ---------------
