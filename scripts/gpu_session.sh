@@ -113,10 +113,11 @@ elif [ "$STAGE" = s5e ]; then  # session 5, 4 GPUs: flash_attn backend tests; on
 elif [ "$STAGE" = s5f ]; then  # session 5, one GPU: merger GPU tests after the tile-helper refactor, quick benchmark
   T=150 TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   QVDP_MERGER_CFG=128,128,64,8,8,4,0 T=90 TAILN=16 step bench_merger_quick python3 benchmarks/bench_merger.py --quick --out logs/mq
-elif [ "$STAGE" = s6a ]; then  # session 6, one GPU: attention v5 (K/V by TMA) tests, form/tile sweep
-  T=230 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "tma or head_dims or layouts or segments" -p no:cacheprovider
-  T=330 TAILN=60 step diag_attention python3 benchmarks/diag_attention.py --stage tma --out logs/diag_attention_tma.jsonl --best logs/attn_best.json
-  cat logs/attn_best.json 2>/dev/null
+elif [ "$STAGE" = s6a ]; then  # session 6, one GPU: attention v5 (TMA, split exp2) tests, D=64 sweep, benchmark with the winner
+  T=200 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "tma" -p no:cacheprovider
+  T=200 TAILN=60 step diag_attention python3 benchmarks/diag_attention.py --stage tma --out logs/diag_attention_tma.jsonl --best logs/attn_best.json
+  if [ -s logs/attn_best.json ]; then export QVDP_ATTN_CONFIG=$(cat logs/attn_best.json); fi; echo "QVDP_ATTN_CONFIG=${QVDP_ATTN_CONFIG:-}"
+  T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
 elif [ "$STAGE" = s6b ]; then  # session 6, one GPU: attention benchmark (shipped configs), GPU tests of the changed kernels
   T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
   T=200 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider

@@ -67,8 +67,6 @@ if HAS_TRITON:
         #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
         #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
         #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
-        # LAYOUT 2 (the TMA kernel's): like 1, V's tail row-major [H, T, DB] as K's - a TMA box cannot
-        #   start at the unaligned token column a segment may start at.
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -85,10 +83,7 @@ if HAS_TRITON:
         else:
             off_a = head * T * DA + rows[:, None] * DA
             off_bk = tail0 + head * T * DB + rows[:, None] * DB + offs_bl[None, :]
-            if LAYOUT == 1:
-                off_bv = tail0 + head * DB * TP + offs_bl[None, :] * TP + rows[:, None]
-            else:
-                off_bv = off_bk
+            off_bv = tail0 + head * DB * TP + offs_bl[None, :] * TP + rows[:, None]
         offs_a = tl.arange(0, DA)
         ka = _load_rot(k_base, rows, rmask, offs_a, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
         tl.store(KP + off_a + offs_a[None, :], ka, mask=rmask[:, None])
@@ -324,93 +319,110 @@ if HAS_TRITON:
             vpa = VP + head * T * DP + s0 * DP
             acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpa + DA, vpa, vpa + DA, seqlen,
                                                 qk_scale, DA, DB, DP, DP, DP, HAS_B, BLOCK_N, False, PIPE)
-        elif LAYOUT == 1:
+        else:
             kpa = KP + head * T * DA + s0 * DA
             vpa = VP + head * T * DA + s0 * DA
             kpb = KP + tail0 + head * T * DB + s0 * DB
             vpb = VP + tail0 + head * DB * TP + s0
             acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
                                                 DA, DB, DA, DB, TP, HAS_B, BLOCK_N, True, PIPE)
-        else:  # LAYOUT 2: both tails row-major in their own buffers
-            kpa = KP + head * T * DA + s0 * DA
-            vpa = VP + head * T * DA + s0 * DA
-            kpb = KP + tail0 + head * T * DB + s0 * DB
-            vpb = VP + tail0 + head * T * DB + s0 * DB
-            acc_a, acc_b, m_i, l_i = _attn_loop(acc_a, acc_b, m_i, l_i, qa, qb, kpa, kpb, vpa, vpb, seqlen, qk_scale,
-                                                DA, DB, DA, DB, DB, HAS_B, BLOCK_N, False, PIPE)
         _store_o(O, acc_a, acc_b, l_i, rows_m, m_mask, head, stride_ot, stride_oh, HEAD_DIM, DA, DB, HAS_B)
 
-    # ---- v5: K/V tiles through TMA descriptors ------------------------------------------------
+    # ---- v5: K/V tiles through TMA descriptors (head dims without a tail chunk) -----------------
     @triton.jit
-    def _qk_tile_d(qa, qb, ka_d, kb_d, row, start_n, seqlen, KB_COL: tl.constexpr, HAS_B: tl.constexpr,
-                   MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
-        # S = Qa Ka^T + Qb Kb^T for key rows row + start_n ... (one TMA box each). Rows past the segment
-        # belong to the next segment / head (finite) or lie past the buffer (TMA fills zeros): masked to
-        # -inf here, and their V rows meet p = 0.
-        qk = tl.dot(qa, tl.trans(ka_d.load([row + start_n, 0])))
-        if HAS_B:
-            qk = tl.dot(qb, tl.trans(kb_d.load([row + start_n, KB_COL])), qk)
+    def _exp2_fma(x):
+        # 2^x (x <= 0) on the FMA/integer pipes instead of the MUFU unit: x = j + f by the round-to-nearest
+        # magic constant 1.5 * 2^23 (j lands in the low bits of t), 2^f on [-1/2, 1/2] by a cubic fitted for
+        # relative error (<= 1.1e-4, below bf16's 3.9e-3), 2^j added into the exponent bits. Clamped at
+        # -126 so the exponent never wraps (2^-126 ~ 1e-38 stands in for exp2(-inf) = 0).
+        x = tl.maximum(x, -126.0)
+        t = x + 12582912.0
+        f = x - (t - 12582912.0)
+        p = f * 0.05500893 + 0.24221099
+        p = p * f + 0.69328293
+        p = p * f + 1.0
+        e = t.to(tl.int32, bitcast=True) << 23
+        return (p.to(tl.int32, bitcast=True) + e).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _scores_d(qa, k_d, row, start_n, seqlen, MASKED: tl.constexpr, BN: tl.constexpr):
+        # S = Q K^T for the BN key rows row + start_n ... (one TMA box). Rows past the segment belong to
+        # the next segment / head (finite) or lie past the buffer (TMA fills zeros): masked to -inf, and
+        # their V rows meet p = 0.
+        s = tl.dot(qa, tl.trans(k_d.load([row + start_n, 0])))
         if MASKED:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            qk = tl.where((offs_n < seqlen)[None, :], qk, float("-inf"))
-        return qk
+            s = tl.where(((start_n + tl.arange(0, BN)) < seqlen)[None, :], s, float("-inf"))
+        return s
 
     @triton.jit
-    def _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, va_d, vb_d, row, start_n, qk_scale, KB_COL: tl.constexpr,
-                      HAS_B: tl.constexpr):
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    def _tile_d(qa, k_d, row, start_n, seqlen, MASKED: tl.constexpr, SPLIT: tl.constexpr, BN: tl.constexpr):
+        # a key tile's scores: one box, or (SPLIT) two BN-row halves
+        s1 = _scores_d(qa, k_d, row, start_n, seqlen, MASKED, BN)
+        if SPLIT:
+            s2 = _scores_d(qa, k_d, row, start_n + BN, seqlen, MASKED, BN)
+        else:
+            s2 = s1  # unused
+        return s1, s2
+
+    @triton.jit
+    def _step_d(acc, m_i, l_i, s1, s2, v_d, row, start_n, qk_scale, SPLIT: tl.constexpr, BN: tl.constexpr):
+        # online softmax (base 2) and O += P V for one key tile; SPLIT: the second half's exp2 runs on
+        # the FMA pipes (_exp2_fma) while the first half's runs on the MUFU unit
+        if SPLIT:
+            m_new = tl.maximum(m_i, tl.maximum(tl.max(s1, 1), tl.max(s2, 1)) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s1, 1) * qk_scale)
+        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        va = va_d.load([row + start_n, 0])
-        p = p.to(va.dtype)
-        acc_a = tl.dot(p, va, acc_a * alpha[:, None])
-        if HAS_B:
-            acc_b = tl.dot(p, vb_d.load([row + start_n, KB_COL]), acc_b * alpha[:, None])
-        return acc_a, acc_b, m_new, l_i
+        l_i = l_i * alpha + tl.sum(p1, 1)
+        v1 = v_d.load([row + start_n, 0])
+        acc = tl.dot(p1.to(v1.dtype), v1, acc * alpha[:, None])
+        if SPLIT:
+            p2 = _exp2_fma(s2 * qk_scale - m_new[:, None])
+            l_i += tl.sum(p2, 1)
+            acc = tl.dot(p2.to(v1.dtype), v_d.load([row + start_n + BN, 0]), acc)
+        return acc, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd_tma(Q, KA_D, KB_D, VA_D, VB_D, O, COS, SIN, CU, BLOCKS, T,
+    def _varlen_attn_fwd_tma(Q, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
                              stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
-                             HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                             HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             LAYOUT: tl.constexpr, PIPE: tl.constexpr):
-        # the loop of _varlen_attn_fwd with K/V boxes loaded by TMA (no per-thread address math, async
-        # copies into swizzled shared memory); no masked loads: only the last tile's scores are masked
+                             HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
+                             SPLIT_EXP: tl.constexpr):
+        # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA from the packed
+        # [H*T, DA] buffers: no per-thread address math, async copies into swizzled shared memory, no
+        # masked loads (only the last tile's scores are masked). SPLIT_EXP: exp2 of half of each key tile
+        # on the FMA pipes.
+        BN: tl.constexpr = BLOCK_N // 2 if SPLIT_EXP else BLOCK_N
         pid = tl.program_id(0)
         head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
         if seg < 0:
             return
-        seg_start, seqlen, rows_m, m_mask, qa, qb = _q_prologue(
-            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA, DB,
-            HAS_B, HAS_ROPE, BLOCK_M)
-        KB_COL: tl.constexpr = DA if LAYOUT == 0 else 0  # LAYOUT 2: the tails in their own [H*T, DB] buffers
+        seg_start, seqlen, rows_m, m_mask, qa, _ = _q_prologue(
+            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA, 16,
+            False, HAS_ROPE, BLOCK_M)
         row = head * T + seg_start  # int32: the host checks H * T < 2^31
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc_a = tl.zeros([BLOCK_M, DA], tl.float32)
-        acc_b = tl.zeros([BLOCK_M, DB], tl.float32)
+        acc = tl.zeros([BLOCK_M, DA], tl.float32)
         n_full = (seqlen // BLOCK_N) * BLOCK_N
-        if PIPE:
-            qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, 0, seqlen, KB_COL, HAS_B, True, BLOCK_N)
+        if PIPE:  # the next tile's scores issued before this tile's softmax
+            s1, s2 = _tile_d(qa, K_D, row, 0, seqlen, True, SPLIT_EXP, BN)
             for start_n in range(0, n_full, BLOCK_N):
                 nxt = tl.minimum(start_n + BLOCK_N, n_full - BLOCK_N)
-                qk_next = _qk_tile_d(qa, qb, KA_D, KB_D, row, nxt, seqlen, KB_COL, HAS_B, False, BLOCK_N)
-                acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, start_n,
-                                                       qk_scale, KB_COL, HAS_B)
-                qk = qk_next
+                n1, n2 = _tile_d(qa, K_D, row, nxt, seqlen, False, SPLIT_EXP, BN)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, start_n, qk_scale, SPLIT_EXP, BN)
+                s1 = n1
+                s2 = n2
         else:
             for start_n in range(0, n_full, BLOCK_N):
-                qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, start_n, seqlen, KB_COL, HAS_B, False, BLOCK_N)
-                acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, start_n,
-                                                       qk_scale, KB_COL, HAS_B)
+                s1, s2 = _tile_d(qa, K_D, row, start_n, seqlen, False, SPLIT_EXP, BN)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, start_n, qk_scale, SPLIT_EXP, BN)
         if n_full < seqlen:
-            qk = _qk_tile_d(qa, qb, KA_D, KB_D, row, n_full, seqlen, KB_COL, HAS_B, True, BLOCK_N)
-            acc_a, acc_b, m_i, l_i = _softmax_pv_d(acc_a, acc_b, m_i, l_i, qk, VA_D, VB_D, row, n_full,
-                                                   qk_scale, KB_COL, HAS_B)
-        _store_o(O, acc_a, acc_b, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, DB,
-                 HAS_B)
+            s1, s2 = _tile_d(qa, K_D, row, n_full, seqlen, True, SPLIT_EXP, BN)
+            acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, n_full, qk_scale, SPLIT_EXP, BN)
+        _store_o(O, acc, acc, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, 16, False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -552,10 +564,10 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     if cfg.get("DB"):  # tail width override (diagnostics)
         db = cfg["DB"]
     layout = int(cfg.get("LAYOUT", 0)) if db else 0
-    tma = bool(cfg.get("TMA")) and TensorDescriptor is not None and H * T + cfg["BLOCK_N"] < 2 ** 31
-    if tma and layout == 1:
-        layout = 2  # TMA boxes: V's tail row-major (layout 1's transposed tail needs unaligned column starts)
-    tp = (T + 63) // 64 * 64 if layout == 1 else T
+    # v5 (TMA) for head dims without a tail chunk; with one, the 16-wide tail boxes gave wrong results /
+    # illegal addresses on an H100 with Triton 3.6 (NOTES.md, v5)
+    tma = bool(cfg.get("TMA")) and not db and TensorDescriptor is not None and H * T + cfg["BLOCK_N"] < 2 ** 31
+    tp = (T + 63) // 64 * 64 if layout else T
     has_rope = cos is not None
     if has_rope:
         cos = cos.float() if cos.dtype != torch.float32 else cos
@@ -574,13 +586,15 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
     if tma:
-        ka, kb, va, vb = _kv_descriptors(kp, vp, H, T, da, db, layout, bn)
+        split = bool(cfg.get("SPLIT_EXP"))
+        box = [bn // 2 if split else bn, da]
+        k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), box)
+        v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), box)
         _varlen_attn_fwd_tma[grid](
-            q, ka, kb, va, vb, out, cos, sin, cu_seqlens, block_map, T,
+            q, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
-            HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
-            BLOCK_M=bm, BLOCK_N=bn, LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)),
+            SPLIT_EXP=split, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return out
     _varlen_attn_fwd[grid](
         q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
@@ -589,26 +603,6 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
-
-
-def _kv_descriptors(kp, vp, H, T, da, db, layout, bn):
-    """TMA descriptors over the packed K/V buffers of _pack_kv: main chunks [H*T, DA]; the tails (if any)
-    as a second box at column DA of layout 0's [H*T, DA + DB] rows, or in layout 2's own [H*T, DB]
-    buffers after the main chunks."""
-    if not db:
-        a_k = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
-        a_v = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
-        return a_k, a_k, a_v, a_v
-    if layout == 0:
-        k2, v2 = kp.view(H * T, da + db), vp.view(H * T, da + db)
-        return (TensorDescriptor.from_tensor(k2, [bn, da]), TensorDescriptor.from_tensor(k2, [bn, db]),
-                TensorDescriptor.from_tensor(v2, [bn, da]), TensorDescriptor.from_tensor(v2, [bn, db]))
-    if layout != 2:
-        raise ValueError(f"the TMA kernel takes K/V layouts 0 and 2, got {layout}")
-    n0 = H * T * da
-    return tuple(TensorDescriptor.from_tensor(t, [bn, d]) for t, d in (
-        (kp[:n0].view(H * T, da), da), (kp[n0:].view(H * T, db), db),
-        (vp[:n0].view(H * T, da), da), (vp[n0:].view(H * T, db), db)))
 
 
 # ---- torch custom op: torch.compile traces through it without a graph break ---------------
