@@ -63,16 +63,9 @@ STAGE1 = ([(72, None)] + [(72, tile(*t, layout=1)) for t in [
               (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (128, 128, 8, 2)]])
 
 
-# v5 (D=64, no tail chunk): K/V by TMA descriptor, and SPLIT_EXP (half of each key tile's exp2 on the
-# FMA pipes), against the shipped pointer kernel (None)
-def v5(bm, bn, w, s, split=0, pipe=1):
-    return dict(tile(bm, bn, w, s, pipe=pipe, tma=1), SPLIT_EXP=split)
-
-
-STAGE_TMA = [(64, None), (64, v5(64, 64, 4, 3)), (64, v5(64, 128, 4, 3)),
-             (64, v5(64, 128, 4, 3, 1)), (64, v5(64, 64, 4, 3, 1)), (64, v5(64, 128, 4, 4, 1)),
-             (64, v5(128, 128, 8, 3, 1)), (64, v5(128, 128, 8, 2, 1)), (64, v5(64, 128, 4, 3, 1, pipe=0)),
-             (64, v5(128, 256, 8, 2, 1)), (64, v5(64, 256, 4, 2, 1))]
+# v5 (D=64, no tail chunk): K/V by TMA descriptor, against the pointer kernel (v4's 64x64 tile)
+STAGE_TMA = [(64, tile(64, 64, 4, 3))] + [(64, tile(*t, tma=1)) for t in [
+    (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3)]]
 
 
 def run(D, cfg, shapes):

@@ -118,9 +118,9 @@ elif [ "$STAGE" = s6a ]; then  # session 6, one GPU: attention v5 (TMA, split ex
   T=200 TAILN=60 step diag_attention python3 benchmarks/diag_attention.py --stage tma --out logs/diag_attention_tma.jsonl --best logs/attn_best.json
   if [ -s logs/attn_best.json ]; then export QVDP_ATTN_CONFIG=$(cat logs/attn_best.json); fi; echo "QVDP_ATTN_CONFIG=${QVDP_ATTN_CONFIG:-}"
   T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
-elif [ "$STAGE" = s6b ]; then  # session 6, one GPU: attention benchmark (shipped configs), GPU tests of the changed kernels
-  T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex cuDNN
-  T=200 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
+elif [ "$STAGE" = s6b ]; then  # session 6, one GPU: attention GPU tests (v5 default at D=64), benchmark, merger tests
+  T=240 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
+  T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
   T=150 TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then

@@ -172,34 +172,31 @@ def _check_cfg(lens, H, D, dtype, device, cfg, seed=0):
 @interp
 @pytest.mark.parametrize("D", [64, 128, 16, 32])
 @pytest.mark.parametrize("pipe", [0, 1])
-@pytest.mark.parametrize("split", [0, 1])
-def test_interpreter_tma_kernel(interpreter, D, pipe, split):
-    # v5: K/V boxes by TMA descriptor, rows past a segment read and masked; split: half of each key
-    # tile's exp2 by the FMA-pipe polynomial
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=pipe, TMA=1, SPLIT_EXP=split)
+def test_interpreter_tma_kernel(interpreter, D, pipe):
+    # v5: K/V boxes by TMA descriptor, rows past a segment read and masked
+    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=pipe, TMA=1)
     for dtype in (torch.float32, torch.float16):
-        _check_cfg([1, 37, 70, 5, 33, 64], 2, D, dtype, interpreter, cfg, seed=D + pipe + 2 * split)
+        _check_cfg([1, 37, 70, 5, 33, 64], 2, D, dtype, interpreter, cfg, seed=D + pipe)
 
 
 @interp
 def test_interpreter_tma_flag_ignored_with_tail_chunk(interpreter):
     # head dims with a tail chunk keep the pointer kernel (the TMA form takes D = DA only)
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, LAYOUT=1, TMA=1, SPLIT_EXP=1)
+    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, LAYOUT=1, TMA=1)
     _check_cfg([1, 37, 70], 2, 72, torch.float32, interpreter, cfg)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("D", [64, 128, 32])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("split", [0, 1])
-def test_gpu_tma_kernel(D, dtype, split):
+def test_gpu_tma_kernel(D, dtype):
     tiles = [(64, 64, 4, 3, 0), (64, 64, 4, 3, 1), (64, 128, 4, 3, 1), (128, 128, 8, 3, 1)]
     for i, (bm, bn, w, st, pipe) in enumerate(tiles):
         if D == 128 and bn == 128 and bm == 128:
             continue  # shared memory
-        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1, SPLIT_EXP=split)
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1)
         _check_cfg([1, 300, 1000, 77, 64, 129], 2, D, dtype, "cuda", cfg, seed=i)
-    cfg = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, PIPE=1, TMA=1, SPLIT_EXP=split)
+    cfg = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1)
     for lens in ([65536], [1] * 3000, [7] * 2000 + [4000]):
         _check_cfg(lens, 2, D, dtype, "cuda", cfg, seed=len(lens))
 

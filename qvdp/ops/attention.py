@@ -15,6 +15,8 @@ Two launches per call:
      (two chunked dots), with the next tile's S issued before this tile's softmax (PIPE); full
      tiles unmasked, the ragged last tile with a key mask; normalise, store the valid rows and
      columns.
+  1'. v5, head dims without a tail chunk (D=64): the same loop with K/V boxes loaded through TMA
+     descriptors over the packed [H*T, D] buffers (`_varlen_attn_fwd_tma`); tails stay on 1.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """
@@ -330,21 +332,6 @@ if HAS_TRITON:
 
     # ---- v5: K/V tiles through TMA descriptors (head dims without a tail chunk) -----------------
     @triton.jit
-    def _exp2_fma(x):
-        # 2^x (x <= 0) on the FMA/integer pipes instead of the MUFU unit: x = j + f by the round-to-nearest
-        # magic constant 1.5 * 2^23 (j lands in the low bits of t), 2^f on [-1/2, 1/2] by a cubic fitted for
-        # relative error (<= 1.1e-4, below bf16's 3.9e-3), 2^j added into the exponent bits. Clamped at
-        # -126 so the exponent never wraps (2^-126 ~ 1e-38 stands in for exp2(-inf) = 0).
-        x = tl.maximum(x, -126.0)
-        t = x + 12582912.0
-        f = x - (t - 12582912.0)
-        p = f * 0.05500893 + 0.24221099
-        p = p * f + 0.69328293
-        p = p * f + 1.0
-        e = t.to(tl.int32, bitcast=True) << 23
-        return (p.to(tl.int32, bitcast=True) + e).to(tl.float32, bitcast=True)
-
-    @triton.jit
     def _scores_d(qa, k_d, row, start_n, seqlen, MASKED: tl.constexpr, BN: tl.constexpr):
         # S = Q K^T for the BN key rows row + start_n ... (one TMA box). Rows past the segment belong to
         # the next segment / head (finite) or lie past the buffer (TMA fills zeros): masked to -inf, and
@@ -355,45 +342,24 @@ if HAS_TRITON:
         return s
 
     @triton.jit
-    def _tile_d(qa, k_d, row, start_n, seqlen, MASKED: tl.constexpr, SPLIT: tl.constexpr, BN: tl.constexpr):
-        # a key tile's scores: one box, or (SPLIT) two BN-row halves
-        s1 = _scores_d(qa, k_d, row, start_n, seqlen, MASKED, BN)
-        if SPLIT:
-            s2 = _scores_d(qa, k_d, row, start_n + BN, seqlen, MASKED, BN)
-        else:
-            s2 = s1  # unused
-        return s1, s2
-
-    @triton.jit
-    def _step_d(acc, m_i, l_i, s1, s2, v_d, row, start_n, qk_scale, SPLIT: tl.constexpr, BN: tl.constexpr):
-        # online softmax (base 2) and O += P V for one key tile; SPLIT: the second half's exp2 runs on
-        # the FMA pipes (_exp2_fma) while the first half's runs on the MUFU unit
-        if SPLIT:
-            m_new = tl.maximum(m_i, tl.maximum(tl.max(s1, 1), tl.max(s2, 1)) * qk_scale)
-        else:
-            m_new = tl.maximum(m_i, tl.max(s1, 1) * qk_scale)
-        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
+    def _step_d(acc, m_i, l_i, qk, v_d, row, start_n, qk_scale):
+        # online softmax (base 2) and O += P V for one key tile
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p1, 1)
-        v1 = v_d.load([row + start_n, 0])
-        acc = tl.dot(p1.to(v1.dtype), v1, acc * alpha[:, None])
-        if SPLIT:
-            p2 = _exp2_fma(s2 * qk_scale - m_new[:, None])
-            l_i += tl.sum(p2, 1)
-            acc = tl.dot(p2.to(v1.dtype), v_d.load([row + start_n + BN, 0]), acc)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = v_d.load([row + start_n, 0])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         return acc, m_new, l_i
 
     @triton.jit
     def _varlen_attn_fwd_tma(Q, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
                              stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
-                             SPLIT_EXP: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr):
         # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA from the packed
         # [H*T, DA] buffers: no per-thread address math, async copies into swizzled shared memory, no
-        # masked loads (only the last tile's scores are masked). SPLIT_EXP: exp2 of half of each key tile
-        # on the FMA pipes.
-        BN: tl.constexpr = BLOCK_N // 2 if SPLIT_EXP else BLOCK_N
+        # masked loads (only the last tile's scores are masked)
         pid = tl.program_id(0)
         head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
@@ -408,20 +374,19 @@ if HAS_TRITON:
         acc = tl.zeros([BLOCK_M, DA], tl.float32)
         n_full = (seqlen // BLOCK_N) * BLOCK_N
         if PIPE:  # the next tile's scores issued before this tile's softmax
-            s1, s2 = _tile_d(qa, K_D, row, 0, seqlen, True, SPLIT_EXP, BN)
+            qk = _scores_d(qa, K_D, row, 0, seqlen, True, BLOCK_N)
             for start_n in range(0, n_full, BLOCK_N):
                 nxt = tl.minimum(start_n + BLOCK_N, n_full - BLOCK_N)
-                n1, n2 = _tile_d(qa, K_D, row, nxt, seqlen, False, SPLIT_EXP, BN)
-                acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, start_n, qk_scale, SPLIT_EXP, BN)
-                s1 = n1
-                s2 = n2
+                qk_next = _scores_d(qa, K_D, row, nxt, seqlen, False, BLOCK_N)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, start_n, qk_scale)
+                qk = qk_next
         else:
             for start_n in range(0, n_full, BLOCK_N):
-                s1, s2 = _tile_d(qa, K_D, row, start_n, seqlen, False, SPLIT_EXP, BN)
-                acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, start_n, qk_scale, SPLIT_EXP, BN)
+                qk = _scores_d(qa, K_D, row, start_n, seqlen, False, BLOCK_N)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, start_n, qk_scale)
         if n_full < seqlen:
-            s1, s2 = _tile_d(qa, K_D, row, n_full, seqlen, True, SPLIT_EXP, BN)
-            acc, m_i, l_i = _step_d(acc, m_i, l_i, s1, s2, V_D, row, n_full, qk_scale, SPLIT_EXP, BN)
+            qk = _scores_d(qa, K_D, row, n_full, seqlen, True, BLOCK_N)
+            acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, n_full, qk_scale)
         _store_o(O, acc, acc, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, 16, False)
 
 
@@ -435,7 +400,8 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     BLOCK_N >= 64 exact with Triton 3.6 on Hopper (a row-major [BLOCK_N, 16] V tile gave wrong P@V
     results there). PIPE=1 (the default) issues the next key tile's Q K^T before this tile's softmax.
     fp32 inputs (elem_bytes=4, tf32 dots) with a tail chunk keep the 128x32 packed-layout tile: the
-    bf16 128x128 tile's K/V stages do not fit in shared memory at 4 bytes.
+    bf16 128x128 tile's K/V stages do not fit in shared memory at 4 bytes. TMA=1 (D=64) runs the v5
+    kernel (K/V by TMA descriptor); it is ignored for head dims with a tail chunk.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -455,7 +421,9 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim <= 64:
+    if head_dim == 64:  # v5: K/V by TMA (+3-4% over pointer loads at 4 x 3520, NOTES.md)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=1)
+    if head_dim < 64:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
 
@@ -586,15 +554,13 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
     if tma:
-        split = bool(cfg.get("SPLIT_EXP"))
-        box = [bn // 2 if split else bn, da]
-        k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), box)
-        v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), box)
+        k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
+        v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
         _varlen_attn_fwd_tma[grid](
             q, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)),
-            SPLIT_EXP=split, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return out
     _varlen_attn_fwd[grid](
         q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
