@@ -122,6 +122,11 @@ elif [ "$STAGE" = s6b ]; then  # session 6, one GPU: attention GPU tests (v5 def
   T=240 TAILN=8 step attn_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
   T=150 TAILN=45 step bench_attention python3 benchmarks/bench_attention.py --skip Flex
   T=150 TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+elif [ "$STAGE" = s6c ]; then  # session 6, 4 GPUs: on H100 the 16 mixed / video DP figures; the gather benchmark (shared timer)
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
+  T=110 TAILN=45 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
