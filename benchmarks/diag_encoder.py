@@ -16,6 +16,7 @@ Writes JSON to --out (diag-encoder-<mode>.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -29,6 +30,7 @@ from encoder_systems import build_hf
 
 import qvdp
 from qvdp import plan_shards
+from qvdp.geometry import QWEN3_VL_8B
 
 
 def timed(fn, rep=10, warm=2, sync=None):
@@ -204,7 +206,10 @@ def _dp_worker(rank, world, port, q):
     model = build_hf(dev)
     qf = qvdp.Qwen3VLVisionForward(model)
     out = {}
+    only = [w for w in os.environ.get("QVDP_DIAG_ONLY", "").split(",") if w]
     for name, grid in workloads():
+        if only and name not in only:
+            continue
         px = pixels(grid, dev)
         plan = plan_shards(grid, world)
         lpx, lg = local_share(plan, rank, grid, px)
@@ -215,6 +220,12 @@ def _dp_worker(rank, world, port, q):
                                            sync=dist.barrier)
         r["  no rank check"] = timed(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf,
                                                                          check_ranks=False), sync=dist.barrier)
+        r["  no overlap"] = timed(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf,
+                                                                      overlap_gather=False), sync=dist.barrier)
+        # planner with attention FLOPs weighted 1.32x (fitted to 1-GPU H100 times, 4 x 720p vs 4 x 1280^2)
+        cplan = plan_shards(grid, world, dataclasses.replace(QWEN3_VL_8B, attention_weight=1.32))
+        r["  calibrated plan"] = timed(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf, plan=cplan),
+                                       sync=dist.barrier)
         outs = [torch.randn(plan.rows(rank), 4096, device=dev).to(torch.bfloat16) for _ in range(4)]
         r["gather alone"] = timed(lambda: qvdp.gather_rows(outs, plan), sync=dist.barrier)
         r["_uniform"] = plan.uniform_block_rows()

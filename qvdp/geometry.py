@@ -21,6 +21,9 @@ class VisionGeometry:
     in_channels: int = 3
     spatial_merge_size: int = 2
     num_position_embeddings: int = 2304
+    # cost model: attention FLOPs weighted against GEMM FLOPs (attention kernels run at a lower
+    # fraction of peak than the linear layers; 1.0 = plain FLOPs)
+    attention_weight: float = 1.0
 
     @property
     def head_dim(self) -> int:
@@ -50,7 +53,7 @@ class VisionGeometry:
         H, L, I, O = self.hidden_size, self.depth, self.intermediate_size, self.out_hidden_size
         nd = len(self.deepstack_visual_indexes)
         a = 2.0 * self.patch_dim * H + L * (8.0 * H * H + 4.0 * H * I) + (1 + nd) * (8.0 * H * H + 2.0 * H * O)
-        b = L * 4.0 * H
+        b = L * 4.0 * H * self.attention_weight
         return a, b
 
     def frame_flops(self, n_patches: int) -> float:

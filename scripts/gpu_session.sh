@@ -24,7 +24,7 @@ step() {
   echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
-if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
 if [ "$STAGE" != s5f ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
@@ -127,6 +127,10 @@ elif [ "$STAGE" = s6c ]; then  # session 6, 4 GPUs: on H100 the 16 mixed / video
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
   fi
   T=110 TAILN=45 step bench_gather python3 benchmarks/bench_gather.py --worlds 4
+elif [ "$STAGE" = s6d ]; then  # session 6, 4 x H100 only: per-rank DP breakdown of 16 mixed (overlap off, calibrated plan)
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    QVDP_DIAG_ONLY="16 mixed,4x1280^2" T=240 TAILN=30 step diag_dp python3 benchmarks/diag_encoder.py dp --world 4 --out "$OUT"
+  fi
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
