@@ -21,9 +21,10 @@ class VisionGeometry:
     in_channels: int = 3
     spatial_merge_size: int = 2
     num_position_embeddings: int = 2304
-    # cost model: attention FLOPs weighted against GEMM FLOPs (attention kernels run at a lower
-    # fraction of peak than the linear layers; 1.0 = plain FLOPs)
-    attention_weight: float = 1.0
+    # cost model: attention FLOPs weighted against GEMM FLOPs. Attention kernels run at a lower fraction
+    # of peak than the linear layers: fitting t = a*N + b*N^2 to qvdp's 1-GPU H100 times of 4 x 720p and
+    # 4 x 1280^2 gives b/a = 1.32x the FLOP ratio (1.0 = plain FLOPs). benchmarks/NOTES.md, session 6.
+    attention_weight: float = 1.32
 
     @property
     def head_dim(self) -> int:

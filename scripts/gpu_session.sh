@@ -131,6 +131,9 @@ elif [ "$STAGE" = s6d ]; then  # session 6, 4 x H100 only: per-rank DP breakdown
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     QVDP_DIAG_ONLY="16 mixed,4x1280^2" T=240 TAILN=30 step diag_dp python3 benchmarks/diag_encoder.py dp --world 4 --out "$OUT"
   fi
+elif [ "$STAGE" = s6e ]; then  # session 6, 4 GPUs: 16 mixed / video DP x4 with the calibrated planner; NCCL tests
+  T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  T=120 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
 elif [ "$STAGE" = s4z ]; then  # session 4, 4 x H100 only: encoder at 1/2/4 GPUs, gather at 4
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=200 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
