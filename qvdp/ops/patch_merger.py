@@ -28,6 +28,14 @@ if HAS_TRITON:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     @triton.jit
+    def _bias_gelu_store(acc, C, Y, rows64, rmask, cols, cmask, stride_ym):
+        # fc1's epilogue: + C (b1, plus W1 @ beta where the norm has a bias), exact-erf GELU, store
+        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
     def _row_stats_tile(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
                         BLOCK: tl.constexpr):
         # ROWS whole rows per program held in registers: one read of x, exact centred variance
@@ -76,10 +84,7 @@ if HAS_TRITON:
                 m_p = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
                 s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
                 acc -= (r_p * m_p)[:, None] * s_p[None, :]
-        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
-        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
-                 mask=rmask[:, None] & cmask[None, :])
+        _bias_gelu_store(acc, C, Y, rows64, rmask, cols, cmask, stride_ym)
 
     @triton.jit
     def _fc1_fold_tma_persistent(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, NUM_PROGS,
@@ -176,10 +181,7 @@ if HAS_TRITON:
                 mean = tl.load(MEAN + rows64 * NCHUNK + p, mask=rmask, other=0.0)
                 s_p = tl.load(S + p * N + cols, mask=cmask, other=0.0)
                 acc -= (rstd * mean)[:, None] * s_p[None, :]
-        acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
-        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
-                 mask=rmask[:, None] & cmask[None, :])
+        _bias_gelu_store(acc, C, Y, rows64, rmask, cols, cmask, stride_ym)
 
 
     @triton.jit
