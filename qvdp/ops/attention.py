@@ -421,9 +421,9 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64:  # v5: K/V by TMA (+3-4% over pointer loads at 4 x 3520, NOTES.md)
+    if head_dim == 64 and elem_bytes == 2:  # v5: K/V by TMA (+3% over pointer loads at 4 x 3520, NOTES.md)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=1)
-    if head_dim < 64:
+    if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
 
