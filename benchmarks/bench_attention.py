@@ -46,15 +46,14 @@ def make(lens, H, D, dtype=torch.bfloat16, seed=0):
 
 def pointer_config(D, max_seqlen):
     """The v4 kernel's tile for this head dim: the shipped config (without a QVDP_ATTN_CONFIG override)
-    run with pointer loads - the transposed V tail (layout 1) where the TMA form uses layout 2."""
+    run with pointer loads."""
     saved = os.environ.pop("QVDP_ATTN_CONFIG", None)
     try:
         cfg = dict(attention_config(D, max_seqlen, "cuda"))
     finally:
         if saved is not None:
             os.environ["QVDP_ATTN_CONFIG"] = saved
-    if cfg.pop("TMA", 0) and cfg.get("LAYOUT") == 2:
-        cfg["LAYOUT"] = 1
+    cfg.pop("TMA", None)
     return cfg
 
 

@@ -46,10 +46,11 @@ class VisionGeometry:
 
     # ---- cost model -------------------------------------------------------------------
     def cost_coefficients(self) -> tuple[float, float]:
-        """(a, b) so that one frame of N patches costs a*N + b*N^2 FLOPs.
+        """(a, b) so that one frame of N patches costs a*N + b*N^2 (FLOP units).
 
-        F(N) = 2N*P*H + L*(8NH^2 + 4NHI + 4N^2 H) + (1+D)*(8NH^2 + 2NHO)
-        (patch-embed GEMM, per block: qkv+proj, MLP, attention; the mergers).
+        F(N) = 2N*P*H + L*(8NH^2 + 4NHI + w*4N^2 H) + (1+D)*(8NH^2 + 2NHO)
+        (patch-embed GEMM, per block: qkv+proj, MLP, attention; the mergers), w = attention_weight:
+        attention FLOPs counted w times (w = 1: plain FLOPs).
         """
         H, L, I, O = self.hidden_size, self.depth, self.intermediate_size, self.out_hidden_size
         nd = len(self.deepstack_visual_indexes)

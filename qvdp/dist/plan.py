@@ -4,7 +4,8 @@ row lands in the original-order output.
 Pure CPU, no communication: every rank computes the same plan from the same grid_thw.
 
 Cost model (policy "flops", the default): one frame of N = h*w patches costs a*N + b*N^2
-FLOPs with (a, b) from VisionGeometry.cost_coefficients (linear layers vs attention).
+FLOPs with (a, b) from VisionGeometry.cost_coefficients (linear layers vs attention; attention
+FLOPs weighted by VisionGeometry.attention_weight, 1.32 by default, fitted to measured times).
 Videos (t > 1) may be split across ranks at frame boundaries: in Qwen3-VL every temporal
 slice is its own attention segment through the whole tower, so the result is identical.
 
