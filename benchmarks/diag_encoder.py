@@ -155,6 +155,19 @@ def single(out_dir):
     return res
 
 
+def host_gpu_split(fn):
+    """One call after a sync: (host enqueue ms, GPU ms between CUDA events around it, wall ms)."""
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    a.record()
+    fn()
+    t1 = time.perf_counter()
+    b.record()
+    b.synchronize()
+    return (t1 - t0) * 1e3, a.elapsed_time(b), (time.perf_counter() - t0) * 1e3
+
+
 def profile_only(out_dir):
     """The torch.profiler summary of one 4 x 720p forward (auto backend, graph replay), and the same
     call timed (median of 10): kernel time vs wall."""
@@ -168,31 +181,15 @@ def profile_only(out_dir):
            "profile": profile_summary(lambda: f(px, grid)), "split": []}
     # host enqueue time vs GPU time (events) vs wall, per call
     for _ in range(5):
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0 = time.perf_counter()
-        a.record()
-        f(px, grid)
-        t1 = time.perf_counter()
-        b.record()
-        b.synchronize()
-        t2 = time.perf_counter()
-        res["split"].append({"host_enqueue_ms": (t1 - t0) * 1e3, "gpu_events_ms": a.elapsed_time(b),
-                             "wall_ms": (t2 - t0) * 1e3})
+        host, gpu, wall = host_gpu_split(lambda: f(px, grid))
+        res["split"].append({"host_enqueue_ms": host, "gpu_events_ms": gpu, "wall_ms": wall})
     # each graph replay alone (events around it)
     ent = next(iter(f._graphs.values()), None)
     if ent is not None:
         per = []
         for gr in ent[1]:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            a.record()
-            gr.replay()
-            t1 = time.perf_counter()
-            b.record()
-            b.synchronize()
-            per.append({"gpu_ms": a.elapsed_time(b), "host_replay_ms": (t1 - t0) * 1e3})
+            host, gpu, _ = host_gpu_split(gr.replay)
+            per.append({"gpu_ms": gpu, "host_replay_ms": host})
         res["replays"] = per
     fe = qvdp.Qwen3VLVisionForward(model, cuda_graphs=False)
     res["eager"] = timed(lambda: fe(px, grid))

@@ -7,7 +7,7 @@ CUDA graph each way; outputs compared for equality on every call.
 """
 import torch
 
-from _common import try_import_fa3
+from _common import event_ms, try_import_fa3
 
 
 def main():
@@ -70,15 +70,7 @@ def main():
         gr.replay()
         torch.cuda.synchronize()
         ok = all(torch.equal(o, ref) for o in outs)
-        ts = []
-        for _ in range(20):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            gr.replay()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b))
-        ts.sort()
+        ts = sorted(event_ms(gr.replay, inner=1) for _ in range(20))
         print(f"{name:9s}: 27 calls in a graph {ts[len(ts) // 2]:.3f} ms (min {ts[0]:.3f}), outputs equal: {ok}")
 
 

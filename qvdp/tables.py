@@ -40,5 +40,5 @@ def vision_tables(grid: tuple, head_dim: int, merge: int, side: int, theta: floa
     c = (blk % bw) * merge + within % merge
     cos, sin = R.rotary_from_positions(r, c, head_dim, theta)
     idx, wgt = R.bilinear_taps(r, c, h, w, side)
-    cu = torch.tensor(cu_list, dtype=torch.int32).to(device)
+    cu = torch.cat([start_f, start_f.new_full((1,), n)]).to(torch.int32)  # frame starts + total: no second copy
     return cos, sin, idx, wgt, cu, cu_list, max(sizes)

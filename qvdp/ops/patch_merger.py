@@ -183,7 +183,6 @@ if HAS_TRITON:
                 acc -= (rstd * mean)[:, None] * s_p[None, :]
         _bias_gelu_store(acc, C, Y, rows64, rmask, cols, cmask, stride_ym)
 
-
     @triton.jit
     def _fc1_fold_tma(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym,
                       NCHUNK: tl.constexpr, RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
