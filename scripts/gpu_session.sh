@@ -84,6 +84,12 @@ elif [ "$STAGE" = s4r ]; then  # session 4, one GPU: RoPE v6 vs v5/v3, 4 x 720p 
   T=60 TAILN=8 step bench_encoder2 python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e2
 elif [ "$STAGE" = s4w ]; then  # session 4, 4 x H100 only: 16 mixed and the video at 1 and 4 GPUs
   T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+elif [ "$STAGE" = s7a ]; then  # session 7, 4 GPUs: on H100 16 mixed + video DP x4 (weighted planner); GPU tests of the device-side cu_seqlens
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=170 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
+  T=150 TAILN=8 step gpu_tests_tables python3 -m pytest -q -m "gpu and not multigpu" tests/test_tables.py tests/test_hf_equivalence.py tests/test_pos_embed.py -p no:cacheprovider
+  T=100 TAILN=8 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
