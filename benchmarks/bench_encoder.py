@@ -36,7 +36,7 @@ def pixels(grid, device):
     return torch.randn(n, 1536, generator=g).to(device=device, dtype=torch.bfloat16)
 
 
-def time_it(fn, warm=2, rep=5, sync=None):
+def time_it(fn, warm=3, rep=11, sync=None):
     return statistics.median(time_runs(fn, warm, rep, sync))
 
 

@@ -91,35 +91,56 @@ def _chunks(pieces, grid, budget):
     return chunks
 
 
-def _status_check(plan: ShardPlan, ok: bool, group, device, timeout_s):
-    """One tiny all_gather: [plan fingerprint, ok] from every rank. Raises the same error everywhere."""
-    world = plan.world_size
-    mine = torch.tensor([plan.fingerprint(), 1 if ok else 0], dtype=torch.int64, device=device)
-    allv = [torch.empty_like(mine) for _ in range(world)]
-    work = dist.all_gather(allv, mine, group=group, async_op=True)
-    if timeout_s is not None and hasattr(work, "wait"):
-        work.wait(datetime.timedelta(seconds=timeout_s))
-    else:
-        work.wait()
-    vals = torch.stack(allv).cpu().tolist()  # one device->host copy for all ranks' flags
-    fps = [v[0] for v in vals]
-    oks = [v[1] for v in vals]
-    bad = [r for r, o in enumerate(oks) if not o]
-    if bad:
-        raise RankFailedError(f"local vision forward failed on rank(s) {bad}; no outputs were gathered")
-    if len(set(fps)) != 1:
-        groups = {}
-        for r, f in enumerate(fps):
-            groups.setdefault(f, []).append(r)
-        raise PlanMismatchError(f"ranks disagree about the batch (grid_thw, world size or policy): plan "
-                                f"fingerprints by rank group {sorted(groups.values())}; every rank must pass the "
-                                f"same grid_thw")
+class _StatusCheck:
+    """One tiny all_gather of [plan fingerprint, ok] from every rank, enqueued at construction
+    (on CUDA on `stream` with a pinned copy back, so the host does not wait); result() waits for it
+    (at most timeout_s) and raises the same error on every rank."""
+
+    def __init__(self, plan: ShardPlan, ok: bool, group, device, timeout_s, stream=None):
+        self.plan, self.timeout_s, self.event = plan, timeout_s, None
+        src = torch.tensor([plan.fingerprint(), 1 if ok else 0], dtype=torch.int64)
+        if device.type != "cuda":
+            self.allv = [torch.empty_like(src) for _ in range(plan.world_size)]
+            self.work = dist.all_gather(self.allv, src, group=group, async_op=True)
+            return
+        stream = stream or torch.cuda.current_stream(device)
+        with torch.cuda.stream(stream):
+            mine = src.pin_memory().to(device, non_blocking=True)
+            allv = [torch.empty_like(mine) for _ in range(plan.world_size)]
+            self.work = dist.all_gather(allv, mine, group=group, async_op=True)
+            self.work.wait()  # the stream waits for it, the host does not
+            self.host = torch.empty((plan.world_size, 2), dtype=torch.int64, pin_memory=True)
+            self.host.copy_(torch.stack(allv), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(stream)
+
+    def result(self):
+        if self.timeout_s is not None and hasattr(self.work, "wait"):
+            self.work.wait(datetime.timedelta(seconds=self.timeout_s))
+        elif self.event is None:
+            self.work.wait()
+        if self.event is not None:
+            self.event.synchronize()
+            vals = self.host.tolist()
+        else:
+            vals = torch.stack(self.allv).tolist()
+        fps = [v[0] for v in vals]
+        bad = [r for r, v in enumerate(vals) if not v[1]]
+        if bad:
+            raise RankFailedError(f"local vision forward failed on rank(s) {bad}; no outputs were gathered")
+        if len(set(fps)) != 1:
+            groups = {}
+            for r, f in enumerate(fps):
+                groups.setdefault(f, []).append(r)
+            raise PlanMismatchError(f"ranks disagree about the batch (grid_thw, world size or policy): plan "
+                                    f"fingerprints by rank group {sorted(groups.values())}; every rank must pass "
+                                    f"the same grid_thw")
 
 
-def _final_check(plan, ok, err, rank, group, device, timeout_s):
-    """The status check after the local forward; the failing rank chains its own error."""
+def _final_check(check: _StatusCheck, err, rank):
+    """Wait for the status check after the local forward; the failing rank chains its own error."""
     try:
-        _status_check(plan, ok, group, device, timeout_s)
+        check.result()
     except RankFailedError as e:
         if err is not None:
             raise RankFailedError(f"{e} (this is rank {rank}: {type(err).__name__}: {err})") from err
@@ -156,19 +177,22 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
                     return_last_hidden, check_ranks, timeout_s, geometry):
     """Every output is gathered on a side stream as soon as the forward has produced it (deepstack
     features after their layers, while the remaining layers run), in the fixed order 1..nd, 0 on every
-    rank. The plan check runs before the first collective; a rank whose forward fails still issues
-    the remaining gathers (zeros) and every rank then raises RankFailedError at the final check."""
+    rank. The plan check is enqueued first and waited for (by the host, while the GPU runs the first
+    layers) before the first gather, so mismatched plans never reach a gather; a rank whose forward
+    fails still issues the remaining gathers (zeros) and every rank then raises RankFailedError at the
+    final check, which is enqueued right behind the last gather."""
     nd = len(widths) - 1
     order = list(range(1, nd + 1)) + [0]
-    if check_ranks:
-        _status_check(plan, True, group, device, timeout_s)  # plans agree: the gathers below match up
     rows = plan.rows(rank)
     cuda = device.type == "cuda"
     main = torch.cuda.current_stream(device) if cuda else None
     side = torch.cuda.Stream(device=device) if cuda else None
+    pending = [_StatusCheck(plan, True, group, device, timeout_s, stream=side)] if check_ranks else []
     gathered = {}
 
     def issue(i, t):
+        if pending:  # plans agree: the gathers below match up (raises PlanMismatchError otherwise)
+            pending.pop().result()
         if i != order[len(gathered)]:
             raise RuntimeError(f"forward produced output {i} out of order (expected {order[len(gathered)]})")
         if tuple(t.shape) != (rows, widths[i]) or t.dtype != dtype:
@@ -192,17 +216,18 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
         for i in order[len(gathered):]:  # a rank with no items: empty contributions
             issue(i, torch.empty((0, widths[i]), dtype=dtype, device=device))
     except Exception as e:  # keep the collectives matched, then report at the check below
-        if not check_ranks:
-            raise
+        if not check_ranks or isinstance(e, PlanMismatchError):
+            raise  # (a plan mismatch is raised on every rank before any gather)
         ok, err = False, e
         for i in order[len(gathered):]:
             issue(i, torch.zeros((rows, widths[i]), dtype=dtype, device=device))
+    final = _StatusCheck(plan, ok, group, device, timeout_s, stream=side) if check_ranks else None
     if cuda:
         main.wait_stream(side)
         for t in gathered.values():
             t.record_stream(main)
-    if check_ranks:
-        _final_check(plan, ok, err, rank, group, device, timeout_s)
+    if final is not None:
+        _final_check(final, err, rank)
     last = None
     if return_last_hidden:
         mu = geometry.merge_unit
@@ -301,7 +326,7 @@ def run_dp_sharded_vision(vision_model, pixel_values, grid_thw, group=None, *, f
 
     if world > 1 and check_ranks:
         sdev = device if group_backend(group) == "nccl" else torch.device("cpu")
-        _final_check(plan, ok, err, rank, group, sdev, timeout_s)
+        _final_check(_StatusCheck(plan, ok, group, sdev, timeout_s), err, rank)
     pooled = cat(pooled_parts, O)
     ds = [cat(p, widths[1 + j]) for j, p in enumerate(ds_parts)]
     outs = [pooled] + ds

@@ -90,6 +90,11 @@ elif [ "$STAGE" = s7a ]; then  # session 7, 4 GPUs: on H100 16 mixed + video DP 
   fi
   T=150 TAILN=8 step gpu_tests_tables python3 -m pytest -q -m "gpu and not multigpu" tests/test_tables.py tests/test_hf_equivalence.py tests/test_pos_embed.py -p no:cacheprovider
   T=100 TAILN=8 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+elif [ "$STAGE" = s7b ]; then  # session 7, 4 x H100: every workload at 1, 2 and 4 GPUs; multi-GPU tests (new fault tests)
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=450 TAILN=75 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
+  fi
+  T=150 TAILN=10 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

@@ -112,7 +112,7 @@ def test_native_gather_exact():
             assert v is True or (k.startswith("native") and isinstance(v, str)), (k, v)
 
 
-def _fault_worker(rank, world, kind):
+def _fault_worker(rank, world, kind, timeout_s):
     dev = torch.device("cuda", rank)
     m = _model(dev, depth=3)  # deepstack after blocks 0, 1, 2
     px = _pixels(GRID)
@@ -120,19 +120,33 @@ def _fault_worker(rank, world, kind):
     fwd = qvdp.Qwen3VLVisionForward(m)
     if kind == "mismatch" and rank == 1:
         grid = [[1, 44, 80], [4, 16, 16], [1, 8, 10], [1, 80, 80], [1, 20, 32], [2, 20, 32]]
-    if kind == "raise":
+    if kind == "raise":  # a plain callable: the gather runs after the forward
         def failing(p, g, r):
             if rank == 1:
                 raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
             return fwd(p, g, r)
-        qvdp.run_dp_sharded_vision(m, px, grid, forward=failing, timeout_s=60)
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=failing, timeout_s=timeout_s)
+    elif kind == "raise overlapped":  # fails after its first deepstack output was handed to the gather
+        class Failing:
+            supports_output_callback = True
+
+            def __call__(self, p, g, r, on_output=None):
+                def cb(i, t):
+                    on_output(i, t)
+                    if rank == 1:
+                        raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory mid-forward")
+                return fwd(p, g, r, on_output=cb)
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=Failing(), timeout_s=timeout_s)
     else:
-        qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, timeout_s=60)
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, timeout_s=timeout_s)
 
 
-@pytest.mark.parametrize("kind,err", [("mismatch", "PlanMismatchError"), ("raise", "RankFailedError")])
-def test_faults_nccl(kind, err):
-    res = run_ranks(_fault_worker, 2, kind, backend="nccl", timeout_s=90, join_timeout_s=300)
+@pytest.mark.parametrize("kind,err,timeout_s", [("mismatch", "PlanMismatchError", 60),
+                                                ("mismatch", "PlanMismatchError", None),
+                                                ("raise", "RankFailedError", 60),
+                                                ("raise overlapped", "RankFailedError", None)])
+def test_faults_nccl(kind, err, timeout_s):
+    res = run_ranks(_fault_worker, 2, kind, timeout_s, backend="nccl", timeout_s=90, join_timeout_s=300)
     print(f"\n{kind}: " + " | ".join(f"rank {i}: {r.get('error', r)}"[:300] for i, r in enumerate(res)))
     for r in res:
         assert not r["ok"] and err in r["error"], r
