@@ -9,7 +9,7 @@ import argparse
 import torch
 import triton
 
-from qvdp.ops.attention import interleave_rope_rows, rope_qk, rope_qk_interleaved
+from qvdp.ops.attention import rope_qk
 
 
 def main():
@@ -37,21 +37,7 @@ def main():
               f"equal to v3: {same}")
         if same and (best is None or us < best[0]):
             best = (us, impl, kw)
-    # v7: the same q, k with pair-interleaved head dims (the tower's layout with interleave_rope)
-    def inter(x):
-        return interleave_rope_rows(x.reshape(T, H * D).t(), H, D).t().reshape(T, H, D)
-    qkv_i = torch.stack([inter(q), inter(k), qkv[:, 2]], 1)
-    qi, ki = qkv_i[:, 0], qkv_i[:, 1]
-    want = (inter(ref[0]), inter(ref[1]))
-    for bt, pairs in ((4, 128), (8, 128), (16, 128), (8, 64), (4, 256), (8, 256), (2, 512)):
-        out = rope_qk_interleaved(qi, ki, cos, sin, block_t=bt, pairs=pairs)
-        same = all(torch.equal(x, y) for x, y in zip(out, want))
-        ms = triton.testing.do_bench(lambda: rope_qk_interleaved(qi, ki, cos, sin, block_t=bt, pairs=pairs),
-                                     warmup=50, rep=300)
-        us = ms * 1e3
-        print(f"v7 interleaved block_t={bt} pairs={pairs}: {us:6.1f} us  {nbytes / (us * 1e-6) / 1e9:7.0f} GB/s  "
-              f"{us / floor_us:.2f}x floor  equal to v3 (interleaved): {same}")
-    print("fastest (rotate-half layout):", best)
+    print("fastest:", best)
     if a.winner and best:
         with open(a.winner, "w") as f:
             f.write(best[1])

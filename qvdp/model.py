@@ -16,7 +16,6 @@ Differences from the HF forward, all numerically equivalent:
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
@@ -24,8 +23,7 @@ import torch.nn.functional as F
 
 from . import reference as R
 from .geometry import VisionGeometry
-from .ops.attention import (attention_config, build_block_map, interleave_rope_rows, rope_qk_interleaved,
-                            varlen_attention)
+from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
 from .ops.pos_embed import pos_embed_add_
@@ -97,8 +95,7 @@ class Qwen3VLVisionForward:
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
                  invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True, cuda_graphs: bool = True,
-                 graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384,
-                 interleave_rope: bool | None = None):
+                 graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
         """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
         imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
         "flash_attn" (that library's varlen kernel after qvdp's one-pass RoPE kernel).
@@ -115,13 +112,7 @@ class Qwen3VLVisionForward:
         share is small enough for the host to be the bottleneck (benchmarks/diag_encoder.py). Only
         calls of at most `graph_max_patches` patches are captured (bigger ones keep the GPU busy on
         their own), at most `max_graphs` grids are kept (LRU), each holding a memory pool about the size
-        of the eager forward's activations (not measured); the weights must not move after a capture.
-        interleave_rope: with an external attention kernel (fa3 / flash_attn), the qkv GEMM uses a copy of
-        the qkv weight and bias whose q and k rows are pair-interleaved per head (interleave_rope_rows;
-        one extra copy of the qkv weights, ~215 MB for Qwen3-VL-8B in bf16), so the RoPE pass reads and
-        writes each row as one contiguous run (rope_qk_interleaved, v7) instead of two 36-wide halves
-        padded to 64 lanes; q.k and so the attention output are unchanged. None: on unless the environment
-        sets QVDP_INTERLEAVE_ROPE=0."""
+        of the eager forward's activations (not measured); the weights must not move after a capture."""
         self.visual = visual
         self.batch_invariant = batch_invariant
         self.invariant_rows = invariant_rows
@@ -144,12 +135,6 @@ class Qwen3VLVisionForward:
         self.graph_after_calls = max(int(graph_after_calls), 1)
         self.max_graphs = max(int(max_graphs), 1)
         self.graph_max_patches = int(graph_max_patches)
-        if interleave_rope is None:
-            interleave_rope = os.environ.get("QVDP_INTERLEAVE_ROPE", "1") != "0"
-        if not isinstance(interleave_rope, bool):
-            raise TypeError(f"interleave_rope must be a bool or None, got {interleave_rope!r}")
-        self.interleave_rope = interleave_rope
-        self._qkv_interleaved = {}  # layer -> (weight/bias identity + version, weight, bias)
         self._graphs = {}       # key -> (static input, CUDAGraph, static outputs, tables); LRU order
         self._graph_seen = {}   # key -> calls so far
 
@@ -172,28 +157,6 @@ class Qwen3VLVisionForward:
         blk = self.visual.blocks[0] if len(self.visual.blocks) else None
         return (triton_usable(x) and blk is not None and isinstance(blk.norm1, torch.nn.LayerNorm)
                 and blk.attn.proj.bias is not None and blk.mlp.linear_fc2.bias is not None)
-
-    def _interleaved_qkv(self, li, blk):
-        """(weight, bias) of layer li's qkv with q's and k's rows pair-interleaved, cached; None when off,
-        or when the cache would have to be (re)built during a CUDA-graph capture."""
-        if not self.interleave_rope or self.geometry.head_dim % 2:
-            return None
-        w, b = blk.attn.qkv.weight, blk.attn.qkv.bias
-        key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-        ent = self._qkv_interleaved.get(li)
-        if ent is None or ent[0] != key:
-            if w.is_cuda and torch.cuda.is_current_stream_capturing():
-                return None
-            nh, D = self.geometry.num_heads, self.geometry.head_dim
-            n = nh * D
-
-            def perm(t):
-                t = t.detach()
-                return torch.cat([interleave_rope_rows(t[:n], nh, D), interleave_rope_rows(t[n:2 * n], nh, D),
-                                  t[2 * n:]]).contiguous()
-            ent = (key, perm(w), None if b is None else perm(b))
-            self._qkv_interleaved[li] = ent
-        return ent[1], ent[2]
 
     def _linear(self, x, weight, bias):
         if not self.batch_invariant:
@@ -378,19 +341,13 @@ class Qwen3VLVisionForward:
         x, h, T, backend = st["x"], st["h"], st["T"], st["backend"]
         if h is None:
             h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
-        wb = self._interleaved_qkv(li, blk) if backend in ("fa3", "flash_attn") else None
-        if wb is not None:  # q, k rows pair-interleaved: the contiguous RoPE pass, then the external kernel
-            q, k, vv = self._linear(h, *wb).view(T, 3, nh, D).unbind(1)
-            q, k = rope_qk_interleaved(q, k, cos, sin)
-            o = varlen_attention(q, k, vv, cu_dev, max_seqlen, scale=blk.attn.scaling, backend=backend,
-                                 validate=False)
+        qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
+        q, k, vv = qkv.unbind(1)
+        if backend == "torch":
+            o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
         else:
-            q, k, vv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D).unbind(1)
-            if backend == "torch":
-                o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
-            else:
-                o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
-                                     backend=backend, validate=False, block_map=st["block_map"])
+            o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
+                                 backend=backend, validate=False, block_map=st["block_map"])
         if st["fuse"]:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
             y = torch.mm(o.reshape(T, -1), blk.attn.proj.weight.t())
             x, h = add_layernorm(x, y, blk.attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)

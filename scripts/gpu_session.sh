@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -95,14 +95,6 @@ elif [ "$STAGE" = s7b ]; then  # session 7, 4 x H100: every workload at 1, 2 and
     T=450 TAILN=75 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4
   fi
   T=150 TAILN=10 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-elif [ "$STAGE" = s7c ]; then  # session 7, one GPU: RoPE v7 (pair-interleaved q/k weights) tests, sweep, encoder A/B
-  T=150 TAILN=8 step gpu_tests_rope python3 -m pytest -q -m "gpu and not multigpu" tests/test_attention.py -k "rope or interleave or fa3" tests/test_hf_equivalence.py -p no:cacheprovider
-  T=60 TAILN=20 step diag_rope python3 benchmarks/diag_rope.py
-  T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
-  QVDP_INTERLEAVE_ROPE=0 T=60 TAILN=3 step bench_encoder_v5rope python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e1_v5
-  T=60 TAILN=3 step bench_encoder_v7rope python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e1_v7
-  QVDP_INTERLEAVE_ROPE=0 T=60 TAILN=3 step bench_encoder_v5rope2 python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e1_v5b
-  T=60 TAILN=3 step bench_encoder_v7rope2 python3 benchmarks/bench_encoder.py --worlds --only 4x720p --out logs/e1_v7b
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

@@ -260,62 +260,6 @@ def test_gpu_rope_qk_tower_shape():
     _rope_check(14080, 16, 72, torch.bfloat16, "cuda")
 
 
-def _interleave(x):
-    """[T, H, D] rotate-half layout -> pair-interleaved head dims (what interleave_rope_rows gives the GEMM)."""
-    from qvdp.ops.attention import interleave_rope_rows
-    T, H, D = x.shape
-    return interleave_rope_rows(x.reshape(T, H * D).t(), H, D).t().reshape(T, H, D)
-
-
-def _rope_pairs_check(T, H, D, dtype, device, **kw):
-    from qvdp.ops.attention import rope_qk_interleaved
-    from qvdp.reference import apply_rope
-    q, k, v, _, _, _ = make([T], H, D, dtype, device, seed=6)
-    g = torch.Generator().manual_seed(7)
-    ang = torch.rand(T, D, generator=g) * 40.0  # halves independent (the general [T, D] contract)
-    cos, sin = ang.cos().to(device), ang.sin().to(device)
-    packed = torch.stack([_interleave(q), _interleave(k), v], 1)  # [T, 3, H, D]: strided q/k views
-    qr, kr = rope_qk_interleaved(packed[:, 0], packed[:, 1], cos, sin, **kw)
-    assert qr.is_contiguous() and kr.is_contiguous() and qr.shape == q.shape
-    for got, x in ((qr, q), (kr, k)):
-        ref = _interleave(apply_rope(x.double(), cos.double(), sin.double()))
-        assert rel(got, ref) < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    # q.k (what attention sees) equals that of the rotate-half layout
-    sr = torch.einsum("thd,shd->hts", apply_rope(q.double(), cos.double(), sin.double()),
-                      apply_rope(k.double(), cos.double(), sin.double()))
-    assert rel(torch.einsum("thd,shd->hts", qr.double(), kr.double()), sr) < \
-        {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
-
-
-def test_rope_interleaved_torch_fallback():
-    _rope_pairs_check(23, 3, 72, torch.float32, "cpu")
-
-
-def test_interleave_rope_rows_bad_input():
-    from qvdp.ops.attention import interleave_rope_rows
-    with pytest.raises(ValueError, match="even"):
-        interleave_rope_rows(torch.randn(15, 4), 3, 5)
-    with pytest.raises(ValueError, match="rows"):
-        interleave_rope_rows(torch.randn(10, 4), 3, 4)
-
-
-@interp
-@pytest.mark.parametrize("D", [72, 64, 40])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_interpreter_rope_interleaved(interpreter, D, dtype):
-    _rope_pairs_check(37, 3, D, dtype, interpreter)
-    _rope_pairs_check(5, 2, D, dtype, interpreter, block_t=4, pairs=32)  # pairs not a chunk multiple
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("D", [72, 80, 64, 128, 40])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_rope_interleaved(D, dtype):
-    _rope_pairs_check(1000, 4, D, dtype, "cuda")
-    _rope_pairs_check(1, 16, D, dtype, "cuda")
-    _rope_pairs_check(14080, 16, 72, torch.bfloat16, "cuda")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("D", [72, 80, 64])
 @pytest.mark.parametrize("lens", [[3520] * 4, [1] * 300 + [4000], [256, 1024, 3520, 6400]])

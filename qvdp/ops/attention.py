@@ -171,35 +171,6 @@ if HAS_TRITON:
         tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m3)
 
     @triton.jit
-    def _rope_qk_pairs(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_kt, stride_ct,
-                       NPAIRS: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, PB: tl.constexpr):
-        # v7 of the RoPE pass, for q/k whose head dims are stored pair-interleaved (x_j, x_{j+D/2})
-        # adjacent (qkv weights permuted by interleave_rope_rows): each row's H*D/2 pairs are one
-        # contiguous run, walked in chunks of PB pairs on grid axis 1 - no idle lanes for D/2 = 36 and
-        # 16-byte vectors (v5 pads each 36-wide half to 64 lanes). Output in the same interleaved layout.
-        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-        p = tl.program_id(1) * PB + tl.arange(0, PB)
-        j = p % HALF
-        m2 = (rows < T)[:, None] & (p < NPAIRS)[None, :]
-        cb = COS + rows[:, None] * stride_ct + j[None, :]
-        sb = SIN + rows[:, None] * stride_ct + j[None, :]
-        c_lo = tl.load(cb, mask=m2, other=0.0).to(tl.float32)
-        c_hi = tl.load(cb + HALF, mask=m2, other=0.0).to(tl.float32)
-        s_lo = tl.load(sb, mask=m2, other=0.0).to(tl.float32)
-        s_hi = tl.load(sb + HALF, mask=m2, other=0.0).to(tl.float32)
-        c = tl.program_id(1) * (2 * PB) + tl.arange(0, 2 * PB)  # element columns: one contiguous run
-        me = (rows < T)[:, None] & (c < 2 * NPAIRS)[None, :]
-        dst = rows[:, None] * (2 * NPAIRS) + c[None, :]
-        x = tl.load(Q + rows[:, None] * stride_qt + c[None, :], mask=me, other=0.0).to(tl.float32)
-        x1, x2 = tl.split(tl.reshape(x, (BLOCK_T, PB, 2)))
-        y = tl.reshape(tl.join(x1 * c_lo - x2 * s_lo, x2 * c_hi + x1 * s_hi), (BLOCK_T, 2 * PB))
-        tl.store(QO + dst, y.to(QO.dtype.element_ty), mask=me)
-        x = tl.load(K + rows[:, None] * stride_kt + c[None, :], mask=me, other=0.0).to(tl.float32)
-        x1, x2 = tl.split(tl.reshape(x, (BLOCK_T, PB, 2)))
-        y = tl.reshape(tl.join(x1 * c_lo - x2 * s_lo, x2 * c_hi + x1 * s_hi), (BLOCK_T, 2 * PB))
-        tl.store(KO + dst, y.to(KO.dtype.element_ty), mask=me)
-
-    @triton.jit
     def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
                  HAS_B: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
         # S = Qa Ka^T + Qb Kb^T for keys start_n .. start_n + BLOCK_N (keys past seqlen -> -inf if MASKED);
@@ -699,47 +670,6 @@ def rope_qk(q, k, cos, sin, *, impl: str | None = None, lanes: int = 1024, elems
     _rope_qk[(triton.cdiv(T, bt), triton.cdiv(pairs, lanes))](
         q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
         H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt, num_warps=8 if lanes * bt >= 4096 else 4)
-    return qo, ko
-
-
-def interleave_rope_rows(w: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """Rows (or bias entries) of a q or k projection, [H*D, ...], reordered within each head from
-    HF's rotate-half layout (x_0..x_{D/2-1}, x_{D/2}..x_{D-1}) to pairs (x_0, x_{D/2}, x_1, x_{D/2+1}, ...),
-    the layout rope_qk_interleaved reads. q.k is unchanged when q and k share the order, so attention
-    on interleaved q, k with the original v gives the original output."""
-    if head_dim % 2:
-        raise ValueError(f"head_dim must be even, got {head_dim}")
-    if w.shape[0] != num_heads * head_dim:
-        raise ValueError(f"w must have num_heads*head_dim = {num_heads * head_dim} rows, got {tuple(w.shape)}")
-    half = head_dim // 2
-    order = torch.stack([torch.arange(half), torch.arange(half) + half], 1).reshape(-1)
-    idx = (torch.arange(num_heads)[:, None] * head_dim + order[None, :]).reshape(-1).to(w.device)
-    return w.index_select(0, idx)
-
-
-def rope_qk_interleaved(q, k, cos, sin, *, block_t: int = 8, pairs: int = 128):
-    """RoPE on q, k [T, H, D] whose head dims are pair-interleaved (interleave_rope_rows) and packed
-    (stride(1) == D, strided rows allowed); cos, sin [T, D] in HF's rotate-half layout. Returns two
-    new contiguous [T, H, D] tensors, still interleaved. One Triton launch (torch elsewhere)."""
-    T, H, D = q.shape
-    if q.stride(1) != D or k.stride(1) != D or q.stride(2) != 1 or k.stride(2) != 1:
-        raise ValueError("q and k must have packed heads (stride(1) == head_dim, stride(2) == 1)")
-    if not triton_usable(q):
-        half = D // 2
-        inv = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)]).to(q.device)  # interleaved -> halves
-        fwd = torch.stack([torch.arange(half), torch.arange(half) + half], 1).reshape(-1).to(q.device)
-        qo = _ref.apply_rope(q[..., inv], cos, sin)[..., fwd]
-        ko = _ref.apply_rope(k[..., inv], cos, sin)[..., fwd]
-        return qo.contiguous(), ko.contiguous()
-    qo = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
-    ko = torch.empty((T, H, D), dtype=k.dtype, device=k.device)
-    if T == 0:
-        return qo, ko
-    npairs = H * D // 2
-    pb = min(1 << (max(int(pairs), 1).bit_length() - 1), next_pow2(npairs))  # a power of two
-    _rope_qk_pairs[(triton.cdiv(T, block_t), triton.cdiv(npairs, pb))](
-        q, k, qo, ko, cos, sin, T, q.stride(0), k.stride(0), cos.stride(0),
-        NPAIRS=npairs, HALF=D // 2, BLOCK_T=block_t, PB=pb, num_warps=4 if block_t * pb <= 1024 else 8)
     return qo, ko
 
 
