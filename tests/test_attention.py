@@ -262,12 +262,31 @@ def test_gpu_rope_qk_tower_shape():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("D", [72, 80, 64])
-@pytest.mark.parametrize("lens", [[3520] * 4, [1] * 300 + [4000], [256, 1024, 3520, 6400]])
+@pytest.mark.parametrize("lens", [[3520] * 4, [1] * 300 + [4000], [256, 1024, 3520, 6400], [1] * 64, [100] * 16])
 def test_gpu_fa3_backend(D, lens):
     from qvdp.ops.attention import fa3_available
     if not fa3_available():
         pytest.skip("FlashAttention-3 not importable (bring the fa3-fwd wheel)")
     _check(lens, 4, D, torch.bfloat16, "cuda", backend="fa3")
+
+
+@pytest.mark.gpu
+def test_gpu_fa3_dense_path(monkeypatch):
+    # equal segments go through FA3's fixed-length kernel; a max_seqlen above the real longest segment
+    # (an upper bound, allowed) keeps the varlen kernel; both agree with the float64 reference
+    from qvdp.ops.attention import fa3_available, varlen_attention
+    from qvdp.reference import attention_reference
+    if not fa3_available():
+        pytest.skip("FlashAttention-3 not importable")
+    q, k, v, cu, cos, sin = make([777] * 5, 4, 72, torch.bfloat16, "cuda", seed=11)
+    ref = attention_reference(q, k, v, cu, cos, sin)
+    outs = {}
+    for mode, ms in (("1", 777), ("0", 777), ("1", 1000)):
+        monkeypatch.setenv("QVDP_FA3_DENSE", mode)
+        o = varlen_attention(q, k, v, cu, ms, cos=cos, sin=sin, backend="fa3")
+        assert rel(o, ref) < 1e-2
+        outs[(mode, ms)] = o
+    assert torch.equal(outs[("0", 777)], outs[("1", 1000)])  # both varlen
 
 
 @pytest.mark.gpu

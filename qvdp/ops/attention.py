@@ -614,6 +614,27 @@ def fa3_varlen_func():
         return None
 
 
+def fa3_dense_func():
+    """FlashAttention-3's fixed-length forward (flash_attn_func) from the module fa3_varlen_func found, used
+    for batches of equal segments; None when unavailable or QVDP_FA3_DENSE=0."""
+    import os
+    if os.environ.get("QVDP_FA3_DENSE", "1") == "0":
+        return None
+    return _fa3_dense_func()
+
+
+@lru_cache(maxsize=1)
+def _fa3_dense_func():
+    import sys
+    if fa3_varlen_func() is None:
+        return None
+    for name in ("flash_attn_interface", "fa3_fwd_interface"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "flash_attn_func"):
+            return mod.flash_attn_func
+    return None
+
+
 def fa3_available() -> bool:
     return fa3_varlen_func() is not None
 
@@ -673,9 +694,19 @@ def rope_qk(q, k, cos, sin, *, impl: str | None = None, lanes: int = 1024, elems
     return qo, ko
 
 
-def _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale):
+def _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, dense=None):
+    """RoPE pass, then the library's varlen kernel; or, when `dense` (its fixed-length function) is given
+    and every segment has max_seqlen tokens (S * max_seqlen == T, read off shapes: no device sync), one
+    [S, max_seqlen, H, D] batch through it (no varlen scheduling metadata)."""
     if cos is not None:
         q, k = rope_qk(q, k, cos, sin)
+    T = q.shape[0]
+    S = cu_seqlens.shape[0] - 1
+    if dense is not None and S > 0 and S * int(max_seqlen) == T:
+        o = dense(q.unflatten(0, (S, int(max_seqlen))), k.unflatten(0, (S, int(max_seqlen))),
+                  v.unflatten(0, (S, int(max_seqlen))), softmax_scale=scale, causal=False)
+        o = o[0] if isinstance(o, tuple) else o
+        return o.reshape(q.shape)
     o = fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale, causal=False)
     return o[0] if isinstance(o, tuple) else o
 
@@ -721,7 +752,7 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         if not q.is_cuda or q.dtype not in fa3_dtypes():
             raise ValueError(f"backend='fa3' needs CUDA tensors of a dtype this FA3 build runs "
                              f"({', '.join(str(d) for d in fa3_dtypes())}), got {q.dtype} on {q.device}")
-        return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale)
+        return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, dense=fa3_dense_func())
     raise ValueError(f"backend must be 'auto', 'triton', 'torch', 'flash_attn' or 'fa3', got {backend!r}")
 
 
