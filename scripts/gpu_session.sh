@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -99,6 +99,9 @@ elif [ "$STAGE" = s7d ]; then  # session 7, one GPU: FA3's fixed-length kernel f
   T=150 TAILN=8 step gpu_tests_fa3 python3 -m pytest -q -m "gpu and not multigpu" tests/test_attention.py -k "fa3 or rope" tests/test_hf_equivalence.py -p no:cacheprovider
   T=150 TAILN=12 step diag_fa3_dense python3 benchmarks/diag_fa3_dense.py
   T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
+elif [ "$STAGE" = s7e ]; then  # session 7, one GPU: the dense-FA3 threshold tests first, then every single-GPU test
+  T=90 TAILN=6 step gpu_tests_fa3 python3 -m pytest -q -m gpu tests/test_attention.py -k "fa3" -p no:cacheprovider
+  T=330 TAILN=10 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

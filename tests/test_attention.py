@@ -278,15 +278,22 @@ def test_gpu_fa3_dense_path(monkeypatch):
     from qvdp.reference import attention_reference
     if not fa3_available():
         pytest.skip("FlashAttention-3 not importable")
-    q, k, v, cu, cos, sin = make([777] * 5, 4, 72, torch.bfloat16, "cuda", seed=11)
+    from qvdp.ops.attention import fa3_dense_func
+    q, k, v, cu, cos, sin = make([2048] * 13, 2, 72, torch.bfloat16, "cuda", seed=11)
     ref = attention_reference(q, k, v, cu, cos, sin)
     outs = {}
-    for mode, ms in (("1", 777), ("0", 777), ("1", 1000)):
+    for mode, ms in (("", 2048), ("0", 2048), ("", 3000), ("1", 2048)):
         monkeypatch.setenv("QVDP_FA3_DENSE", mode)
         o = varlen_attention(q, k, v, cu, ms, cos=cos, sin=sin, backend="fa3")
         assert rel(o, ref) < 1e-2
         outs[(mode, ms)] = o
-    assert torch.equal(outs[("0", 777)], outs[("1", 1000)])  # both varlen
+    assert torch.equal(outs[("0", 2048)], outs[("", 3000)])  # both varlen
+    assert torch.equal(outs[("", 2048)], outs[("1", 2048)])  # both dense
+    monkeypatch.setenv("QVDP_FA3_DENSE", "")
+    assert fa3_dense_func(13, 2048) is not None
+    assert fa3_dense_func(4, 3520) is None and fa3_dense_func(64, 256) is None  # measured slower there
+    monkeypatch.setenv("QVDP_FA3_DENSE", "1")
+    assert fa3_dense_func(64, 256) is not None
 
 
 @pytest.mark.gpu

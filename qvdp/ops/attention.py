@@ -614,11 +614,24 @@ def fa3_varlen_func():
         return None
 
 
-def fa3_dense_func():
-    """FlashAttention-3's fixed-length forward (flash_attn_func) from the module fa3_varlen_func found, used
-    for batches of equal segments; None when unavailable or QVDP_FA3_DENSE=0."""
+# Equal segments go through FA3's fixed-length kernel only where it measured faster than its varlen
+# kernel (one H100, H=16, D=72, benchmarks/diag_fa3_dense.py): 4 x 6400 -5.0%, 16 x 3520 -3.0% time, but
+# 4 x 3520 +1.4% and 64 x 256 +32%; so at least FA3_DENSE_MIN_TOKENS tokens in segments of at least
+# FA3_DENSE_MIN_SEQLEN.
+FA3_DENSE_MIN_TOKENS = 25600
+FA3_DENSE_MIN_SEQLEN = 2048
+
+
+def fa3_dense_func(num_segments: int | None = None, seqlen: int | None = None):
+    """FlashAttention-3's fixed-length forward (flash_attn_func) from the module fa3_varlen_func found, for
+    `num_segments` equal segments of `seqlen` tokens; None when unavailable or not worth it (see
+    FA3_DENSE_MIN_*). QVDP_FA3_DENSE=0: never; =1: for every batch of equal segments."""
     import os
-    if os.environ.get("QVDP_FA3_DENSE", "1") == "0":
+    mode = os.environ.get("QVDP_FA3_DENSE", "")
+    if mode == "0":
+        return None
+    if mode != "1" and num_segments is not None and seqlen is not None and not (
+            num_segments * seqlen >= FA3_DENSE_MIN_TOKENS and seqlen >= FA3_DENSE_MIN_SEQLEN):
         return None
     return _fa3_dense_func()
 
@@ -752,7 +765,8 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         if not q.is_cuda or q.dtype not in fa3_dtypes():
             raise ValueError(f"backend='fa3' needs CUDA tensors of a dtype this FA3 build runs "
                              f"({', '.join(str(d) for d in fa3_dtypes())}), got {q.dtype} on {q.device}")
-        return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, dense=fa3_dense_func())
+        dense = fa3_dense_func(cu_seqlens.shape[0] - 1, int(max_seqlen))
+        return _external_attention(fn, q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, dense=dense)
     raise ValueError(f"backend must be 'auto', 'triton', 'torch', 'flash_attn' or 'fa3', got {backend!r}")
 
 
