@@ -24,7 +24,7 @@ step() {
   echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
-if { [ "$STAGE" = s4z ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
 if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
@@ -102,6 +102,8 @@ elif [ "$STAGE" = s7d ]; then  # session 7, one GPU: FA3's fixed-length kernel f
 elif [ "$STAGE" = s7e ]; then  # session 7, one GPU: the dense-FA3 threshold tests first, then every single-GPU test
   T=90 TAILN=6 step gpu_tests_fa3 python3 -m pytest -q -m gpu tests/test_attention.py -k "fa3" -p no:cacheprovider
   T=330 TAILN=10 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+elif [ "$STAGE" = s7f ]; then  # session 7, 4 x H100 only: 16 mixed and the video at 1 and 4 GPUs, final code
+  T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
