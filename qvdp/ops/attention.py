@@ -735,7 +735,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
         scale: softmax scale, default D^-0.5.
         backend: "auto" (Triton on CUDA, else torch), "triton", "torch", "flash_attn" (flash-attn's
             varlen kernel after qvdp's one-pass Triton RoPE), "fa3" (FlashAttention-3's varlen kernel
-            after the same RoPE pass; bf16 on Hopper, and fp16 where the FA3 build has it: fa3_dtypes()).
+            after the same RoPE pass; bf16 on Hopper, and fp16 where the FA3 build has it: fa3_dtypes();
+            equal segments of >= FA3_DENSE_MIN_SEQLEN tokens, >= FA3_DENSE_MIN_TOKENS in all, go through
+            its fixed-length kernel instead: fa3_dense_func()).
         validate: check cu_seqlens values (one device->host copy when it lives on the GPU).
         block_map: optional output of build_block_map() to reuse across layers.
     Returns [T, H, D] in q's dtype.
