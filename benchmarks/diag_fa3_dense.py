@@ -1,7 +1,8 @@
 """FA3 for batches of equal segments (diagnostics): its fixed-length kernel (flash_attn_func on a
 [S, L, H, D] view of the packed rows) against its varlen kernel, (1) the attention call alone at the
 tower's shapes (H=16, D=72, bf16; v a strided view of qkv) and (2) the whole 1-GPU tower (CUDA graphs),
-both ways timed in turn in one process (QVDP_FA3_DENSE read when each forward is captured).
+both ways timed in turn in one process (QVDP_FA3_DENSE=1 forces the fixed-length kernel, =0 the varlen
+one; a graphed forward keeps the mode it was captured with).
 
     python benchmarks/diag_fa3_dense.py
 """

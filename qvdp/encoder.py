@@ -97,7 +97,7 @@ class _StatusCheck:
     (at most timeout_s) and raises the same error on every rank."""
 
     def __init__(self, plan: ShardPlan, ok: bool, group, device, timeout_s, stream=None):
-        self.plan, self.timeout_s, self.event = plan, timeout_s, None
+        self.timeout_s, self.event = timeout_s, None
         src = torch.tensor([plan.fingerprint(), 1 if ok else 0], dtype=torch.int64)
         if device.type != "cuda":
             self.allv = [torch.empty_like(src) for _ in range(plan.world_size)]

@@ -64,3 +64,18 @@ def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, join_timeout_s: fl
             else:
                 out.append({"ok": False, "error": "hung" if r in hung else f"exit {procs[r].exitcode}"})
         return out
+
+
+def fail_after_first_output(fwd, fail: bool, exc: Exception):
+    """A forward that hands over its outputs as `fwd` does (on_output) and, when `fail`, raises `exc`
+    right after the first one: a deepstack feature whose gather is already in flight."""
+    class Failing:
+        supports_output_callback = True
+
+        def __call__(self, px, grid, ret, on_output=None):
+            def cb(i, t):
+                on_output(i, t)
+                if fail:
+                    raise exc
+            return fwd(px, grid, ret, on_output=cb)
+    return Failing()

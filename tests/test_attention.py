@@ -274,11 +274,10 @@ def test_gpu_fa3_backend(D, lens):
 def test_gpu_fa3_dense_path(monkeypatch):
     # equal segments go through FA3's fixed-length kernel; a max_seqlen above the real longest segment
     # (an upper bound, allowed) keeps the varlen kernel; both agree with the float64 reference
-    from qvdp.ops.attention import fa3_available, varlen_attention
+    from qvdp.ops.attention import fa3_available, fa3_dense_func, varlen_attention
     from qvdp.reference import attention_reference
     if not fa3_available():
         pytest.skip("FlashAttention-3 not importable")
-    from qvdp.ops.attention import fa3_dense_func
     q, k, v, cu, cos, sin = make([2048] * 13, 2, 72, torch.bfloat16, "cuda", seed=11)
     ref = attention_reference(q, k, v, cu, cos, sin)
     outs = {}

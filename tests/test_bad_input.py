@@ -3,7 +3,7 @@ Fault injection: ranks that disagree, a rank that raises mid-forward, a rank tha
 import pytest
 import torch
 
-from _dist_util import run_ranks
+from _dist_util import fail_after_first_output, run_ranks
 from conftest import tiny_vision_model
 
 import qvdp
@@ -130,18 +130,9 @@ def test_mismatched_grid_raises_on_every_rank_overlapped():
 def _raise_after_deepstack_worker(rank, world):
     # rank 1 fails after its first deepstack output has been handed to the gather
     m = tiny_vision_model(0)
-    fwd = qvdp.Qwen3VLVisionForward(m)
-
-    class Failing:
-        supports_output_callback = True
-
-        def __call__(self, px, grid, ret, on_output=None):
-            def cb(i, t):
-                on_output(i, t)
-                if rank == 1:
-                    raise _Boom("simulated out of memory after deepstack 0")
-            return fwd(px, grid, ret, on_output=cb)
-    qvdp.run_dp_sharded_vision(m, _px(40), [[1, 4, 4], [1, 4, 4], [2, 2, 2]], forward=Failing(),
+    failing = fail_after_first_output(qvdp.Qwen3VLVisionForward(m), rank == 1,
+                                      _Boom("simulated out of memory after deepstack 0"))
+    qvdp.run_dp_sharded_vision(m, _px(40), [[1, 4, 4], [1, 4, 4], [2, 2, 2]], forward=failing,
                                overlap_gather=True)
 
 

@@ -3,7 +3,7 @@ equals the reference gather bit for bit, and faults end with clear errors on eve
 import pytest
 import torch
 
-from _dist_util import run_ranks
+from _dist_util import fail_after_first_output, run_ranks
 
 import qvdp
 from qvdp import QWEN3_VL_8B, plan_shards
@@ -127,16 +127,9 @@ def _fault_worker(rank, world, kind, timeout_s):
             return fwd(p, g, r)
         qvdp.run_dp_sharded_vision(m, px, grid, forward=failing, timeout_s=timeout_s)
     elif kind == "raise overlapped":  # fails after its first deepstack output was handed to the gather
-        class Failing:
-            supports_output_callback = True
-
-            def __call__(self, p, g, r, on_output=None):
-                def cb(i, t):
-                    on_output(i, t)
-                    if rank == 1:
-                        raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory mid-forward")
-                return fwd(p, g, r, on_output=cb)
-        qvdp.run_dp_sharded_vision(m, px, grid, forward=Failing(), timeout_s=timeout_s)
+        failing = fail_after_first_output(fwd, rank == 1,
+                                          torch.cuda.OutOfMemoryError("simulated CUDA out of memory mid-forward"))
+        qvdp.run_dp_sharded_vision(m, px, grid, forward=failing, timeout_s=timeout_s)
     else:
         qvdp.run_dp_sharded_vision(m, px, grid, forward=fwd, timeout_s=timeout_s)
 
