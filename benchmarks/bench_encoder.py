@@ -14,7 +14,8 @@ import statistics
 
 import torch
 
-from _common import bar_plot, init_nccl_worker, spawn_ranks, time_interleaved, time_runs, try_import_fa3, write_results
+from _common import (bar_plot, init_nccl_worker, spawn_ranks, time_interleaved, time_runs, try_import_fa3, wall_ms,
+                     write_results)
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp
@@ -79,11 +80,12 @@ def _dp_worker(rank, world, port, wls, q):
     out = {}
     for name, grid in wls:
         px = pixels(grid, dev)
-        r = {}
-        r["qvdp DP"] = time_it(lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf), sync=sync)
-        r["qvdp DP (no rank check)"] = time_it(
-            lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf, check_ranks=False), sync=sync)
-        out[name] = r
+        # the two qvdp variants timed in turn (the same seeded order on every rank), a barrier before each call
+        out[name] = time_interleaved(
+            {"qvdp DP": lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf),
+             "qvdp DP (no rank check)": lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf,
+                                                                           check_ranks=False)},
+            warm=3, rep=11, timer=lambda fn: (sync(), wall_ms(fn))[1])
     if fa3 is not None:
         use_fa3_attention(model, fa3)
         call = hf_call(model)
@@ -146,7 +148,8 @@ def main():
              "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 7 after 2 warm-ups, "
              "the four 1-GPU systems timed in turn, one call each per round (a sustained load slows an H100's clock "
              "by a few %, so block-wise timing favours whichever system runs first); DP times: median of 11 after "
-             "3 warm-ups (qvdp captures a CUDA graph per grid on its second call, so timed calls are replays); "
+             "3 warm-ups, qvdp DP with and without the rank check timed in turn (qvdp captures a CUDA graph per grid "
+             "on its second call, so timed calls are replays); "
              "qvdp's attention: FA3's kernel after qvdp's RoPE pass where FA3 imports (backend auto), the "
              "Triton row uses qvdp's fused kernel; "
              "DP: the slowest rank, pixels already on every GPU (as in SGLang); qvdp DP includes planning, the "
