@@ -187,6 +187,20 @@ def slowest_rank_us(fns: dict, dev, warm: int = 5, rep: int = 30) -> dict:
     return dict(zip(fns, t.tolist()))
 
 
+def finish_worker(rank: int, q, result, per_rank: bool = False):
+    """End a spawn_ranks() worker: rank 0 puts `result` (per_rank: the list of every rank's result) on the
+    queue, then all ranks leave the process group together."""
+    import torch.distributed as dist
+    if per_rank:
+        allr = [None] * dist.get_world_size()
+        dist.all_gather_object(allr, result)
+        result = allr
+    if rank == 0:
+        q.put(result)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
     """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
     import socket

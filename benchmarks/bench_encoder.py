@@ -14,8 +14,8 @@ import statistics
 
 import torch
 
-from _common import (bar_plot, init_nccl_worker, spawn_ranks, time_interleaved, time_runs, try_import_fa3, wall_ms,
-                     write_results)
+from _common import (bar_plot, finish_worker, init_nccl_worker, spawn_ranks, time_interleaved, time_runs,
+                     try_import_fa3, wall_ms, write_results)
 from encoder_systems import build_hf, hf_call, sglang_style_dp, use_fa3_attention
 
 import qvdp
@@ -98,10 +98,7 @@ def _dp_worker(rank, world, port, wls, q):
             t = torch.tensor([out[name][k]], device=dev)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             out[name][k] = t.item()
-    if rank == 0:
-        q.put(out)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_worker(rank, q, out)
 
 
 def dp(world, wls):

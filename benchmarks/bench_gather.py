@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from _common import init_nccl_worker, slowest_rank_us, spawn_ranks, write_results
+from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -99,10 +99,7 @@ def _worker(rank, world, port, q):
         out[name] = r
         if rank == 0:
             print(world, name, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
-    if rank == 0:
-        q.put(out)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_worker(rank, q, out)
 
 
 def run(world):

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from _common import init_nccl_worker, spawn_ranks, time_runs, try_import_fa3
+from _common import finish_worker, init_nccl_worker, spawn_ranks, time_runs, try_import_fa3
 from bench_encoder import pixels, workloads
 from encoder_systems import build_hf
 
@@ -228,12 +228,7 @@ def _dp_worker(rank, world, port, q):
         r["gather alone"] = timed(lambda: qvdp.gather_rows(outs, plan), sync=dist.barrier)
         r["_uniform"] = plan.uniform_block_rows()
         out[name] = r
-    allr = [None] * world
-    dist.all_gather_object(allr, out)
-    if rank == 0:
-        q.put(allr)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_worker(rank, q, out, per_rank=True)
 
 
 def dp(world):

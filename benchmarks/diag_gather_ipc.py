@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from _common import init_nccl_worker, slowest_rank_us, spawn_ranks
+from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks
 
 WIDTH = 16384
 RELAY_MIN = 64
@@ -147,10 +147,7 @@ def _worker(rank, world, port, q):
             for k, v in r.items():
                 print(f"  {k:40s} {v:8.1f} us  {v / fl:.2f}x floor")
         dist.barrier()
-    if rank == 0:
-        q.put(res)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_worker(rank, q, res)
 
 
 def main():

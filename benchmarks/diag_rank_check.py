@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from _common import init_nccl_worker, spawn_ranks, time_interleaved, wall_ms
+from _common import finish_worker, init_nccl_worker, spawn_ranks, time_interleaved, wall_ms
 from bench_encoder import pixels, workloads
 from encoder_systems import build_hf
 
@@ -54,12 +54,7 @@ def _worker(rank, world, port, q):
                      "plan-check wait ms": statistics.median(w[1] for w in pre),
                      "host ms to the final-check wait": statistics.median(w[0] for w in fin),
                      "final-check wait ms": statistics.median(w[1] for w in fin)})
-    allr = [None] * world
-    dist.all_gather_object(allr, out)
-    if rank == 0:
-        q.put(allr)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_worker(rank, q, out, per_rank=True)
 
 
 def main():

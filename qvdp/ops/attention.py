@@ -626,7 +626,6 @@ def fa3_dense_func(num_segments: int | None = None, seqlen: int | None = None):
     """FlashAttention-3's fixed-length forward (flash_attn_func) from the module fa3_varlen_func found, for
     `num_segments` equal segments of `seqlen` tokens; None when unavailable or not worth it (see
     FA3_DENSE_MIN_*). QVDP_FA3_DENSE=0: never; =1: for every batch of equal segments."""
-    import os
     mode = os.environ.get("QVDP_FA3_DENSE", "")
     if mode == "0":
         return None
