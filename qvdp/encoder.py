@@ -137,6 +137,9 @@ class _StatusCheck:
                                     f"the same grid_thw")
 
 
+_PLAN_CHECK_AT_START = False  # diagnostics only: enqueue the overlapped path's plan check before the forward
+
+
 def _final_check(check: _StatusCheck, err, rank):
     """Wait for the status check after the local forward; the failing rank chains its own error."""
     try:
@@ -177,8 +180,8 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
                     return_last_hidden, check_ranks, timeout_s, geometry):
     """Every output is gathered on a side stream as soon as the forward has produced it (deepstack
     features after their layers, while the remaining layers run), in the fixed order 1..nd, 0 on every
-    rank. The plan check is enqueued first and waited for (by the host, while the GPU runs the first
-    layers) before the first gather, so mismatched plans never reach a gather; a rank whose forward
+    rank. The plan check is enqueued when the first output is ready and waited for (by the host, while
+    the GPU runs the next layers) before the first gather, so mismatched plans never reach a gather; a rank whose forward
     fails still issues the remaining gathers (zeros) and every rank then raises RankFailedError at the
     final check, which is enqueued right behind the last gather."""
     nd = len(widths) - 1
@@ -187,12 +190,20 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
     cuda = device.type == "cuda"
     main = torch.cuda.current_stream(device) if cuda else None
     side = torch.cuda.Stream(device=device) if cuda else None
-    pending = [_StatusCheck(plan, True, group, device, timeout_s, stream=side)] if check_ranks else []
+    # the plan check is enqueued when the first output is ready, not before the forward: its host work
+    # (pinned copies, the collective's launch) then overlaps the first layers on the GPU instead of
+    # delaying their launch. Enqueued at the start it cost ~1.1 ms per call on 4 x H100 (session 8,
+    # benchmarks/diag_rank_check.py), with ~0.02 ms of host wait. _PLAN_CHECK_AT_START keeps the old
+    # placement for that diagnostic.
+    pending = [None] if check_ranks else []
+    if pending and _PLAN_CHECK_AT_START:
+        pending[0] = _StatusCheck(plan, True, group, device, timeout_s, stream=side)
     gathered = {}
 
     def issue(i, t):
         if pending:  # plans agree: the gathers below match up (raises PlanMismatchError otherwise)
-            pending.pop().result()
+            check = pending.pop() or _StatusCheck(plan, True, group, device, timeout_s, stream=side)
+            check.result()
         if i != order[len(gathered)]:
             raise RuntimeError(f"forward produced output {i} out of order (expected {order[len(gathered)]})")
         if tuple(t.shape) != (rows, widths[i]) or t.dtype != dtype:

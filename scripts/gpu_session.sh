@@ -107,6 +107,10 @@ elif [ "$STAGE" = s7f ]; then  # session 7, 4 x H100 only: 16 mixed and the vide
 elif [ "$STAGE" = s8a ]; then  # next session, 4 x H100: where the rank check's time goes, then 16 mixed / video DP x4
   T=150 TAILN=8 step diag_rank_check python3 benchmarks/diag_rank_check.py --world 4
   T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+elif [ "$STAGE" = s8b ]; then  # session 8, 4 x H100: plan check enqueued at the first output; NCCL tests; DP figures
+  T=150 TAILN=8 step diag_rank_check python3 benchmarks/diag_rank_check.py --world 4
+  T=150 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=200 TAILN=40 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" 4x720p --out logs/e4
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
