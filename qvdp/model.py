@@ -94,7 +94,8 @@ class Qwen3VLVisionForward:
     """Callable: (pixel_values [N, P], grid) -> (pooled [N/4, O], [deepstack [N/4, O] ...], last_hidden or None)."""
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
-                 invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True, cuda_graphs: bool = True,
+                 invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True,
+                 deferred_bias: bool = True, cuda_graphs: bool = True,
                  graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
         """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
         imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
@@ -106,6 +107,11 @@ class Qwen3VLVisionForward:
         (benchmarks/bench_mlp.py); off in batch_invariant mode.
         fused_norm: on CUDA, proj and fc2 run without bias and one Triton pass does residual add + bias +
         the following LayerNorm (qvdp.ops.layernorm.add_layernorm); off in batch_invariant mode.
+        deferred_bias (with fused_norm): proj and fc2 accumulate into the residual stream in place
+        (cuBLAS beta=1) and the stream carries no bias: the biases, the same for every row, are kept as
+        one fp32 prefix sum and added inside the next LayerNorm pass, which then reads the stream once
+        and writes only the normalised rows (two passes over [T, H] instead of four). The stream is made
+        whole (bias added) where it leaves a segment: the merger inputs and the last hidden state.
         cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
         as CUDA graphs (one per segment, see _segments) and replayed (pixels copied into its input
         buffer, outputs copied out): 4 replays instead of ~440 launches, which matters once a DP rank's
@@ -129,6 +135,7 @@ class Qwen3VLVisionForward:
         self._act = (lambda t: F.gelu(t, approximate="tanh")) if self._tanh_gelu else None
         self.fused_mlp = fused_mlp
         self.fused_norm = fused_norm
+        self.deferred_bias = bool(deferred_bias)
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
@@ -319,8 +326,15 @@ class Qwen3VLVisionForward:
         if backend == "triton":
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,
                                                                        x.element_size())["BLOCK_M"])
-        # h: LN1 of the block about to run, when the previous block's fused add produced it
-        return dict(x=x, h=None, T=T, backend=backend, block_map=block_map, fuse=self._fuse_norm(x), tables=tables)
+        fuse = self._fuse_norm(x)
+        cum = None
+        if fuse and self.deferred_bias:  # row 2l: biases up to block l's proj; 2l + 1: up to its fc2
+            cum = torch.stack([b for blk in v.blocks for b in (blk.attn.proj.bias, blk.mlp.linear_fc2.bias)])
+            cum = cum.float().cumsum(0)
+        # h: LN1 of the block about to run, when the previous block's fused add produced it; cum: the
+        # deferred biases (x + cum[r] is the true stream, r = st["cum_row"]; None: x is whole)
+        return dict(x=x, h=None, T=T, backend=backend, block_map=block_map, fuse=fuse, tables=tables,
+                    cum=cum, cum_row=None)
 
     def _segment(self, st, seg) -> list:
         """Run blocks [a, b) on the state, then the deepstack merger k (or the final merger)."""
@@ -328,9 +342,14 @@ class Qwen3VLVisionForward:
         v = self.visual
         for li in range(a, b):
             self._block(st, li)
+        x = st["x"]
+        if st["cum_row"] is not None:  # the true stream: x + the deferred biases (one pass)
+            x = add_layernorm(x, None, st["cum"][st["cum_row"]])[0]
         if k is not None:
-            return [(1 + k, self._merger(v.deepstack_merger_list[m], st["x"], True))]
-        return [(0, self._merger(v.merger, st["x"], False))]
+            return [(1 + k, self._merger(v.deepstack_merger_list[m], x, True))]
+        st["x"], st["cum_row"] = x, None  # the last hidden state is handed out whole
+        st["cum"] = None
+        return [(0, self._merger(v.merger, x, False))]
 
     def _block(self, st, li):
         g = self.geometry
@@ -348,12 +367,22 @@ class Qwen3VLVisionForward:
         else:
             o = varlen_attention(q, k, vv, cu_dev, max_seqlen, cos=cos, sin=sin, scale=blk.attn.scaling,
                                  backend=backend, validate=False, block_map=st["block_map"])
-        if st["fuse"]:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
+        nxt = blocks[li + 1].norm1 if li + 1 < len(blocks) else None
+        if st["cum"] is not None:  # deferred biases: GEMMs accumulate into x in place, LN adds the biases
+            cum = st["cum"]
+            x.addmm_(o.reshape(T, -1), blk.attn.proj.weight.t())
+            h = add_layernorm(x, None, cum[2 * li], blk.norm2.weight, blk.norm2.bias, blk.norm2.eps,
+                              store_sum=False)[1]
+            h = self._fc1_act(h, blk.mlp)
+            x.addmm_(h, blk.mlp.linear_fc2.weight.t())
+            h = None if nxt is None else add_layernorm(x, None, cum[2 * li + 1], nxt.weight, nxt.bias, nxt.eps,
+                                                         store_sum=False)[1]
+            st["cum_row"] = 2 * li + 1
+        elif st["fuse"]:  # bias-free GEMMs; residual add + bias + the next LayerNorm in one pass each
             y = torch.mm(o.reshape(T, -1), blk.attn.proj.weight.t())
             x, h = add_layernorm(x, y, blk.attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
             h = self._fc1_act(h, blk.mlp)
             y = torch.mm(h, blk.mlp.linear_fc2.weight.t())
-            nxt = blocks[li + 1].norm1 if li + 1 < len(blocks) else None
             x, h = add_layernorm(x, y, blk.mlp.linear_fc2.bias, nxt.weight if nxt is not None else None,
                                  nxt.bias if nxt is not None else None, nxt.eps if nxt is not None else 1e-6)
         else:

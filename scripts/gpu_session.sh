@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -111,6 +111,10 @@ elif [ "$STAGE" = s8b ]; then  # session 8, 4 x H100: plan check enqueued at the
   T=150 TAILN=8 step diag_rank_check python3 benchmarks/diag_rank_check.py --world 4
   T=150 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=200 TAILN=40 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" 4x720p --out logs/e4
+elif [ "$STAGE" = s8c ]; then  # session 8, one GPU: deferred biases (tests, pieces + tower A/B), the 1-GPU encoder table
+  T=150 TAILN=8 step gpu_tests_norm python3 -m pytest -q -m gpu tests/test_layernorm.py tests/test_hf_equivalence.py -p no:cacheprovider
+  T=200 TAILN=20 step diag_deferred_bias python3 benchmarks/diag_deferred_bias.py
+  T=240 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

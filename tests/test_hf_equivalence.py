@@ -30,6 +30,29 @@ def test_forward_matches_hf(grid):
     assert rel(last, ref.last_hidden_state) < 1e-5
 
 
+@pytest.mark.parametrize("deferred_bias", [True, False])
+def test_fused_norm_paths_match_hf(deferred_bias, monkeypatch):
+    # the CUDA-only residual paths (bias-free GEMMs + fused add/LN, and the deferred-bias stream that
+    # accumulates in place and adds the biases inside the LayerNorm) forced on CPU, in fp32, with the
+    # deepstack mergers and the last hidden state taken mid-stream
+    monkeypatch.setattr(qvdp.Qwen3VLVisionForward, "_fuse_norm", lambda self, x: True)
+    m = tiny_vision_model(1)
+    with torch.no_grad():  # biases large enough that a lost or doubled one shows
+        for blk in m.blocks:
+            blk.attn.proj.bias.normal_(0, 0.5)
+            blk.mlp.linear_fc2.bias.normal_(0, 0.5)
+    grid = GRIDS[2]
+    px = torch.randn(sum(t * h * w for t, h, w in grid), 1536)
+    with torch.no_grad():
+        ref = m(px, grid_thw=torch.tensor(grid))
+    fwd = qvdp.Qwen3VLVisionForward(m, deferred_bias=deferred_bias)
+    pooled, ds, last = fwd(px, tuple(map(tuple, grid)), True)
+    assert rel(pooled, ref.pooler_output) < 1e-5
+    assert rel(last, ref.last_hidden_state) < 1e-5
+    for a, b in zip(ds, ref.deepstack_features):
+        assert rel(a, b) < 1e-5
+
+
 def test_apply_to_qwen3_vl_full_model():
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditionalGeneration
@@ -101,8 +124,8 @@ def test_serving_dropin_single_rank():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused_mlp", [True, False])
-def test_gpu_forward_matches_hf_fp32(fused_mlp, monkeypatch):
+@pytest.mark.parametrize("fused_mlp,deferred_bias", [(True, True), (False, True), (True, False)])
+def test_gpu_forward_matches_hf_fp32(fused_mlp, deferred_bias, monkeypatch):
     # tight fp32 check on the GPU: catches an erf-vs-tanh GELU mix-up in the fused fc1 epilogue
     # (erf vs tanh differs by up to 5e-4 per activation) and any GEMM-path difference
     from qvdp.model import _fused_gelu_is_tanh
@@ -115,7 +138,7 @@ def test_gpu_forward_matches_hf_fp32(fused_mlp, monkeypatch):
     px = torch.randn(N, 1536, device="cuda")
     with torch.no_grad():
         ref = m(px, grid_thw=torch.tensor(grid, device="cuda"))
-    fwd = qvdp.Qwen3VLVisionForward(m, attention_backend="torch", fused_mlp=fused_mlp)
+    fwd = qvdp.Qwen3VLVisionForward(m, attention_backend="torch", fused_mlp=fused_mlp, deferred_bias=deferred_bias)
     pooled, ds, last = fwd(px, tuple(map(tuple, grid)), True)
     assert rel(pooled, ref.pooler_output) < 2e-5
     assert rel(last, ref.last_hidden_state) < 2e-5

@@ -13,17 +13,20 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def _case(n, H, dtype, device, bias=True, ln=True, seed=0):
+def _case(n, H, dtype, device, bias=True, ln=True, seed=0, with_y=True, store_sum=True, bias_fp32=False):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, H, generator=g) * 3 + 1).to(device=device, dtype=dtype)
-    y = torch.randn(n, H, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(H, generator=g).to(device=device, dtype=dtype) if bias else None
+    y = torch.randn(n, H, generator=g).to(device=device, dtype=dtype) if with_y else None
+    b = torch.randn(H, generator=g).to(device=device, dtype=torch.float32 if bias_fp32 else dtype) if bias else None
     w = (torch.rand(H, generator=g) + 0.5).to(device=device, dtype=dtype) if ln else None
     lb = torch.randn(H, generator=g).to(device=device, dtype=dtype) if ln else None
-    s, h = add_layernorm(x, y, b, w, lb, eps=1e-6)
-    ref_s = x.double() + y.double() + (b.double() if bias else 0)
-    assert s.dtype == dtype and s.shape == x.shape and torch.isfinite(s).all()
-    assert rel(s, ref_s) < TOL[dtype]
+    s, h = add_layernorm(x, y, b, w, lb, eps=1e-6, store_sum=store_sum)
+    ref_s = x.double() + (y.double() if with_y else 0) + (b.double() if bias else 0)
+    if store_sum:
+        assert s.dtype == dtype and s.shape == x.shape and torch.isfinite(s).all()
+        assert rel(s, ref_s) < TOL[dtype]
+    else:
+        assert s is None
     if ln:
         ref_h = F.layer_norm(ref_s, (H,), w.double(), lb.double(), 1e-6)
         assert h.dtype == dtype and torch.isfinite(h).all()
@@ -50,6 +53,13 @@ def test_interpreter_add_layernorm_variants(dev, bias, ln):
     _case(9, 96, torch.float32, dev, bias=bias, ln=ln)
 
 
+@pytest.mark.parametrize("with_y,store_sum", [(False, False), (False, True), (True, False)])
+def test_interpreter_add_layernorm_deferred_bias(dev, with_y, store_sum):
+    # the tower's deferred-bias form: h = LN(x + fp32 bias), the sum itself not written
+    _case(9, 96, torch.float32, dev, with_y=with_y, store_sum=store_sum, bias_fp32=True)
+    _case(5, 72, torch.float16, dev, with_y=with_y, store_sum=store_sum, bias_fp32=True)
+
+
 def test_add_layernorm_bad_input():
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="x and y"):
@@ -60,6 +70,8 @@ def test_add_layernorm_bad_input():
         add_layernorm(x, x, None, torch.ones(8), None)
     with pytest.raises(TypeError, match="dtype"):
         add_layernorm(x, x.double())
+    with pytest.raises(ValueError, match="store_sum"):
+        add_layernorm(x, None, torch.ones(8), store_sum=False)
 
 
 @pytest.mark.gpu
@@ -67,6 +79,7 @@ def test_add_layernorm_bad_input():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_add_layernorm(n, H, dtype):
     _case(n, H, dtype, "cuda")
+    _case(n, H, dtype, "cuda", with_y=False, store_sum=False, bias_fp32=True, seed=1)
 
 
 @pytest.mark.gpu
@@ -75,3 +88,4 @@ def test_gpu_add_layernorm_poisoned_outputs(monkeypatch):
     real = torch.empty_like
     monkeypatch.setattr(torch, "empty_like", lambda t, **kw: real(t, **kw).fill_(float("nan")))
     _case(333, 1152, torch.bfloat16, "cuda")
+    _case(333, 1152, torch.bfloat16, "cuda", with_y=False, store_sum=False, bias_fp32=True)

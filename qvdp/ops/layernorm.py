@@ -21,19 +21,22 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _add_layernorm(X, Y, B, W, LB, S, H, n_rows, N, eps, HAS_BIAS: tl.constexpr, HAS_LN: tl.constexpr,
-                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_layernorm(X, Y, B, W, LB, S, H, n_rows, N, eps, HAS_Y: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       HAS_LN: tl.constexpr, STORE_S: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         cmask = cols < N
         m = (rows < n_rows)[:, None] & cmask[None, :]
         off = rows[:, None] * N + cols[None, :]
-        s = tl.load(X + off, mask=m, other=0.0).to(tl.float32) + tl.load(Y + off, mask=m, other=0.0).to(tl.float32)
+        s = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        if HAS_Y:
+            s += tl.load(Y + off, mask=m, other=0.0).to(tl.float32)
         if HAS_BIAS:
             s += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        s = s.to(S.dtype.element_ty)
-        tl.store(S + off, s, mask=m)
+        s = s.to(X.dtype.element_ty)
+        if STORE_S:
+            tl.store(S + off, s, mask=m)
         if HAS_LN:
             sf = s.to(tl.float32)
             mean = tl.sum(sf, 1) / N
@@ -46,8 +49,10 @@ if HAS_TRITON:
 
 
 def _check(x, y, bias, weight, norm_bias):
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be tensors")
+    if not isinstance(x, torch.Tensor) or not (y is None or isinstance(y, torch.Tensor)):
+        raise TypeError("x must be a tensor and y a tensor or None")
+    if y is None:
+        y = x
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(f"x and y must be 2-D [rows, H] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dtype != y.dtype or x.device != y.device:
@@ -60,32 +65,40 @@ def _check(x, y, bias, weight, norm_bias):
         raise ValueError("norm_weight and norm_bias go together (both or neither)")
 
 
-def add_layernorm(x, y, bias=None, norm_weight=None, norm_bias=None, eps: float = 1e-6):
-    """s = x + y (+ bias), and h = LayerNorm(s) over the last dim when norm_weight/norm_bias are given.
+def add_layernorm(x, y=None, bias=None, norm_weight=None, norm_bias=None, eps: float = 1e-6,
+                  store_sum: bool = True):
+    """s = x (+ y) (+ bias), and h = LayerNorm(s) over the last dim when norm_weight/norm_bias are given.
 
-    x, y: [rows, H] of one dtype (the residual stream and a bias-free GEMM output). Returns (s, h),
-    h None without a norm. Triton on CUDA (or under TRITON_INTERPRET=1), torch otherwise.
+    x, y: [rows, H] of one dtype (the residual stream and a bias-free GEMM output); y None adds nothing.
+    bias: [H], any float dtype (added in fp32; the tower's deferred biases are fp32 prefix sums).
+    Returns (s, h): h None without a norm; s None when store_sum=False (only h is written: the
+    deferred-bias path, where the stream itself stays bias-free and s exists only in registers).
+    Triton on CUDA (or under TRITON_INTERPRET=1), torch otherwise.
     """
     _check(x, y, bias, norm_weight, norm_bias)
     has_ln = norm_weight is not None
+    if not store_sum and not has_ln:
+        raise ValueError("add_layernorm: store_sum=False needs norm_weight/norm_bias (nothing would be written)")
     if not triton_usable(x):
-        s = x.float() + y.float()
+        s = x.float() + (y.float() if y is not None else 0.0)
         if bias is not None:
             s = s + bias.float()
         s = s.to(x.dtype)
         h = F.layer_norm(s.float(), (s.shape[1],), norm_weight.float(), norm_bias.float(), eps).to(x.dtype) \
             if has_ln else None
-        return s, h
-    x, y = x.contiguous(), y.contiguous()
+        return (s if store_sum else None), h
+    x = x.contiguous()
+    y = y.contiguous() if y is not None else None
     n, H = x.shape
-    s = torch.empty_like(x)
+    s = torch.empty_like(x) if store_sum else None
     h = torch.empty_like(x) if has_ln else s
     if n == 0:
         return s, (h if has_ln else None)
     block = next_pow2(H)
     rows = max(1, min(16, 4096 // block))
     _add_layernorm[(triton.cdiv(n, rows),)](
-        x, y, bias if bias is not None else x, norm_weight if has_ln else x, norm_bias if has_ln else x, s, h,
-        n, H, float(eps), HAS_BIAS=bias is not None, HAS_LN=has_ln, ROWS=rows, BLOCK=block,
+        x, y if y is not None else x, bias if bias is not None else x, norm_weight if has_ln else x,
+        norm_bias if has_ln else x, s if store_sum else h, h, n, H, float(eps), HAS_Y=y is not None,
+        HAS_BIAS=bias is not None, HAS_LN=has_ln, STORE_S=store_sum, ROWS=rows, BLOCK=block,
         num_warps=8 if block >= 1024 else 4)
     return s, (h if has_ln else None)

@@ -1,0 +1,98 @@
+"""Deferred biases in the residual stream (diagnostics, one GPU).
+
+With `deferred_bias` the tower's proj and fc2 GEMMs accumulate into the residual stream in place (cuBLAS
+beta=1) and the LayerNorm pass after each reads the stream once and writes only the normalised rows (the
+biases, one fp32 prefix sum, added in registers): per residual step 4 -> 2 passes over [T, H] in the
+LayerNorm kernel, plus one read of the stream inside the GEMM's epilogue.
+
+(1) the pieces at 4 x 720p (T = 14080, H = 1152, I = 4304, bf16; CUDA events, 20 back-to-back calls, the
+    variants timed in turn, best of 5 rounds): mm vs in-place addmm_ for proj and fc2, add_layernorm with
+    the GEMM output vs the deferred form;
+(2) the whole 1-GPU tower (4 x 720p captured as CUDA graphs; 16 mixed and the video run eagerly): deferred
+    vs the session-7 form vs HF+FA3, timed in turn (median of 9 after 3 warm-ups), and at 4 x 720p each
+    form's ‖out−ref‖/‖ref‖ against HF in fp32.
+
+    python benchmarks/diag_deferred_bias.py
+"""
+import torch
+
+from _common import event_ms, time_interleaved, try_import_fa3
+from bench_encoder import pixels, workloads
+from encoder_systems import build_hf, hf_call, use_fa3_attention
+
+import qvdp
+from qvdp.ops.layernorm import add_layernorm
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def pieces():
+    T, H, I = 14080, 1152, 4304
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(T, H, generator=g, **bf)
+    o, h4 = torch.randn(T, H, generator=g, **bf), torch.randn(T, I, generator=g, **bf) * 0.1
+    wp, wf = torch.randn(H, H, generator=g, **bf) * 0.03, torch.randn(H, I, generator=g, **bf) * 0.015
+    y = torch.randn(T, H, generator=g, **bf)
+    b, cum = torch.randn(H, generator=g, **bf), torch.randn(H, generator=g, device="cuda")
+    w, lb = torch.rand(H, generator=g, **bf) + 0.5, torch.randn(H, generator=g, **bf)
+    fns = {
+        "proj mm": lambda: torch.mm(o, wp.t()),
+        "proj addmm_ (in place)": lambda: x.addmm_(o, wp.t()),
+        "fc2 mm": lambda: torch.mm(h4, wf.t()),
+        "fc2 addmm_ (in place)": lambda: x.addmm_(h4, wf.t()),
+        "add+LN (x, y, bias -> s, h)": lambda: add_layernorm(x, y, b, w, lb),
+        "deferred LN (x, fp32 bias -> h)": lambda: add_layernorm(x, None, cum, w, lb, store_sum=False),
+    }
+    best = {k: float("inf") for k in fns}
+    for _ in range(5):
+        for k, f in fns.items():
+            f()
+            best[k] = min(best[k], event_ms(f, inner=20))
+    for k, v in best.items():
+        print(f"piece {k}: {v * 1e3:.1f} us", flush=True)
+    print(f"per residual step (proj): {(best['proj mm'] + best['add+LN (x, y, bias -> s, h)']) * 1e3:.1f} -> "
+          f"{(best['proj addmm_ (in place)'] + best['deferred LN (x, fp32 bias -> h)']) * 1e3:.1f} us; (fc2): "
+          f"{(best['fc2 mm'] + best['add+LN (x, y, bias -> s, h)']) * 1e3:.1f} -> "
+          f"{(best['fc2 addmm_ (in place)'] + best['deferred LN (x, fp32 bias -> h)']) * 1e3:.1f} us", flush=True)
+
+
+def tower():
+    fa3 = try_import_fa3()
+    dev = torch.device("cuda", 0)
+    model = build_hf(dev)
+    hf_fa3 = hf_call(use_fa3_attention(build_hf(dev), fa3)) if fa3 is not None else None
+    fwd = {"deferred": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
+           "add+LN": qvdp.Qwen3VLVisionForward(model, deferred_bias=False)}
+    for name, grid in workloads():
+        if name not in ("4x720p", "16 mixed", "video 32f"):
+            continue
+        px = pixels(grid, dev)
+        g = tuple(map(tuple, grid))
+        fns = {k: (lambda f=f: f(px, g)) for k, f in fwd.items()}
+        if hf_fa3 is not None:
+            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
+        r = time_interleaved(fns, warm=3, rep=9)
+        line = ", ".join(f"{k} {v:.2f} ms" for k, v in r.items())
+        if "HF+FA3" in r:
+            line += (f"; HF+FA3 / deferred {r['HF+FA3'] / r['deferred']:.3f}x, HF+FA3 / add+LN "
+                     f"{r['HF+FA3'] / r['add+LN']:.3f}x")
+        print(f"tower {name}: {line}; add+LN / deferred {r['add+LN'] / r['deferred']:.4f}", flush=True)
+        if name == "4x720p":
+            ref = hf_call(build_hf(dev).float())(px.float(), grid)[0]
+            errs = {k: rel(f(px, g)[0], ref) for k, f in fwd.items()}
+            print("tower 4x720p vs HF fp32, pooled: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()),
+                  flush=True)
+            del ref
+            torch.cuda.empty_cache()
+
+
+def main():
+    pieces()
+    tower()
+
+
+if __name__ == "__main__":
+    main()
