@@ -59,7 +59,7 @@ def single_gpu(fa3, wls):
                "qvdp 1 GPU (Triton attn)": lambda: qt(px, g)}
         if hf_fa3 is not None:
             fns["HF+FA3"] = lambda: hf_fa3(px, grid)
-        r = time_interleaved(fns, warm=2, rep=7)
+        r = time_interleaved(fns, warm=2, rep=11)
         ref = hf_sdpa(px, grid)
         got = qf(px, g)
         r["err"] = ((got[0].float() - ref[0].float()).norm() / ref[0].float().norm()).item()
@@ -142,7 +142,7 @@ def main():
                          f"{r1['err']:.1e}" if sname == "qvdp (1 GPU)" else ""])
         print(rows[-len(sysrows):], flush=True)
     notes = ("speedup = HF sdpa (1 GPU) time / system time. scaling = qvdp 1 GPU time / (W x qvdp DP time). "
-             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 7 after 2 warm-ups, "
+             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 11 after 2 warm-ups, "
              "the four 1-GPU systems timed in turn, one call each per round (a sustained load slows an H100's clock "
              "by a few %, so block-wise timing favours whichever system runs first); DP times: median of 11 after "
              "3 warm-ups, qvdp DP with and without the rank check timed in turn (qvdp captures a CUDA graph per grid "

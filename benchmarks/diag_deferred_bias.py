@@ -5,14 +5,14 @@ beta=1) and the LayerNorm pass after each reads the stream once and writes only 
 biases, one fp32 prefix sum, added in registers): per residual step 4 -> 2 passes over [T, H] in the
 LayerNorm kernel, plus one read of the stream inside the GEMM's epilogue.
 
-(1) the pieces at 4 x 720p (T = 14080, H = 1152, I = 4304, bf16; CUDA events, 20 back-to-back calls, the
+(1) the pieces at 4 x 720p and the 32-frame video (T = 14080, 56320, H = 1152, I = 4304, bf16; CUDA events, 20 back-to-back calls, the
     variants timed in turn, best of 5 rounds): mm vs in-place addmm_ for proj and fc2, add_layernorm with
     the GEMM output vs the deferred form;
 (2) the whole 1-GPU tower (4 x 720p captured as CUDA graphs; 16 mixed and the video run eagerly): deferred
     vs the session-7 form vs HF+FA3, timed in turn (median of 9 after 3 warm-ups), and at 4 x 720p each
     form's ‖out−ref‖/‖ref‖ against HF in fp32.
 
-    python benchmarks/diag_deferred_bias.py
+    python benchmarks/diag_deferred_bias.py [--workloads 4x720p ...] [--twice]
 """
 import torch
 
@@ -28,8 +28,8 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def pieces():
-    T, H, I = 14080, 1152, 4304
+def pieces(T):
+    H, I = 1152, 4304
     g = torch.Generator(device="cuda").manual_seed(0)
     bf = dict(device="cuda", dtype=torch.bfloat16)
     x = torch.randn(T, H, generator=g, **bf)
@@ -52,22 +52,28 @@ def pieces():
             f()
             best[k] = min(best[k], event_ms(f, inner=20))
     for k, v in best.items():
-        print(f"piece {k}: {v * 1e3:.1f} us", flush=True)
-    print(f"per residual step (proj): {(best['proj mm'] + best['add+LN (x, y, bias -> s, h)']) * 1e3:.1f} -> "
+        print(f"piece T={T} {k}: {v * 1e3:.1f} us", flush=True)
+    print(f"T={T} per residual step (proj): {(best['proj mm'] + best['add+LN (x, y, bias -> s, h)']) * 1e3:.1f} -> "
           f"{(best['proj addmm_ (in place)'] + best['deferred LN (x, fp32 bias -> h)']) * 1e3:.1f} us; (fc2): "
           f"{(best['fc2 mm'] + best['add+LN (x, y, bias -> s, h)']) * 1e3:.1f} -> "
           f"{(best['fc2 addmm_ (in place)'] + best['deferred LN (x, fp32 bias -> h)']) * 1e3:.1f} us", flush=True)
 
 
-def tower():
+def tower(names, twice):
     fa3 = try_import_fa3()
     dev = torch.device("cuda", 0)
     model = build_hf(dev)
     hf_fa3 = hf_call(use_fa3_attention(build_hf(dev), fa3)) if fa3 is not None else None
-    fwd = {"deferred": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
-           "add+LN": qvdp.Qwen3VLVisionForward(model, deferred_bias=False)}
+    if twice:  # each form twice, built in the order add+LN, deferred, deferred, add+LN: instance effects show
+        fwd = {"add+LN": qvdp.Qwen3VLVisionForward(model, deferred_bias=False),
+               "deferred": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
+               "deferred #2": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
+               "add+LN #2": qvdp.Qwen3VLVisionForward(model, deferred_bias=False)}
+    else:
+        fwd = {"deferred": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
+               "add+LN": qvdp.Qwen3VLVisionForward(model, deferred_bias=False)}
     for name, grid in workloads():
-        if name not in ("4x720p", "16 mixed", "video 32f"):
+        if name not in names:
             continue
         px = pixels(grid, dev)
         g = tuple(map(tuple, grid))
@@ -90,8 +96,15 @@ def tower():
 
 
 def main():
-    pieces()
-    tower()
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", nargs="+", default=["4x720p", "16 mixed", "video 32f"])
+    ap.add_argument("--twice", action="store_true", help="two instances of each form (tower only)")
+    a = ap.parse_args()
+    if not a.twice:
+        for T in (14080, 56320):
+            pieces(T)
+    tower(a.workloads, a.twice)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -115,6 +115,13 @@ elif [ "$STAGE" = s8c ]; then  # session 8, one GPU: deferred biases (tests, pie
   T=150 TAILN=8 step gpu_tests_norm python3 -m pytest -q -m gpu tests/test_layernorm.py tests/test_hf_equivalence.py -p no:cacheprovider
   T=200 TAILN=20 step diag_deferred_bias python3 benchmarks/diag_deferred_bias.py
   T=240 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
+elif [ "$STAGE" = s8d ]; then  # session 8, one GPU: every single-GPU test, deferred-bias pieces at 2 sizes + tower A/B, 1-GPU table
+  T=330 TAILN=10 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=150 TAILN=20 step diag_deferred_bias python3 benchmarks/diag_deferred_bias.py
+  T=200 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
+elif [ "$STAGE" = s8e ]; then  # session 8, 4 x H100: NCCL tests, then every workload at 1, 2 and 4 GPUs (deferred biases)
+  T=150 TAILN=6 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=420 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
