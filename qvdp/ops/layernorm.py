@@ -8,6 +8,11 @@ h = LayerNorm(s): four passes, one launch instead of two.
 
 Rounding follows HF: s is rounded to the activation dtype and the LayerNorm statistics are taken
 from the rounded s in fp32.
+
+Deferred form (y=None, store_sum=False; the tower's default, Qwen3VLVisionForward(deferred_bias=True)):
+proj and fc2 accumulate into the stream in place (cuBLAS beta=1), the stream carries no bias, and the
+pass reads x once, adds the fp32 prefix sum of the biases so far in registers and writes only h: two
+passes over [T, H] instead of four (benchmarks/diag_deferred_bias.py).
 """
 from __future__ import annotations
 
