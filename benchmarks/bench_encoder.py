@@ -142,8 +142,8 @@ def main():
                          f"{r1['err']:.1e}" if sname == "qvdp (1 GPU)" else ""])
         print(rows[-len(sysrows):], flush=True)
     notes = ("speedup = HF sdpa (1 GPU) time / system time. scaling = qvdp 1 GPU time / (W x qvdp DP time). "
-             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 11 after 2 warm-ups, "
-             "the four 1-GPU systems timed in turn, one call each per round (a sustained load slows an H100's clock "
+             "err = qvdp vs HF sdpa pooler_output, ‖out−ref‖/‖ref‖ (bf16). 1-GPU times: median of 11 after 2 "
+             "warm-ups, the four 1-GPU systems timed in turn, one call each per round (a sustained load slows an H100's clock "
              "by a few %, so block-wise timing favours whichever system runs first); DP times: median of 11 after "
              "3 warm-ups, qvdp DP with and without the rank check timed in turn (qvdp captures a CUDA graph per grid "
              "on its second call, so timed calls are replays); "

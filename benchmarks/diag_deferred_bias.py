@@ -5,8 +5,8 @@ beta=1) and the LayerNorm pass after each reads the stream once and writes only 
 biases, one fp32 prefix sum, added in registers): per residual step 4 -> 2 passes over [T, H] in the
 LayerNorm kernel, plus one read of the stream inside the GEMM's epilogue.
 
-(1) the pieces at 4 x 720p and the 32-frame video (T = 14080, 56320, H = 1152, I = 4304, bf16; CUDA events, 20 back-to-back calls, the
-    variants timed in turn, best of 5 rounds): mm vs in-place addmm_ for proj and fc2, add_layernorm with
+(1) the pieces at 4 x 720p and the 32-frame video (T = 14080, 56320, H = 1152, I = 4304, bf16; CUDA
+    events, 20 back-to-back calls, the variants timed in turn, best of 5 rounds): mm vs in-place addmm_ for proj and fc2, add_layernorm with
     the GEMM output vs the deferred form;
 (2) the whole 1-GPU tower (4 x 720p captured as CUDA graphs; 16 mixed and the video run eagerly): deferred
     vs the session-7 form vs HF+FA3, timed in turn (median of 9 after 3 warm-ups), and at 4 x 720p each

@@ -79,7 +79,8 @@ def _measure(model, qf, grid, dev):
     pre = [w for i, w in enumerate(waits) if i % 2 == 0]
     fin = [w for i, w in enumerate(waits) if i % 2 == 1]
     enc._StatusCheck.result, enc._StatusCheck.__init__ = orig, orig_init
-    return dict(r, **{"host ms to build one check": statistics.median(builds),"host ms to the plan-check wait": statistics.median(w[0] for w in pre),
+    return dict(r, **{"host ms to build one check": statistics.median(builds),
+                      "host ms to the plan-check wait": statistics.median(w[0] for w in pre),
                       "plan-check wait ms": statistics.median(w[1] for w in pre),
                       "host ms to the final-check wait": statistics.median(w[0] for w in fin),
                       "final-check wait ms": statistics.median(w[1] for w in fin)})

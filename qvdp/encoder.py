@@ -181,9 +181,9 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
     """Every output is gathered on a side stream as soon as the forward has produced it (deepstack
     features after their layers, while the remaining layers run), in the fixed order 1..nd, 0 on every
     rank. The plan check is enqueued when the first output is ready and waited for (by the host, while
-    the GPU runs the next layers) before the first gather, so mismatched plans never reach a gather; a rank whose forward
-    fails still issues the remaining gathers (zeros) and every rank then raises RankFailedError at the
-    final check, which is enqueued right behind the last gather."""
+    the GPU runs the next layers) before the first gather, so mismatched plans never reach a gather; a
+    rank whose forward fails still issues the remaining gathers (zeros) and every rank then raises
+    RankFailedError at the final check, which is enqueued right behind the last gather."""
     nd = len(widths) - 1
     order = list(range(1, nd + 1)) + [0]
     rows = plan.rows(rank)
@@ -192,9 +192,9 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
     side = torch.cuda.Stream(device=device) if cuda else None
     # the plan check is enqueued when the first output is ready, not before the forward: its host work
     # (pinned copies, the collective's launch) then overlaps the first layers on the GPU instead of
-    # delaying their launch. Enqueued at the start it cost ~1.1 ms per call on 4 x H100 (session 8,
-    # benchmarks/diag_rank_check.py), with ~0.02 ms of host wait. _PLAN_CHECK_AT_START keeps the old
-    # placement for that diagnostic.
+    # delaying their launch. Enqueued before the forward it cost ~0.8 ms more per call than here on
+    # 4 x H100 (session 8, benchmarks/diag_rank_check.py; the host waits were ~0.02 ms either way).
+    # _PLAN_CHECK_AT_START keeps the old placement for that diagnostic.
     pending = [None] if check_ranks else []
     if pending and _PLAN_CHECK_AT_START:
         pending[0] = _StatusCheck(plan, True, group, device, timeout_s, stream=side)
