@@ -7,6 +7,12 @@ buffers into the same offsets (copy engines, one stream per source rank):
   - "ipc relay": runs of >= RELAY_MIN rows are split among the non-owner ranks; each pulls its share
     from the owner, then (after a device-side barrier) the other shares from the ranks that pulled them,
     so the owner sends each row out once instead of W-1 times (one image: owner egress N, not 3N).
+  - "sm pull relay" / "sm push relay" / "sm push direct" (session 8): the same moves done by SMs instead of
+    copy engines, one Triton kernel per stage that loads from / stores to peer memory over NVLink (peer
+    buffer addresses as int64, cast to pointers in the kernel). Push: the owner writes its rows into the
+    peers' buffers (relay: the owner writes each big run's share once, to the helper that forwards it).
+    4 x H200: exact, but no better than NCCL at 4 GPUs; on 2 GPUs push beats NCCL on every plan
+    (benchmarks/NOTES.md, session 8).
 Side by side with the NCCL floor (equal all_gather_into_tensor) and qvdp's native gather. Every system's
 output is checked for exact equality with the expected rows before timing.
 
@@ -22,8 +28,75 @@ from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_rank
 
 WIDTH = 16384
 RELAY_MIN = 64
+ROWS_PER_PROG = 4
+COLS_PER_PROG = 4096
+
+
+def _copy_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _peer_copy(ADDRS, CHUNKS, WIDTH: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+        # CHUNKS int64 [n, 5]: src slot, dst slot, src row, dst row, rows (<= ROWS); ADDRS int64 base addresses
+        c = tl.program_id(0)
+        cb = tl.program_id(1)
+        src = tl.load(CHUNKS + c * 5 + 0)
+        dst = tl.load(CHUNKS + c * 5 + 1)
+        r0 = tl.load(CHUNKS + c * 5 + 2)
+        d0 = tl.load(CHUNKS + c * 5 + 3)
+        n = tl.load(CHUNKS + c * 5 + 4)
+        sp = tl.load(ADDRS + src).to(tl.pointer_type(tl.bfloat16))
+        dp = tl.load(ADDRS + dst).to(tl.pointer_type(tl.bfloat16))
+        rows = tl.arange(0, ROWS)
+        cols = cb * COLS + tl.arange(0, COLS)
+        m = (rows < n)[:, None] & (cols < WIDTH)[None, :]
+        v = tl.load(sp + (r0 + rows)[:, None] * WIDTH + cols[None, :], mask=m)
+        tl.store(dp + (d0 + rows)[:, None] * WIDTH + cols[None, :], v, mask=m)
+
+    return _peer_copy
+
+
+def _chunks(items, dev):
+    """[(src slot, dst slot, src row, dst row, rows)] -> int64 [n, 5] in pieces of <= ROWS_PER_PROG rows."""
+    out = []
+    for s, d, r0, d0, n in items:
+        for k in range(0, n, ROWS_PER_PROG):
+            out.append((s, d, r0 + k, d0 + k, min(ROWS_PER_PROG, n - k)))
+    return torch.tensor(out or [(0, 0, 0, 0, 0)], dtype=torch.int64, device=dev)
 WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
              ("4x720p", [[1, 44, 80]] * 4), ("32-frame video", [[16, 44, 80]])]
+
+
+def _sm_items(runs, world, rank, mine, stage1, stage2):
+    """Copy items (src slot, dst slot, src row, dst row, rows) of the SM-driven variants for this rank.
+    Slots 0..W-1 are the ranks' output buffers, slot W this rank's local rows."""
+    L = world
+    own = [(L, rank, ls, os_, n) for ls, os_, n in mine]  # local rows into my own buffer
+    it = {"pull0": own, "pull1": [(s, rank, o, o, n) for s, o, n in stage1],
+          "pull2": [(h, rank, o, o, n) for h, o, n in stage2]}
+    # push relay: the owner writes each share of its big runs to the helper that forwards it, and its
+    # small runs to every peer; then each helper writes its shares to the remaining peers
+    p1, p2 = list(own), []
+    for s, ls, os_, n in runs:
+        helpers = [r for r in range(world) if r != s]
+        if n < RELAY_MIN or len(helpers) < 2:
+            if s == rank:
+                p1 += [(L, d, ls, os_, n) for d in helpers]
+            continue
+        base, extra = divmod(n, len(helpers))
+        o = os_
+        for i, h in enumerate(helpers):
+            c = base + (i < extra)
+            if c:
+                if s == rank:
+                    p1.append((L, h, ls + (o - os_), o, c))
+                if h == rank:
+                    p2 += [(rank, d, o, o, c) for d in helpers if d != h]
+            o += c
+    it.update(push1=p1, push2=p2,
+              pushd=own + [(L, d, ls, os_, n) for ls, os_, n in mine for d in range(world) if d != rank])
+    return it
 
 
 def _worker(rank, world, port, q):
@@ -120,6 +193,43 @@ def _worker(rank, world, port, q):
             return out
 
         fns = {"ipc direct": direct, "ipc relay": relay} if ipc else {}
+        if ipc:  # SM-driven copies: slots 0..W-1 = the ranks' output buffers, slot W = this rank's local rows
+            kern = _copy_kernel()
+            addrs = torch.tensor([p.data_ptr() for p in peer] + [local.data_ptr()], dtype=torch.int64, device=dev)
+            it = _sm_items(runs, world, rank, mine, stage1, stage2)
+            pull0, pull1, pull2, push1, push2, pushd = (_chunks(it[k], dev) for k in
+                                                        ("pull0", "pull1", "pull2", "push1", "push2", "pushd"))
+            ncb = -(-WIDTH // COLS_PER_PROG)
+
+            def launch(ch):
+                kern[(ch.shape[0], ncb)](addrs, ch, WIDTH=WIDTH, ROWS=ROWS_PER_PROG, COLS=COLS_PER_PROG,
+                                         num_warps=8)
+
+            def sm_pull_relay():
+                hdl.barrier(channel=0)  # nobody still reads my buffer from the previous call
+                launch(pull0)
+                hdl.barrier(channel=0)  # every rank's own rows are in its buffer
+                launch(pull1)
+                hdl.barrier(channel=0)
+                launch(pull2)
+                return out
+
+            def sm_push_relay():
+                hdl.barrier(channel=0)  # every peer is done with its previous output
+                launch(push1)
+                hdl.barrier(channel=0)
+                launch(push2)
+                hdl.barrier(channel=0)
+                return out
+
+            def sm_push_direct():
+                hdl.barrier(channel=0)
+                launch(pushd)
+                hdl.barrier(channel=0)
+                return out
+
+            fns.update({"sm pull relay": sm_pull_relay, "sm push relay": sm_push_relay,
+                        "sm push direct": sm_push_direct})
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (bcast)"] = lambda: gather_rows_native([local], plan, None, "concat", "bcast")
@@ -128,7 +238,8 @@ def _worker(rank, world, port, q):
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
         ok = {}
-        for k in ("ipc direct", "ipc relay", "qvdp native (auto)"):
+        for k in ("ipc direct", "ipc relay", "sm pull relay", "sm push relay", "sm push direct",
+                  "qvdp native (auto)"):
             if k in fns:
                 out.fill_(float("nan"))  # poison
                 torch.cuda.synchronize()

@@ -124,6 +124,8 @@ elif [ "$STAGE" = s8e ]; then  # session 8, 4 x H100: NCCL tests, then every wor
   T=420 TAILN=50 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
 elif [ "$STAGE" = s8f ]; then  # session 8, 4 x H100 only: final code, 16 mixed / video / 4 x 720p at 1 and 4 GPUs
   T=200 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" 4x720p --out logs/e4
+elif [ "$STAGE" = s8g ]; then  # session 8, 4 GPUs: the gather as SM-driven peer copies (pull/push relay, push direct)
+  T=240 TAILN=60 step diag_gather_ipc python3 benchmarks/diag_gather_ipc.py --worlds 4 2
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
