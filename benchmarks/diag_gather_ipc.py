@@ -16,7 +16,7 @@ buffers into the same offsets (copy engines, one stream per source rank):
 Side by side with the NCCL floor (equal all_gather_into_tensor) and qvdp's native gather. Every system's
 output is checked for exact equality with the expected rows before timing.
 
-    python benchmarks/diag_gather_ipc.py [--worlds 4]
+    python benchmarks/diag_gather_ipc.py [--worlds 4] [--sm-configs 4,4096,8 8,2048,8 ...] [--sm-only]
 """
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ def _copy_kernel():
     return _peer_copy
 
 
-def _chunks(items, dev):
-    """[(src slot, dst slot, src row, dst row, rows)] -> int64 [n, 5] in pieces of <= ROWS_PER_PROG rows."""
+def _chunks(items, dev, rows=ROWS_PER_PROG):
+    """[(src slot, dst slot, src row, dst row, rows)] -> int64 [n, 5] in pieces of <= `rows` rows."""
     out = []
     for s, d, r0, d0, n in items:
-        for k in range(0, n, ROWS_PER_PROG):
-            out.append((s, d, r0 + k, d0 + k, min(ROWS_PER_PROG, n - k)))
+        for k in range(0, n, rows):
+            out.append((s, d, r0 + k, d0 + k, min(rows, n - k)))
     return torch.tensor(out or [(0, 0, 0, 0, 0)], dtype=torch.int64, device=dev)
 WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
              ("4x720p", [[1, 44, 80]] * 4), ("32-frame video", [[16, 44, 80]])]
@@ -99,7 +99,7 @@ def _sm_items(runs, world, rank, mine, stage1, stage2):
     return it
 
 
-def _worker(rank, world, port, q):
+def _worker(rank, world, port, sm_configs, sm_only, workloads, q):
     import torch.distributed as dist
     import torch.distributed._symmetric_memory as symm_mem
     from qvdp import plan_shards
@@ -113,7 +113,7 @@ def _worker(rank, world, port, q):
     res = {}
     keep = []  # symmetric buffers stay allocated until the end
 
-    for name, grid in WORKLOADS:
+    for name, grid in workloads:
         plan = plan_shards(grid, world)
         total = plan.total_rows
         runs = plan.all_runs()  # (rank, local_start, out_start, n)
@@ -192,44 +192,52 @@ def _worker(rank, world, port, q):
             hdl.barrier(channel=0)
             return out
 
-        fns = {"ipc direct": direct, "ipc relay": relay} if ipc else {}
+        fns = {"ipc direct": direct, "ipc relay": relay} if ipc and not sm_only else {}
         if ipc:  # SM-driven copies: slots 0..W-1 = the ranks' output buffers, slot W = this rank's local rows
             kern = _copy_kernel()
             addrs = torch.tensor([p.data_ptr() for p in peer] + [local.data_ptr()], dtype=torch.int64, device=dev)
             it = _sm_items(runs, world, rank, mine, stage1, stage2)
-            pull0, pull1, pull2, push1, push2, pushd = (_chunks(it[k], dev) for k in
-                                                        ("pull0", "pull1", "pull2", "push1", "push2", "pushd"))
-            ncb = -(-WIDTH // COLS_PER_PROG)
 
-            def launch(ch):
-                kern[(ch.shape[0], ncb)](addrs, ch, WIDTH=WIDTH, ROWS=ROWS_PER_PROG, COLS=COLS_PER_PROG,
-                                         num_warps=8)
+            def variants(rows, cols, warps):
+                ch = {k: _chunks(v, dev, rows) for k, v in it.items()}
+                ncb = -(-WIDTH // cols)
 
-            def sm_pull_relay():
-                hdl.barrier(channel=0)  # nobody still reads my buffer from the previous call
-                launch(pull0)
-                hdl.barrier(channel=0)  # every rank's own rows are in its buffer
-                launch(pull1)
-                hdl.barrier(channel=0)
-                launch(pull2)
-                return out
+                def launch(k):
+                    kern[(ch[k].shape[0], ncb)](addrs, ch[k], WIDTH=WIDTH, ROWS=rows, COLS=cols, num_warps=warps)
 
-            def sm_push_relay():
-                hdl.barrier(channel=0)  # every peer is done with its previous output
-                launch(push1)
-                hdl.barrier(channel=0)
-                launch(push2)
-                hdl.barrier(channel=0)
-                return out
+                def sm_pull_relay():
+                    hdl.barrier(channel=0)  # nobody still reads my buffer from the previous call
+                    launch("pull0")
+                    hdl.barrier(channel=0)  # every rank's own rows are in its buffer
+                    launch("pull1")
+                    hdl.barrier(channel=0)
+                    launch("pull2")
+                    return out
 
-            def sm_push_direct():
-                hdl.barrier(channel=0)
-                launch(pushd)
-                hdl.barrier(channel=0)
-                return out
+                def sm_push_relay():
+                    hdl.barrier(channel=0)  # every peer is done with its previous output
+                    launch("push1")
+                    hdl.barrier(channel=0)
+                    launch("push2")
+                    hdl.barrier(channel=0)
+                    return out
 
-            fns.update({"sm pull relay": sm_pull_relay, "sm push relay": sm_push_relay,
-                        "sm push direct": sm_push_direct})
+                def sm_push_direct():
+                    hdl.barrier(channel=0)
+                    launch("pushd")
+                    hdl.barrier(channel=0)
+                    return out
+
+                return sm_pull_relay, sm_push_relay, sm_push_direct
+
+            for ci, (rows, cols, warps) in enumerate(sm_configs):
+                tag = "" if ci == 0 else f" r{rows} c{cols} w{warps}"
+                pull_r, push_r, push_d = variants(rows, cols, warps)
+                if not sm_only and ci == 0:
+                    fns["sm pull relay"] = pull_r
+                fns[f"sm push relay{tag}"] = push_r
+                fns[f"sm push direct{tag}"] = push_d
+            fns["two barriers only"] = lambda: (hdl.barrier(channel=0), hdl.barrier(channel=0))
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (bcast)"] = lambda: gather_rows_native([local], plan, None, "concat", "bcast")
@@ -238,9 +246,8 @@ def _worker(rank, world, port, q):
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
         ok = {}
-        for k in ("ipc direct", "ipc relay", "sm pull relay", "sm push relay", "sm push direct",
-                  "qvdp native (auto)"):
-            if k in fns:
+        for k in list(fns):
+            if k.startswith(("ipc", "sm ")) or k == "qvdp native (auto)":
                 out.fill_(float("nan"))  # poison
                 torch.cuda.synchronize()
                 dist.barrier()
@@ -264,12 +271,18 @@ def _worker(rank, world, port, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[4])
+    ap.add_argument("--sm-configs", nargs="*", default=[f"{ROWS_PER_PROG},{COLS_PER_PROG},8"],
+                    help="rows,cols,warps per program of the SM copy kernel (the first is the untagged one)")
+    ap.add_argument("--sm-only", action="store_true", help="skip the copy-engine and pull variants")
+    ap.add_argument("--workloads", nargs="*", default=None, help="names from WORKLOADS (default: all)")
     a = ap.parse_args()
     for w in a.worlds:
         if torch.cuda.device_count() < w:
             print(f"skip world {w}: {torch.cuda.device_count()} GPUs")
             continue
-        spawn_ranks(_worker, w, timeout_s=600)
+        cfgs = [tuple(int(v) for v in c.split(",")) for c in a.sm_configs]
+        wls = [x for x in WORKLOADS if not a.workloads or x[0] in a.workloads]
+        spawn_ranks(_worker, w, cfgs, a.sm_only, wls, timeout_s=600)
 
 
 if __name__ == "__main__":

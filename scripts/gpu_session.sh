@@ -126,6 +126,10 @@ elif [ "$STAGE" = s8f ]; then  # session 8, 4 x H100 only: final code, 16 mixed 
   T=200 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" 4x720p --out logs/e4
 elif [ "$STAGE" = s8g ]; then  # session 8, 4 GPUs: the gather as SM-driven peer copies (pull/push relay, push direct)
   T=240 TAILN=60 step diag_gather_ipc python3 benchmarks/diag_gather_ipc.py --worlds 4 2
+elif [ "$STAGE" = s8h ]; then  # session 8, 4 GPUs: SM push copies, launch-shape sweep at 2 and 4 GPUs
+  T=240 TAILN=80 step diag_gather_ipc_sweep python3 benchmarks/diag_gather_ipc.py --worlds 2 4 --sm-only \
+    --sm-configs 4,4096,8 8,2048,8 16,1024,4 2,8192,16 1,16384,16 8,4096,16 \
+    --workloads "one 720p image" "skewed 1280^2+3x256^2" 4x720p
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
