@@ -57,6 +57,29 @@ def _copy_kernel():
     return _peer_copy
 
 
+def _flag_barrier_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _flag_barrier(FLAGS, rank, epoch, WORLD: tl.constexpr, MAX_SPIN: tl.constexpr):
+        # FLAGS int64 [W]: addresses of every rank's int64 [W] flag row (symmetric memory). Signal: store
+        # this call's epoch into slot `rank` of every peer's row (release, system scope); then wait until
+        # every slot of this rank's row holds the epoch (acquire). Bounded spin: a lost peer ends the wait.
+        for i in tl.static_range(WORLD):
+            p = tl.load(FLAGS + i).to(tl.pointer_type(tl.int64))
+            tl.atomic_xchg(p + rank, epoch, sem="release", scope="sys")
+        me = tl.load(FLAGS + rank).to(tl.pointer_type(tl.int64))
+        for i in tl.static_range(WORLD):
+            v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
+            n = 0
+            while (v < epoch) & (n < MAX_SPIN):
+                v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
+                n += 1
+
+    return _flag_barrier
+
+
 def _chunks(items, dev, rows=ROWS_PER_PROG):
     """[(src slot, dst slot, src row, dst row, rows)] -> int64 [n, 5] in pieces of <= `rows` rows."""
     out = []
@@ -99,7 +122,7 @@ def _sm_items(runs, world, rank, mine, stage1, stage2):
     return it
 
 
-def _worker(rank, world, port, sm_configs, sm_only, workloads, q):
+def _worker(rank, world, port, sm_configs, sm_only, workloads, flag_barrier, q):
     import torch.distributed as dist
     import torch.distributed._symmetric_memory as symm_mem
     from qvdp import plan_shards
@@ -238,6 +261,47 @@ def _worker(rank, world, port, sm_configs, sm_only, workloads, q):
                 fns[f"sm push relay{tag}"] = push_r
                 fns[f"sm push direct{tag}"] = push_d
             fns["two barriers only"] = lambda: (hdl.barrier(channel=0), hdl.barrier(channel=0))
+            if flag_barrier:  # the same push variants with a one-program flag barrier instead of hdl.barrier
+                fb = _flag_barrier_kernel()
+                flags = symm_mem.empty(world, dtype=torch.int64, device=dev)
+                flags.zero_()
+                fhdl = symm_mem.rendezvous(flags, group.group_name)
+                faddr = torch.tensor([fhdl.get_buffer(r, (world,), torch.int64).data_ptr() for r in range(world)],
+                                     dtype=torch.int64, device=dev)
+                keep.append((flags, fhdl))
+                torch.cuda.synchronize()
+                dist.barrier()
+                epoch = [0]
+
+                def fbar():
+                    epoch[0] += 1
+                    fb[(1,)](faddr, rank, epoch[0], WORLD=world, MAX_SPIN=1 << 24, num_warps=1)
+
+                rows, cols, warps = sm_configs[-1]
+                chf = {k: _chunks(v, dev, rows) for k, v in it.items()}
+                ncbf = -(-WIDTH // cols)
+
+                def launchf(k):
+                    kern[(chf[k].shape[0], ncbf)](addrs, chf[k], WIDTH=WIDTH, ROWS=rows, COLS=cols, num_warps=warps)
+
+                def fpush_relay():
+                    fbar()
+                    launchf("push1")
+                    fbar()
+                    launchf("push2")
+                    fbar()
+                    return out
+
+                def fpush_direct():
+                    fbar()
+                    launchf("pushd")
+                    fbar()
+                    return out
+
+                tag = f" r{rows} c{cols} w{warps}"
+                fns[f"sm push relay, flag barrier{tag}"] = fpush_relay
+                fns[f"sm push direct, flag barrier{tag}"] = fpush_direct
+                fns["two flag barriers only"] = lambda: (fbar(), fbar())
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (bcast)"] = lambda: gather_rows_native([local], plan, None, "concat", "bcast")
@@ -275,6 +339,8 @@ def main():
                     help="rows,cols,warps per program of the SM copy kernel (the first is the untagged one)")
     ap.add_argument("--sm-only", action="store_true", help="skip the copy-engine and pull variants")
     ap.add_argument("--workloads", nargs="*", default=None, help="names from WORKLOADS (default: all)")
+    ap.add_argument("--flag-barrier", action="store_true",
+                    help="also the push variants (last --sm-configs entry) with a one-program flag barrier")
     a = ap.parse_args()
     for w in a.worlds:
         if torch.cuda.device_count() < w:
@@ -282,7 +348,7 @@ def main():
             continue
         cfgs = [tuple(int(v) for v in c.split(",")) for c in a.sm_configs]
         wls = [x for x in WORKLOADS if not a.workloads or x[0] in a.workloads]
-        spawn_ranks(_worker, w, cfgs, a.sm_only, wls, timeout_s=600)
+        spawn_ranks(_worker, w, cfgs, a.sm_only, wls, a.flag_barrier, timeout_s=600)
 
 
 if __name__ == "__main__":

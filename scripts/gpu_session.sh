@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=60 TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -130,6 +130,9 @@ elif [ "$STAGE" = s8h ]; then  # session 8, 4 GPUs: SM push copies, launch-shape
   T=240 TAILN=80 step diag_gather_ipc_sweep python3 benchmarks/diag_gather_ipc.py --worlds 2 4 --sm-only \
     --sm-configs 4,4096,8 8,2048,8 16,1024,4 2,8192,16 1,16384,16 8,4096,16 \
     --workloads "one 720p image" "skewed 1280^2+3x256^2" 4x720p
+elif [ "$STAGE" = s8i ]; then  # session 8, 4 GPUs, no build: SM push copies with a one-program flag barrier
+  T=150 TAILN=90 step diag_gather_ipc_flags python3 benchmarks/diag_gather_ipc.py --worlds 2 4 --sm-only \
+    --sm-configs 16,1024,4 --flag-barrier
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
