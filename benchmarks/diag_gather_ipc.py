@@ -91,6 +91,25 @@ WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 8
              ("4x720p", [[1, 44, 80]] * 4), ("32-frame video", [[16, 44, 80]])]
 
 
+def _relay_shares(runs, world):
+    """Per run (owner, local start, out start, rows, shares): shares None for a run sent whole (fewer than
+    RELAY_MIN rows, or no second helper), else [(helper, out start, rows)]: the run split evenly among the
+    non-owner ranks, each share first moved to its helper, which forwards it to the others."""
+    for s, ls, os_, n in runs:
+        helpers = [r for r in range(world) if r != s]
+        if n < RELAY_MIN or len(helpers) < 2:
+            yield s, ls, os_, n, None
+            continue
+        base, extra = divmod(n, len(helpers))
+        shares, o = [], os_
+        for i, h in enumerate(helpers):
+            c = base + (i < extra)
+            if c:
+                shares.append((h, o, c))
+            o += c
+        yield s, ls, os_, n, shares
+
+
 def _sm_items(runs, world, rank, mine, stage1, stage2):
     """Copy items (src slot, dst slot, src row, dst row, rows) of the SM-driven variants for this rank.
     Slots 0..W-1 are the ranks' output buffers, slot W this rank's local rows."""
@@ -101,22 +120,17 @@ def _sm_items(runs, world, rank, mine, stage1, stage2):
     # push relay: the owner writes each share of its big runs to the helper that forwards it, and its
     # small runs to every peer; then each helper writes its shares to the remaining peers
     p1, p2 = list(own), []
-    for s, ls, os_, n in runs:
-        helpers = [r for r in range(world) if r != s]
-        if n < RELAY_MIN or len(helpers) < 2:
+    for s, ls, os_, n, shares in _relay_shares(runs, world):
+        peers = [r for r in range(world) if r != s]
+        if shares is None:
             if s == rank:
-                p1 += [(L, d, ls, os_, n) for d in helpers]
+                p1 += [(L, d, ls, os_, n) for d in peers]
             continue
-        base, extra = divmod(n, len(helpers))
-        o = os_
-        for i, h in enumerate(helpers):
-            c = base + (i < extra)
-            if c:
-                if s == rank:
-                    p1.append((L, h, ls + (o - os_), o, c))
-                if h == rank:
-                    p2 += [(rank, d, o, o, c) for d in helpers if d != h]
-            o += c
+        for h, o, c in shares:
+            if s == rank:
+                p1.append((L, h, ls + (o - os_), o, c))
+            if h == rank:
+                p2 += [(rank, d, o, o, c) for d in peers if d != h]
     it.update(push1=p1, push2=p2,
               pushd=own + [(L, d, ls, os_, n) for ls, os_, n in mine for d in range(world) if d != rank])
     return it
@@ -164,23 +178,17 @@ def _worker(rank, world, port, sm_configs, sm_only, workloads, flag_barrier, q):
 
         # relay assignment: chunk i of a big run owned by s is pulled first by helpers[i]
         stage1, stage2 = [], []  # (source rank, out_start, n)
-        for s, ls, os_, n in runs:
+        for s, ls, os_, n, shares in _relay_shares(runs, world):
             if s == rank:
                 continue
-            helpers = [r for r in range(world) if r != s]
-            if n < RELAY_MIN or len(helpers) < 2:
+            if shares is None:
                 stage1.append((s, os_, n))
                 continue
-            base, extra = divmod(n, len(helpers))
-            o = os_
-            for i, h in enumerate(helpers):
-                c = base + (i < extra)
-                if c:
-                    if h == rank:
-                        stage1.append((s, o, c))
-                    else:
-                        stage2.append((h, o, c))
-                o += c
+            for h, o, c in shares:
+                if h == rank:
+                    stage1.append((s, o, c))
+                else:
+                    stage2.append((h, o, c))
 
         def pulls(items):
             cur = torch.cuda.current_stream()
