@@ -149,6 +149,11 @@ def event_ms(fn, inner: int = 10) -> float:
     return a.elapsed_time(b) / inner
 
 
+def best_event_ms(fn, inner: int = 20, rounds: int = 3) -> float:
+    """The best of `rounds` event_ms(fn, inner) measurements (kernel-level diagnostics)."""
+    return min(event_ms(fn, inner) for _ in range(rounds))
+
+
 def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
     """Median of timer(fn) per system, the systems timed in turn (one call each per round, in a seeded
     random order), so all of them see the same GPU clock state and none always runs first: a sustained

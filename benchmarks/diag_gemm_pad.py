@@ -9,12 +9,12 @@ for 540 MB of padded weight copies - not adopted (benchmarks/NOTES.md).
 """
 import torch
 
-from _common import event_ms
+from _common import best_event_ms
 
 
 def best_us(fn):
     fn()
-    return min(event_ms(fn, 20) for _ in range(5)) * 1e3
+    return best_event_ms(fn, 20, 5) * 1e3
 
 
 def main():

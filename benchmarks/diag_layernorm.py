@@ -8,7 +8,7 @@ calls, best of 3; floor = bytes / the best device-to-device copy rate measured h
 import torch
 import triton
 
-from _common import event_ms
+from _common import best_event_ms
 
 from qvdp.ops.layernorm import _add_layernorm
 
@@ -22,7 +22,7 @@ def main():
         cum = torch.randn(H, generator=g, device="cuda")
         w, lb = torch.rand(H, generator=g, **bf) + 0.5, torch.randn(H, generator=g, **bf)
         s, h = torch.empty_like(x), torch.empty_like(x)
-        copy = min(event_ms(lambda: x.clone(), inner=20) for _ in range(3))
+        copy = best_event_ms(lambda: x.clone())
         bw = 2 * x.numel() * 2 / (copy * 1e-3)
         print(f"T={T}: x.clone() {copy * 1e3:.1f} us = {bw / 1e12:.2f} TB/s", flush=True)
         for form, has_y in (("deferred", False), ("add", True)):
@@ -36,7 +36,7 @@ def main():
                             STORE_S=has_y, ROWS=rows, BLOCK=2048, num_warps=warps)
                     try:
                         run()
-                        t = min(event_ms(run, inner=20) for _ in range(3))
+                        t = best_event_ms(run)
                     except Exception as e:  # e.g. out of registers / shared memory
                         print(f"  {form} rows={rows} warps={warps}: {type(e).__name__}", flush=True)
                         continue

@@ -3,9 +3,10 @@ without check_ranks, timed in turn after a barrier, and on every call with the c
 waiting in each status check (the plan check, waited for before the first gather; the ok-flag check behind
 the last gather) and the host time from the call's start to each wait. A third variant enqueues both checks'
 collectives but never waits for them on the host ("check, no host waits"): it separates the host waits from
-the GPU-side cost of the two small all_gathers. "check enqueued before the forward" is the placement of
-session 7 (the plan check built before the forward's first launch). Prints the per-rank medians (ms) per
-workload. Written in session 7 after the asynchronous check left 0.7-1.3 ms unexplained.
+the GPU-side cost of the two small all_gathers. Prints the per-rank medians (ms) per workload. Written in
+session 7 after the asynchronous check left 0.7-1.3 ms unexplained; session 8's runs also timed the
+session-7 placement (the plan check built before the forward) through a switch since removed
+(results/logs/h100x4-s8/diag_rank_check-*.log).
 
     python benchmarks/diag_rank_check.py [--world 4] [--workloads "16 mixed" 4x720p]
 """
@@ -47,8 +48,7 @@ def _measure(model, qf, grid, dev):
         try:
             return orig(self)
         finally:
-            if not enc._PLAN_CHECK_AT_START:
-                waits.append(((a - t0[0]) * 1e3, (time.perf_counter() - a) * 1e3))
+            waits.append(((a - t0[0]) * 1e3, (time.perf_counter() - a) * 1e3))
 
     enc._StatusCheck.result = timed_result
     builds, orig_init = [], enc._StatusCheck.__init__
@@ -60,18 +60,14 @@ def _measure(model, qf, grid, dev):
 
     enc._StatusCheck.__init__ = timed_init
 
-    def with_check(wait=True, at_start=False):
+    def with_check(wait=True):
         def run():
-            wait_host[0], enc._PLAN_CHECK_AT_START = wait, at_start
+            wait_host[0] = wait
             t0[0] = time.perf_counter()
-            try:
-                return qvdp.run_dp_sharded_vision(model, px, grid, forward=qf)
-            finally:
-                enc._PLAN_CHECK_AT_START = False
+            return qvdp.run_dp_sharded_vision(model, px, grid, forward=qf)
         return run
 
     r = time_interleaved({"check": with_check(),
-                          "check enqueued before the forward": with_check(at_start=True),
                           "check, no host waits": with_check(False),
                           "no check": lambda: qvdp.run_dp_sharded_vision(model, px, grid, forward=qf,
                                                                          check_ranks=False)},

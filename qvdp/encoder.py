@@ -137,9 +137,6 @@ class _StatusCheck:
                                     f"the same grid_thw")
 
 
-_PLAN_CHECK_AT_START = False  # diagnostics only: enqueue the overlapped path's plan check before the forward
-
-
 def _final_check(check: _StatusCheck, err, rank):
     """Wait for the status check after the local forward; the failing rank chains its own error."""
     try:
@@ -190,20 +187,17 @@ def _run_overlapped(forward, pixel_values, plan, grid, group, rank, device, dtyp
     cuda = device.type == "cuda"
     main = torch.cuda.current_stream(device) if cuda else None
     side = torch.cuda.Stream(device=device) if cuda else None
-    # the plan check is enqueued when the first output is ready, not before the forward: its host work
-    # (pinned copies, the collective's launch) then overlaps the first layers on the GPU instead of
-    # delaying their launch. Enqueued before the forward it cost ~0.8 ms more per call than here on
-    # 4 x H100 (session 8, benchmarks/diag_rank_check.py; the host waits were ~0.02 ms either way).
-    # _PLAN_CHECK_AT_START keeps the old placement for that diagnostic.
-    pending = [None] if check_ranks else []
-    if pending and _PLAN_CHECK_AT_START:
-        pending[0] = _StatusCheck(plan, True, group, device, timeout_s, stream=side)
+    # the plan check is built when the first output is ready, not before the forward: its host work
+    # (pinned copies, the collective's launch, ~0.4 ms) then overlaps the first layers on the GPU instead
+    # of delaying their launch. Built before the forward it cost ~0.8 ms more per call on 4 x H100
+    # (session 8, benchmarks/diag_rank_check.py; the host waits were ~0.02 ms either way).
+    plan_unchecked = [check_ranks]
     gathered = {}
 
     def issue(i, t):
-        if pending:  # plans agree: the gathers below match up (raises PlanMismatchError otherwise)
-            check = pending.pop() or _StatusCheck(plan, True, group, device, timeout_s, stream=side)
-            check.result()
+        if plan_unchecked[0]:  # plans agree: the gathers below match up (raises PlanMismatchError otherwise)
+            plan_unchecked[0] = False
+            _StatusCheck(plan, True, group, device, timeout_s, stream=side).result()
         if i != order[len(gathered)]:
             raise RuntimeError(f"forward produced output {i} out of order (expected {order[len(gathered)]})")
         if tuple(t.shape) != (rows, widths[i]) or t.dtype != dtype:
