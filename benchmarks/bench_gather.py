@@ -2,7 +2,8 @@
 
     python benchmarks/bench_gather.py [--worlds 2 4] [--out DIR]
 
-Systems: qvdp native (auto = the default: a plain ncclAllGather when the plan gives every rank one
+Systems: qvdp push (SM stores over NVLink into symmetric-memory outputs, flag barriers, relay for one
+owner of most rows; qvdp/dist/push.py); qvdp native (auto = the default: a plain ncclAllGather when the plan gives every rank one
 equal run in rank order, else NCCL grouped broadcasts; or forced bcast / p2p send/recv) straight into
 final rows; qvdp's
 torch.distributed path; torch's uneven all_gather (coalesced broadcast) + reorder; the SGLang/vLLM
@@ -38,6 +39,12 @@ def _worker(rank, world, port, q):
     except Exception:
         native = False
     out = {}
+    try:  # the push backend's output: one symmetric buffer for every workload, allocated once
+        from qvdp.dist.push import symmetric_empty
+        sbuf = symmetric_empty(max(plan_shards(g, world).total_rows for _, g in WORKLOADS), WIDTH, torch.bfloat16)
+    except Exception as e:  # noqa: BLE001
+        print(f"rank {rank}: push backend unavailable: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        sbuf = None
 
     for name, grid in WORKLOADS:
         plan = plan_shards(grid, world)        # qvdp: FLOP plan, frames split
@@ -51,6 +58,14 @@ def _worker(rank, world, port, q):
             for mode in ("auto", "bcast", "p2p"):
                 fns[f"qvdp native ({mode})"] = (lambda m: lambda: gather_rows_native([local], plan, None, "concat", m))(mode)
         fns["qvdp torch path"] = lambda: _gather_rows_torch([local], plan, None, rank, "concat")
+        exact = None
+        if sbuf is not None:
+            import qvdp
+            fns["qvdp push"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
+            sbuf.fill_(float("nan"))
+            ok = torch.tensor([int(torch.equal(fns["qvdp push"](), fns["qvdp torch path"]()))], device=dev)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            exact = bool(ok.item())
 
         rows = [pplan.rows(i) for i in range(world)]
 
@@ -98,7 +113,7 @@ def _worker(rank, world, port, q):
         r["_bytes"] = total * WIDTH * 2
         out[name] = r
         if rank == 0:
-            print(world, name, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
+            print(world, name, "push exact on every rank:", exact, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
     finish_worker(rank, q, out)
 
 
@@ -127,7 +142,8 @@ def main():
                   rows, "qvdp uses its FLOP plan (video frames split); the engines' paths use whole-item patch-count "
                   "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes. qvdp native (auto) "
                   "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
-                  "64 small and the video get such contiguous plans), else grouped broadcasts.",
+                  "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
+                  "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing.",
                   out_dir=args.out)
 
 

@@ -25,9 +25,9 @@ import argparse
 import torch
 
 from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks
+from qvdp.dist.push import relay_shares as _relay_shares
 
 WIDTH = 16384
-RELAY_MIN = 64
 ROWS_PER_PROG = 4
 COLS_PER_PROG = 4096
 
@@ -57,29 +57,6 @@ def _copy_kernel():
     return _peer_copy
 
 
-def _flag_barrier_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _flag_barrier(FLAGS, rank, epoch, WORLD: tl.constexpr, MAX_SPIN: tl.constexpr):
-        # FLAGS int64 [W]: addresses of every rank's int64 [W] flag row (symmetric memory). Signal: store
-        # this call's epoch into slot `rank` of every peer's row (release, system scope); then wait until
-        # every slot of this rank's row holds the epoch (acquire). Bounded spin: a lost peer ends the wait.
-        for i in tl.static_range(WORLD):
-            p = tl.load(FLAGS + i).to(tl.pointer_type(tl.int64))
-            tl.atomic_xchg(p + rank, epoch, sem="release", scope="sys")
-        me = tl.load(FLAGS + rank).to(tl.pointer_type(tl.int64))
-        for i in tl.static_range(WORLD):
-            v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
-            n = 0
-            while (v < epoch) & (n < MAX_SPIN):
-                v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
-                n += 1
-
-    return _flag_barrier
-
-
 def _chunks(items, dev, rows=ROWS_PER_PROG):
     """[(src slot, dst slot, src row, dst row, rows)] -> int64 [n, 5] in pieces of <= `rows` rows."""
     out = []
@@ -89,25 +66,6 @@ def _chunks(items, dev, rows=ROWS_PER_PROG):
     return torch.tensor(out or [(0, 0, 0, 0, 0)], dtype=torch.int64, device=dev)
 WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
              ("4x720p", [[1, 44, 80]] * 4), ("32-frame video", [[16, 44, 80]])]
-
-
-def _relay_shares(runs, world):
-    """Per run (owner, local start, out start, rows, shares): shares None for a run sent whole (fewer than
-    RELAY_MIN rows, or no second helper), else [(helper, out start, rows)]: the run split evenly among the
-    non-owner ranks, each share first moved to its helper, which forwards it to the others."""
-    for s, ls, os_, n in runs:
-        helpers = [r for r in range(world) if r != s]
-        if n < RELAY_MIN or len(helpers) < 2:
-            yield s, ls, os_, n, None
-            continue
-        base, extra = divmod(n, len(helpers))
-        shares, o = [], os_
-        for i, h in enumerate(helpers):
-            c = base + (i < extra)
-            if c:
-                shares.append((h, o, c))
-            o += c
-        yield s, ls, os_, n, shares
 
 
 def _sm_items(runs, world, rank, mine, stage1, stage2):
@@ -270,20 +228,11 @@ def _worker(rank, world, port, sm_configs, sm_only, workloads, flag_barrier, q):
                 fns[f"sm push direct{tag}"] = push_d
             fns["two barriers only"] = lambda: (hdl.barrier(channel=0), hdl.barrier(channel=0))
             if flag_barrier:  # the same push variants with a one-program flag barrier instead of hdl.barrier
-                fb = _flag_barrier_kernel()
-                flags = symm_mem.empty(world, dtype=torch.int64, device=dev)
-                flags.zero_()
-                fhdl = symm_mem.rendezvous(flags, group.group_name)
-                faddr = torch.tensor([fhdl.get_buffer(r, (world,), torch.int64).data_ptr() for r in range(world)],
-                                     dtype=torch.int64, device=dev)
-                keep.append((flags, fhdl))
-                torch.cuda.synchronize()
-                dist.barrier()
-                epoch = [0]
+                from qvdp.dist.push import _state, flag_barrier  # the library's barrier (qvdp push backend)
+                fst = _state(group, dev)
 
                 def fbar():
-                    epoch[0] += 1
-                    fb[(1,)](faddr, rank, epoch[0], WORLD=world, MAX_SPIN=1 << 24, num_warps=1)
+                    flag_barrier(fst)
 
                 rows, cols, warps = sm_configs[-1]
                 chf = {k: _chunks(v, dev, rows) for k, v in it.items()}

@@ -133,6 +133,11 @@ elif [ "$STAGE" = s8h ]; then  # session 8, 4 GPUs: SM push copies, launch-shape
 elif [ "$STAGE" = s8i ]; then  # session 8, 4 GPUs, no build: SM push copies with a one-program flag barrier
   T=150 TAILN=90 step diag_gather_ipc_flags python3 benchmarks/diag_gather_ipc.py --worlds 2 4 --sm-only \
     --sm-configs 16,1024,4 --flag-barrier
+elif [ "$STAGE" = s9a ]; then  # session 9, 4 GPUs: push gather tests, gather benchmark at 2 and 4 GPUs, flag barriers
+  T=240 TAILN=30 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather or copy_kernel" tests -p no:cacheprovider
+  T=200 TAILN=80 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
+  T=150 TAILN=60 step diag_flags python3 benchmarks/diag_gather_ipc.py --worlds 4 2 --sm-only --sm-configs 16,1024,4 \
+    --flag-barrier --workloads "one 720p image" "skewed 1280^2+3x256^2" 4x720p
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

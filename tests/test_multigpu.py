@@ -143,3 +143,90 @@ def test_faults_nccl(kind, err, timeout_s):
     print(f"\n{kind}: " + " | ".join(f"rank {i}: {r.get('error', r)}"[:300] for i, r in enumerate(res)))
     for r in res:
         assert not r["ok"] and err in r["error"], r
+
+
+def _push_worker(rank, world):
+    """The push backend: exact on every rank for random plans, dtypes and layouts, with one buffer per
+    dtype and layout reused across calls (poisoned before each), and relay and direct plans."""
+    import random
+    from qvdp.dist import push
+    torch.cuda.set_device(rank)
+    rng = random.Random(11)
+    grids = [[[1, 44, 80]], [[1, 80, 80]] + [[1, 16, 16]] * 3, [[1, 44, 80]] * 4, [[16, 44, 80]],
+             [[1, 2, 2]], [[1, 2, 2]] * 9]
+    grids += [[[rng.choice([1, 1, 3]), 2 * rng.randint(1, 40), 2 * rng.randint(1, 40)]
+               for _ in range(rng.randint(1, 7))] for _ in range(6)]
+    widths = (256, 128, 64)
+    cap = max(plan_shards(g, world, QWEN3_VL_8B).total_rows for g in grids) + 5
+    res, relays = {}, set()
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        bufc = push.symmetric_empty(cap, sum(widths), dtype)
+        bufl = [push.symmetric_empty(cap, w, dtype) for w in widths]
+        for gi, grid in enumerate(grids):
+            plan = plan_shards(grid, world, QWEN3_VL_8B)
+            relays.add(push.use_relay(plan))
+            g = torch.Generator().manual_seed(100 + gi)
+            full = [torch.randn(plan.total_rows, w, generator=g).to(dtype).cuda() for w in widths]
+            local = [torch.cat([f[p.out_start:p.out_end] for p in plan.pieces[rank]]) if plan.pieces[rank]
+                     else f[:0] for f in full]
+            for b in [bufc] + bufl:
+                b.fill_(float("nan"))
+            got = qvdp.gather_rows(local, plan, layout="list", out=bufl)
+            gc = qvdp.gather_rows(local, plan, layout="concat", backend="push", out=bufc)
+            torch.cuda.synchronize()
+            ok = all(torch.equal(a, b) for a, b in zip(got, full)) and torch.equal(gc, torch.cat(full, 1))
+            res[f"{str(dtype)[6:]}/{gi}"] = ok
+    # the same gather called back to back without host syncs (epochs advance on the GPU only)
+    plan = plan_shards(grids[0], world, QWEN3_VL_8B)
+    full = [torch.randn(plan.total_rows, w, device="cuda").to(torch.float32) for w in widths]
+    torch.distributed.broadcast(full[0], 0)
+    torch.distributed.broadcast(full[1], 0)
+    torch.distributed.broadcast(full[2], 0)
+    local = [torch.cat([f[p.out_start:p.out_end] for p in plan.pieces[rank]]) if plan.pieces[rank]
+             else f[:0] for f in full]
+    for _ in range(20):
+        got = qvdp.gather_rows(local, plan, out=bufl)
+    torch.cuda.synchronize()
+    res["back to back"] = all(torch.equal(a, b) for a, b in zip(got, full))
+    res["errors"] = push.push_errors()
+    res["relay used"] = sorted(relays)
+    return res
+
+
+def test_push_gather_exact():
+    for world in sorted({2, min(torch.cuda.device_count(), 4)}):
+        res = run_ranks(_push_worker, world, backend="nccl", timeout_s=120, join_timeout_s=400)
+        for r in res:
+            assert r["ok"], r
+        out = res[0]["result"]
+        print(f"\npush gather on {world} GPUs: {out}")
+        for r in res:
+            bad = {k: v for k, v in r["result"].items() if k not in ("errors", "relay used") and v is not True}
+            assert not bad, bad
+            assert r["result"]["errors"] == 0
+        if world > 2:
+            assert out["relay used"] == [False, True]
+
+
+def _push_timeout_worker(rank, world):
+    import os
+    from qvdp.dist import push
+    os.environ["QVDP_PUSH_TIMEOUT_S"] = "2"
+    plan = plan_shards([[1, 8, 8]] * world, world, QWEN3_VL_8B)
+    buf = push.symmetric_empty(plan.total_rows, 64)
+    local = [torch.randn(plan.rows(rank), 64, device="cuda").to(torch.bfloat16)]
+    if rank != 0:  # rank 0 never arrives: the others wait 2 s per barrier, then count the timeout
+        qvdp.gather_rows(local, plan, out=buf)
+    else:
+        import time
+        time.sleep(8)  # stays alive (its buffers mapped) while the others time out
+    torch.cuda.synchronize()
+    return push.push_errors()
+
+
+def test_push_gather_missing_rank_times_out():
+    res = run_ranks(_push_timeout_worker, 2, backend="nccl", timeout_s=60, join_timeout_s=200)
+    for r in res:
+        assert r["ok"], r
+    print(f"\npush timeouts per rank: {[r['result'] for r in res]}")
+    assert res[0]["result"] == 0 and res[1]["result"] >= 1

@@ -2,6 +2,8 @@
 rows of the original-order output. No padding, no staging buffer, no second pass.
 
 Backends behind one entry point (gather_rows):
+- "push": SM stores over NVLink into caller-held symmetric-memory outputs (qvdp/dist/push.py), for
+  the GPUs of one host;
 - "native": the NCCL extension in csrc/ (grouped broadcasts from each rank's local buffer
   straight into the output slices; a plain ncclAllGather when every rank owns one equal run in
   rank order, which contiguous plans give for equal items and split videos), when built and the
@@ -65,14 +67,19 @@ def _native_available(group) -> bool:
         return False
 
 
-def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "list", backend: str = "auto"):
+def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "list", backend: str = "auto",
+                out=None):
     """Gather every rank's rows into original item order on every rank.
 
     Args:
         local_outputs: list of k tensors [plan.rows(rank), width_i] (e.g. main + deepstack features).
         plan: the ShardPlan every rank computed.
         layout: "list" -> k tensors [total_rows, width_i]; "concat" -> one [total_rows, sum(width_i)].
-        backend: "auto" | "native" | "torch".
+        backend: "auto" | "native" | "torch" | "push".
+            "push" (GPUs of one host): SM stores over NVLink into `out`, buffers from
+            qvdp.dist.symmetric_empty (see qvdp/dist/push.py); "auto" takes it whenever `out` is given.
+        out: for "push" only: one symmetric buffer [>= total_rows, sum(width_i)] ("concat") or a list of k
+            [>= total_rows, width_i] ("list"); the result is views of their first total_rows rows.
     """
     world, rank = group_info(group)
     if world != plan.world_size:
@@ -80,8 +87,20 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     if layout not in ("list", "concat"):
         raise ValueError(f"layout must be 'list' or 'concat', got {layout!r}")
     check_local_outputs(local_outputs, plan, rank)
-    if backend not in ("auto", "native", "torch"):
-        raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
+    if backend not in ("auto", "native", "torch", "push"):
+        raise ValueError(f"backend must be 'auto', 'native', 'torch' or 'push', got {backend!r}")
+    if backend == "auto" and out is not None:
+        backend = "push"
+    if backend == "push" and out is None:
+        raise ValueError("backend 'push' needs out= buffers from qvdp.dist.symmetric_empty")
+    if out is not None and backend != "push":
+        raise ValueError(f"out= is for backend 'push' (symmetric buffers), not {backend!r}")
+    if backend == "push":
+        if world == 1 or group_backend(group) != "nccl":
+            raise ValueError(f"backend 'push' needs an NCCL group of 2+ GPUs of one host, got world size {world} "
+                             f"and backend {group_backend(group)!r}")
+        from .push import gather_rows_push
+        return gather_rows_push(local_outputs, plan, group, layout, out)
     if world == 1:
         return list(local_outputs) if layout == "list" else torch.cat(list(local_outputs), 1)
     if backend == "auto":

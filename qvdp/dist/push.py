@@ -1,0 +1,348 @@
+"""The "push" backend of gather_rows: rows stored by SMs over NVLink into every peer's output, for the
+GPUs of one host.
+
+The outputs live in torch symmetric memory. Allocate them once, collectively, with `symmetric_empty`, and
+pass them as `out=` on every call. Each rank stores its rows straight into their final rows of every
+peer's output: one Triton kernel per stage, no NCCL, no padding, no staging copy, no second pass.
+One-program flag barriers order the stages: each rank stores the call's epoch into its slot of every
+peer's flag row (release, system scope), then spins on its own row (acquire).
+
+Relay: when one rank owns most rows (one image, a skewed batch), each large run is split into shares, one
+per other rank. The owner stores each share once, to its helper, and the helpers forward the shares to
+the remaining peers. The owner's NVLink egress becomes the run's size, instead of (W-1) times it.
+
+Barriers per call:
+- direct plan: 2 (entry, exit);
+- relay plan: 3 (entry, after the shares, exit).
+
+The entry barrier orders the call after every rank's earlier work on its current stream. A caller
+that reads the previous result on another stream must order that read before the next gather.
+
+A rank that never arrives ends the wait after QVDP_PUSH_TIMEOUT_S seconds (default 300). The waiting
+ranks then go on with incomplete rows, and count the timeout in `push_errors(group)`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .plan import ShardPlan
+
+RELAY_MIN = 64      # runs shorter than this are sent whole (the relay adds a barrier)
+ROWS = 16           # rows per program of the copy kernel (H200 sweep, session 8: 16 x 1024, 4 warps)
+COLS = 1024
+WARPS = 4
+_DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
+
+_STATES = {}        # group key -> _GroupState
+_KERNELS = {}
+
+
+def _group_key(group):
+    return "world" if group is None or group is dist.group.WORLD else id(group)
+
+
+def _group_name(group):
+    return (dist.group.WORLD if group is None else group).group_name
+
+
+class _GroupState:
+    """Per process group: the flag rows (symmetric int64 [W]), their peer addresses, the barrier epoch,
+    the timeout counter, and the registry of symmetric output buffers."""
+
+    def __init__(self, group, device):
+        import torch.distributed._symmetric_memory as symm_mem
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.device = device
+        name = _group_name(group)
+        if hasattr(symm_mem, "enable_symm_mem_for_group"):
+            symm_mem.enable_symm_mem_for_group(name)
+        self.flags = symm_mem.empty(self.world, dtype=torch.int64, device=device)
+        self.flags.zero_()
+        self.flags_hdl = symm_mem.rendezvous(self.flags, name)
+        self.flag_peers = _peer_table(self.flags_hdl, self.world, (self.world,), torch.int64, device)
+        self.errors = torch.zeros(1, dtype=torch.int32, device=device)
+        self.epoch = 0
+        self.buffers = {}   # data_ptr -> (tensor, handle, peer base table int64 [W] on device)
+        torch.cuda.synchronize(device)
+        dist.barrier(group=group)  # every flag row is zero before anyone signals
+
+
+def _peer_table(hdl, world, shape, dtype, device):
+    ptrs = [hdl.get_buffer(r, shape, dtype).data_ptr() for r in range(world)]
+    return torch.tensor(ptrs, dtype=torch.int64, device=device)
+
+
+def _state(group, device=None):
+    key = _group_key(group)
+    st = _STATES.get(key)
+    if st is None:
+        if device is None:
+            return None
+        st = _STATES[key] = _GroupState(group, device)
+    return st
+
+
+def symmetric_empty(rows: int, width: int, dtype=torch.bfloat16, group=None, device=None) -> torch.Tensor:
+    """A [rows, width] output buffer in torch symmetric memory, for gather_rows(..., out=buf).
+
+    Collective: every rank of `group` (NCCL, GPUs of one host) calls it with the same arguments. Allocate
+    once with rows >= the largest plan's total_rows; each gather writes rows [0, total_rows). Needs
+    peer access over NVLink (torch symmetric memory); raises RuntimeError where that is unavailable."""
+    from .gather import group_backend
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("symmetric_empty needs an initialised torch.distributed process group")
+    if group_backend(group) != "nccl":
+        raise ValueError(f"symmetric_empty needs an NCCL group of CUDA ranks, got backend {group_backend(group)!r}")
+    if not (isinstance(rows, int) and isinstance(width, int)) or rows < 1 or width < 1:
+        raise ValueError(f"rows and width must be positive ints, got rows={rows!r}, width={width!r}")
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype must be one of {sorted(str(d) for d in _DTYPES)}, got {dtype}")
+    import torch.distributed._symmetric_memory as symm_mem
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    st = _state(group, device)
+    buf = symm_mem.empty(rows, width, dtype=dtype, device=device)
+    hdl = symm_mem.rendezvous(buf, _group_name(group))
+    peers = _peer_table(hdl, st.world, (rows, width), dtype, device)
+    if int(peers[st.rank].item()) != buf.data_ptr():
+        raise RuntimeError("symmetric memory returned a different local address for this rank's buffer")
+    st.buffers[buf.data_ptr()] = (buf, hdl, peers)
+    return buf
+
+
+def push_errors(group=None) -> int:
+    """How many flag-barrier waits of this rank timed out (a peer never arrived). Synchronises."""
+    st = _state(group)
+    return 0 if st is None else int(st.errors.item())
+
+
+def symmetric_buffer_for(t, group=None):
+    """(base buffer, peer table) when `t` starts at the base of a buffer from symmetric_empty for `group`."""
+    st = _state(group)
+    if st is None or not isinstance(t, torch.Tensor):
+        return None
+    return st.buffers.get(t.data_ptr())
+
+
+# ---- plans ----------------------------------------------------------------------------------------------
+def relay_shares(runs, world):
+    """Per run (owner, local start, out start, rows, shares): shares None for a run sent whole (fewer
+    than RELAY_MIN rows, or no second helper), else [(helper, out start, rows)]: the run split evenly
+    among the non-owner ranks, each share first stored to its helper, which forwards it to the others."""
+    for s, ls, os_, n in runs:
+        helpers = [r for r in range(world) if r != s]
+        if n < RELAY_MIN or len(helpers) < 2:
+            yield s, ls, os_, n, None
+            continue
+        base, extra = divmod(n, len(helpers))
+        shares, o = [], os_
+        for i, h in enumerate(helpers):
+            c = base + (i < extra)
+            if c:
+                shares.append((h, o, c))
+            o += c
+        yield s, ls, os_, n, shares
+
+
+def use_relay(plan: ShardPlan) -> bool:
+    """Relay when it cuts the largest NVLink egress of any rank by a quarter or more (one owner of most
+    rows); balanced plans send directly (the same bytes, one barrier fewer)."""
+    w = plan.world_size
+    if w < 3:
+        return False
+    direct = max((w - 1) * plan.rows(r) for r in range(w))
+    egress = [0] * w
+    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
+        if shares is None:
+            egress[s] += (w - 1) * n
+        else:
+            egress[s] += n
+            for h, o, c in shares:
+                egress[h] += (w - 2) * c
+    return max(egress) <= 0.75 * direct
+
+
+def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
+    """(relay, stage1, stage2): copy items (dst rank, src row, dst row, rows) of this rank.
+    stage1 sources are this rank's local rows (own rows into its own output, small runs and whole runs
+    to every peer, shares to their helpers); stage2 sources are this rank's output rows (the shares it
+    forwards). Without relay, stage2 is empty."""
+    w = plan.world_size
+    relay = use_relay(plan) if relay is None else relay
+    s1 = [(rank, ls, os_, n) for ls, os_, n in plan.runs(rank)]
+    s2 = []
+    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
+        peers = [r for r in range(w) if r != s]
+        if shares is None or not relay:
+            if s == rank:
+                s1 += [(d, ls, os_, n) for d in peers]
+            continue
+        for h, o, c in shares:
+            if s == rank:
+                s1.append((h, ls + (o - os_), o, c))
+            if h == rank:
+                s2 += [(d, o, o, c) for d in peers if d != h]
+    return relay, s1, s2
+
+
+def _chunks(items, device, rows=ROWS):
+    out = []
+    for d, r0, d0, n in items:
+        for k in range(0, n, rows):
+            out.append((d, r0 + k, d0 + k, min(rows, n - k)))
+    if not out:
+        return None
+    return torch.tensor(out, dtype=torch.int64, device=device)
+
+
+def _device_items(plan, rank, device):
+    def build():
+        relay, s1, s2 = push_items(plan, rank)
+        return relay, _chunks(s1, device), _chunks(s2, device)
+    return plan.memo(("push", rank, str(device), ROWS), build)
+
+
+# ---- kernels --------------------------------------------------------------------------------------------
+def copy_kernel():
+    if "copy" in _KERNELS:
+        return _KERNELS["copy"]
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _push_rows(SRC, PEERS, CHUNKS, dst_col, WIDTH: tl.constexpr, SRC_STRIDE: tl.constexpr,
+                   DST_STRIDE: tl.constexpr, ELT: tl.constexpr, ALIGNED: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+        # CHUNKS int64 [n, 4]: destination rank, source row, destination row, rows (<= ROWS).
+        # PEERS int64 [W]: base address of the destination buffer on every rank. Raw bits are copied.
+        c = tl.program_id(0)
+        cb = tl.program_id(1)
+        d = tl.load(CHUNKS + c * 4 + 0)
+        r0 = tl.load(CHUNKS + c * 4 + 1)
+        d0 = tl.load(CHUNKS + c * 4 + 2)
+        n = tl.load(CHUNKS + c * 4 + 3)
+        base = tl.load(PEERS + d)
+        if ELT == 2:
+            sp = SRC.to(tl.pointer_type(tl.int16))
+            dp = base.to(tl.pointer_type(tl.int16))
+        else:
+            sp = SRC.to(tl.pointer_type(tl.int32))
+            dp = base.to(tl.pointer_type(tl.int32))
+        rows = tl.arange(0, ROWS)
+        cols = cb * COLS + tl.arange(0, COLS)
+        m = (rows < n)[:, None] & (cols < WIDTH)[None, :]
+        v = tl.load(sp + (r0 + rows)[:, None] * SRC_STRIDE + cols[None, :], mask=m)
+        # the destination base comes from an int64 table: tell the compiler it is 16-byte aligned (every
+        # CUDA allocation is; dst_col and DST_STRIDE keep it so when they are multiples of 16 bytes)
+        dst = dp + (d0 + rows)[:, None] * DST_STRIDE + dst_col + cols[None, :]
+        if ALIGNED:
+            dst = tl.multiple_of(dst, [16, 16])  # bytes
+        tl.store(dst, v, mask=m)
+
+    _KERNELS["copy"] = _push_rows
+    return _push_rows
+
+
+def barrier_kernel():
+    if "barrier" in _KERNELS:
+        return _KERNELS["barrier"]
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import globaltimer
+
+    @triton.jit
+    def _flag_barrier(FLAGS, ERRORS, rank, epoch, timeout_ns, WORLD: tl.constexpr):
+        # FLAGS int64 [W]: addresses of every rank's int64 [W] flag row. Signal: store the epoch into slot
+        # `rank` of every row (release, system scope). Wait until every slot of this rank's row holds the
+        # epoch or a later one (acquire); give up after timeout_ns and count it in ERRORS.
+        for i in tl.static_range(WORLD):
+            p = tl.load(FLAGS + i).to(tl.pointer_type(tl.int64))
+            tl.atomic_xchg(p + rank, epoch, sem="release", scope="sys")
+        me = tl.load(FLAGS + rank).to(tl.pointer_type(tl.int64))
+        t0 = globaltimer()
+        late = 0
+        for i in tl.static_range(WORLD):
+            v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
+            while (v < epoch) & (late == 0):
+                v = tl.atomic_add(me + i, 0, sem="acquire", scope="sys")
+                if globaltimer() - t0 > timeout_ns:
+                    late = 1
+        if late != 0:
+            tl.atomic_add(ERRORS, 1)
+
+    _KERNELS["barrier"] = _flag_barrier
+    return _flag_barrier
+
+
+def flag_barrier(st: _GroupState):
+    st.epoch += 1
+    timeout_ns = int(float(os.environ.get("QVDP_PUSH_TIMEOUT_S", "300")) * 1e9)
+    barrier_kernel()[(1,)](st.flag_peers, st.errors, st.rank, st.epoch, timeout_ns, WORLD=st.world, num_warps=1)
+
+
+def _launch(src, peers, chunks, dst_stride, dst_col, width):
+    if chunks is None:
+        return
+    grid = (chunks.shape[0], -(-width // COLS))
+    elt = src.element_size()
+    aligned = (dst_col * elt) % 16 == 0 and (dst_stride * elt) % 16 == 0
+    copy_kernel()[grid](src, peers, chunks, dst_col, WIDTH=width, SRC_STRIDE=src.stride(0), DST_STRIDE=dst_stride,
+                        ELT=elt, ALIGNED=aligned, ROWS=ROWS, COLS=COLS, num_warps=WARPS)
+
+
+# ---- the gather -----------------------------------------------------------------------------------------
+def check_push_out(out, local_outputs, plan: ShardPlan, group, layout: str):
+    """Validate `out` for the push backend (before any communication); return [(buffer, peers)] per output
+    buffer, one for layout "concat", one per local output for "list"."""
+    st = _state(group)
+    if st is None:
+        raise ValueError("backend 'push' needs out= buffers from qvdp.dist.symmetric_empty(..., group=group)")
+    ref = local_outputs[0]
+    widths = [t.shape[1] for t in local_outputs]
+    if layout == "concat":
+        outs, want = ([out] if isinstance(out, torch.Tensor) else out), [sum(widths)]
+    else:
+        outs, want = out, widths
+    if not isinstance(outs, (list, tuple)) or len(outs) != len(want):
+        raise TypeError(f"out must be {'one tensor' if layout == 'concat' else f'a list of {len(want)} tensors'} "
+                        f"from symmetric_empty for layout {layout!r}")
+    res = []
+    for i, (o, w) in enumerate(zip(outs, want)):
+        reg = symmetric_buffer_for(o, group)
+        if reg is None:
+            raise ValueError(f"out[{i}] is not (the start of) a buffer from qvdp.dist.symmetric_empty for this group")
+        if o.ndim != 2 or o.shape[1] != w or o.stride(1) != 1 or o.stride(0) != w:
+            raise ValueError(f"out[{i}] must be a contiguous [rows >= {plan.total_rows}, {w}] buffer, "
+                             f"got shape {tuple(o.shape)} strides {o.stride()}")
+        if o.shape[0] < plan.total_rows:
+            raise ValueError(f"out[{i}] has {o.shape[0]} rows; the plan gathers {plan.total_rows}")
+        if o.dtype != ref.dtype or o.device != ref.device:
+            raise TypeError(f"out[{i}] is {o.dtype} on {o.device}; the local outputs are {ref.dtype} on {ref.device}")
+        res.append((o, reg[2]))
+    if ref.element_size() not in (2, 4) or ref.dtype not in _DTYPES:
+        raise TypeError(f"backend 'push' gathers {sorted(str(d) for d in _DTYPES)}, got {ref.dtype}")
+    return res
+
+
+def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
+    """The push gather; returns views [total_rows, width] of the out buffers (list or one tensor)."""
+    bufs = check_push_out(out, local_outputs, plan, group, layout)
+    st = _state(group)
+    relay, s1, s2 = _device_items(plan, st.rank, bufs[0][0].device)
+    pairs = []  # (source, destination buffer, its peer table, destination column)
+    col = 0
+    for i, t in enumerate(local_outputs):
+        b, peers = bufs[0] if layout == "concat" else bufs[i]
+        pairs.append((t, b, peers, col if layout == "concat" else 0))
+        col += t.shape[1]
+    flag_barrier(st)  # every peer is past its earlier use of its output
+    for t, b, peers, c in pairs:
+        _launch(t, peers, s1, b.stride(0), c, t.shape[1])
+    flag_barrier(st)  # every row (or, with the relay, every share) has landed
+    if relay:
+        for b, peers in bufs:  # forward the shares this rank holds, all columns at once
+            _launch(b, peers, s2, b.stride(0), 0, b.shape[1])
+        flag_barrier(st)
+    views = [b[:plan.total_rows] for b, _ in bufs]
+    return views[0] if layout == "concat" else views

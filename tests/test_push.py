@@ -1,0 +1,146 @@
+"""The push gather (qvdp/dist/push.py) on CPU: its copy plans replayed on simulated ranks (every output
+row written exactly once, in the right stage, from rows already there), the relay choice, the copy
+kernel under the Triton interpreter (or on a GPU), and its bad-input errors on gloo."""
+import random
+
+import pytest
+import torch
+
+from _dist_util import run_ranks
+
+import qvdp
+from qvdp import QWEN3_VL_8B, plan_shards
+from qvdp.dist import push
+from qvdp.ops import _triton_utils
+
+GRIDS = {
+    "one image": [[1, 44, 80]],
+    "skewed": [[1, 80, 80]] + [[1, 16, 16]] * 3,
+    "4x720p": [[1, 44, 80]] * 4,
+    "video": [[16, 44, 80]],
+    "tiny items": [[1, 2, 2]] * 9,
+    "one patch row": [[1, 2, 2]],
+}
+
+
+def _random_grid(rng):
+    return [[rng.choice([1, 1, 3]), 2 * rng.randint(1, 40), 2 * rng.randint(1, 40)] for _ in range(rng.randint(1, 7))]
+
+
+def _replay(plan, relay=None):
+    """Run every rank's stage items on simulated buffers; return (outputs, write counts, relay)."""
+    w = plan.world_size
+    total = plan.total_rows
+    full = torch.arange(total, dtype=torch.int64) + 1  # row ids, never zero
+    local = [torch.cat([full[p.out_start:p.out_end] for p in plan.pieces[r]]) if plan.pieces[r]
+             else full[:0] for r in range(w)]
+    outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
+    writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
+    items = [push.push_items(plan, r, relay) for r in range(w)]
+    assert len({it[0] for it in items}) == 1, "ranks disagree on the relay"
+    for stage in (1, 2):
+        before = [o.clone() for o in outs]  # a stage reads only what earlier stages wrote
+        for r in range(w):
+            for d, r0, d0, n in items[r][stage]:
+                assert n > 0 and d0 + n <= total
+                if stage == 1:
+                    src = local[r][r0:r0 + n]
+                else:
+                    src = before[r][r0:r0 + n]
+                    assert bool((src != 0).all()), "a forwarded share had not landed"
+                outs[d][d0:d0 + n] = src
+                writes[d][d0:d0 + n] += 1
+    return outs, writes, items[0][0], full
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_push_plan_replay(world, name):
+    plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
+    for relay in (None, True, False):
+        outs, writes, used, full = _replay(plan, relay)
+        for r in range(world):
+            assert torch.equal(outs[r], full), (name, world, relay, r)
+            assert bool((writes[r] == 1).all()), "every row lands exactly once on every rank"
+
+
+def test_push_plan_replay_random():
+    rng = random.Random(7)
+    for _ in range(40):
+        world = rng.randint(2, 6)
+        plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
+        outs, writes, _, full = _replay(plan)
+        assert all(torch.equal(o, full) for o in outs)
+        assert all(bool((c == 1).all()) for c in writes)
+
+
+def test_push_relay_choice():
+    # one owner of everything (one image, skewed): relay cuts its egress from 3N to N
+    assert push.use_relay(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))
+    assert push.use_relay(plan_shards(GRIDS["skewed"], 4, QWEN3_VL_8B))
+    # balanced plans and two ranks send directly
+    assert not push.use_relay(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
+    assert not push.use_relay(plan_shards(GRIDS["video"], 4, QWEN3_VL_8B))
+    assert not push.use_relay(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
+    plan = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B)
+    relay, s1, s2 = push.push_items(plan, next(r for r in range(4) if plan.rows(r)))
+    # the owner sends 880 rows out once (plus its own copy), not 3 x 880
+    assert relay and sum(n for d, _, _, n in s1) == 2 * 880 and not s2
+
+
+@pytest.fixture
+def dev():
+    if not (_triton_utils.interpreter_on() or torch.cuda.is_available()):
+        pytest.skip("needs TRITON_INTERPRET=1 or a GPU")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("col", [0, 24, 3])
+def test_copy_kernel_rows_to_peer_buffers(dev, dtype, col):
+    # "peers" are three buffers of this process, addressed through the int64 table as on GPUs
+    g = torch.Generator().manual_seed(3)
+    rows, width, stride = 37, 40, 72
+    src = torch.randn(rows, width, generator=g).to(dtype).to(dev)
+    bufs = [torch.full((50, stride), float("nan"), dtype=dtype, device=dev) for _ in range(3)]
+    peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64, device=dev)
+    items = [(0, 0, 5, 37), (2, 3, 0, 20), (1, 30, 49, 1)]
+    chunks = push._chunks(items, dev)
+    push._launch(src, peers, chunks, stride, col, width)
+    exp = [torch.full((50, stride), float("nan"), dtype=dtype) for _ in range(3)]
+    for d, r0, d0, n in items:
+        exp[d][d0:d0 + n, col:col + width] = src[r0:r0 + n].cpu()
+    for b, e in zip(bufs, exp):
+        assert torch.equal(b.cpu().view(torch.int16 if dtype != torch.float32 else torch.int32),
+                           e.view(torch.int16 if dtype != torch.float32 else torch.int32))
+
+
+def _bad_worker(rank, world):
+    plan = plan_shards([[1, 4, 4], [1, 2, 2]], world, QWEN3_VL_8B)
+    local = [torch.randn(plan.rows(rank), 8)]
+    errs = {}
+    out = torch.empty(plan.total_rows, 8)
+    for name, kw in (("push, no out", {"backend": "push"}), ("push, plain out", {"backend": "push", "out": out}),
+                     ("torch, out", {"backend": "torch", "out": out})):
+        try:
+            qvdp.gather_rows(local, plan, **kw)
+            errs[name] = "no error"
+        except ValueError as e:
+            errs[name] = str(e)
+    try:
+        push.symmetric_empty(8, 8)
+        errs["symmetric_empty"] = "no error"
+    except ValueError as e:
+        errs["symmetric_empty"] = str(e)
+    return errs
+
+
+def test_push_bad_input_on_gloo():
+    res = run_ranks(_bad_worker, 2)
+    for rr in res:
+        assert rr["ok"], rr
+        errs = rr["result"]
+        assert "needs out=" in errs["push, no out"]
+        assert "NCCL group" in errs["push, plain out"]
+        assert "out= is for backend 'push'" in errs["torch, out"]
+        assert "NCCL group" in errs["symmetric_empty"]
