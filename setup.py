@@ -46,8 +46,8 @@ def _native_extension():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
     inc, libdir, libname = nccl
     link = [f"-l:{libname}"] if libname != "libnccl.so" else ["-lnccl"]
-    ext = CUDAExtension("qvdp._C", ["csrc/allgather_reorder.cpp"], include_dirs=[inc], library_dirs=[libdir],
-                        extra_link_args=link + [f"-Wl,-rpath,{libdir}"], extra_compile_args={"cxx": ["-O3"]})
+    ext = CUDAExtension("qvdp._C", ["csrc/allgather_reorder.cpp", "csrc/push.cu"], include_dirs=[inc], library_dirs=[libdir],
+                        extra_link_args=link + [f"-Wl,-rpath,{libdir}"], extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
     return [ext], {"build_ext": BuildExtension}, None
 
 

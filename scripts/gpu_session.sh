@@ -28,7 +28,7 @@ if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE
   echo "not an H100: nothing run"; exit 0
 fi
 if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
-  T=60 TAILN=3 step build python3 setup.py build_ext --inplace
+  T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
 if [ "$STAGE" = single ]; then
@@ -138,6 +138,10 @@ elif [ "$STAGE" = s9a ]; then  # session 9, 4 GPUs: push gather tests, gather be
   T=200 TAILN=80 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
   T=150 TAILN=60 step diag_flags python3 benchmarks/diag_gather_ipc.py --worlds 4 2 --sm-only --sm-configs 16,1024,4 \
     --flag-barrier --workloads "one 720p image" "skewed 1280^2+3x256^2" 4x720p
+elif [ "$STAGE" = s9b ]; then  # session 9, 2-4 GPUs: push gather with the CUDA form (csrc/push.cu): where the time goes, tests, bench
+  T=200 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 2 4
+  T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather or copy_kernel" tests -p no:cacheprovider
+  T=150 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4

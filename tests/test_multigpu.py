@@ -156,10 +156,12 @@ def _push_worker(rank, world):
              [[1, 2, 2]], [[1, 2, 2]] * 9]
     grids += [[[rng.choice([1, 1, 3]), 2 * rng.randint(1, 40), 2 * rng.randint(1, 40)]
                for _ in range(rng.randint(1, 7))] for _ in range(6)]
-    widths = (256, 128, 64)
+    widths = (256, 130, 64)  # 130: rows of 260 bytes, not 16-byte multiples
     cap = max(plan_shards(g, world, QWEN3_VL_8B).total_rows for g in grids) + 5
-    res, relays = {}, set()
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    import os
+    res, relays = {"impls": [push._native() is not None]}, set()
+    for impl, dtype in [(i, d) for i in ("auto", "triton") for d in (torch.bfloat16, torch.float16, torch.float32)]:
+        os.environ["QVDP_PUSH_IMPL"] = impl  # auto: the CUDA form when the extension is built
         bufc = push.symmetric_empty(cap, sum(widths), dtype)
         bufl = [push.symmetric_empty(cap, w, dtype) for w in widths]
         for gi, grid in enumerate(grids):
@@ -175,7 +177,8 @@ def _push_worker(rank, world):
             gc = qvdp.gather_rows(local, plan, layout="concat", backend="push", out=bufc)
             torch.cuda.synchronize()
             ok = all(torch.equal(a, b) for a, b in zip(got, full)) and torch.equal(gc, torch.cat(full, 1))
-            res[f"{str(dtype)[6:]}/{gi}"] = ok
+            res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
+    os.environ.pop("QVDP_PUSH_IMPL")
     # the same gather called back to back without host syncs (epochs advance on the GPU only)
     plan = plan_shards(grids[0], world, QWEN3_VL_8B)
     full = [torch.randn(plan.total_rows, w, device="cuda").to(torch.float32) for w in widths]
@@ -201,7 +204,7 @@ def test_push_gather_exact():
         out = res[0]["result"]
         print(f"\npush gather on {world} GPUs: {out}")
         for r in res:
-            bad = {k: v for k, v in r["result"].items() if k not in ("errors", "relay used") and v is not True}
+            bad = {k: v for k, v in r["result"].items() if k not in ("errors", "relay used", "impls") and v is not True}
             assert not bad, bad
             assert r["result"]["errors"] == 0
         if world > 2:
@@ -216,7 +219,7 @@ def _push_timeout_worker(rank, world):
     buf = push.symmetric_empty(plan.total_rows, 64)
     local = [torch.randn(plan.rows(rank), 64, device="cuda").to(torch.bfloat16)]
     if rank != 0:  # rank 0 never arrives: the others wait 2 s per barrier, then count the timeout
-        qvdp.gather_rows(local, plan, out=buf)
+        qvdp.gather_rows(local, plan, out=[buf])
     else:
         import time
         time.sleep(8)  # stays alive (its buffers mapped) while the others time out

@@ -4,7 +4,8 @@ GPUs of one host.
 The outputs live in torch symmetric memory. Allocate them once, collectively, with `symmetric_empty`, and
 pass them as `out=` on every call. Each rank stores its rows straight into their final rows of every
 peer's output: one Triton kernel per stage, no NCCL, no padding, no staging copy, no second pass.
-One-program flag barriers order the stages: each rank stores the call's epoch into its slot of every
+One host call enqueues the whole gather (csrc/push.cu, when the extension is built; Triton kernels
+otherwise, or with QVDP_PUSH_IMPL=triton). One-program flag barriers order the stages: each rank stores the call's epoch into its slot of every
 peer's flag row (release, system scope), then spins on its own row (acquire).
 
 Relay: when one rank owns most rows (one image, a skewed batch), each large run is split into shares, one
@@ -188,13 +189,12 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
 
 
 def _chunks(items, device, rows=ROWS):
+    """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0)."""
     out = []
     for d, r0, d0, n in items:
         for k in range(0, n, rows):
             out.append((d, r0 + k, d0 + k, min(rows, n - k)))
-    if not out:
-        return None
-    return torch.tensor(out, dtype=torch.int64, device=device)
+    return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
 def _device_items(plan, rank, device):
@@ -275,14 +275,33 @@ def barrier_kernel():
     return _flag_barrier
 
 
-def flag_barrier(st: _GroupState):
+def _timeout_ns():
+    return int(float(os.environ.get("QVDP_PUSH_TIMEOUT_S", "300")) * 1e9)
+
+
+def _native():
+    """The CUDA form from csrc/push.cu when the extension is built (one host call per gather), else None."""
+    if os.environ.get("QVDP_PUSH_IMPL", "auto") == "triton":
+        return None
+    try:
+        from .. import _C
+    except Exception:  # noqa: BLE001
+        return None
+    return _C if hasattr(_C, "push_gather") else None
+
+
+def flag_barrier(st: _GroupState, impl: str = "auto"):
+    """One flag barrier on the current stream ("auto": the CUDA kernel when built, else Triton's)."""
     st.epoch += 1
-    timeout_ns = int(float(os.environ.get("QVDP_PUSH_TIMEOUT_S", "300")) * 1e9)
-    barrier_kernel()[(1,)](st.flag_peers, st.errors, st.rank, st.epoch, timeout_ns, WORLD=st.world, num_warps=1)
+    nat = _native() if impl != "triton" else None
+    if nat is not None:
+        nat.push_flag_barrier(st.flag_peers, st.errors, st.rank, st.world, st.epoch, _timeout_ns())
+        return
+    barrier_kernel()[(1,)](st.flag_peers, st.errors, st.rank, st.epoch, _timeout_ns(), WORLD=st.world, num_warps=1)
 
 
 def _launch(src, peers, chunks, dst_stride, dst_col, width):
-    if chunks is None:
+    if chunks.shape[0] == 0:
         return
     grid = (chunks.shape[0], -(-width // COLS))
     elt = src.element_size()
@@ -336,13 +355,22 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
         b, peers = bufs[0] if layout == "concat" else bufs[i]
         pairs.append((t, b, peers, col if layout == "concat" else 0))
         col += t.shape[1]
-    flag_barrier(st)  # every peer is past its earlier use of its output
+    nat = _native()
+    if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
+        eb = local_outputs[0].element_size()
+        st.epoch = nat.push_gather([t for t, _, _, _ in pairs], [p for _, _, p, _ in pairs],
+                                   [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
+                                   s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
+                                   st.flag_peers, st.errors, st.rank, st.world, st.epoch, _timeout_ns())
+        views = [b[:plan.total_rows] for b, _ in bufs]
+        return views[0] if layout == "concat" else views
+    flag_barrier(st, "triton")  # every peer is past its earlier use of its output
     for t, b, peers, c in pairs:
         _launch(t, peers, s1, b.stride(0), c, t.shape[1])
-    flag_barrier(st)  # every row (or, with the relay, every share) has landed
+    flag_barrier(st, "triton")  # every row (or, with the relay, every share) has landed
     if relay:
         for b, peers in bufs:  # forward the shares this rank holds, all columns at once
             _launch(b, peers, s2, b.stride(0), 0, b.shape[1])
-        flag_barrier(st)
+        flag_barrier(st, "triton")
     views = [b[:plan.total_rows] for b, _ in bufs]
     return views[0] if layout == "concat" else views

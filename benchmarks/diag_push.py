@@ -1,0 +1,122 @@
+"""Diagnostic for the push gather (qvdp/dist/push.py): where its time goes.
+
+    python benchmarks/diag_push.py [--worlds 2 4]
+
+Per barrier kind (the CUDA flag barrier of csrc/push.cu, the Triton one, torch symmetric memory's
+barrier): host µs per launch (200 launches, no sync) and device µs per barrier when the host is far
+ahead (200 barriers queued behind a long sleep kernel, timed by events around them).
+Per workload: one call after a barrier (as bench_gather times it) and 20 back-to-back calls per event
+pair (steady state), for push (CUDA), push (Triton) and the NCCL floor and native gather.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks
+
+WIDTH = 16384
+WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
+             ("4x720p", [[1, 44, 80]] * 4)]
+
+
+def _worker(rank, world, port, q):
+    import torch.distributed as dist
+    import torch.distributed._symmetric_memory as symm_mem
+    import qvdp
+    from qvdp import plan_shards
+    from qvdp.dist import push
+    dev = init_nccl_worker(rank, world, port, timeout_s=300)
+    cap = max(plan_shards(g, world).total_rows for _, g in WORKLOADS)
+    buf = push.symmetric_empty(cap, WIDTH, torch.bfloat16)
+    st = push._state(None)
+    hdl = symm_mem.rendezvous(buf, dist.group.WORLD.group_name)
+    res = {}
+    bars = {"flag barrier (CUDA)": lambda: push.flag_barrier(st, "auto"),
+            "flag barrier (Triton)": lambda: push.flag_barrier(st, "triton"),
+            "torch symm_mem barrier": lambda: hdl.barrier(channel=0)}
+    if push._native() is None:
+        del bars["flag barrier (CUDA)"]
+    for name, fn in bars.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            fn()
+        host = (time.perf_counter() - t0) / 200 * 1e6
+        torch.cuda.synchronize()
+        dist.barrier()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(2e8))  # ~0.1 s of GPU time: all 200 barriers are queued before the first runs
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(200):
+            fn()
+        b.record()
+        b.synchronize()
+        d = torch.tensor([host, a.elapsed_time(b) / 200 * 1e3], device=dev)
+        dist.all_reduce(d, op=dist.ReduceOp.MAX)
+        res[name] = d.tolist()
+        if rank == 0:
+            print(f"{world} GPUs {name:28s} host {d[0]:7.1f} us/launch   device {d[1]:7.1f} us/barrier", flush=True)
+    try:
+        from qvdp.dist.native import gather_rows_native
+    except Exception:  # noqa: BLE001
+        gather_rows_native = None
+    for wname, grid in WORKLOADS:
+        plan = plan_shards(grid, world)
+        local = torch.randn(plan.rows(rank), WIDTH, device=dev).to(torch.bfloat16)
+        per = -(-plan.total_rows // world)
+        fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
+        fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
+
+        def with_impl(impl):
+            def f():
+                os.environ["QVDP_PUSH_IMPL"] = impl
+                try:
+                    return qvdp.gather_rows([local], plan, layout="concat", out=buf)
+                finally:
+                    os.environ.pop("QVDP_PUSH_IMPL", None)
+            return f
+        fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
+        if push._native() is None:
+            del fns["push (CUDA)"]
+        if gather_rows_native is not None:
+            fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
+        fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
+        one = slowest_rank_us(fns, dev)
+
+        def twenty(fn):
+            return lambda: [fn() for _ in range(20)]
+        steady = slowest_rank_us({k: twenty(f) for k, f in fns.items()}, dev, warm=2, rep=7)
+        res[wname] = {k: (one[k], steady[k] / 20) for k in fns}
+        if rank == 0:
+            fl = one["floor (equal all_gather_into_tensor)"]
+            fls = steady["floor (equal all_gather_into_tensor)"] / 20
+            print(f"--- {world} GPUs, {wname}, {plan.total_rows} rows, relay {push.use_relay(plan)}: one call "
+                  f"(x floor) | per call of 20 back to back (x floor)", flush=True)
+            for k in fns:
+                print(f"  {k:40s} {one[k]:8.1f} us {one[k] / fl:5.2f}x | {steady[k] / 20:8.1f} us "
+                      f"{steady[k] / 20 / fls:5.2f}x", flush=True)
+    finish_worker(rank, q, res)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
+    a = ap.parse_args()
+    for w in a.worlds:
+        if torch.cuda.device_count() < w:
+            print(f"skip world {w}: {torch.cuda.device_count()} GPUs")
+            continue
+        spawn_ranks(_worker, w, timeout_s=600)
+
+
+if __name__ == "__main__":
+    main()

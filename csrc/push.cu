@@ -1,0 +1,180 @@
+// qvdp push gather: rows stored by SMs over NVLink into every peer's output buffer (torch symmetric
+// memory, peer base addresses given as an int64 table), stages ordered by flag barriers. The whole
+// call (barrier, stage-1 copies, barrier, [stage-2 forwards, barrier]) is enqueued by one host call
+// on the current stream, so the host cost is a few launches, not a Python launcher per kernel.
+//
+// Copy items come as int64 [n, 4] tables: destination rank, source row, destination row, rows (<= 16).
+// Flag barrier: thread t stores the epoch into slot `rank` of rank t's flag row (system-scope release
+// after a system fence), then spins on slot t of this rank's row (system-scope acquire) until it
+// holds the epoch or later; after timeout_ns it gives up and counts the timeout in `errors`.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int kRows = 16;      // rows per chunk (the Python planner cuts chunks of <= 16 rows)
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ uint64_t global_timer() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int32_t* errors, int rank, int world,
+                                    int64_t epoch, int64_t timeout_ns) {
+  const int t = threadIdx.x;
+  if (t >= world) return;
+  __threadfence_system();  // every earlier write of this stream is visible before the signal
+  int64_t* slot = reinterpret_cast<int64_t*>(flag_peers[t]) + rank;
+  asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(slot), "l"(epoch) : "memory");
+  const int64_t* mine = reinterpret_cast<const int64_t*>(flag_peers[rank]) + t;
+  const uint64_t t0 = global_timer();
+  while (true) {
+    int64_t v;
+    asm volatile("ld.acquire.sys.global.b64 %0, [%1];" : "=l"(v) : "l"(mine) : "memory");
+    if (v >= epoch) break;
+    if (static_cast<int64_t>(global_timer() - t0) > timeout_ns) {
+      atomicAdd(errors, 1);
+      break;
+    }
+  }
+}
+
+// One block per (chunk, column span of kThreads vectors): up to kRows loads in flight per thread,
+// then the stores (remote over NVLink, or local for this rank's own rows).
+template <typename V>
+__global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
+                                 const int64_t* __restrict__ chunks, int64_t src_stride, int64_t dst_stride,
+                                 int64_t dst_col, int64_t row_bytes) {
+  const int64_t* ch = chunks + 4 * static_cast<int64_t>(blockIdx.x);
+  const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3];
+  char* dst = reinterpret_cast<char*>(peers[d]);
+  const int64_t off = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * sizeof(V);
+  if (off >= row_bytes) return;
+  V buf[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) buf[r] = *reinterpret_cast<const V*>(src + (r0 + r) * src_stride + off);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + dst_col + off) = buf[r];
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("qvdp push: " + what);
+}
+
+void cuda_check(cudaError_t e, const char* where) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("qvdp push: CUDA error '") + cudaGetErrorString(e) +
+                                                 "' in " + where);
+}
+
+void barrier(const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world, int64_t epoch,
+             int64_t timeout_ns, cudaStream_t stream) {
+  flag_barrier_kernel<<<1, 32, 0, stream>>>(flag_peers.data_ptr<int64_t>(), errors.data_ptr<int32_t>(),
+                                            static_cast<int>(rank), static_cast<int>(world), epoch, timeout_ns);
+  cuda_check(cudaGetLastError(), "flag_barrier_kernel");
+}
+
+// Largest vector width (16, 8, 4 or 2 bytes) that every address and step of the copy is a multiple of.
+int vector_bytes(std::initializer_list<int64_t> vals) {
+  int64_t acc = 0;
+  for (int64_t v : vals) acc |= v;
+  for (int w : {16, 8, 4, 2})
+    if (acc % w == 0) return w;
+  return 1;
+}
+
+void copy_rows(const char* src, int64_t src_stride, const at::Tensor& peers, const at::Tensor& chunks,
+               int64_t dst_stride, int64_t dst_col, int64_t row_bytes, cudaStream_t stream) {
+  const int64_t n = chunks.size(0);
+  if (n == 0 || row_bytes == 0) return;
+  // the peers' buffers come from symmetric memory (256-byte aligned bases)
+  const int vb = vector_bytes({reinterpret_cast<int64_t>(src), src_stride, dst_stride, dst_col, row_bytes});
+  const int64_t span = static_cast<int64_t>(kThreads) * vb;
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((row_bytes + span - 1) / span));
+  const int64_t* p = peers.data_ptr<int64_t>();
+  const int64_t* c = chunks.data_ptr<int64_t>();
+  switch (vb) {
+    case 16: push_rows_kernel<int4><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, row_bytes); break;
+    case 8: push_rows_kernel<int2><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, row_bytes); break;
+    case 4: push_rows_kernel<int32_t><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, row_bytes); break;
+    case 2: push_rows_kernel<int16_t><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, row_bytes); break;
+    default: push_rows_kernel<int8_t><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, row_bytes);
+  }
+  cuda_check(cudaGetLastError(), "push_rows_kernel");
+}
+
+void check_table(const at::Tensor& t, int64_t cols, const char* name) {
+  check(t.is_cuda() && t.scalar_type() == at::kLong && t.is_contiguous() && t.dim() == 2 && t.size(1) == cols,
+        std::string(name) + " must be a contiguous CUDA int64 [n, " + std::to_string(cols) + "] table");
+}
+
+}  // namespace
+
+// One flag barrier on the current stream (diagnostics and tests).
+void push_flag_barrier(const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
+                       int64_t epoch, int64_t timeout_ns) {
+  check(flag_peers.is_cuda() && flag_peers.scalar_type() == at::kLong && flag_peers.numel() == world,
+        "flag_peers must be a CUDA int64 [world] table");
+  check(errors.is_cuda() && errors.scalar_type() == at::kInt, "errors must be a CUDA int32 tensor");
+  check(world >= 1 && world <= 32 && rank >= 0 && rank < world, "rank/world out of range (world <= 32)");
+  const c10::cuda::CUDAGuard guard(flag_peers.device());
+  barrier(flag_peers, errors, rank, world, epoch, timeout_ns, c10::cuda::getCurrentCUDAStream().stream());
+}
+
+// The whole push gather on the current stream; returns the last epoch used.
+//   srcs[i]: this rank's rows of output i ([rows, w_i], unit last-dim stride), stored through peer table
+//   tables[i] (the destination buffer's base on every rank), at byte column dst_cols[i] of rows of
+//   dst_strides[i] bytes. stage1: int64 [n, 4] items for srcs. fwd_srcs / fwd_tables / fwd_strides: this
+//   rank's destination buffers (the sources of the relay's forwards), stage2 their items; with relay
+//   false there is no stage 2 and no third barrier.
+int64_t push_gather(const std::vector<at::Tensor>& srcs, const std::vector<at::Tensor>& tables,
+                    const std::vector<int64_t>& dst_strides, const std::vector<int64_t>& dst_cols,
+                    const at::Tensor& stage1, const std::vector<at::Tensor>& fwd_srcs,
+                    const std::vector<at::Tensor>& fwd_tables, const at::Tensor& stage2, bool relay,
+                    const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
+                    int64_t epoch, int64_t timeout_ns) {
+  check(srcs.size() == tables.size() && srcs.size() == dst_strides.size() && srcs.size() == dst_cols.size(),
+        "srcs, tables, dst_strides and dst_cols must have one entry per output");
+  check(fwd_srcs.size() == fwd_tables.size(), "fwd_srcs and fwd_tables must have the same length");
+  check_table(stage1, 4, "stage1");
+  check_table(stage2, 4, "stage2");
+  check(flag_peers.is_cuda() && flag_peers.scalar_type() == at::kLong && flag_peers.numel() == world,
+        "flag_peers must be a CUDA int64 [world] table");
+  check(world >= 2 && world <= 32 && rank >= 0 && rank < world, "rank/world out of range (2 <= world <= 32)");
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    check(srcs[i].is_cuda() && srcs[i].dim() == 2 && (srcs[i].size(0) == 0 || srcs[i].stride(1) == 1),
+          "srcs[" + std::to_string(i) + "] must be a CUDA [rows, width] tensor with a unit last-dim stride");
+    check(tables[i].is_cuda() && tables[i].scalar_type() == at::kLong && tables[i].numel() == world,
+          "tables[" + std::to_string(i) + "] must be a CUDA int64 [world] table");
+  }
+  const c10::cuda::CUDAGuard guard(flag_peers.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);  // peers are past their earlier use
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    const at::Tensor& s = srcs[i];
+    if (s.size(0) == 0) continue;
+    const int64_t eb = s.element_size();
+    copy_rows(static_cast<const char*>(s.data_ptr()), s.stride(0) * eb, tables[i], stage1, dst_strides[i],
+              dst_cols[i], s.size(1) * eb, stream);
+  }
+  barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);  // every row (or share) landed
+  if (!relay) return epoch;
+  for (size_t i = 0; i < fwd_srcs.size(); ++i) {
+    const at::Tensor& b = fwd_srcs[i];
+    const int64_t eb = b.element_size();
+    copy_rows(static_cast<const char*>(b.data_ptr()), b.stride(0) * eb, fwd_tables[i], stage2, b.stride(0) * eb, 0,
+              b.size(1) * eb, stream);
+  }
+  barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
+  return epoch;
+}
