@@ -91,6 +91,15 @@ def _worker(rank, world, port, q):
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
         one = slowest_rank_us(fns, dev)
+        host = {}
+        for k, f in fns.items():  # host µs per call: 50 calls enqueued without a sync
+            torch.cuda.synchronize()
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                f()
+            host[k] = (time.perf_counter() - t0) / 50 * 1e6
+            torch.cuda.synchronize()
 
         def twenty(fn):
             return lambda: [fn() for _ in range(20)]
@@ -100,10 +109,10 @@ def _worker(rank, world, port, q):
             fl = one["floor (equal all_gather_into_tensor)"]
             fls = steady["floor (equal all_gather_into_tensor)"] / 20
             print(f"--- {world} GPUs, {wname}, {plan.total_rows} rows, relay {push.use_relay(plan)}: one call "
-                  f"(x floor) | per call of 20 back to back (x floor)", flush=True)
+                  f"(x floor) | per call of 20 back to back (x floor) | host us per call (rank 0)", flush=True)
             for k in fns:
                 print(f"  {k:40s} {one[k]:8.1f} us {one[k] / fl:5.2f}x | {steady[k] / 20:8.1f} us "
-                      f"{steady[k] / 20 / fls:5.2f}x", flush=True)
+                      f"{steady[k] / 20 / fls:5.2f}x | {host[k]:6.1f}", flush=True)
     finish_worker(rank, q, res)
 
 

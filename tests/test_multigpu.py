@@ -191,6 +191,11 @@ def _push_worker(rank, world):
         got = qvdp.gather_rows(local, plan, out=bufl)
     torch.cuda.synchronize()
     res["back to back"] = all(torch.equal(a, b) for a, b in zip(got, full))
+    for t in local:  # the same tensors with new contents: the repeated (fast-path) call sends the new rows
+        t.mul_(-1)
+    got = qvdp.gather_rows(local, plan, out=bufl)
+    torch.cuda.synchronize()
+    res["repeat, new contents"] = all(torch.equal(a, -b) for a, b in zip(got, full))
     res["errors"] = push.push_errors()
     res["relay used"] = sorted(relays)
     return res

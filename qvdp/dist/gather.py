@@ -13,6 +13,8 @@ Backends behind one entry point (gather_rows):
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -81,6 +83,11 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         out: for "push" only: one symmetric buffer [>= total_rows, sum(width_i)] ("concat") or a list of k
             [>= total_rows, width_i] ("list"); the result is views of their first total_rows rows.
     """
+    if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton":
+        from .push import push_fast_path
+        res = push_fast_path(local_outputs, plan, group, layout, out)  # a repeat of a validated call
+        if res is not None:
+            return res
     world, rank = group_info(group)
     if world != plan.world_size:
         raise ValueError(f"plan was made for world_size {plan.world_size} but the group has {world} ranks")

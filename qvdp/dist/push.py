@@ -19,7 +19,8 @@ Barriers per call:
 The entry barrier orders the call after every rank's earlier work on its current stream. A caller
 that reads the previous result on another stream must order that read before the next gather.
 
-A rank that never arrives ends the wait after QVDP_PUSH_TIMEOUT_S seconds (default 300). The waiting
+A rank that never arrives ends the wait after QVDP_PUSH_TIMEOUT_S seconds (default 300; read when the
+group's first symmetric buffer is made). The waiting
 ranks then go on with incomplete rows, and count the timeout in `push_errors(group)`.
 """
 from __future__ import annotations
@@ -66,6 +67,9 @@ class _GroupState:
         self.flag_peers = _peer_table(self.flags_hdl, self.world, (self.world,), torch.int64, device)
         self.errors = torch.zeros(1, dtype=torch.int32, device=device)
         self.epoch = 0
+        self.timeout_ns = _timeout_ns()  # QVDP_PUSH_TIMEOUT_S when the group's first buffer is made
+        self.calls = {}     # validated calls of the CUDA form: key -> (plan, extension, arguments but the local
+        #                     outputs, buffers); no local tensor is kept alive
         self.buffers = {}   # data_ptr -> (tensor, handle, peer base table int64 [W] on device)
         torch.cuda.synchronize(device)
         dist.barrier(group=group)  # every flag row is zero before anyone signals
@@ -295,9 +299,9 @@ def flag_barrier(st: _GroupState, impl: str = "auto"):
     st.epoch += 1
     nat = _native() if impl != "triton" else None
     if nat is not None:
-        nat.push_flag_barrier(st.flag_peers, st.errors, st.rank, st.world, st.epoch, _timeout_ns())
+        nat.push_flag_barrier(st.flag_peers, st.errors, st.rank, st.world, st.epoch, st.timeout_ns)
         return
-    barrier_kernel()[(1,)](st.flag_peers, st.errors, st.rank, st.epoch, _timeout_ns(), WORLD=st.world, num_warps=1)
+    barrier_kernel()[(1,)](st.flag_peers, st.errors, st.rank, st.epoch, st.timeout_ns, WORLD=st.world, num_warps=1)
 
 
 def _launch(src, peers, chunks, dst_stride, dst_col, width):
@@ -344,6 +348,37 @@ def check_push_out(out, local_outputs, plan: ShardPlan, group, layout: str):
     return res
 
 
+def _sig(t):
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+
+
+def _call_key(local_outputs, plan, group, layout, out):
+    outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    return (_group_key(group), id(plan), layout, tuple(_sig(t) for t in local_outputs),
+            tuple(_sig(o) if isinstance(o, torch.Tensor) else id(o) for o in outs))
+
+
+def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out):
+    """The same call as an earlier, validated one (same group, plan object, layout, and local and out
+    tensors with the same address, shape, strides, dtype and device): enqueue it again without
+    re-validating or re-planning (~10-20 µs less host time per call). None when there is no such call."""
+    st = _STATES.get(_group_key(group))
+    if st is None or not st.calls or not isinstance(local_outputs, (list, tuple)) \
+            or not all(isinstance(t, torch.Tensor) for t in local_outputs):
+        return None
+    try:
+        key = _call_key(local_outputs, plan, group, layout, out)
+    except TypeError:
+        return None
+    hit = st.calls.get(key)
+    if hit is None:
+        return None
+    _plan, nat, args, bufs = hit
+    st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
+    views = [b[:plan.total_rows] for b in bufs]
+    return views[0] if layout == "concat" else views
+
+
 def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
     """The push gather; returns views [total_rows, width] of the out buffers (list or one tensor)."""
     bufs = check_push_out(out, local_outputs, plan, group, layout)
@@ -358,10 +393,14 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
     nat = _native()
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
         eb = local_outputs[0].element_size()
-        st.epoch = nat.push_gather([t for t, _, _, _ in pairs], [p for _, _, p, _ in pairs],
-                                   [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
-                                   s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
-                                   st.flag_peers, st.errors, st.rank, st.world, st.epoch, _timeout_ns())
+        args = ([p for _, _, p, _ in pairs],
+                [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
+                s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
+                st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
+        st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
+        if len(st.calls) >= 64:
+            st.calls.clear()
+        st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, args, [b for b, _ in bufs])
         views = [b[:plan.total_rows] for b, _ in bufs]
         return views[0] if layout == "concat" else views
     flag_barrier(st, "triton")  # every peer is past its earlier use of its output
