@@ -142,6 +142,13 @@ elif [ "$STAGE" = s9b ]; then  # session 9, 2-4 GPUs: push gather with the CUDA 
   T=200 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 2 4
   T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather or copy_kernel" tests -p no:cacheprovider
   T=150 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
+elif [ "$STAGE" = s9c ]; then  # session 9, 4 GPUs: push gather (CUDA form, fast path) at 2 and 4 GPUs; DP figures on H100s
+  T=150 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 2 4
+  T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather or copy_kernel" tests -p no:cacheprovider
+  T=150 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=220 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" 4x720p --out logs/e4
+  fi
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
