@@ -6,7 +6,8 @@ Per barrier kind (the CUDA flag barrier of csrc/push.cu, the Triton one, torch s
 barrier): host µs per launch (200 launches, no sync) and device µs per barrier when the host is far
 ahead (200 barriers queued behind a long sleep kernel, timed by events around them).
 Per workload: one call after a barrier (as bench_gather times it) and 20 back-to-back calls per event
-pair (steady state), for push (CUDA), push (Triton) and the NCCL floor and native gather.
+pair (steady state), and host µs per call, for push (CUDA; Triton; CUDA with the chunks in destination-
+major order instead of round-robin over destinations), the NCCL floor and the native gather.
 """
 from __future__ import annotations
 
@@ -76,17 +77,21 @@ def _worker(rank, world, port, q):
         fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
 
-        def with_impl(impl):
+        def with_impl(impl, order="interleave"):
             def f():
                 os.environ["QVDP_PUSH_IMPL"] = impl
+                if order != "interleave":  # (this call skips the fast path)
+                    os.environ["QVDP_PUSH_ORDER"] = order
                 try:
                     return qvdp.gather_rows([local], plan, layout="concat", out=buf)
                 finally:
                     os.environ.pop("QVDP_PUSH_IMPL", None)
+                    os.environ.pop("QVDP_PUSH_ORDER", None)
             return f
-        fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
+        fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton"),
+               "push (CUDA, destination-major order)": with_impl("auto", "dest")}
         if push._native() is None:
-            del fns["push (CUDA)"]
+            del fns["push (CUDA)"], fns["push (CUDA, destination-major order)"]
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)

@@ -26,6 +26,7 @@ ranks then go on with incomplete rows, and count the timeout in `push_errors(gro
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -59,8 +60,10 @@ class _GroupState:
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.device = device
         name = _group_name(group)
-        if hasattr(symm_mem, "enable_symm_mem_for_group"):
-            symm_mem.enable_symm_mem_for_group(name)
+        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before torch 2.9, deprecated after
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                symm_mem.enable_symm_mem_for_group(name)
         self.flags = symm_mem.empty(self.world, dtype=torch.int64, device=device)
         self.flags.zero_()
         self.flags_hdl = symm_mem.rendezvous(self.flags, name)
@@ -192,20 +195,30 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def _chunks(items, device, rows=ROWS):
-    """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0)."""
-    out = []
+def _chunks(items, device, rows=ROWS, rank=0, world=1, interleave=True):
+    """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0), ordered round-robin over the
+    destinations, starting at rank+1: blocks run roughly in table order, so every peer's link is busy
+    at once instead of all ranks storing into the same peer first (4 GPUs: 3 senders into one GPU)."""
+    per = {}
     for d, r0, d0, n in items:
         for k in range(0, n, rows):
-            out.append((d, r0 + k, d0 + k, min(rows, n - k)))
+            per.setdefault(d, []).append((d, r0 + k, d0 + k, min(rows, n - k)))
+    order = sorted(per, key=lambda d: (d - rank - 1) % max(world, 1))
+    if not interleave:  # destination after destination, in item order (the A/B baseline of diag_push)
+        return torch.tensor([c for d in per for c in per[d]], dtype=torch.int64, device=device).reshape(-1, 4)
+    out = []
+    for i in range(max((len(v) for v in per.values()), default=0)):
+        out += [per[d][i] for d in order if i < len(per[d])]
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
 def _device_items(plan, rank, device):
     def build():
         relay, s1, s2 = push_items(plan, rank)
-        return relay, _chunks(s1, device), _chunks(s2, device)
-    return plan.memo(("push", rank, str(device), ROWS), build)
+        w = plan.world_size
+        return relay, _chunks(s1, device, ROWS, rank, w, rr), _chunks(s2, device, ROWS, rank, w, rr)
+    rr = os.environ.get("QVDP_PUSH_ORDER", "interleave") != "dest"
+    return plan.memo(("push", rank, str(device), ROWS, rr), build)
 
 
 # ---- kernels --------------------------------------------------------------------------------------------
@@ -400,7 +413,8 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
         if len(st.calls) >= 64:
             st.calls.clear()
-        st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, args, [b for b, _ in bufs])
+        if "QVDP_PUSH_ORDER" not in os.environ:  # (the fast path serves the default order only)
+            st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, args, [b for b, _ in bufs])
         views = [b[:plan.total_rows] for b, _ in bufs]
         return views[0] if layout == "concat" else views
     flag_barrier(st, "triton")  # every peer is past its earlier use of its output
