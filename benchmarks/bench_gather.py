@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks, write_results
+from _common import bar_plot, finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks, write_results
 
 WIDTH = 16384
 WORKLOADS = [("4x720p", [[1, 44, 80]] * 4), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -126,10 +126,14 @@ def main():
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    rows = []
+    rows, groups, series = [], [], {}
+    shown = ("qvdp push", "qvdp native (auto)", "torch uneven all_gather", "SGLang/vLLM padded")
     for w in [w for w in args.worlds if w <= torch.cuda.device_count()]:
         res = run(w)
         for name, r in res.items():
+            groups.append(f"{w} GPUs: {name}")
+            for k in shown:
+                series.setdefault(k, []).append(r[k] / r["floor (equal all_gather_into_tensor)"] if k in r else None)
             floor = r["floor (equal all_gather_into_tensor)"]
             best_q = min(v for k, v in r.items() if k.startswith("qvdp"))
             for k, v in r.items():
@@ -145,6 +149,8 @@ def main():
                   "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
                   "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing.",
                   out_dir=args.out)
+    if groups:
+        bar_plot("gather", groups, series, "time / floor (equal all_gather_into_tensor)", out_dir=args.out)
 
 
 if __name__ == "__main__":

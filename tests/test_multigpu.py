@@ -173,10 +173,14 @@ def _push_worker(rank, world):
                      else f[:0] for f in full]
             for b in [bufc] + bufl:
                 b.fill_(float("nan"))
-            got = qvdp.gather_rows(local, plan, layout="list", out=bufl)
+            got = qvdp.gather_rows(local, plan, layout="list", backend="push", out=bufl)
             gc = qvdp.gather_rows(local, plan, layout="concat", backend="push", out=bufc)
             torch.cuda.synchronize()
             ok = all(torch.equal(a, b) for a, b in zip(got, full)) and torch.equal(gc, torch.cat(full, 1))
+            bufc.fill_(float("nan"))
+            ga = qvdp.gather_rows(local, plan, layout="concat", out=bufc)  # auto: push or NCCL into out
+            torch.cuda.synchronize()
+            ok = ok and torch.equal(ga, torch.cat(full, 1))
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     os.environ.pop("QVDP_PUSH_IMPL")
     # the same gather called back to back without host syncs (epochs advance on the GPU only)
@@ -188,12 +192,12 @@ def _push_worker(rank, world):
     local = [torch.cat([f[p.out_start:p.out_end] for p in plan.pieces[rank]]) if plan.pieces[rank]
              else f[:0] for f in full]
     for _ in range(20):
-        got = qvdp.gather_rows(local, plan, out=bufl)
+        got = qvdp.gather_rows(local, plan, backend="push", out=bufl)
     torch.cuda.synchronize()
     res["back to back"] = all(torch.equal(a, b) for a, b in zip(got, full))
     for t in local:  # the same tensors with new contents: the repeated (fast-path) call sends the new rows
         t.mul_(-1)
-    got = qvdp.gather_rows(local, plan, out=bufl)
+    got = qvdp.gather_rows(local, plan, backend="push", out=bufl)
     torch.cuda.synchronize()
     res["repeat, new contents"] = all(torch.equal(a, -b) for a, b in zip(got, full))
     res["errors"] = push.push_errors()

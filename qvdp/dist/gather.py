@@ -79,9 +79,11 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         layout: "list" -> k tensors [total_rows, width_i]; "concat" -> one [total_rows, sum(width_i)].
         backend: "auto" | "native" | "torch" | "push".
             "push" (GPUs of one host): SM stores over NVLink into `out`, buffers from
-            qvdp.dist.symmetric_empty (see qvdp/dist/push.py); "auto" takes it whenever `out` is given.
-        out: for "push" only: one symmetric buffer [>= total_rows, sum(width_i)] ("concat") or a list of k
-            [>= total_rows, width_i] ("list"); the result is views of their first total_rows rows.
+            qvdp.dist.symmetric_empty (see qvdp/dist/push.py). With `out`, "auto" takes push or the
+            native NCCL gather into `out`, whichever the measurements favour for the plan (push.prefer_push).
+        out: buffers from qvdp.dist.symmetric_empty (backends "push", "native", "auto"): one
+            [>= total_rows, sum(width_i)] ("concat") or a list of k [>= total_rows, width_i] ("list");
+            the result is views of their first total_rows rows.
     """
     if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton" \
             and "QVDP_PUSH_ORDER" not in os.environ:
@@ -97,18 +99,22 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     check_local_outputs(local_outputs, plan, rank)
     if backend not in ("auto", "native", "torch", "push"):
         raise ValueError(f"backend must be 'auto', 'native', 'torch' or 'push', got {backend!r}")
-    if backend == "auto" and out is not None:
-        backend = "push"
     if backend == "push" and out is None:
         raise ValueError("backend 'push' needs out= buffers from qvdp.dist.symmetric_empty")
-    if out is not None and backend != "push":
-        raise ValueError(f"out= is for backend 'push' (symmetric buffers), not {backend!r}")
-    if backend == "push":
+    if out is not None:
+        if backend == "torch":
+            raise ValueError("out= is for backends 'push', 'native' and 'auto' (symmetric buffers), not 'torch'")
         if world == 1 or group_backend(group) != "nccl":
-            raise ValueError(f"backend 'push' needs an NCCL group of 2+ GPUs of one host, got world size {world} "
-                             f"and backend {group_backend(group)!r}")
-        from .push import gather_rows_push
-        return gather_rows_push(local_outputs, plan, group, layout, out)
+            raise ValueError(f"out= (symmetric buffers) needs an NCCL group of 2+ GPUs of one host, got world size "
+                             f"{world} and backend {group_backend(group)!r}")
+        from .push import check_push_out, gather_rows_push, prefer_push
+        if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
+            backend = "push" if prefer_push(plan) or not _native_available(group) else "native"
+        if backend == "push":
+            return gather_rows_push(local_outputs, plan, group, layout, out)
+        views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
+        from .native import gather_rows_native
+        return gather_rows_native(local_outputs, plan, group, layout, outs=views)
     if world == 1:
         return list(local_outputs) if layout == "list" else torch.cat(list(local_outputs), 1)
     if backend == "auto":

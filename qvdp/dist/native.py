@@ -35,9 +35,11 @@ def _comm_for(group):
     return c
 
 
-def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None):
+def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None, outs=None):
     """mode: "auto" (default: a plain NCCL all-gather when plan.uniform_block_rows() holds, else grouped
-    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans)."""
+    broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans).
+    outs: validated contiguous [total_rows, width] destinations (one per output, or one for "concat");
+    allocated when None."""
     mode = mode or os.environ.get("QVDP_GATHER_MODE", "auto")
     if mode not in ("auto", "bcast", "p2p", "allgather"):
         raise ValueError(f"gather mode must be 'auto', 'bcast', 'p2p' or 'allgather', got {mode!r}")
@@ -50,7 +52,8 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
         local = [torch.cat(list(local_outputs), 1) if len(local_outputs) > 1 else local_outputs[0].contiguous()]
     else:
         local = [t.contiguous() for t in local_outputs]
-    outs = [torch.empty((plan.total_rows, t.shape[1]), dtype=ref.dtype, device=ref.device) for t in local]
+    if outs is None:
+        outs = [torch.empty((plan.total_rows, t.shape[1]), dtype=ref.dtype, device=ref.device) for t in local]
     if uniform is not None and mode in ("auto", "allgather"):
         comm.all_gather(local, outs)
         return outs if layout == "list" else outs[0]

@@ -172,6 +172,13 @@ def use_relay(plan: ShardPlan) -> bool:
     return max(egress) <= 0.75 * direct
 
 
+def prefer_push(plan: ShardPlan) -> bool:
+    """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
+    diag_push; benchmarks/NOTES.md, session 9): on 2 GPUs push wins on every plan; on 4 x H200, NCCL's
+    pipelined broadcast beats the two-stage relay (one owner of most rows)."""
+    return plan.world_size == 2 or not use_relay(plan)
+
+
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     """(relay, stage1, stage2): copy items (dst rank, src row, dst row, rows) of this rank.
     stage1 sources are this rank's local rows (own rows into its own output, small runs and whole runs
