@@ -61,7 +61,7 @@ def _worker(rank, world, port, q):
         exact = None
         if sbuf is not None:
             import qvdp
-            fns["qvdp push"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
+            fns["qvdp push"] = lambda: qvdp.gather_rows([local], plan, layout="concat", backend="push", out=sbuf)
             sbuf.fill_(float("nan"))
             ok = torch.tensor([int(torch.equal(fns["qvdp push"](), fns["qvdp torch path"]()))], device=dev)
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)

@@ -83,7 +83,7 @@ def _worker(rank, world, port, q):
                 if order != "interleave":  # (this call skips the fast path)
                     os.environ["QVDP_PUSH_ORDER"] = order
                 try:
-                    return qvdp.gather_rows([local], plan, layout="concat", out=buf)
+                    return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=buf)
                 finally:
                     os.environ.pop("QVDP_PUSH_IMPL", None)
                     os.environ.pop("QVDP_PUSH_ORDER", None)
