@@ -7,7 +7,8 @@ barrier): host µs per launch (200 launches, no sync) and device µs per barrier
 ahead (200 barriers queued behind a long sleep kernel, timed by events around them).
 Per workload: one call after a barrier (as bench_gather times it) and 20 back-to-back calls per event
 pair (steady state), and host µs per call, for push (CUDA; Triton; CUDA with the chunks in destination-
-major order instead of round-robin over destinations), the NCCL floor and the native gather.
+major order instead of round-robin over destinations; CUDA with the relay in two barrier-separated
+stages instead of pipelined), the NCCL floor and the native gather.
 """
 from __future__ import annotations
 
@@ -77,21 +78,22 @@ def _worker(rank, world, port, q):
         fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
 
-        def with_impl(impl, order="interleave"):
-            def f():
+        def with_impl(impl, **env):
+            def f():  # env: diagnostic overrides (a call with any of them skips the fast path)
                 os.environ["QVDP_PUSH_IMPL"] = impl
-                if order != "interleave":  # (this call skips the fast path)
-                    os.environ["QVDP_PUSH_ORDER"] = order
+                os.environ.update(env)
                 try:
                     return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=buf)
                 finally:
-                    os.environ.pop("QVDP_PUSH_IMPL", None)
-                    os.environ.pop("QVDP_PUSH_ORDER", None)
+                    for k in ["QVDP_PUSH_IMPL", *env]:
+                        os.environ.pop(k, None)
             return f
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton"),
-               "push (CUDA, destination-major order)": with_impl("auto", "dest")}
+               "push (CUDA, destination-major order)": with_impl("auto", QVDP_PUSH_ORDER="dest")}
+        if push.use_relay(plan):
+            fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
         if push._native() is None:
-            del fns["push (CUDA)"], fns["push (CUDA, destination-major order)"]
+            fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)

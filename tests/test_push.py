@@ -74,6 +74,54 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
+def _replay_pipelined(plan):
+    """The pipelined relay's items on simulated buffers: stage 1 stores (marking pieces ready on their
+    helpers), stage 2 forwards only pieces whose mark was set, from the helper's buffer."""
+    w, total = plan.world_size, plan.total_rows
+    full = torch.arange(total, dtype=torch.int64) + 1
+    local = [torch.cat([full[p.out_start:p.out_end] for p in plan.pieces[r]]) if plan.pieces[r]
+             else full[:0] for r in range(w)]
+    outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
+    writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
+    marks = [set() for _ in range(w)]
+    items = [push.pipelined_items(plan, r) for r in range(w)]
+    for r in range(w):
+        for d, r0, d0, n, slot in items[r][0]:
+            assert 0 < n <= push.ROWS
+            outs[d][d0:d0 + n] = local[r][r0:r0 + n]
+            writes[d][d0:d0 + n] += 1
+            if slot >= 0:
+                assert d != r and slot not in marks[d]
+                marks[d].add(slot)
+    for r in range(w):
+        for d, r0, d0, n, slot in items[r][1]:
+            assert slot in marks[r], "a forward waits for a mark nobody sets (it would time out)"
+            piece = push.relay_pieces(plan)[r][slot]
+            assert (piece[2], piece[3]) == (r0, n) and r0 == d0 and d != r
+            outs[d][d0:d0 + n] = outs[r][r0:r0 + n]
+            writes[d][d0:d0 + n] += 1
+    return outs, writes, full
+
+
+@pytest.mark.parametrize("world", [3, 4, 8])
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_pipelined_relay_replay(world, name):
+    plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
+    outs, writes, full = _replay_pipelined(plan)
+    for r in range(world):
+        assert torch.equal(outs[r], full), (name, world, r)
+        assert bool((writes[r] == 1).all())
+
+
+def test_pipelined_relay_replay_random():
+    rng = random.Random(9)
+    for _ in range(30):
+        world = rng.randint(3, 6)
+        plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
+        outs, writes, full = _replay_pipelined(plan)
+        assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
+
+
 def test_push_relay_choice():
     # one owner of everything (one image, skewed): relay cuts its egress from 3N to N
     assert push.use_relay(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))

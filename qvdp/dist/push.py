@@ -38,6 +38,8 @@ ROWS = 16           # rows per program of the copy kernel (H200 sweep, session 8
 COLS = 1024
 WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
+READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
+SPAN_BYTES = 4096       # csrc/push.cu kSpan
 
 _STATES = {}        # group key -> _GroupState
 _KERNELS = {}
@@ -68,6 +70,10 @@ class _GroupState:
         self.flags.zero_()
         self.flags_hdl = symm_mem.rendezvous(self.flags, name)
         self.flag_peers = _peer_table(self.flags_hdl, self.world, (self.world,), torch.int64, device)
+        self.ready = symm_mem.empty(READY_SLOTS, dtype=torch.int64, device=device)  # relay piece marks
+        self.ready.zero_()
+        self.ready_hdl = symm_mem.rendezvous(self.ready, name)
+        self.ready_peers = _peer_table(self.ready_hdl, self.world, (READY_SLOTS,), torch.int64, device)
         self.errors = torch.zeros(1, dtype=torch.int32, device=device)
         self.epoch = 0
         self.timeout_ns = _timeout_ns()  # QVDP_PUSH_TIMEOUT_S when the group's first buffer is made
@@ -202,6 +208,54 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
+def relay_pieces(plan: ShardPlan) -> dict:
+    """{helper: [(owner, owner's local row, output row, rows)]}: every relayed share cut into pieces of
+    <= ROWS rows; a piece's index in its helper's list is its ready-mark slot (pipelined relay)."""
+    w = plan.world_size
+    pieces = {h: [] for h in range(w)}
+    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
+        for h, o, c in shares or ():
+            for k in range(0, c, ROWS):
+                pieces[h].append((s, ls + (o - os_) + k, o + k, min(ROWS, c - k)))
+    return pieces
+
+
+def pipelined_items(plan: ShardPlan, rank: int):
+    """(stage1, stage2) of the pipelined relay for this rank, int rows (dst, src row, dst row, rows, slot):
+    stage1 = the relay pieces this rank owns, to their helpers (slot set: the block marks the piece ready
+    there), round-robin over helpers in piece order, then its own rows and its whole runs (slot -1);
+    stage2 = the pieces this rank holds as a helper, to every other non-owner (the block waits for the
+    piece's mark), round-robin over destinations in piece order."""
+    w = plan.world_size
+    pieces = relay_pieces(plan)
+    mine = {h: [(h, lr, o, n, j) for j, (s, lr, o, n) in enumerate(pieces[h]) if s == rank] for h in range(w)}
+    s1 = _round_robin(mine, rank, w)
+    direct = [(rank, ls, os_, n, -1) for ls, os_, n in plan.runs(rank)]
+    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
+        if shares is None and s == rank:
+            direct += [(d, ls, os_, n, -1) for d in range(w) if d != rank]
+    s1 += [c for it in direct for c in _cut(it)]
+    fwd = {}
+    for j, (s, lr, o, n) in enumerate(pieces[rank]):
+        for d in range(w):
+            if d not in (s, rank):
+                fwd.setdefault(d, []).append((d, o, o, n, j))
+    return s1, _round_robin(fwd, rank, w)
+
+
+def _cut(item, rows=ROWS):
+    d, r0, d0, n, slot = item
+    return [(d, r0 + k, d0 + k, min(rows, n - k), slot) for k in range(0, n, rows)]
+
+
+def _round_robin(per: dict, rank: int, world: int) -> list:
+    order = sorted((d for d in per if per[d]), key=lambda d: (d - rank - 1) % world)
+    out = []
+    for i in range(max((len(per[d]) for d in order), default=0)):
+        out += [per[d][i] for d in order if i < len(per[d])]
+    return out
+
+
 def _chunks(items, device, rows=ROWS, rank=0, world=1, interleave=True):
     """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0), ordered round-robin over the
     destinations, starting at rank+1: blocks run roughly in table order, so every peer's link is busy
@@ -217,6 +271,21 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1, interleave=True):
     for i in range(max((len(v) for v in per.values()), default=0)):
         out += [per[d][i] for d in order if i < len(per[d])]
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
+
+
+def _pipelined_tables(plan, rank, device, width_bytes):
+    """(stage1, stage2) int64 [n, 5] tables of the pipelined relay, or None when its ready marks do not
+    fit READY_SLOTS."""
+    spans = -(-width_bytes // SPAN_BYTES)
+    need = max((len(v) for v in relay_pieces(plan).values()), default=0) * spans
+    if need > READY_SLOTS:
+        return None
+
+    def build():
+        s1, s2 = pipelined_items(plan, rank)
+        return (torch.tensor(s1, dtype=torch.int64, device=device).reshape(-1, 5),
+                torch.tensor(s2, dtype=torch.int64, device=device).reshape(-1, 5))
+    return plan.memo(("push-pipelined", rank, str(device), ROWS), build)
 
 
 def _device_items(plan, rank, device):
@@ -394,7 +463,11 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out):
     if hit is None:
         return None
     _plan, nat, args, bufs = hit
-    st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
+    if args[0] == "pipelined":
+        a = args[1]
+        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, a[-1])
+    else:
+        st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
     views = [b[:plan.total_rows] for b in bufs]
     return views[0] if layout == "concat" else views
 
@@ -411,8 +484,23 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
         pairs.append((t, b, peers, col if layout == "concat" else 0))
         col += t.shape[1]
     nat = _native()
+    eb = local_outputs[0].element_size()
+    if nat is not None and relay and len(pairs) == 1 and pairs[0][3] == 0 and pairs[0][0].shape[1] == \
+            bufs[0][0].shape[1] and os.environ.get("QVDP_PUSH_PIPELINE", "1") != "0":
+        tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
+        if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
+            t, b, peers, _ = pairs[0]
+            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, READY_SLOTS,
+                    st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
+            st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
+            if len(st.calls) >= 64:
+                st.calls.clear()
+            if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:
+                st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, ("pipelined", args),
+                                                                                [b for b, _ in bufs])
+            views = [b[:plan.total_rows] for b, _ in bufs]
+            return views[0] if layout == "concat" else views
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
-        eb = local_outputs[0].element_size()
         args = ([p for _, _, p, _ in pairs],
                 [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
                 s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
@@ -420,7 +508,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
         if len(st.calls) >= 64:
             st.calls.clear()
-        if "QVDP_PUSH_ORDER" not in os.environ:  # (the fast path serves the default order only)
+        if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:  # defaults only
             st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, args, [b for b, _ in bufs])
         views = [b[:plan.total_rows] for b, _ in bufs]
         return views[0] if layout == "concat" else views
