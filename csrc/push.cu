@@ -28,6 +28,20 @@ __device__ __forceinline__ uint64_t global_timer() {
   return t;
 }
 
+// Spin until *mark >= epoch (system-scope acquire); after timeout_ns give up and count it in errors.
+__device__ __forceinline__ void wait_mark(const int64_t* mark, int64_t epoch, int64_t timeout_ns, int32_t* errors) {
+  const uint64_t t0 = global_timer();
+  while (true) {
+    int64_t v;
+    asm volatile("ld.acquire.sys.global.b64 %0, [%1];" : "=l"(v) : "l"(mark) : "memory");
+    if (v >= epoch) return;
+    if (static_cast<int64_t>(global_timer() - t0) > timeout_ns) {
+      atomicAdd(errors, 1);
+      return;
+    }
+  }
+}
+
 __global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int32_t* errors, int rank, int world,
                                     int64_t epoch, int64_t timeout_ns) {
   const int t = threadIdx.x;
@@ -35,17 +49,7 @@ __global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int3
   __threadfence_system();  // every earlier write of this stream is visible before the signal
   int64_t* slot = reinterpret_cast<int64_t*>(flag_peers[t]) + rank;
   asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(slot), "l"(epoch) : "memory");
-  const int64_t* mine = reinterpret_cast<const int64_t*>(flag_peers[rank]) + t;
-  const uint64_t t0 = global_timer();
-  while (true) {
-    int64_t v;
-    asm volatile("ld.acquire.sys.global.b64 %0, [%1];" : "=l"(v) : "l"(mine) : "memory");
-    if (v >= epoch) break;
-    if (static_cast<int64_t>(global_timer() - t0) > timeout_ns) {
-      atomicAdd(errors, 1);
-      break;
-    }
-  }
+  wait_mark(reinterpret_cast<const int64_t*>(flag_peers[rank]) + t, epoch, timeout_ns, errors);
 }
 
 // One block per (chunk, column span of kThreads vectors): up to kRows loads in flight per thread,
@@ -91,19 +95,8 @@ __global__ void push_relay_kernel(const char* __restrict__ src, const char* own,
   const int64_t from_stride = fwd ? dst_stride : src_stride;
   char* dst = reinterpret_cast<char*>(peers[d]);
   if (fwd) {
-    if (threadIdx.x == 0) {
-      const int64_t* mark = reinterpret_cast<const int64_t*>(ready_peers[rank]) + slot * spans + y;
-      const uint64_t t0 = global_timer();
-      while (true) {
-        int64_t v;
-        asm volatile("ld.acquire.sys.global.b64 %0, [%1];" : "=l"(v) : "l"(mark) : "memory");
-        if (v >= epoch) break;
-        if (static_cast<int64_t>(global_timer() - t0) > timeout_ns) {
-          atomicAdd(errors, 1);
-          break;
-        }
-      }
-    }
+    if (threadIdx.x == 0)
+      wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + slot * spans + y, epoch, timeout_ns, errors);
     __syncthreads();
   }
   const int64_t end = min(row_bytes, (y + 1) * kSpan);
