@@ -91,6 +91,7 @@ def _worker(rank, world, port, q):
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton"),
                "push (CUDA, destination-major order)": with_impl("auto", QVDP_PUSH_ORDER="dest")}
         if push.use_relay(plan):
+            fns["push (CUDA, pipelined relay)"] = with_impl("auto", QVDP_PUSH_PIPELINE="1")
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}

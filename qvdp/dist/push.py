@@ -40,6 +40,9 @@ WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
 SPAN_BYTES = 4096       # csrc/push.cu kSpan
+# The pipelined relay (csrc/push.cu push_gather_pipelined) is off by default until it has run on 3+ GPUs:
+# it was written after the last 4-GPU lease of session 9 (QVDP_PUSH_PIPELINE=1 turns it on).
+PIPELINED_RELAY = "0"
 
 _STATES = {}        # group key -> _GroupState
 _KERNELS = {}
@@ -486,7 +489,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
     nat = _native()
     eb = local_outputs[0].element_size()
     if nat is not None and relay and len(pairs) == 1 and pairs[0][3] == 0 and pairs[0][0].shape[1] == \
-            bufs[0][0].shape[1] and os.environ.get("QVDP_PUSH_PIPELINE", "1") != "0":
+            bufs[0][0].shape[1] and os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY) == "1":
         tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
         if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
             t, b, peers, _ = pairs[0]
