@@ -88,7 +88,7 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton" \
             and "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:
         from .push import push_fast_path
-        res = push_fast_path(local_outputs, plan, group, layout, out)  # a repeat of a validated call
+        res = push_fast_path(local_outputs, plan, group, layout, out, backend)  # a repeat of a validated call
         if res is not None:
             return res
     world, rank = group_info(group)
@@ -108,10 +108,11 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             raise ValueError(f"out= (symmetric buffers) needs an NCCL group of 2+ GPUs of one host, got world size "
                              f"{world} and backend {group_backend(group)!r}")
         from .push import check_push_out, gather_rows_push, prefer_push
+        asked = backend
         if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
             backend = "push" if prefer_push(plan) or not _native_available(group) else "native"
         if backend == "push":
-            return gather_rows_push(local_outputs, plan, group, layout, out)
+            return gather_rows_push(local_outputs, plan, group, layout, out, asked)
         views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
         from .native import gather_rows_native
         return gather_rows_native(local_outputs, plan, group, layout, outs=views)

@@ -444,13 +444,13 @@ def _sig(t):
     return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
 
 
-def _call_key(local_outputs, plan, group, layout, out):
+def _call_key(local_outputs, plan, group, layout, out, backend):
     outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-    return (_group_key(group), id(plan), layout, tuple(_sig(t) for t in local_outputs),
+    return (_group_key(group), id(plan), layout, backend, tuple(_sig(t) for t in local_outputs),
             tuple(_sig(o) if isinstance(o, torch.Tensor) else id(o) for o in outs))
 
 
-def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out):
+def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
     """The same call as an earlier, validated one (same group, plan object, layout, and local and out
     tensors with the same address, shape, strides, dtype and device): enqueue it again without
     re-validating or re-planning (~10-20 µs less host time per call). None when there is no such call."""
@@ -459,7 +459,7 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out):
             or not all(isinstance(t, torch.Tensor) for t in local_outputs):
         return None
     try:
-        key = _call_key(local_outputs, plan, group, layout, out)
+        key = _call_key(local_outputs, plan, group, layout, out, backend)
     except TypeError:
         return None
     hit = st.calls.get(key)
@@ -475,8 +475,9 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out):
     return views[0] if layout == "concat" else views
 
 
-def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
-    """The push gather; returns views [total_rows, width] of the out buffers (list or one tensor)."""
+def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
+    """The push gather; returns views [total_rows, width] of the out buffers (list or one tensor).
+    backend: what the caller asked for ("push" or "auto"), part of the fast path's key."""
     bufs = check_push_out(out, local_outputs, plan, group, layout)
     st = _state(group)
     relay, s1, s2 = _device_items(plan, st.rank, bufs[0][0].device)
@@ -499,7 +500,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
             if len(st.calls) >= 64:
                 st.calls.clear()
             if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:
-                st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, ("pipelined", args),
+                st.calls[_call_key(local_outputs, plan, group, layout, out, backend)] = (plan, nat, ("pipelined", args),
                                                                                 [b for b, _ in bufs])
             views = [b[:plan.total_rows] for b, _ in bufs]
             return views[0] if layout == "concat" else views
@@ -512,7 +513,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out):
         if len(st.calls) >= 64:
             st.calls.clear()
         if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:  # defaults only
-            st.calls[_call_key(local_outputs, plan, group, layout, out)] = (plan, nat, args, [b for b, _ in bufs])
+            st.calls[_call_key(local_outputs, plan, group, layout, out, backend)] = (plan, nat, args, [b for b, _ in bufs])
         views = [b[:plan.total_rows] for b, _ in bufs]
         return views[0] if layout == "concat" else views
     flag_barrier(st, "triton")  # every peer is past its earlier use of its output
