@@ -130,6 +130,10 @@ def test_push_relay_choice():
     assert not push.use_relay(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["video"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
+    # "auto" with out=: push on 2 GPUs and for direct plans, NCCL for relay plans (measured, session 9)
+    assert push.prefer_push(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
+    assert push.prefer_push(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
+    assert not push.prefer_push(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))
     plan = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B)
     relay, s1, s2 = push.push_items(plan, next(r for r in range(4) if plan.rows(r)))
     # the owner sends 880 rows out once (plus its own copy), not 3 x 880
@@ -189,6 +193,21 @@ def test_push_bad_input_on_gloo():
         assert rr["ok"], rr
         errs = rr["result"]
         assert "needs out=" in errs["push, no out"]
-        assert "NCCL group" in errs["push, plain out"]
+        assert "NCCL group" in errs["push, plain out"]  # (gloo)
         assert "not 'torch'" in errs["torch, out"]
         assert "NCCL group" in errs["symmetric_empty"]
+
+
+def _world_one_worker(rank, world):
+    plan = plan_shards([[1, 8, 8], [1, 4, 6]], 1, QWEN3_VL_8B)
+    local = [torch.randn(plan.rows(0), w, device="cuda").to(torch.bfloat16) for w in (64, 32)]
+    buf = push.symmetric_empty(plan.total_rows + 3, 96, torch.bfloat16)
+    buf.fill_(float("nan"))
+    got = qvdp.gather_rows(local, plan, layout="concat", out=buf)
+    return bool(torch.equal(got, torch.cat(local, 1))) and got.data_ptr() == buf.data_ptr()
+
+
+@pytest.mark.gpu
+def test_push_world_one_copies_into_out():
+    res = run_ranks(_world_one_worker, 1, backend="nccl", timeout_s=60, join_timeout_s=120)
+    assert res[0]["ok"] and res[0]["result"] is True, res

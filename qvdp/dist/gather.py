@@ -104,10 +104,15 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     if out is not None:
         if backend == "torch":
             raise ValueError("out= is for backends 'push', 'native' and 'auto' (symmetric buffers), not 'torch'")
-        if world == 1 or group_backend(group) != "nccl":
-            raise ValueError(f"out= (symmetric buffers) needs an NCCL group of 2+ GPUs of one host, got world size "
-                             f"{world} and backend {group_backend(group)!r}")
+        if group_backend(group) != "nccl":
+            raise ValueError(f"out= (symmetric buffers) needs an NCCL group of GPUs of one host, got backend "
+                             f"{group_backend(group)!r}")
         from .push import check_push_out, gather_rows_push, prefer_push
+        if world == 1:  # nothing to exchange: the rows are copied into out
+            bufs = check_push_out(out, local_outputs, plan, group, layout)
+            srcs = [torch.cat(list(local_outputs), 1)] if layout == "concat" else list(local_outputs)
+            views = [b[:plan.total_rows].copy_(t) for (b, _), t in zip(bufs, srcs)]
+            return views[0] if layout == "concat" else views
         asked = backend
         if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
             backend = "push" if prefer_push(plan) or not _native_available(group) else "native"
