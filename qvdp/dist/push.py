@@ -183,9 +183,10 @@ def use_relay(plan: ShardPlan) -> bool:
 
 def prefer_push(plan: ShardPlan) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
-    diag_push; benchmarks/NOTES.md, session 9): on 2 GPUs push wins on every plan; on 4 x H200, NCCL's
-    pipelined broadcast beats the two-stage relay (one owner of most rows)."""
-    return plan.world_size == 2 or not use_relay(plan)
+    diag_push; benchmarks/NOTES.md, session 9): on 2 GPUs push wins on the balanced plans by 16-25% and is
+    even on one owner; on 4 x H200 NCCL was as fast or faster on every plan but 64 small images (two-stage
+    relay, destination-major chunk order: the forms measured there)."""
+    return plan.world_size == 2
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
