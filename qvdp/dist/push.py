@@ -3,25 +3,29 @@ GPUs of one host.
 
 The outputs live in torch symmetric memory. Allocate them once, collectively, with `symmetric_empty`, and
 pass them as `out=` on every call. Each rank stores its rows straight into their final rows of every
-peer's output: one Triton kernel per stage, no NCCL, no padding, no staging copy, no second pass.
-One host call enqueues the whole gather (csrc/push.cu, when the extension is built; Triton kernels
-otherwise, or with QVDP_PUSH_IMPL=triton). One-program flag barriers order the stages: each rank stores the call's epoch into its slot of every
-peer's flag row (release, system scope), then spins on its own row (acquire).
+peer's output: no NCCL, no padding, no staging copy, no second pass. One host call enqueues the whole
+gather (csrc/push.cu, when the extension is built); otherwise (or with QVDP_PUSH_IMPL=triton) the same
+steps run as Triton kernels, one launch each.
 
-Relay: when one rank owns most rows (one image, a skewed batch), each large run is split into shares, one
-per other rank. The owner stores each share once, to its helper, and the helpers forward the shares to
-the remaining peers. The owner's NVLink egress becomes the run's size, instead of (W-1) times it.
+Flag barriers order the steps: each rank stores the call's epoch into its slot of every peer's flag row
+(system-scope release), then spins on its own row (system-scope acquire).
+
+Relay (3+ GPUs): when one rank owns most rows (one image, a skewed batch), each large run is split into
+shares, one per other rank. The owner stores each share once, to its helper, and the helpers forward the
+shares to the remaining peers. The owner's NVLink egress becomes the run's size instead of (W-1) times it.
 
 Barriers per call:
 - direct plan: 2 (entry, exit);
-- relay plan: 3 (entry, after the shares, exit).
+- relay plan: 3 (entry, after the shares, exit);
+- pipelined relay (QVDP_PUSH_PIPELINE=1, off by default until measured on 3+ GPUs): 2. Helpers forward
+  each 16-row piece as soon as its ready mark lands.
 
-The entry barrier orders the call after every rank's earlier work on its current stream. A caller
-that reads the previous result on another stream must order that read before the next gather.
+The entry barrier orders the call after every rank's earlier work on its current stream. A caller that
+reads the previous result on another stream must order that read before the next gather.
 
 A rank that never arrives ends the wait after QVDP_PUSH_TIMEOUT_S seconds (default 300; read when the
-group's first symmetric buffer is made). The waiting
-ranks then go on with incomplete rows, and count the timeout in `push_errors(group)`.
+group's first symmetric buffer is made). The waiting ranks then go on with incomplete rows, and count the
+timeout in `push_errors(group)`.
 """
 from __future__ import annotations
 
@@ -136,7 +140,7 @@ def push_errors(group=None) -> int:
 
 
 def symmetric_buffer_for(t, group=None):
-    """(base buffer, peer table) when `t` starts at the base of a buffer from symmetric_empty for `group`."""
+    """(buffer, handle, peer table) when `t` starts at the base of a buffer from symmetric_empty for `group`."""
     st = _state(group)
     if st is None or not isinstance(t, torch.Tensor):
         return None
@@ -253,6 +257,7 @@ def _cut(item, rows=ROWS):
 
 
 def _round_robin(per: dict, rank: int, world: int) -> list:
+    """Items of every destination, one from each in turn, destinations in the order rank+1, rank+2, ..."""
     order = sorted((d for d in per if per[d]), key=lambda d: (d - rank - 1) % world)
     out = []
     for i in range(max((len(per[d]) for d in order), default=0)):
@@ -263,17 +268,13 @@ def _round_robin(per: dict, rank: int, world: int) -> list:
 def _chunks(items, device, rows=ROWS, rank=0, world=1, interleave=True):
     """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0), ordered round-robin over the
     destinations, starting at rank+1: blocks run roughly in table order, so every peer's link is busy
-    at once instead of all ranks storing into the same peer first (4 GPUs: 3 senders into one GPU)."""
+    at once instead of all ranks storing into the same peer first (4 GPUs: 3 senders into one GPU).
+    interleave=False: destination after destination (the A/B baseline of diag_push)."""
     per = {}
     for d, r0, d0, n in items:
         for k in range(0, n, rows):
             per.setdefault(d, []).append((d, r0 + k, d0 + k, min(rows, n - k)))
-    order = sorted(per, key=lambda d: (d - rank - 1) % max(world, 1))
-    if not interleave:  # destination after destination, in item order (the A/B baseline of diag_push)
-        return torch.tensor([c for d in per for c in per[d]], dtype=torch.int64, device=device).reshape(-1, 4)
-    out = []
-    for i in range(max((len(v) for v in per.values()), default=0)):
-        out += [per[d][i] for d in order if i < len(per[d])]
+    out = _round_robin(per, rank, max(world, 1)) if interleave else [c for d in per for c in per[d]]
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
