@@ -206,6 +206,15 @@ def finish_worker(rank: int, q, result, per_rank: bool = False):
     dist.destroy_process_group()
 
 
+def gpu_worlds(worlds):
+    """The requested world sizes this machine has the GPUs for (the others are reported and skipped)."""
+    for w in worlds:
+        if torch.cuda.device_count() < w:
+            print(f"skip world {w}: {torch.cuda.device_count()} GPUs")
+            continue
+        yield w
+
+
 def spawn_ranks(worker, world: int, *args, timeout_s: float = 1800):
     """Start `world` processes running worker(rank, world, port, *args, queue); return what rank 0 puts."""
     import socket

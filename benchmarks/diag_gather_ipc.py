@@ -24,7 +24,7 @@ import argparse
 
 import torch
 
-from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks
+from _common import finish_worker, gpu_worlds, init_nccl_worker, slowest_rank_us, spawn_ranks
 from qvdp.dist.push import relay_shares as _relay_shares
 
 WIDTH = 16384
@@ -299,10 +299,7 @@ def main():
     ap.add_argument("--flag-barrier", action="store_true",
                     help="also the push variants (last --sm-configs entry) with a one-program flag barrier")
     a = ap.parse_args()
-    for w in a.worlds:
-        if torch.cuda.device_count() < w:
-            print(f"skip world {w}: {torch.cuda.device_count()} GPUs")
-            continue
+    for w in gpu_worlds(a.worlds):
         cfgs = [tuple(int(v) for v in c.split(",")) for c in a.sm_configs]
         wls = [x for x in WORKLOADS if not a.workloads or x[0] in a.workloads]
         spawn_ranks(_worker, w, cfgs, a.sm_only, wls, a.flag_barrier, timeout_s=600)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _common import finish_worker, init_nccl_worker, slowest_rank_us, spawn_ranks
+from _common import finish_worker, gpu_worlds, init_nccl_worker, slowest_rank_us, spawn_ranks
 
 WIDTH = 16384
 WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 80, 80]] + [[1, 16, 16]] * 3),
@@ -143,10 +143,7 @@ def main():
     ap.add_argument("--shapes", nargs="*", type=int, default=[],
                     help="copy-kernel launch shapes to add (csrc/push.cu kShape indices, 1-6; 0 is the default)")
     a = ap.parse_args()
-    for w in a.worlds:
-        if torch.cuda.device_count() < w:
-            print(f"skip world {w}: {torch.cuda.device_count()} GPUs")
-            continue
+    for w in gpu_worlds(a.worlds):
         spawn_ranks(_worker, w, a.shapes, timeout_s=600)
 
 
