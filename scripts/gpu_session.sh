@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -167,6 +167,8 @@ elif [ "$STAGE" = s9g ]; then  # session 9, 2 GPUs (no 4-GPU machine lent): fina
   T=150 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather" tests -p no:cacheprovider
   T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 2 --shapes 1 2 3 4 5 6
   T=100 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
+  T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=150 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
