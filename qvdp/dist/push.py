@@ -17,8 +17,8 @@ shares to the remaining peers. The owner's NVLink egress becomes the run's size 
 Barriers per call:
 - direct plan: 2 (entry, exit);
 - relay plan: 3 (entry, after the shares, exit);
-- pipelined relay (QVDP_PUSH_PIPELINE=1, off by default until measured on 3+ GPUs): 2. Helpers forward
-  each 16-row piece as soon as its ready mark lands.
+- pipelined relay (QVDP_PUSH_PIPELINE=1, off by default: measured, see PIPELINED_RELAY): 2. Helpers
+  forward each 16-row piece as soon as its ready mark lands.
 
 The entry barrier orders the call after every rank's earlier work on its current stream. A caller that
 reads the previous result on another stream must order that read before the next gather.
@@ -44,8 +44,9 @@ WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
 SPAN_BYTES = 4096       # csrc/push.cu kSpan
-# The pipelined relay (csrc/push.cu push_gather_pipelined) is off by default until it has run on 3+ GPUs:
-# it was written after the last 4-GPU lease of session 9 (QVDP_PUSH_PIPELINE=1 turns it on).
+# The pipelined relay (csrc/push.cu push_gather_pipelined; QVDP_PUSH_PIPELINE=1 turns it on) is off by
+# default: on 4 x H200 it was exact, 20% faster than the two-stage relay for the skewed plan but 3% slower
+# for one image, and NCCL's broadcast beat both there (session 9, s9f).
 PIPELINED_RELAY = "0"
 
 _STATES = {}        # group key -> _GroupState
@@ -187,10 +188,13 @@ def use_relay(plan: ShardPlan) -> bool:
 
 def prefer_push(plan: ShardPlan) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
-    diag_push; benchmarks/NOTES.md, session 9): on 2 GPUs push wins on the balanced plans by 16-25% and is
-    even on one owner; on 4 x H200 NCCL was as fast or faster on every plan but 64 small images (two-stage
-    relay, destination-major chunk order: the forms measured there)."""
-    return plan.world_size == 2
+    diag_push; benchmarks/NOTES.md, session 9, 2 and 4 x H200):
+    - on 2 GPUs push runs 16-25% under the floor on balanced plans, and level with NCCL on one owner;
+    - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
+      against NCCL's 1.00x;
+    - where one rank owns most rows on 3+ GPUs, NCCL's pipelined broadcast is faster back to back (one
+      image 114 vs 161 us), so those plans go to NCCL."""
+    return plan.world_size == 2 or not use_relay(plan)
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
@@ -282,8 +286,8 @@ def _pipelined_tables(plan, rank, device, width_bytes):
     """(stage1, stage2) int64 [n, 5] tables of the pipelined relay, or None when its ready marks do not
     fit READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    need = max((len(v) for v in relay_pieces(plan).values()), default=0) * spans
-    if need > READY_SLOTS:
+    pieces = plan.memo("push-relay-pieces", lambda: max((len(v) for v in relay_pieces(plan).values()), default=0))
+    if pieces * spans > READY_SLOTS:
         return None
 
     def build():
