@@ -6,10 +6,10 @@ Per barrier kind (the CUDA flag barrier of csrc/push.cu, the Triton one, torch s
 barrier): host µs per launch (200 launches, no sync) and device µs per barrier when the host is far
 ahead (200 barriers queued behind a long sleep kernel, timed by events around them).
 Per workload: one call after a barrier (as bench_gather times it) and 20 back-to-back calls per event
-pair (steady state), and host µs per call, for push (CUDA; Triton; CUDA with the chunks in destination-
-major order instead of round-robin over destinations; CUDA with the relay in two barrier-separated
-stages instead of pipelined; CUDA with other copy-kernel launch shapes, --shapes), the NCCL floor and
-the native gather.
+pair (steady state), and host µs per call, for push (CUDA; Triton; on relay plans, CUDA with the
+pipelined and with the two-stage relay), the NCCL floor and the native gather. (Session 9's runs also
+timed a destination-major chunk order and seven copy-kernel launch shapes, since removed from the
+library: results/logs/h200x*-s9/diag_push-*.log.)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 8
              ("4x720p", [[1, 44, 80]] * 4)]
 
 
-def _worker(rank, world, port, shapes, q):
+def _worker(rank, world, port, q):
     import torch.distributed as dist
     import torch.distributed._symmetric_memory as symm_mem
     import qvdp
@@ -89,20 +89,7 @@ def _worker(rank, world, port, shapes, q):
                     for k in ["QVDP_PUSH_IMPL", *env]:
                         os.environ.pop(k, None)
             return f
-        fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton"),
-               "push (CUDA, destination-major order)": with_impl("auto", QVDP_PUSH_ORDER="dest")}
-        nat = push._native()
-        for sh in shapes if nat is not None else ():
-            t_, r_, v_ = nat.push_set_copy_shape(sh)
-            nat.push_set_copy_shape(0)
-
-            def shaped(sh=sh):
-                nat.push_set_copy_shape(sh)
-                try:
-                    return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=buf)
-                finally:
-                    nat.push_set_copy_shape(0)
-            fns[f"push (CUDA, copy shape {t_} thr x {r_} rows x {v_} vec)"] = shaped
+        fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
             fns["push (CUDA, pipelined relay)"] = with_impl("auto", QVDP_PUSH_PIPELINE="1")
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
@@ -140,11 +127,9 @@ def _worker(rank, world, port, shapes, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
-    ap.add_argument("--shapes", nargs="*", type=int, default=[],
-                    help="copy-kernel launch shapes to add (csrc/push.cu kShape indices, 1-6; 0 is the default)")
     a = ap.parse_args()
     for w in gpu_worlds(a.worlds):
-        spawn_ranks(_worker, w, a.shapes, timeout_s=600)
+        spawn_ranks(_worker, w, timeout_s=600)
 
 
 if __name__ == "__main__":

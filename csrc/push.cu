@@ -52,42 +52,26 @@ __global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int3
   wait_mark(reinterpret_cast<const int64_t*>(flag_peers[rank]) + t, epoch, timeout_ns, errors);
 }
 
-// One block per (chunk, column span of THREADS x VPT vectors): each thread loads R rows x VPT vectors
-// (all in flight), then stores them (remote over NVLink, or local for this rank's own rows).
-template <typename V, int THREADS, int R, int VPT>
-__global__ void __launch_bounds__(THREADS) push_rows_kernel(const char* __restrict__ src,
-                                                            const int64_t* __restrict__ peers,
-                                                            const int64_t* __restrict__ chunks, int64_t src_stride,
-                                                            int64_t dst_stride, int64_t dst_col, int64_t row_bytes) {
+// One block per (chunk, column span of kThreads vectors): up to kRows loads in flight per thread,
+// then the stores (remote over NVLink, or local for this rank's own rows). Seven launch shapes (128-512
+// threads, 8-16 rows, 1-2 vectors per thread) measured within 1-2% of this one (benchmarks/NOTES.md).
+template <typename V>
+__global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
+                                 const int64_t* __restrict__ chunks, int64_t src_stride, int64_t dst_stride,
+                                 int64_t dst_col, int64_t row_bytes) {
   const int64_t* ch = chunks + 4 * static_cast<int64_t>(blockIdx.x);
   const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3];
   char* dst = reinterpret_cast<char*>(peers[d]);
-  constexpr int64_t kStep = static_cast<int64_t>(THREADS) * sizeof(V);
-  const int64_t off0 = static_cast<int64_t>(blockIdx.y) * kStep * VPT + threadIdx.x * static_cast<int64_t>(sizeof(V));
-  if (off0 >= row_bytes) return;
-  for (int64_t g = 0; g < n; g += R) {
-    V buf[R][VPT];
+  const int64_t off = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * sizeof(V);
+  if (off >= row_bytes) return;
+  V buf[kRows];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) buf[r] = *reinterpret_cast<const V*>(src + (r0 + r) * src_stride + off);
 #pragma unroll
-      for (int k = 0; k < VPT; ++k)
-        if (g + r < n && off0 + k * kStep < row_bytes)
-          buf[r][k] = *reinterpret_cast<const V*>(src + (r0 + g + r) * src_stride + off0 + k * kStep);
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int k = 0; k < VPT; ++k)
-        if (g + r < n && off0 + k * kStep < row_bytes)
-          *reinterpret_cast<V*>(dst + (d0 + g + r) * dst_stride + dst_col + off0 + k * kStep) = buf[r][k];
-  }
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + dst_col + off) = buf[r];
 }
-
-// Launch shapes of the copy kernel for 16-byte vectors (diag_push sweeps them; 0 is the default).
-// Other vector widths use shape 0.
-int g_copy_shape = 0;
-constexpr int kCopyShapes = 7;
-constexpr int kShape[kCopyShapes][3] = {  // threads, rows in flight, vectors per thread
-    {256, 16, 1}, {128, 16, 1}, {512, 16, 1}, {256, 8, 1}, {256, 16, 2}, {128, 16, 2}, {512, 8, 1}};
 
 // The pipelined relay, one launch: blocks [0, n1 * spans) do stage 1 (rows from this rank's local
 // output to their destinations); a stage-1 block that stored a relay piece then marks it ready on its
@@ -163,42 +147,24 @@ int vector_bytes(std::initializer_list<int64_t> vals) {
   return 1;
 }
 
-template <typename V, int THREADS, int R, int VPT>
-void launch_copy(const char* src, const int64_t* p, const int64_t* c, int64_t n, int64_t src_stride, int64_t dst_stride,
-                 int64_t dst_col, int64_t row_bytes, cudaStream_t stream) {
-  const int64_t span = static_cast<int64_t>(THREADS) * VPT * sizeof(V);
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((row_bytes + span - 1) / span));
-  push_rows_kernel<V, THREADS, R, VPT><<<grid, THREADS, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col,
-                                                                     row_bytes);
-}
-
 void copy_rows(const char* src, int64_t src_stride, const at::Tensor& peers, const at::Tensor& chunks,
                int64_t dst_stride, int64_t dst_col, int64_t row_bytes, cudaStream_t stream) {
   const int64_t n = chunks.size(0);
   if (n == 0 || row_bytes == 0) return;
   // the peers' buffers come from symmetric memory (256-byte aligned bases)
   const int vb = vector_bytes({reinterpret_cast<int64_t>(src), src_stride, dst_stride, dst_col, row_bytes});
+  const int64_t span = static_cast<int64_t>(kThreads) * vb;
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((row_bytes + span - 1) / span));
   const int64_t* p = peers.data_ptr<int64_t>();
   const int64_t* c = chunks.data_ptr<int64_t>();
-#define QVDP_COPY(V, T, R, K) launch_copy<V, T, R, K>(src, p, c, n, src_stride, dst_stride, dst_col, row_bytes, stream)
-  if (vb == 16) {
-    switch (g_copy_shape) {
-      case 1: QVDP_COPY(int4, 128, 16, 1); break;
-      case 2: QVDP_COPY(int4, 512, 16, 1); break;
-      case 3: QVDP_COPY(int4, 256, 8, 1); break;
-      case 4: QVDP_COPY(int4, 256, 16, 2); break;
-      case 5: QVDP_COPY(int4, 128, 16, 2); break;
-      case 6: QVDP_COPY(int4, 512, 8, 1); break;
-      default: QVDP_COPY(int4, 256, 16, 1);
-    }
-  } else if (vb == 8) {
-    QVDP_COPY(int2, 256, 16, 1);
-  } else if (vb == 4) {
-    QVDP_COPY(int32_t, 256, 16, 1);
-  } else if (vb == 2) {
-    QVDP_COPY(int16_t, 256, 16, 1);
-  } else {
-    QVDP_COPY(int8_t, 256, 16, 1);
+#define QVDP_COPY(V) push_rows_kernel<V><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, \
+                                                                       row_bytes)
+  switch (vb) {
+    case 16: QVDP_COPY(int4); break;
+    case 8: QVDP_COPY(int2); break;
+    case 4: QVDP_COPY(int32_t); break;
+    case 2: QVDP_COPY(int16_t); break;
+    default: QVDP_COPY(int8_t);
   }
 #undef QVDP_COPY
   cuda_check(cudaGetLastError(), "push_rows_kernel");
@@ -215,7 +181,7 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
 // (stage 1 + forwards gated by ready marks), exit barrier. Returns the last epoch used.
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
                               int64_t dst_stride, const at::Tensor& stage1, const at::Tensor& stage2,
-                              const at::Tensor& ready_peers, int64_t slots, const at::Tensor& flag_peers,
+                              const at::Tensor& ready_peers, const at::Tensor& flag_peers,
                               const at::Tensor& errors, int64_t rank, int64_t world, int64_t epoch,
                               int64_t timeout_ns) {
   check_table(stage1, 5, "stage1");
@@ -249,7 +215,6 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     int32_t* e = errors.data_ptr<int32_t>();
     const int r = static_cast<int>(rank);
     const int64_t ss = src.stride(0) * eb;
-    (void)slots;
 #define QVDP_RELAY(V) push_relay_kernel<V><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, ss, dst_stride, \
                                                                          row_bytes, rp, r, mark_epoch, timeout_ns, e)
     switch (vb) {
@@ -264,14 +229,6 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
   }
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
   return epoch;
-}
-
-// Pick the copy kernel's launch shape for 16-byte rows (diagnostics); returns the shape's
-// (threads, rows in flight, vectors per thread).
-std::vector<int64_t> push_set_copy_shape(int64_t shape) {
-  check(shape >= 0 && shape < kCopyShapes, "copy shape out of range [0, " + std::to_string(kCopyShapes) + ")");
-  g_copy_shape = static_cast<int>(shape);
-  return {kShape[shape][0], kShape[shape][1], kShape[shape][2]};
 }
 
 // One flag barrier on the current stream (diagnostics and tests).

@@ -161,11 +161,11 @@ elif [ "$STAGE" = s9e ]; then  # session 9, 2 GPUs: build with the pipelined rel
   T=60 TAILN=5 step copy_kernel_tests python3 -m pytest -q -m gpu -k copy_kernel tests -p no:cacheprovider
 elif [ "$STAGE" = s9f ]; then  # session 9, 4 GPUs: pipelined relay tests, diag (order / pipeline A/B), gather at 2 and 4 GPUs
   T=150 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k push tests -p no:cacheprovider
-  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --shapes 1 2 4
+  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4
   T=150 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g
 elif [ "$STAGE" = s9g ]; then  # session 9, 2 GPUs (no 4-GPU machine lent): final-code push tests, copy-shape sweep, gather
   T=150 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather" tests -p no:cacheprovider
-  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 2 --shapes 1 2 3 4 5 6
+  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=100 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
 elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
   T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py

@@ -86,7 +86,7 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             the result is views of their first total_rows rows.
     """
     if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton" \
-            and "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:
+            and "QVDP_PUSH_PIPELINE" not in os.environ:
         from .push import push_fast_path
         res = push_fast_path(local_outputs, plan, group, layout, out, backend)  # a repeat of a validated call
         if res is not None:

@@ -68,7 +68,6 @@ class _GroupState:
     def __init__(self, group, device):
         import torch.distributed._symmetric_memory as symm_mem
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        self.device = device
         name = _group_name(group)
         if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before torch 2.9, deprecated after
             with warnings.catch_warnings():
@@ -92,9 +91,12 @@ class _GroupState:
         dist.barrier(group=group)  # every flag row is zero before anyone signals
 
 
+def _peer_addresses(hdl, world, shape, dtype):
+    return [hdl.get_buffer(r, shape, dtype).data_ptr() for r in range(world)]
+
+
 def _peer_table(hdl, world, shape, dtype, device):
-    ptrs = [hdl.get_buffer(r, shape, dtype).data_ptr() for r in range(world)]
-    return torch.tensor(ptrs, dtype=torch.int64, device=device)
+    return torch.tensor(_peer_addresses(hdl, world, shape, dtype), dtype=torch.int64, device=device)
 
 
 def _state(group, device=None):
@@ -127,10 +129,10 @@ def symmetric_empty(rows: int, width: int, dtype=torch.bfloat16, group=None, dev
     st = _state(group, device)
     buf = symm_mem.empty(rows, width, dtype=dtype, device=device)
     hdl = symm_mem.rendezvous(buf, _group_name(group))
-    peers = _peer_table(hdl, st.world, (rows, width), dtype, device)
-    if int(peers[st.rank].item()) != buf.data_ptr():
+    ptrs = _peer_addresses(hdl, st.world, (rows, width), dtype)
+    if ptrs[st.rank] != buf.data_ptr():
         raise RuntimeError("symmetric memory returned a different local address for this rank's buffer")
-    st.buffers[buf.data_ptr()] = (buf, hdl, peers)
+    st.buffers[buf.data_ptr()] = (buf, hdl, torch.tensor(ptrs, dtype=torch.int64, device=device))
     return buf
 
 
@@ -269,16 +271,16 @@ def _round_robin(per: dict, rank: int, world: int) -> list:
     return out
 
 
-def _chunks(items, device, rows=ROWS, rank=0, world=1, interleave=True):
+def _chunks(items, device, rows=ROWS, rank=0, world=1):
     """int64 [n, 4] table of chunks of <= `rows` rows (n may be 0), ordered round-robin over the
     destinations, starting at rank+1: blocks run roughly in table order, so every peer's link is busy
-    at once instead of all ranks storing into the same peer first (4 GPUs: 3 senders into one GPU).
-    interleave=False: destination after destination (the A/B baseline of diag_push)."""
+    at once instead of all ranks storing into the same peer first (4 GPUs: 3 senders into one GPU;
+    4 x 720p on 4 x H200: -12% against destination after destination, benchmarks/NOTES.md session 9)."""
     per = {}
     for d, r0, d0, n in items:
         for k in range(0, n, rows):
             per.setdefault(d, []).append((d, r0 + k, d0 + k, min(rows, n - k)))
-    out = _round_robin(per, rank, max(world, 1)) if interleave else [c for d in per for c in per[d]]
+    out = _round_robin(per, rank, max(world, 1))
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
@@ -301,9 +303,8 @@ def _device_items(plan, rank, device):
     def build():
         relay, s1, s2 = push_items(plan, rank)
         w = plan.world_size
-        return relay, _chunks(s1, device, ROWS, rank, w, rr), _chunks(s2, device, ROWS, rank, w, rr)
-    rr = os.environ.get("QVDP_PUSH_ORDER", "interleave") != "dest"
-    return plan.memo(("push", rank, str(device), ROWS, rr), build)
+        return relay, _chunks(s1, device, ROWS, rank, w), _chunks(s2, device, ROWS, rank, w)
+    return plan.memo(("push", rank, str(device), ROWS), build)
 
 
 # ---- kernels --------------------------------------------------------------------------------------------
@@ -481,6 +482,14 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     return views[0] if layout == "concat" else views
 
 
+def _remember(st, key, entry):
+    """Keep a validated call for the fast path (at most 64; not while QVDP_PUSH_PIPELINE overrides the default)."""
+    if len(st.calls) >= 64:
+        st.calls.clear()
+    if "QVDP_PUSH_PIPELINE" not in os.environ:
+        st.calls[key] = entry
+
+
 def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
     """The push gather; returns views [total_rows, width] of the out buffers (list or one tensor).
     backend: what the caller asked for ("push" or "auto"), part of the fast path's key."""
@@ -500,14 +509,10 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
         if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
             t, b, peers, _ = pairs[0]
-            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, READY_SLOTS,
-                    st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
+            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
             st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
-            if len(st.calls) >= 64:
-                st.calls.clear()
-            if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:
-                st.calls[_call_key(local_outputs, plan, group, layout, out, backend)] = (plan, nat, ("pipelined", args),
-                                                                                [b for b, _ in bufs])
+            _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
+                      (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
             views = [b[:plan.total_rows] for b, _ in bufs]
             return views[0] if layout == "concat" else views
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
@@ -516,10 +521,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
                 s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
                 st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
-        if len(st.calls) >= 64:
-            st.calls.clear()
-        if "QVDP_PUSH_ORDER" not in os.environ and "QVDP_PUSH_PIPELINE" not in os.environ:  # defaults only
-            st.calls[_call_key(local_outputs, plan, group, layout, out, backend)] = (plan, nat, args, [b for b, _ in bufs])
+        _remember(st, _call_key(local_outputs, plan, group, layout, out, backend), (plan, nat, args, [b for b, _ in bufs]))
         views = [b[:plan.total_rows] for b, _ in bufs]
         return views[0] if layout == "concat" else views
     flag_barrier(st, "triton")  # every peer is past its earlier use of its output
