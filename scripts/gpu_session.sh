@@ -167,6 +167,11 @@ elif [ "$STAGE" = s9g ]; then  # session 9, 2 GPUs (no 4-GPU machine lent): fina
   T=150 TAILN=12 step push_tests python3 -m pytest -q -s -m gpu -k "push or native_gather" tests -p no:cacheprovider
   T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=100 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+elif [ "$STAGE" = s10a ]; then  # session 10, 2 GPUs: every multi-GPU test on the final code, push diag, gather table
+  T=240 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=90 TAILN=6 step push_tests python3 -m pytest -q -m gpu tests/test_push.py -p no:cacheprovider
+  T=120 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 2
+  T=120 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
 elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
   T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
