@@ -1,4 +1,4 @@
-"""Patch merger: qvdp (norm folded into fc1, bias+GELU epilogue) vs eager HF-style vs torch.compile,
+"""Patch merger: qvdp (backend "cutlass" where it runs, else "triton") vs eager HF-style vs torch.compile,
 and the floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised input.
 
     python benchmarks/bench_merger.py [--out DIR]
@@ -6,12 +6,14 @@ and the floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised i
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
 
 from _common import bar_plot, event_ms, time_interleaved, write_results
 
+from qvdp.ops import merger_gemm
 from qvdp.ops.patch_merger import patch_merger
 from qvdp.reference import patch_merger_reference
 
@@ -55,6 +57,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
+    backend = "cutlass" if merger_gemm.available() else "triton"
+    print("qvdp backend:", backend, os.environ.get("QVDP_MERGER_GEMM_VARIANT", ""))
     rows, plot = [], {"qvdp": [], "eager": [], "torch.compile": [], "floor (2 addmm)": []}
     labels = []
     ns = NS[:1] if args.quick else NS
@@ -63,7 +67,7 @@ def main():
             for H, O in HO:
                 K = 4 * H
                 x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post)
-                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="triton")
+                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend=backend)
                 fe = lambda: eager(x, nw, nb, w1, b1, w2, b2, post)
                 fc = lambda: compiled(x, nw, nb, w1, b1, w2, b2, post)
                 ff = lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t())
@@ -94,7 +98,9 @@ def main():
     write_results("merger", "Patch merger (bf16): LN + 2x2 merge + fc1 + GELU + fc2",
                   ["shape", "qvdp ms", "eager ms", "compile ms", "floor ms", "qvdp TFLOP/s", "qvdp / floor",
                    "eager / qvdp", "compile / qvdp", "err"], rows,
-                  "floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
+                  f"qvdp = patch_merger(backend={backend!r}"
+                  + (f", CUTLASS configuration {merger_gemm.VARIANTS[int(os.environ.get('QVDP_MERGER_GEMM_VARIANT', merger_gemm.DEFAULT_VARIANT))]}" if backend == "cutlass" else "")
+                  + "). floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",
                   out_dir=args.out)
     bar_plot("merger", labels, plot, "TFLOP/s", out_dir=args.out)

@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -172,6 +172,17 @@ elif [ "$STAGE" = s10a ]; then  # session 10, 2 GPUs: every multi-GPU test on th
   T=90 TAILN=6 step push_tests python3 -m pytest -q -m gpu tests/test_push.py -p no:cacheprovider
   T=120 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=120 TAILN=50 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+elif [ "$STAGE" = s10b ]; then  # session 10, one GPU, no NCCL build: CUTLASS merger fc1 (carried .so) tests, sweep, bench, tower A/B
+  python3 -c "from qvdp.ops import merger_gemm as m; print('cutlass merger:', m.unavailable_reason() or 'available')"
+  T=150 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=150 TAILN=40 step diag_merger_cutlass python3 benchmarks/diag_merger_cutlass.py --winner logs/mg_winner
+  export QVDP_MERGER_GEMM_VARIANT=$(cat logs/mg_winner 2>/dev/null || echo 0); echo "QVDP_MERGER_GEMM_VARIANT=$QVDP_MERGER_GEMM_VARIANT"
+  T=150 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=150 TAILN=10 step diag_tower_merger python3 benchmarks/diag_tower_merger.py --workloads 4x720p "16 mixed"
+elif [ "$STAGE" = s10c ]; then  # session 10, one GPU: the CUTLASS fc1 alone vs cuBLAS (mainloop, tile order), new configurations
+  T=200 TAILN=200 step diag_merger_gemm python3 benchmarks/diag_merger_gemm.py
+  T=120 TAILN=14 step diag_merger_cutlass python3 benchmarks/diag_merger_cutlass.py --quick
+  T=60 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or graph" -p no:cacheprovider
 elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
   T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests

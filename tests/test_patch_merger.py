@@ -84,3 +84,93 @@ def test_gpu_tma_variants(norm, post, variant, monkeypatch):
     """one program per tile and the persistent form, bf16, a row count that is not a tile multiple"""
     monkeypatch.setenv("QVDP_MERGER_VARIANT", variant)
     _check(4 * 1001, 1152, 2048, norm, post, torch.bfloat16, "cuda", "triton")
+
+
+# ---- CUTLASS fc1 (csrc/merger_gemm.cu): bf16, Hopper, the library built --------------------------------
+
+def _cutlass_or_skip():
+    from qvdp.ops import merger_gemm
+    why = merger_gemm.unavailable_reason()
+    if why:
+        pytest.skip(why)
+    return merger_gemm
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 4096), (4 * 1001, 1024, 2048), (4, 1152, 2048),
+                                     (4 * 257, 1152, 5120)])
+def test_gpu_cutlass(norm, post, n, H, out):
+    _cutlass_or_skip()
+    _check(n, H, out, norm, post, torch.bfloat16, "cuda", "cutlass")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["fold", "prenorm"])
+def test_gpu_cutlass_forms(form, monkeypatch):
+    """the post-shuffle LayerNorm both ways: folded into fc1's epilogue, or normalised first"""
+    _cutlass_or_skip()
+    monkeypatch.setenv("QVDP_MERGER_CUTLASS_FORM", form)
+    _check(4 * 1001, 1152, 2048, "layernorm", True, torch.bfloat16, "cuda", "cutlass")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,N,K", [(3520, 4608, 4608), (1001, 2048, 4096), (1, 4096, 4608), (129, 264, 72),
+                                   (300, 8, 8)])
+@pytest.mark.parametrize("vectors", [True, False])
+def test_gpu_fc1_gelu_variants(M, N, K, vectors):
+    """every compiled kernel configuration vs an fp64 reference of GELU(rstd*(x@w.T) + negm*s + c),
+    output poisoned, fresh random inputs; rows/columns that are not tile multiples"""
+    mg = _cutlass_or_skip()
+    g = torch.Generator(device="cuda").manual_seed(M * 7 + N)
+    x = (torch.randn(M, K, device="cuda", generator=g) * 2 + 0.3).bfloat16()
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
+    vec = dict(rstd=torch.rand(M, device="cuda", generator=g) + 0.5, negm=torch.randn(M, device="cuda", generator=g),
+               s=torch.randn(N, device="cuda", generator=g), c=torch.randn(N, device="cuda", generator=g)) \
+        if vectors else dict(c=torch.randn(N, device="cuda", generator=g))
+    pre = x.double() @ w.double().t()
+    if vectors:
+        pre = pre * vec["rstd"].double()[:, None] + vec["negm"].double()[:, None] * vec["s"].double()[None, :]
+    pre = pre + vec["c"].double()[None, :]
+    ref = torch.nn.functional.gelu(pre)
+    for v in sorted(mg.VARIANTS):
+        out = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+        got = mg.fc1_gelu(x, w, out=out, variant=v, **vec)
+        assert got.data_ptr() == out.data_ptr()
+        torch.cuda.synchronize()
+        assert torch.isfinite(got).all(), f"variant {v}: unwritten or non-finite outputs"
+        e = rel(got, ref)
+        assert e < 1e-2, f"variant {v} ({mg.VARIANTS[v]}): rel err {e:.2e}"
+
+
+@pytest.mark.gpu
+def test_gpu_cutlass_cuda_graph():
+    """the ctypes launch is captured into a CUDA graph (the tower replays its mergers in graphs)"""
+    _cutlass_or_skip()
+    for post in (False, True):
+        x, p = make(4 * 300, 1152, 2048, "layernorm", post, torch.bfloat16, "cuda")
+        static_x = x.clone()
+        f = lambda: patch_merger(static_x, **p, postshuffle_norm=post, backend="cutlass")
+        f()  # warm: caches (folded weights, fp32 bias) filled outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = f()
+        x2, _ = make(4 * 300, 1152, 2048, "layernorm", post, torch.bfloat16, "cuda", seed=5)
+        static_x.copy_(x2)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = patch_merger(x2, **p, postshuffle_norm=post, backend="cutlass")
+        assert torch.equal(out, want)
+
+
+def test_cutlass_bad_inputs():
+    from qvdp.ops import merger_gemm
+    x, p = make(8, 16, 8, "layernorm", False, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="cutlass"):
+        patch_merger(x, **p, backend="cutlass")
+    with pytest.raises(ValueError, match="bfloat16"):
+        merger_gemm.fc1_gelu(torch.ones(4, 8), torch.ones(8, 8))
+    with pytest.raises(ValueError, match=r"x must be \[M, K\]"):
+        merger_gemm.fc1_gelu(torch.ones(4, 8, dtype=torch.bfloat16), torch.ones(8, 16, dtype=torch.bfloat16))

@@ -10,7 +10,11 @@ Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
      Older forms kept for comparison (QVDP_MERGER_VARIANT): "tmap" (persistent), "fold" (pointer
      loads, two accumulators), "load" (x tiles normalised in registers on load);
   3. the second GEMM with its bias: torch.addmm (cuBLAS, bias fused in its epilogue).
-The torch path (CPU default, reference) runs norm -> view -> addmm -> gelu -> addmm.
+CUTLASS path (backend="cutlass", bf16 on Hopper, `csrc/merger_gemm.cu` via qvdp.ops.merger_gemm): fc1
+as one CUTLASS TMA warp-specialised GEMM whose epilogue-visitor tree applies the folded post-shuffle
+norm (rstd, -mean*rstd, rowsum(WG), b1 + W1 @ beta) or the bias, and exact-erf GELU; per-patch norms
+run torch's norm kernel first. fc2 by cuBLAS.
+The torch path (CPU and CUDA default, reference) runs norm -> view -> addmm -> gelu -> addmm.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_stats_tile(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, NEGM: tl.constexpr):
         # ROWS whole rows per program held in registers: one read of x, exact centred variance
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
@@ -50,6 +54,8 @@ if HAS_TRITON:
             mean = tl.sum(x, 1) / width
             d = tl.where(m, x - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+        if NEGM:  # the CUTLASS fc1's per-row shift: -mean * rstd
+            mean = -mean * rstd
         tl.store(MEAN + rows, mean, mask=rows < n_rows)
         tl.store(RSTD + rows, rstd, mask=rows < n_rows)
 
@@ -220,15 +226,16 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
     return _FOLD_CACHE[key][1:]
 
 
-def row_stats(x, mean, rstd, width, eps, rms):
-    """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass."""
+def row_stats(x, mean, rstd, width, eps, rms, negm=False):
+    """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass; negm: store
+    -mean * rstd in place of the mean."""
     n = mean.numel()
     block = triton.next_power_of_2(width)
     rows = max(1, min(16, 8192 // block))
     if x.device.type != "cuda":
         rows = min(rows, 4)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
-                                             BLOCK=block, num_warps=4 if block * rows <= 4096 else 8)
+                                             BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8)
 
 
 def config_from_tuple(c):
@@ -300,6 +307,70 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
     return y @ fc2_weight.t()
 
 
+_F32_CACHE = {}
+
+
+def _f32(t):
+    """fp32 copy of a (bias) vector, cached per tensor version."""
+    key = (t.data_ptr(), t._version, t.dtype, t.numel())
+    hit = _F32_CACHE.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    if len(_F32_CACHE) >= 16:
+        _F32_CACHE.clear()
+    _F32_CACHE[key] = (t, t.float().contiguous())
+    return _F32_CACHE[key][1]
+
+
+def _normalised(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
+    """The norm as the reference applies it, returned as the merged [N / mu, mu * H] view."""
+    mu = merge_size * merge_size
+    H = x.shape[-1]
+    if norm == "layernorm":
+        if postshuffle_norm:
+            return F.layer_norm(x.reshape(-1, mu * H), (mu * H,), norm_weight, norm_bias, eps)
+        return F.layer_norm(x, (H,), norm_weight, norm_bias, eps).reshape(-1, mu * H)
+    width = mu * H if postshuffle_norm else H
+    xf = x.reshape(-1, width).float()
+    y = (norm_weight.float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
+    return y.reshape(-1, mu * H)
+
+
+def cutlass_ok(x, K, N1):
+    from . import merger_gemm
+    return (x.is_cuda and x.dtype == torch.bfloat16 and K % 8 == 0 and N1 % 8 == 0
+            and merger_gemm.available(x.device))
+
+
+def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
+                          postshuffle_norm, norm, eps):
+    """fc1 + its epilogue in one CUTLASS kernel (csrc/merger_gemm.cu), fc2 by cuBLAS.
+    Post-shuffle LayerNorm ("fold"): one stats pass over the merged rows, the norm folded into fc1
+    (WG = W1 * gamma, cached; rstd, -mean * rstd, rowsum(WG), b1 + W1 @ beta in the epilogue): the
+    normalised tensor is never written. Per-patch norms and RMSNorm ("prenorm"): torch's norm kernel
+    writes the normalised input, then fc1 with bias + GELU in its epilogue (no separate GELU pass)."""
+    from . import merger_gemm
+    mu = merge_size * merge_size
+    Np, H = x.shape
+    M, K = Np // mu, mu * H
+    form = os.environ.get("QVDP_MERGER_CUTLASS_FORM") or ("fold" if postshuffle_norm and norm == "layernorm"
+                                                          else "prenorm")
+    if form == "fold" and postshuffle_norm and norm == "layernorm":
+        x = x.contiguous()
+        negm = torch.empty(M, dtype=torch.float32, device=x.device)
+        rstd = torch.empty_like(negm)
+        if M:
+            row_stats(x, negm, rstd, K, eps, False, negm=True)
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
+        y = merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_)
+    else:
+        xn = _normalised(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps).contiguous()
+        y = merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None)
+    if fc2_bias is not None:
+        return torch.addmm(fc2_bias, y, fc2_weight.t())
+    return y @ fc2_weight.t()
+
+
 def _triton_ok(x, H, K, cfg_bk=64):
     """The fused path needs BK | H for the per-patch norm; interpreter tiles use BK=32."""
     bk = 32 if x.device.type != "cuda" else cfg_bk
@@ -332,19 +403,7 @@ def _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias
 
 def _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps):
-    mu = merge_size * merge_size
-    H = x.shape[-1]
-    if norm == "layernorm":
-        if postshuffle_norm:
-            y = F.layer_norm(x.reshape(-1, mu * H), (mu * H,), norm_weight, norm_bias, eps)
-        else:
-            y = F.layer_norm(x, (H,), norm_weight, norm_bias, eps).reshape(-1, mu * H)
-    else:
-        width = mu * H if postshuffle_norm else H
-        xv = x.reshape(-1, width)
-        xf = xv.float()
-        y = (norm_weight.float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
-        y = y.reshape(-1, mu * H)
+    y = _normalised(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
     y = F.gelu(F.linear(y, fc1_weight, fc1_bias))
     return F.linear(y, fc2_weight, fc2_bias)
 
@@ -356,8 +415,18 @@ def _patch_merger_op(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: Opti
                      eps: float, backend: str = "auto") -> torch.Tensor:
     H = x.shape[1]
     K = H * merge_size * merge_size
-    # "auto" takes torch (cuBLAS): on an H100 the fused Triton version was slower than eager (see
-    # benchmarks/results/merger-h100.md), so it runs only when asked for
+    # "auto" takes torch (cuBLAS): on an H100 the fused Triton version was slower than eager and the CUTLASS
+    # fc1 level with it (benchmarks/results/merger-h100.md), so they run only when asked for
+    # (QVDP_MERGER_AUTO=cutlass makes "auto" take the CUTLASS path where it runs: tower A/B diagnostics)
+    if backend == "cutlass" or (backend == "auto" and os.environ.get("QVDP_MERGER_AUTO", "torch") == "cutlass"):
+        if cutlass_ok(x, K, fc1_weight.shape[0]):
+            return _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                         merge_size, postshuffle_norm, norm, eps)
+        if backend == "cutlass":
+            from . import merger_gemm
+            why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
+            raise ValueError(f"backend='cutlass' needs bf16 CUDA input on Hopper with 4H and the fc1 width "
+                             f"multiples of 8 and the library built ({why or 'dtype ' + str(x.dtype)})")
     use_triton = backend == "triton"
     if use_triton and triton_usable(x) and _triton_ok(x, H, K):
         return _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
@@ -381,13 +450,15 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
 
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
-    backend: "auto" (torch/cuBLAS: measured fastest on H100), "triton" (the fused kernels: norm statistics
-    in one pass, the norm folded into fc1's weights, TMA GEMM with bias + GELU epilogue, then cuBLAS fc2;
-    1.22-1.55x the two-GEMM floor on an H100) or "torch".
+    backend: "auto" (= "torch", measured fastest on an H100), "cutlass" (fc1 and its norm fold / bias /
+    GELU epilogue as one CUTLASS Hopper kernel, bf16, sm_90, built with QVDP_BUILD_CUTLASS=1; fc2 by
+    cuBLAS; level with eager on an H100), "triton" (the fused Triton
+    kernels: norm statistics in one pass, the norm folded into fc1's weights, TMA GEMM with bias + GELU
+    epilogue, then cuBLAS fc2; 1.22-1.55x the two-GEMM floor on an H100) or "torch" (cuBLAS, eager).
     """
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
            norm)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend not in ("auto", "cutlass", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'cutlass', 'triton' or 'torch', got {backend!r}")
     return _patch_merger_op(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, int(merge_size),
                             bool(postshuffle_norm), norm, float(eps), backend)

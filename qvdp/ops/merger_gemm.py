@@ -1,0 +1,149 @@
+"""The patch merger's fc1 + epilogue as one CUTLASS Hopper kernel (`csrc/merger_gemm.cu`).
+
+    fc1_gelu(x, w, rstd=, negm=, s=, c=)  ->  GELU(rstd[m] * (x @ w.T) + negm[m] * s[n] + c[n])
+
+The library is a plain shared object (no torch ABI) built by setup.py when CUTLASS headers are found
+(`pip install nvidia-cutlass`, or QVDP_CUTLASS_DIR=<cutlass checkout>) and nvcc can target sm_90a; it is
+called through ctypes on torch's current stream. bf16 only, Hopper (sm_90) only. `available()` says
+whether it can run here; `fc1_gelu` raises before any launch when it cannot.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+import torch
+
+_LIB_NAME = "_merger_gemm.so"
+# Kernel configurations compiled into the library (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT)
+VARIANTS = {
+    0: "cooperative 128x256x64, cluster 2x1",
+    1: "cooperative 128x256x64, cluster 1x2",
+    2: "ping-pong 128x128x64, cluster 2x1",
+    3: "cooperative 256x128x64, cluster 1x2",
+    5: "ping-pong 64x256x64, cluster 1x2",
+    6: "cooperative 128x256x64, no cluster",
+}
+# diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
+DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)"}
+DEFAULT_VARIANT = 1
+
+_lib = None
+_lib_error: Optional[str] = None
+_sms = {}
+_ws = {}
+
+
+def _library():
+    global _lib, _lib_error
+    if _lib is not None or _lib_error is not None:
+        return _lib
+    path = os.environ.get("QVDP_MERGER_GEMM_LIB") or os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                                   _LIB_NAME)
+    if not os.path.exists(path):
+        _lib_error = f"{path} is not built (setup.py builds it when CUTLASS headers and nvcc are found)"
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        for v in (*VARIANTS, *DIAG_VARIANTS):
+            f = getattr(lib, f"qvdp_fc1_gelu_v{v}")
+            f.restype = ctypes.c_int
+            f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 3 + [
+                ctypes.c_void_p]
+            g = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
+            g.restype = ctypes.c_size_t
+            g.argtypes = [ctypes.c_int] * 6
+    except (OSError, AttributeError) as e:  # a stale or foreign build
+        _lib_error = f"{path} could not be loaded: {e}"
+        return None
+    _lib = lib
+    return _lib
+
+
+def unavailable_reason(device=None) -> Optional[str]:
+    """None when fc1_gelu can run on `device` (default: the current CUDA device), else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if _library() is None:
+        return _lib_error
+    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if torch.cuda.get_device_capability(dev) != (9, 0):
+        return f"the CUTLASS merger kernel is built for sm_90a, this is {torch.cuda.get_device_name(dev)}"
+    return None
+
+
+def available(device=None) -> bool:
+    return unavailable_reason(device) is None
+
+
+def _vec(name, t, n, device):
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.shape != (n,) or t.device != device \
+            or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous float32 tensor of shape [{n}] on {device}, got "
+                         f"{(t.dtype, tuple(t.shape), str(t.device)) if isinstance(t, torch.Tensor) else type(t)}")
+    return t
+
+
+def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, c=None, out=None,
+             variant: Optional[int] = None, swizzle: Optional[int] = None, raster: Optional[int] = None
+             ) -> torch.Tensor:
+    """GELU(rstd[m] * (x @ w.T)[m, n] + negm[m] * s[n] + c[n]) in one kernel; x [M, K], w [N, K] bf16.
+    variant: a key of VARIANTS (default DEFAULT_VARIANT or QVDP_MERGER_GEMM_VARIANT); swizzle (1, 2, 4, 8)
+    and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order."""
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
+        raise TypeError("x and w must be tensors")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x must be [M, K] and w [N, K], got {tuple(x.shape)} and {tuple(w.shape)}")
+    if x.dtype != torch.bfloat16 or w.dtype != torch.bfloat16:
+        raise ValueError(f"x and w must be bfloat16, got {x.dtype} and {w.dtype}")
+    if not x.is_cuda or w.device != x.device:
+        raise ValueError(f"x and w must be on one CUDA device, got {x.device} and {w.device}")
+    if not x.is_contiguous() or not w.is_contiguous():
+        raise ValueError("x and w must be contiguous (row-major)")
+    M, K = x.shape
+    N = w.shape[0]
+    if K % 8 or N % 8:
+        raise ValueError(f"K ({K}) and N ({N}) must be multiples of 8 (16-byte rows for TMA)")
+    rstd = _vec("rstd", rstd, M, x.device)
+    negm = _vec("negm", negm, M, x.device)
+    s = _vec("s", s, N, x.device)
+    c = _vec("c", c, N, x.device)
+    if out is None:
+        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    elif out.shape != (M, N) or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor [{M}, {N}] on {x.device}")
+    v = int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
+    if v not in VARIANTS and v not in DIAG_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
+    sw = int(swizzle if swizzle is not None else os.environ.get("QVDP_MERGER_GEMM_SWIZZLE", 1))
+    ra = int(raster if raster is not None else os.environ.get("QVDP_MERGER_GEMM_RASTER", 0))
+    if sw not in (1, 2, 4, 8) or ra not in (0, 1, 2):
+        raise ValueError(f"swizzle must be 1, 2, 4 or 8 and raster 0, 1 or 2, got {sw} and {ra}")
+    why = unavailable_reason(x.device)
+    if why:
+        raise RuntimeError(f"fc1_gelu cannot run: {why}")
+    if M == 0 or N == 0:
+        return out
+    lib = _library()
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    sms = _sms.get(dev)
+    if sms is None:
+        sms = _sms[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    key = (dev, v, M, N, K, sw, ra)
+    if key not in _ws:
+        nbytes = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")(M, N, K, sms, sw, ra)
+        if len(_ws) > 64:
+            _ws.clear()
+        _ws[key] = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
+    ws = _ws[key]
+    ptr = (lambda t: t.data_ptr() if t is not None else None)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    rc = getattr(lib, f"qvdp_fc1_gelu_v{v}")(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd),
+                                             ptr(negm), ptr(s), ptr(c), ptr(ws), sms, sw, ra, stream)
+    if rc:
+        raise RuntimeError(f"qvdp_fc1_gelu_v{v} failed (code {rc}: 1 unsupported shape, 2 initialise, 3 launch) "
+                           f"for M={M} N={N} K={K}")
+    return out

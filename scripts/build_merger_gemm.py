@@ -1,0 +1,86 @@
+"""Build qvdp/_merger_gemm.so: the CUTLASS merger fc1 (csrc/merger_gemm.cu), one object per kernel
+configuration (QVDP_MERGER_VARIANT 0-6), linked against the shared CUDA runtime torch already loads.
+
+    python scripts/build_merger_gemm.py [--jobs N]
+
+Needs nvcc with sm_90a and CUTLASS 3.x/4.x headers: QVDP_CUTLASS_DIR=<cutlass checkout> (include/ and
+tools/util/include/), or `pip install nvidia-cutlass` (its cutlass_library package ships both). About a
+minute per configuration per core. setup.py runs it when QVDP_BUILD_CUTLASS=1.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = range(7)
+
+
+def cutlass_includes():
+    roots = []
+    if os.environ.get("QVDP_CUTLASS_DIR"):
+        roots.append(os.environ["QVDP_CUTLASS_DIR"])
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec and spec.origin:
+        roots.append(os.path.join(os.path.dirname(spec.origin), "source"))
+    for r in roots:
+        inc, util = os.path.join(r, "include"), os.path.join(r, "tools", "util", "include")
+        if os.path.exists(os.path.join(inc, "cutlass", "cutlass.h")) and os.path.isdir(util):
+            return [inc, util]
+    return None
+
+
+def nvcc():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    cand = os.path.join(home, "bin", "nvcc")
+    return cand if os.path.exists(cand) else shutil.which("nvcc")
+
+
+def build(jobs: int = 2, out: str | None = None) -> str:
+    inc = cutlass_includes()
+    if inc is None:
+        raise RuntimeError("CUTLASS headers not found: set QVDP_CUTLASS_DIR or pip install nvidia-cutlass")
+    cc = nvcc()
+    if cc is None:
+        raise RuntimeError("nvcc not found")
+    out = out or os.path.join(ROOT, "qvdp", "_merger_gemm.so")
+    src = os.path.join(ROOT, "csrc", "merger_gemm.cu")
+    tmp = tempfile.mkdtemp(prefix="qvdp_mg_")
+    flags = ["-O3", "-DNDEBUG", "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
+    flags += [f"-I{d}" for d in inc]
+
+    def one(v):
+        obj = os.path.join(tmp, f"v{v}.o")
+        r = subprocess.run([cc, *flags, "-c", f"-DQVDP_MERGER_VARIANT={v}", src, "-o", obj], capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise RuntimeError(f"nvcc failed for configuration {v}:\n{r.stderr[-4000:]}")
+        return obj
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        objs = list(ex.map(one, VARIANTS))
+    subprocess.run([cc, "-shared", "-cudart", "shared", "-arch=sm_90a", *objs, "-o", out], check=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    try:
+        print("built", build(a.jobs, a.out))
+    except RuntimeError as e:
+        print("qvdp: CUTLASS merger kernel not built:", e, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
