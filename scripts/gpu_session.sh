@@ -183,6 +183,13 @@ elif [ "$STAGE" = s10c ]; then  # session 10, one GPU: the CUTLASS fc1 alone vs 
   T=200 TAILN=200 step diag_merger_gemm python3 benchmarks/diag_merger_gemm.py
   T=120 TAILN=14 step diag_merger_cutlass python3 benchmarks/diag_merger_cutlass.py --quick
   T=60 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or graph" -p no:cacheprovider
+elif [ "$STAGE" = s10e ]; then  # session 10, 4 GPUs: DP encoder (H100 only), every multi-GPU test, gather at 4 and 2 GPUs, push diag
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=220 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --only "16 mixed" "video 32f" --out logs/e4
+  fi
+  T=200 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=120 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+  T=90 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 4
 elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
   T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
