@@ -190,6 +190,11 @@ elif [ "$STAGE" = s10e ]; then  # session 10, 4 GPUs: DP encoder (H100 only), ev
   T=200 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=120 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
   T=90 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 4
+elif [ "$STAGE" = s10f ]; then  # session 10, 4 GPUs: polling back-off in the flag waits (QVDP_PUSH_BACKOFF_NS, reverted after this run) A/B
+  QVDP_PUSH_BACKOFF_NS=256 T=150 TAILN=6 step push_tests_backoff python3 -m pytest -q -s -m multigpu -k push tests -p no:cacheprovider
+  i=0; for b in 0 128 1024 0; do
+    i=$((i + 1)); QVDP_PUSH_BACKOFF_NS=$b T=60 TAILN=24 step diag_push_$i-backoff$b python3 benchmarks/diag_push.py --worlds 4
+  done
 elif [ "$STAGE" = s9h ]; then  # session 9, one GPU, no build: the tower's GEMMs under cuBLAS, cuBLASLt preference, max-autotune
   T=400 TAILN=20 step diag_gemm_lib python3 benchmarks/diag_gemm_lib.py
 elif [ "$STAGE" = s5a ]; then  # session 5, 4 GPUs: 16 mixed + video at 1/4 GPUs (H100 only), interleaved gather, NCCL tests
