@@ -106,15 +106,6 @@ def test_gpu_cutlass(norm, post, n, H, out):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("form", ["fold", "prenorm"])
-def test_gpu_cutlass_forms(form, monkeypatch):
-    """the post-shuffle LayerNorm both ways: folded into fc1's epilogue, or normalised first"""
-    _cutlass_or_skip()
-    monkeypatch.setenv("QVDP_MERGER_CUTLASS_FORM", form)
-    _check(4 * 1001, 1152, 2048, "layernorm", True, torch.bfloat16, "cuda", "cutlass")
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("M,N,K", [(3520, 4608, 4608), (1001, 2048, 4096), (1, 4096, 4608), (129, 264, 72),
                                    (300, 8, 8)])
 @pytest.mark.parametrize("vectors", [True, False])

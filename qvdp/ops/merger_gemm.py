@@ -61,6 +61,9 @@ def _library():
     return _lib
 
 
+_why = {}
+
+
 def unavailable_reason(device=None) -> Optional[str]:
     """None when fc1_gelu can run on `device` (default: the current CUDA device), else why not."""
     if not torch.cuda.is_available():
@@ -68,9 +71,11 @@ def unavailable_reason(device=None) -> Optional[str]:
     if _library() is None:
         return _lib_error
     dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    if torch.cuda.get_device_capability(dev) != (9, 0):
-        return f"the CUTLASS merger kernel is built for sm_90a, this is {torch.cuda.get_device_name(dev)}"
-    return None
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    if idx not in _why:  # once per device
+        _why[idx] = (None if torch.cuda.get_device_capability(idx) == (9, 0) else
+                     f"the CUTLASS merger kernel is built for sm_90a, this is {torch.cuda.get_device_name(idx)}")
+    return _why[idx]
 
 
 def available(device=None) -> bool:
@@ -91,8 +96,9 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
              variant: Optional[int] = None, swizzle: Optional[int] = None, raster: Optional[int] = None
              ) -> torch.Tensor:
     """GELU(rstd[m] * (x @ w.T)[m, n] + negm[m] * s[n] + c[n]) in one kernel; x [M, K], w [N, K] bf16.
-    variant: a key of VARIANTS (default DEFAULT_VARIANT or QVDP_MERGER_GEMM_VARIANT); swizzle (1, 2, 4, 8)
-    and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order."""
+    variant: a key of VARIANTS (default DEFAULT_VARIANT or QVDP_MERGER_GEMM_VARIANT), or of DIAG_VARIANTS;
+    swizzle (1, 2, 4, 8) and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order
+    (diagnostics: no setting beat the default on an H100)."""
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         raise TypeError("x and w must be tensors")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
@@ -118,8 +124,8 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
     v = int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
     if v not in VARIANTS and v not in DIAG_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
-    sw = int(swizzle if swizzle is not None else os.environ.get("QVDP_MERGER_GEMM_SWIZZLE", 1))
-    ra = int(raster if raster is not None else os.environ.get("QVDP_MERGER_GEMM_RASTER", 0))
+    sw = 1 if swizzle is None else int(swizzle)
+    ra = 0 if raster is None else int(raster)
     if sw not in (1, 2, 4, 8) or ra not in (0, 1, 2):
         raise ValueError(f"swizzle must be 1, 2, 4 or 8 and raster 0, 1 or 2, got {sw} and {ra}")
     why = unavailable_reason(x.device)
