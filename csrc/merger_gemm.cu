@@ -95,22 +95,21 @@ struct Fc1Gelu {
     args.scheduler.raster_order = raster == 1 ? Raster::AlongM : raster == 2 ? Raster::AlongN : Raster::Heuristic;
     if constexpr (Plain) {
       args.epilogue.thread = {{}, {}};
-      return args;
     } else {
-    // Each tree node's arguments: {children..., op}; a broadcast leaf: {ptr, value when ptr is null}.
-    args.epilogue.thread = {
-        {                          // Pre: acc * rstd + shift
-         {},                       //   acc
-         {rstd, 1.0f},             //   rstd[m]
-         {                         //   Shift: negm * S + c
-          {negm, 0.0f},            //     negm[m]
-          {S, 0.0f},               //     S[n]
-          {c, 0.0f},               //     c[n]
-          {}},
-         {}},
-        {}};                       // GELU
-    return args;
+      // Each tree node's arguments: {children..., op}; a broadcast leaf: {ptr, value when ptr is null}.
+      args.epilogue.thread = {
+          {                          // Pre: acc * rstd + shift
+           {},                       //   acc
+           {rstd, 1.0f},             //   rstd[m]
+           {                         //   Shift: negm * S + c
+            {negm, 0.0f},            //     negm[m]
+            {S, 0.0f},               //     S[n]
+            {c, 0.0f},               //     c[n]
+            {}},
+           {}},
+          {}};                       // GELU
     }
+    return args;
   }
 };
 

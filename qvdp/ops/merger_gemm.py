@@ -2,9 +2,10 @@
 
     fc1_gelu(x, w, rstd=, negm=, s=, c=)  ->  GELU(rstd[m] * (x @ w.T) + negm[m] * s[n] + c[n])
 
-The library is a plain shared object (no torch ABI) built by setup.py when CUTLASS headers are found
-(`pip install nvidia-cutlass`, or QVDP_CUTLASS_DIR=<cutlass checkout>) and nvcc can target sm_90a; it is
-called through ctypes on torch's current stream. bf16 only, Hopper (sm_90) only. `available()` says
+The library is a plain shared object (no torch ABI), built on request: `QVDP_BUILD_CUTLASS=1 python setup.py
+build_ext --inplace` or `python scripts/build_merger_gemm.py`, with CUTLASS headers (`pip install
+nvidia-cutlass`, or QVDP_CUTLASS_DIR=<cutlass checkout>) and an nvcc that targets sm_90a. It is called
+through ctypes on torch's current stream. bf16 only, Hopper (sm_90) only. `available()` says
 whether it can run here; `fc1_gelu` raises before any launch when it cannot.
 """
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _library():
     path = os.environ.get("QVDP_MERGER_GEMM_LIB") or os.path.join(os.path.dirname(os.path.dirname(__file__)),
                                                                    _LIB_NAME)
     if not os.path.exists(path):
-        _lib_error = f"{path} is not built (setup.py builds it when CUTLASS headers and nvcc are found)"
+        _lib_error = (f"{path} is not built (QVDP_BUILD_CUTLASS=1 python setup.py build_ext --inplace, with "
+                      f"nvidia-cutlass installed)")
         return None
     try:
         lib = ctypes.CDLL(path)
