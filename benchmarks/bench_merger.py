@@ -6,7 +6,6 @@ and the floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised i
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +57,8 @@ def main():
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
     backend = "cutlass" if merger_gemm.available() else "triton"
-    print("qvdp backend:", backend, os.environ.get("QVDP_MERGER_GEMM_VARIANT", ""))
+    cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if backend == "cutlass" else None
+    print("qvdp backend:", backend, cfg or "")
     rows, plot = [], {"qvdp": [], "eager": [], "torch.compile": [], "floor (2 addmm)": []}
     labels = []
     ns = NS[:1] if args.quick else NS
@@ -99,7 +99,7 @@ def main():
                   ["shape", "qvdp ms", "eager ms", "compile ms", "floor ms", "qvdp TFLOP/s", "qvdp / floor",
                    "eager / qvdp", "compile / qvdp", "err"], rows,
                   f"qvdp = patch_merger(backend={backend!r}"
-                  + (f", CUTLASS configuration {merger_gemm.VARIANTS[int(os.environ.get('QVDP_MERGER_GEMM_VARIANT', merger_gemm.DEFAULT_VARIANT))]}" if backend == "cutlass" else "")
+                  + (f", CUTLASS configuration {cfg}" if cfg else "")
                   + "). floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",
                   out_dir=args.out)

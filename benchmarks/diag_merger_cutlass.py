@@ -38,18 +38,17 @@ def main():
                 x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post)
                 fns = {"floor": lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t()),
                        "eager": lambda: eager(x, nw, nb, w1, b1, w2, b2, post)}
-                forms = ("fold",) if post else ("prenorm",)  # the library's form per norm placement
+                form = "fold" if post else "prenorm"  # the library's form per norm placement
                 ref = patch_merger_reference(x[:4096], nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
                                              dtype=torch.float32)
                 errs = {}
-                for form in forms:
-                    for v in merger_gemm.VARIANTS:
-                        def f(v=v):
-                            os.environ["QVDP_MERGER_GEMM_VARIANT"] = str(v)
-                            return patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="cutlass")
-                        got = f()
-                        errs[f"{form} v{v}"] = ((got[:1024].float() - ref).norm() / ref.norm()).item()
-                        fns[f"{form} v{v}"] = f
+                for v in merger_gemm.VARIANTS:
+                    def f(v=v):
+                        os.environ["QVDP_MERGER_GEMM_VARIANT"] = str(v)
+                        return patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="cutlass")
+                    got = f()
+                    errs[f"{form} v{v}"] = ((got[:1024].float() - ref).norm() / ref.norm()).item()
+                    fns[f"{form} v{v}"] = f
                 t = time_interleaved(fns, warm=3, rep=15, timer=event_ms)
                 lab = f"{'post' if post else 'pre'} N={nname} H={H} O={O}"
                 parts = [f"floor {t['floor']:.3f} ms", f"eager {t['eager'] / t['floor']:.3f}x"]

@@ -36,7 +36,7 @@ def backends() -> list:
                  else "optional: FA3's flash_attn_interface or the fa3-fwd wheel; else qvdp's Triton kernel"))
     rows.append(("flash-attn backend", flash_attn_available(), "optional: pip install flash-attn"))
     from .ops import merger_gemm
-    why = merger_gemm.unavailable_reason() if torch.cuda.is_available() else "no CUDA device"
+    why = merger_gemm.unavailable_reason()
     rows.append(("CUTLASS merger fc1 (opt-in)", why is None,
                  "patch_merger(backend='cutlass') runs here" if why is None else
                  f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))

@@ -30,6 +30,11 @@ VARIANTS = {
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)"}
 DEFAULT_VARIANT = 1
 
+
+def selected_variant(variant: Optional[int] = None) -> int:
+    """The configuration fc1_gelu runs: `variant`, else QVDP_MERGER_GEMM_VARIANT, else DEFAULT_VARIANT."""
+    return int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
+
 _lib = None
 _lib_error: Optional[str] = None
 _sms = {}
@@ -123,7 +128,7 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     elif out.shape != (M, N) or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor [{M}, {N}] on {x.device}")
-    v = int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
+    v = selected_variant(variant)
     if v not in VARIANTS and v not in DIAG_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
     sw = 1 if swizzle is None else int(swizzle)
