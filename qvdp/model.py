@@ -6,8 +6,7 @@ Differences from the HF forward, all numerically equivalent:
 - rotary cos/sin, pos-embed taps and cu_seqlens are built once per forward on the device in one
   vectorised pass (qvdp.tables; cached per grid), the attention block map once per forward;
 - attention takes strided q/k/v views of the packed qkv output and applies RoPE inside
-  (qvdp.varlen_attention); with FA3 / flash-attn the qkv GEMM itself rotates q and k in its
-  epilogue (qvdp.ops.qkv_rope), so no RoPE pass runs;
+  (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel);
 - fc1 + bias + tanh-GELU is one cuBLASLt GEMM; proj/fc2 run bias-free and the residual add, bias
   and the next LayerNorm are one Triton pass (qvdp.ops.layernorm);
 - the interpolated position embedding is added to the patch-embed output by one Triton pass
@@ -17,7 +16,6 @@ Differences from the HF forward, all numerically equivalent:
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
@@ -29,7 +27,6 @@ from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
 from .ops.pos_embed import pos_embed_add_
-from .ops.qkv_rope import qkv_rope
 from .tables import vision_tables
 
 
@@ -98,7 +95,7 @@ class Qwen3VLVisionForward:
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
                  invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True,
-                 deferred_bias: bool = True, fused_qkv_rope="auto", cuda_graphs: bool = True,
+                 deferred_bias: bool = True, cuda_graphs: bool = True,
                  graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
         """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
         imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
@@ -115,11 +112,6 @@ class Qwen3VLVisionForward:
         one fp32 prefix sum and added inside the next LayerNorm pass, which then reads the stream once
         and writes only the normalised rows (two passes over [T, H] instead of four). The stream is made
         whole (bias added) where it leaves a segment: the merger inputs and the last hidden state.
-        fused_qkv_rope: the qkv GEMM applies the rotary to q and k in its epilogue (qvdp.ops.qkv_rope, one
-        Triton GEMM) instead of cuBLAS's GEMM + a RoPE pass over q and k before the attention. "auto": on
-        CUDA with the external attention kernels ("fa3", "flash_attn"), which otherwise need that pass;
-        True: with every backend but "torch" where Triton runs (CPU tests under the interpreter);
-        False: never. Off in batch_invariant mode. QVDP_QKV_ROPE=0/1 overrides "auto".
         cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
         as CUDA graphs (one per segment, see _segments) and replayed (pixels copied into its input
         buffer, outputs copied out): 4 replays instead of ~440 launches, which matters once a DP rank's
@@ -144,9 +136,6 @@ class Qwen3VLVisionForward:
         self.fused_mlp = fused_mlp
         self.fused_norm = fused_norm
         self.deferred_bias = bool(deferred_bias)
-        if fused_qkv_rope not in ("auto", True, False):
-            raise ValueError(f"fused_qkv_rope must be 'auto', True or False, got {fused_qkv_rope!r}")
-        self.fused_qkv_rope = fused_qkv_rope
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
@@ -338,7 +327,6 @@ class Qwen3VLVisionForward:
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,
                                                                        x.element_size())["BLOCK_M"])
         fuse = self._fuse_norm(x)
-        qkv_rope_on = self._qkv_rope_on(x, backend)
         cum = None
         if fuse and self.deferred_bias:  # row 2l: biases up to block l's proj; 2l + 1: up to its fc2
             cum = torch.stack([b for blk in v.blocks for b in (blk.attn.proj.bias, blk.mlp.linear_fc2.bias)])
@@ -346,21 +334,7 @@ class Qwen3VLVisionForward:
         # h: LN1 of the block about to run, when the previous block's fused add produced it; cum: the
         # deferred biases (x + cum[r] is the true stream, r = st["cum_row"]; None: x is whole)
         return dict(x=x, h=None, T=T, backend=backend, block_map=block_map, fuse=fuse, tables=tables,
-                    cum=cum, cum_row=None, qkv_rope=qkv_rope_on)
-
-    def _qkv_rope_on(self, x, backend) -> bool:
-        """Whether the qkv GEMM applies the rotary in its epilogue (see fused_qkv_rope)."""
-        from .ops._triton_utils import triton_usable
-        mode = self.fused_qkv_rope
-        if mode == "auto":
-            env = os.environ.get("QVDP_QKV_ROPE", "")
-            if env in ("0", "1"):
-                mode = env == "1"
-        if mode is False or self.batch_invariant or backend == "torch" or not triton_usable(x):
-            return False
-        if mode == "auto":
-            return x.is_cuda and backend in ("fa3", "flash_attn")
-        return True
+                    cum=cum, cum_row=None)
 
     def _segment(self, st, seg) -> list:
         """Run blocks [a, b) on the state, then the deepstack merger k (or the final merger)."""
@@ -386,12 +360,8 @@ class Qwen3VLVisionForward:
         x, h, T, backend = st["x"], st["h"], st["T"], st["backend"]
         if h is None:
             h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
-        if st["qkv_rope"]:  # q and k leave the GEMM rotated: the attention gets no cos/sin
-            qkv = qkv_rope(h, blk.attn.qkv.weight, blk.attn.qkv.bias, cos, sin, nh, halves_equal=True)
-            cos = sin = None
-        else:
-            qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias)
-        q, k, vv = qkv.view(T, 3, nh, D).unbind(1)
+        qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
+        q, k, vv = qkv.unbind(1)
         if backend == "torch":
             o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
         else:

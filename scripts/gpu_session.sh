@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -195,7 +195,15 @@ elif [ "$STAGE" = s10f ]; then  # session 10, 4 GPUs: polling back-off in the fl
   i=0; for b in 0 128 1024 0; do
     i=$((i + 1)); QVDP_PUSH_BACKOFF_NS=$b T=60 TAILN=24 step diag_push_$i-backoff$b python3 benchmarks/diag_push.py --worlds 4
   done
-elif [ "$STAGE" = s11a ]; then  # session 11, one GPU, no build: the qkv GEMM with RoPE in its epilogue: tests, sweep, tower A/B, 1-GPU encoder
+elif [ "$STAGE" = s11b ]; then  # session 11, 2 GPUs: the final code's multi-GPU tests, gather and DP encoder at 2 GPUs
+  T=150 TAILN=8 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+  T=60 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
+  T=260 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 --out logs/e2
+elif [ "$STAGE" = s11c ]; then  # session 11, one GPU, no build (CUTLASS .so carried): every single-GPU test on the final code, a tower profile
+  T=420 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=90 TAILN=60 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
+elif [ "$STAGE" = s11a ]; then  # session 11, one GPU, no build (needs commit 498868c: the experiment was reverted): the qkv GEMM with RoPE in its epilogue: tests, sweep, tower A/B, 1-GPU encoder
   T=240 TAILN=10 step qkv_tests python3 -m pytest -q -m gpu tests/test_qkv_rope.py tests/test_hf_equivalence.py -p no:cacheprovider
   T=240 TAILN=90 step diag_qkv_kernel python3 benchmarks/diag_qkv_rope.py kernel --all-shapes --winner logs/qkv_winner
   W=$(cat logs/qkv_winner 2>/dev/null); [ -n "$W" ] && export QVDP_QKV_ROPE_CONFIG=$W; echo "qkv_rope config: ${W:-default}"
