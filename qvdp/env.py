@@ -40,6 +40,11 @@ def backends() -> list:
     rows.append(("CUTLASS merger fc1 (opt-in)", why is None,
                  "patch_merger(backend='cutlass') runs here" if why is None else
                  f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))
+    from .ops import qkv_rope_gemm
+    why = qkv_rope_gemm.unavailable_reason()
+    rows.append(("CUTLASS qkv GEMM + RoPE (opt-in)", why is None,
+                 "Qwen3VLVisionForward(fused_qkv_rope=True) runs here" if why is None else
+                 f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))
     rows.append(("torch fallback", True, "plain torch for every op (CPU, or backend='torch')"))
     return rows
 

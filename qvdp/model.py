@@ -16,6 +16,7 @@ Differences from the HF forward, all numerically equivalent:
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -27,7 +28,7 @@ from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
 from .ops.pos_embed import pos_embed_add_
-from .tables import vision_tables
+from .tables import patch_positions, vision_tables
 
 
 @lru_cache(maxsize=8)
@@ -51,6 +52,18 @@ def _geometry(grid: tuple, head_dim: int, merge: int, side: int, theta: float, d
     host loop over items, no large copy): rotary cos/sin, pos-embed taps, cu_seqlens (device tensor
     and host list) and the longest segment. Cached for repeated grids."""
     return vision_tables(grid, head_dim, merge, side, theta, device)
+
+
+@lru_cache(maxsize=16)
+def _positions(grid: tuple, merge: int, device: torch.device):
+    """Per-grid patch rows and columns [2, N] fp32 (the fused qkv GEMM's rotary input). Cached."""
+    return patch_positions(grid, merge, device)
+
+
+@lru_cache(maxsize=8)
+def _pair_freqs(num_heads: int, head_dim: int, theta: float, device: torch.device):
+    from .ops.qkv_rope_gemm import pair_freqs
+    return pair_freqs(num_heads, head_dim, theta, device)
 
 
 @lru_cache(maxsize=8)
@@ -95,7 +108,7 @@ class Qwen3VLVisionForward:
 
     def __init__(self, visual, attention_backend: str = "auto", batch_invariant: bool = False,
                  invariant_rows: int = 64, fused_mlp: bool = True, fused_norm: bool = True,
-                 deferred_bias: bool = True, cuda_graphs: bool = True,
+                 deferred_bias: bool = True, fused_qkv_rope=None, cuda_graphs: bool = True,
                  graph_after_calls: int = 2, max_graphs: int = 4, graph_max_patches: int = 16384):
         """attention_backend: "auto" (auto_attention_backend: FA3 + qvdp's RoPE pass on Hopper when FA3
         imports, else qvdp's Triton kernel on CUDA, torch elsewhere), "triton", "torch", "fa3" /
@@ -112,6 +125,12 @@ class Qwen3VLVisionForward:
         one fp32 prefix sum and added inside the next LayerNorm pass, which then reads the stream once
         and writes only the normalised rows (two passes over [T, H] instead of four). The stream is made
         whole (bias added) where it leaves a segment: the merger inputs and the last hidden state.
+        fused_qkv_rope: the qkv GEMM rotates q and k in its epilogue (qvdp.ops.qkv_rope_gemm, one CUTLASS
+        kernel on a cached pair-ordered copy of each qkv weight, 8 MB per layer of the 8B tower) instead of
+        cuBLAS's GEMM + qvdp's RoPE pass before FA3 / flash-attn / the Triton kernel. Needs the opt-in
+        CUTLASS build (QVDP_BUILD_CUTLASS=1), bf16, Hopper, a head dim divisible by 4. None (default): on
+        where it can run, unless QVDP_QKV_ROPE=0; True: the same, ignoring the variable; False: never.
+        Off in batch_invariant mode and with the torch attention.
         cuda_graphs: on CUDA, the whole forward for a grid seen `graph_after_calls` times is captured
         as CUDA graphs (one per segment, see _segments) and replayed (pixels copied into its input
         buffer, outputs copied out): 4 replays instead of ~440 launches, which matters once a DP rank's
@@ -136,6 +155,10 @@ class Qwen3VLVisionForward:
         self.fused_mlp = fused_mlp
         self.fused_norm = fused_norm
         self.deferred_bias = bool(deferred_bias)
+        if fused_qkv_rope not in (None, True, False):
+            raise ValueError(f"fused_qkv_rope must be None, True or False, got {fused_qkv_rope!r}")
+        self.fused_qkv_rope = fused_qkv_rope
+        self._qkv_perm = {}  # layer -> (weight data_ptr, pair-ordered weight, fp32 bias)
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
@@ -199,9 +222,22 @@ class Qwen3VLVisionForward:
                             postshuffle_norm=postshuffle, eps=m.norm.eps)
 
     def _tables(self, grid: tuple):
+        """vision_tables(...) + (patch positions [2, N], or None where the fused qkv GEMM is off)."""
         g = self.geometry
-        return _geometry(grid, g.head_dim, g.spatial_merge_size, int(g.num_position_embeddings ** 0.5), self.theta,
+        tabs = _geometry(grid, g.head_dim, g.spatial_merge_size, int(g.num_position_embeddings ** 0.5), self.theta,
                          self.device)
+        pos = _positions(grid, g.spatial_merge_size, self.device) if self._qkv_rope_wanted() else None
+        return (*tabs, pos)
+
+    def _qkv_rope_wanted(self) -> bool:
+        """fused_qkv_rope resolved: None -> on unless QVDP_QKV_ROPE=0, where the CUTLASS kernel can run."""
+        mode = self.fused_qkv_rope
+        if mode is None:
+            mode = os.environ.get("QVDP_QKV_ROPE", "1") != "0"
+        if not mode or self.batch_invariant or self.device.type != "cuda":
+            return False
+        from .ops import qkv_rope_gemm
+        return qkv_rope_gemm.available(self.device)
 
     # the forward as segments: [prologue +] layers up to a deepstack merger (or the end) + that merger;
     # outputs are indexed as in (pooled, *deepstack): deepstack k -> 1 + k, pooled -> 0, and are
@@ -307,7 +343,7 @@ class Qwen3VLVisionForward:
         g, v = self.geometry, self.visual
         dev, dt = self.device, self.dtype
         D = g.head_dim
-        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = tables
+        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen, pos = tables
         # patch embed: Conv3d with kernel == stride is a GEMM over the pixel rows
         w = v.patch_embed.proj.weight
         x = self._linear(pixel_values.to(device=dev, dtype=dt), w.reshape(w.shape[0], -1), v.patch_embed.proj.bias)
@@ -327,6 +363,9 @@ class Qwen3VLVisionForward:
             block_map = build_block_map(cu_dev, T, attention_config(D, max_seqlen, x.device.type,
                                                                        x.element_size())["BLOCK_M"])
         fuse = self._fuse_norm(x)
+        qkv_rope_on = None  # or (signed column frequencies, positions) for the fused qkv GEMM
+        if pos is not None and self._qkv_rope_on(x, backend):
+            qkv_rope_on = (_pair_freqs(g.num_heads, D, self.theta, x.device), pos)
         cum = None
         if fuse and self.deferred_bias:  # row 2l: biases up to block l's proj; 2l + 1: up to its fc2
             cum = torch.stack([b for blk in v.blocks for b in (blk.attn.proj.bias, blk.mlp.linear_fc2.bias)])
@@ -334,7 +373,23 @@ class Qwen3VLVisionForward:
         # h: LN1 of the block about to run, when the previous block's fused add produced it; cum: the
         # deferred biases (x + cum[r] is the true stream, r = st["cum_row"]; None: x is whole)
         return dict(x=x, h=None, T=T, backend=backend, block_map=block_map, fuse=fuse, tables=tables,
-                    cum=cum, cum_row=None)
+                    cum=cum, cum_row=None, qkv_rope=qkv_rope_on)
+
+    def _qkv_rope_on(self, x, backend) -> bool:
+        """Whether the qkv GEMM applies the rotary in its epilogue (see fused_qkv_rope)."""
+        if not self._qkv_rope_wanted() or backend == "torch" or not x.is_cuda or x.dtype != torch.bfloat16:
+            return False
+        g = self.geometry
+        return (g.head_dim % 4 == 0 and x.shape[1] % 8 == 0
+                and self.visual.blocks[0].attn.qkv.weight.dtype == torch.bfloat16)
+
+    def _permuted_qkv(self, li, qkv):
+        ent = self._qkv_perm.get(li)
+        if ent is None or ent[0] != qkv.weight.data_ptr():
+            from .ops.qkv_rope_gemm import permuted_qkv
+            ent = self._qkv_perm[li] = (qkv.weight.data_ptr(),
+                                        *permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads))
+        return ent[1], ent[2]
 
     def _segment(self, st, seg) -> list:
         """Run blocks [a, b) on the state, then the deepstack merger k (or the final merger)."""
@@ -354,14 +409,19 @@ class Qwen3VLVisionForward:
     def _block(self, st, li):
         g = self.geometry
         D, nh = g.head_dim, g.num_heads
-        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen = st["tables"]
+        cos, sin, idx, wgt, cu_dev, cu_list, max_seqlen, _ = st["tables"]
         blocks = self.visual.blocks
         blk = blocks[li]
         x, h, T, backend = st["x"], st["h"], st["T"], st["backend"]
         if h is None:
             h = F.layer_norm(x, (x.shape[-1],), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
-        qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(T, 3, nh, D)
-        q, k, vv = qkv.unbind(1)
+        if st["qkv_rope"] is not None:  # q and k leave the GEMM rotated (head dims in pair order): no cos/sin below
+            from .ops.qkv_rope_gemm import qkv_rope
+            qkv = qkv_rope(h, *self._permuted_qkv(li, blk.attn.qkv), *st["qkv_rope"], nh)
+            cos = sin = None
+        else:
+            qkv = self._linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias)
+        q, k, vv = qkv.view(T, 3, nh, D).unbind(1)
         if backend == "torch":
             o = R.varlen_attention_torch(q, k, vv, cu_dev, cos, sin, blk.attn.scaling, cu_list=cu_list)
         else:

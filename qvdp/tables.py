@@ -16,8 +16,9 @@ import torch
 from . import reference as R
 
 
-def vision_tables(grid: tuple, head_dim: int, merge: int, side: int, theta: float, device) -> tuple:
-    """(cos, sin, tap_index, tap_weight, cu_seqlens (int32, device), cu_seqlens (host list), max_seqlen)."""
+def _patches(grid: tuple, merge: int, device):
+    """Per patch: row r, column c (merge-window order), its frame's h and w; plus the frame starts, the
+    host list of cu_seqlens and the frame sizes."""
     hs, ws, sizes = [], [], []
     for t, h, w in grid:
         hs += [h] * t
@@ -38,7 +39,20 @@ def vision_tables(grid: tuple, head_dim: int, merge: int, side: int, theta: floa
     bw = w // merge
     r = (blk // bw) * merge + within // merge
     c = (blk % bw) * merge + within % merge
+    return r, c, h, w, start_f, cu_list, sizes
+
+
+def vision_tables(grid: tuple, head_dim: int, merge: int, side: int, theta: float, device) -> tuple:
+    """(cos, sin, tap_index, tap_weight, cu_seqlens (int32, device), cu_seqlens (host list), max_seqlen)."""
+    r, c, h, w, start_f, cu_list, sizes = _patches(grid, merge, device)
+    n = cu_list[-1]
     cos, sin = R.rotary_from_positions(r, c, head_dim, theta)
     idx, wgt = R.bilinear_taps(r, c, h, w, side)
     cu = torch.cat([start_f, start_f.new_full((1,), n)]).to(torch.int32)  # frame starts + total: no second copy
     return cos, sin, idx, wgt, cu, cu_list, max(sizes)
+
+
+def patch_positions(grid: tuple, merge: int, device) -> torch.Tensor:
+    """[2, N] fp32: every patch's row and column (the rotary's positions), rows contiguous."""
+    r, c = _patches(grid, merge, device)[:2]
+    return torch.stack([r, c]).float()

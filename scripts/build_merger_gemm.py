@@ -1,7 +1,10 @@
-"""Build qvdp/_merger_gemm.so: the CUTLASS merger fc1 (csrc/merger_gemm.cu), one object per kernel
-configuration (QVDP_MERGER_VARIANT 0-6), linked against the shared CUDA runtime torch already loads.
+"""Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
+shared CUDA runtime torch already loads:
+  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-6);
+  qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
+                          QVDP_QKV_VARIANT 0-2).
 
-    python scripts/build_merger_gemm.py [--jobs N]
+    python scripts/build_merger_gemm.py [--jobs N] [--only merger|qkv]
 
 Needs nvcc with sm_90a and CUTLASS 3.x/4.x headers: QVDP_CUTLASS_DIR=<cutlass checkout> (include/ and
 tools/util/include/), or `pip install nvidia-cutlass` (its cutlass_library package ships both). About a
@@ -20,6 +23,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = range(7)
+QKV_VARIANTS = range(3)
 
 
 def cutlass_includes():
@@ -43,28 +47,38 @@ def nvcc():
 
 
 def build(jobs: int = 2, out: str | None = None) -> str:
+    """qvdp/_merger_gemm.so"""
+    return _build_lib("merger_gemm.cu", "QVDP_MERGER_VARIANT", VARIANTS,
+                      out or os.path.join(ROOT, "qvdp", "_merger_gemm.so"), jobs)
+
+
+def build_qkv(jobs: int = 2, out: str | None = None) -> str:
+    """qvdp/_qkv_rope_gemm.so"""
+    return _build_lib("qkv_rope_gemm.cu", "QVDP_QKV_VARIANT", QKV_VARIANTS,
+                      out or os.path.join(ROOT, "qvdp", "_qkv_rope_gemm.so"), jobs)
+
+
+def _build_lib(source: str, macro: str, variants, out: str, jobs: int) -> str:
     inc = cutlass_includes()
     if inc is None:
         raise RuntimeError("CUTLASS headers not found: set QVDP_CUTLASS_DIR or pip install nvidia-cutlass")
     cc = nvcc()
     if cc is None:
         raise RuntimeError("nvcc not found")
-    out = out or os.path.join(ROOT, "qvdp", "_merger_gemm.so")
-    src = os.path.join(ROOT, "csrc", "merger_gemm.cu")
+    src = os.path.join(ROOT, "csrc", source)
     tmp = tempfile.mkdtemp(prefix="qvdp_mg_")
     flags = ["-O3", "-DNDEBUG", "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
     flags += [f"-I{d}" for d in inc]
 
     def one(v):
         obj = os.path.join(tmp, f"v{v}.o")
-        r = subprocess.run([cc, *flags, "-c", f"-DQVDP_MERGER_VARIANT={v}", src, "-o", obj], capture_output=True,
-                           text=True)
+        r = subprocess.run([cc, *flags, "-c", f"-D{macro}={v}", src, "-o", obj], capture_output=True, text=True)
         if r.returncode:
-            raise RuntimeError(f"nvcc failed for configuration {v}:\n{r.stderr[-4000:]}")
+            raise RuntimeError(f"nvcc failed for {source} configuration {v}:\n{r.stderr[-4000:]}")
         return obj
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
-        objs = list(ex.map(one, VARIANTS))
+        objs = list(ex.map(one, variants))
     subprocess.run([cc, "-shared", "-cudart", "shared", "-arch=sm_90a", *objs, "-o", out], check=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -73,12 +87,15 @@ def build(jobs: int = 2, out: str | None = None) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=["merger", "qkv"], default=None)
     a = ap.parse_args()
     try:
-        print("built", build(a.jobs, a.out))
+        if a.only != "qkv":
+            print("built", build(a.jobs))
+        if a.only != "merger":
+            print("built", build_qkv(a.jobs))
     except RuntimeError as e:
-        print("qvdp: CUTLASS merger kernel not built:", e, file=sys.stderr)
+        print("qvdp: CUTLASS kernels not built:", e, file=sys.stderr)
         sys.exit(1)
 
 

@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -200,6 +200,18 @@ elif [ "$STAGE" = s11b ]; then  # session 11, 2 GPUs: the final code's multi-GPU
   T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=60 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=260 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 --out logs/e2
+elif [ "$STAGE" = s11e ]; then  # session 11, one GPU, no build (CUTLASS .so carried): the fused qkv GEMM on by default (ping-pong): tests, tower A/B, 1-GPU encoder
+  T=60 TAILN=6 step qkv_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py tests/test_hf_equivalence.py -p no:cacheprovider
+  T=60 TAILN=8 step diag_qkv_tower python3 benchmarks/diag_qkv_rope_gemm.py tower
+  T=90 TAILN=30 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
+elif [ "$STAGE" = s11d ]; then  # session 11, one GPU, no build (both CUTLASS .so carried): the CUTLASS qkv GEMM with RoPE: tests, kernels, tower A/B, then the 1-GPU encoder with it if it won
+  T=200 TAILN=12 step qkv_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py -p no:cacheprovider
+  T=120 TAILN=40 step diag_qkv_kernel python3 benchmarks/diag_qkv_rope_gemm.py kernel
+  T=150 TAILN=8 step diag_qkv_tower python3 benchmarks/diag_qkv_rope_gemm.py tower
+  R=$(grep -o "pass / fused [0-9.]*" logs/diag_qkv_tower.log | head -1 | awk '{print $4}')
+  if [ -n "$R" ] && awk "BEGIN{exit !($R > 1.005)}"; then
+    QVDP_QKV_ROPE=1 T=200 TAILN=40 step bench_encoder python3 benchmarks/bench_encoder.py --worlds --out logs/e1
+  fi
 elif [ "$STAGE" = s11c ]; then  # session 11, one GPU, no build (CUTLASS .so carried): every single-GPU test on the final code, a tower profile
   T=420 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
   T=90 TAILN=60 step profile python3 benchmarks/diag_encoder.py profile --out "$OUT"
