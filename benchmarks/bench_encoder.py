@@ -147,8 +147,9 @@ def main():
              "by a few %, so block-wise timing favours whichever system runs first); DP times: median of 11 after "
              "3 warm-ups, qvdp DP with and without the rank check timed in turn (qvdp captures a CUDA graph per grid "
              "on its second call, so timed calls are replays); "
-             "qvdp's attention: FA3's kernel after qvdp's RoPE pass where FA3 imports (backend auto), the "
-             "Triton row uses qvdp's fused kernel; "
+             "qvdp's attention: FA3's kernel where FA3 imports (backend auto), on q, k rotated by the qkv GEMM's "
+             "CUTLASS epilogue where that opt-in kernel is built (fused_qkv_rope), else after qvdp's RoPE pass; the "
+             "Triton row: qvdp's Triton attention kernel (RoPE fused in it, or on the pre-rotated q, k); "
              "DP: the slowest rank, pixels already on every GPU (as in SGLang); qvdp DP includes planning, the "
              "rank-agreement check and the ordered gather of pooler + 3 deepstack outputs.")
     write_results("encoder", "Qwen3-VL-8B vision tower (bf16, random weights): ms per batch",
