@@ -158,7 +158,7 @@ class Qwen3VLVisionForward:
         if fused_qkv_rope not in (None, True, False):
             raise ValueError(f"fused_qkv_rope must be None, True or False, got {fused_qkv_rope!r}")
         self.fused_qkv_rope = fused_qkv_rope
-        self._qkv_perm = {}  # layer -> (weight data_ptr, pair-ordered weight, fp32 bias)
+        self._qkv_perm = {}  # layer -> (_qkv_stamp, pair-ordered weight, fp32 bias)
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
@@ -276,6 +276,8 @@ class Qwen3VLVisionForward:
         else:
             self._graphs[key] = self._graphs.pop(key)  # most recently used last
         static_in, graphs, seg_outs, st = ent
+        if self._qkv_perm:
+            self._refresh_qkv_perm()
         last = st["x"] if return_last_hidden else None
         static_in.copy_(pixel_values, non_blocking=True)
         res = {}
@@ -383,13 +385,41 @@ class Qwen3VLVisionForward:
         return (g.head_dim % 4 == 0 and x.shape[1] % 8 == 0
                 and self.visual.blocks[0].attn.qkv.weight.dtype == torch.bfloat16)
 
+    @staticmethod
+    def _qkv_stamp(qkv):
+        """Where the qkv weight and bias live and their in-place version counters (inference-mode tensors
+        keep no counter: there only a move is seen)."""
+        def ver(t):
+            try:
+                return t._version
+            except RuntimeError:
+                return 0
+        b = qkv.bias
+        return (qkv.weight.data_ptr(), ver(qkv.weight), None if b is None else (b.data_ptr(), ver(b)))
+
     def _permuted_qkv(self, li, qkv):
+        """The pair-ordered copy of layer li's qkv weight (and fp32 bias) for the fused qkv GEMM, made once
+        and remade in place (same buffers: captured graphs keep reading them) when the weights change in
+        place (load_state_dict, copy_), anew when they move."""
+        from .ops.qkv_rope_gemm import permuted_qkv
+        stamp = self._qkv_stamp(qkv)
         ent = self._qkv_perm.get(li)
-        if ent is None or ent[0] != qkv.weight.data_ptr():
-            from .ops.qkv_rope_gemm import permuted_qkv
-            ent = self._qkv_perm[li] = (qkv.weight.data_ptr(),
-                                        *permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads))
+        if ent is None or ent[0][0] != stamp[0]:
+            ent = self._qkv_perm[li] = (stamp, *permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads))
+        elif ent[0] != stamp:
+            w, b = permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads)
+            ent[1].copy_(w)
+            if b is not None:
+                ent[2].copy_(b)
+            ent = self._qkv_perm[li] = (stamp, ent[1], ent[2])
         return ent[1], ent[2]
+
+    def _refresh_qkv_perm(self):
+        """Before a graph replay (which runs no Python per layer): remake stale pair-ordered copies."""
+        blocks = self.visual.blocks
+        for li, ent in list(self._qkv_perm.items()):
+            if ent[0] != self._qkv_stamp(blocks[li].attn.qkv):
+                self._permuted_qkv(li, blocks[li].attn.qkv)
 
     def _segment(self, st, seg) -> list:
         """Run blocks [a, b) on the state, then the deepstack merger k (or the final merger)."""

@@ -92,6 +92,28 @@ def test_bad_input():
         qvdp.Qwen3VLVisionForward(tiny_vision_model(0), fused_qkv_rope="yes")
 
 
+def test_permuted_copy_follows_weight_updates():
+    # the tower's pair-ordered qkv copy: made once, remade in place (same buffers, which captured graphs
+    # read) after an in-place update of the weights, anew after they move
+    m = tiny_vision_model(1)
+    f = qvdp.Qwen3VLVisionForward(m)
+    qkv = m.blocks[0].attn.qkv
+    w1, b1 = f._permuted_qkv(0, qkv)
+    assert f._permuted_qkv(0, qkv)[0] is w1
+    H = f.geometry.num_heads
+    with torch.no_grad():
+        qkv.weight.mul_(2.0)
+        qkv.bias.add_(1.0)
+    f._refresh_qkv_perm()
+    w2, b2 = f._qkv_perm[0][1:]
+    assert w2 is w1 and b2 is b1
+    ref_w, ref_b = Q.permuted_qkv(qkv.weight, qkv.bias, H)
+    assert torch.equal(w2, ref_w) and torch.equal(b2, ref_b)
+    qkv.weight = torch.nn.Parameter(qkv.weight.detach().clone() * 3)
+    w3 = f._permuted_qkv(0, qkv)[0]
+    assert w3 is not w1 and torch.equal(w3, Q.permuted_qkv(qkv.weight, qkv.bias, H)[0])
+
+
 def test_tower_choice_off_on_cpu(monkeypatch):
     monkeypatch.setenv("QVDP_QKV_ROPE", "1")
     f = qvdp.Qwen3VLVisionForward(tiny_vision_model(0))
