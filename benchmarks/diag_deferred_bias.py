@@ -16,16 +16,11 @@ LayerNorm kernel, plus one read of the stream inside the GEMM's epilogue.
 """
 import torch
 
-from _common import event_ms, time_interleaved, try_import_fa3
-from bench_encoder import pixels, workloads
-from encoder_systems import build_hf, hf_call, use_fa3_attention
+from _common import event_ms, try_import_fa3
+from encoder_systems import build_hf, hf_call, tower_ab, use_fa3_attention
 
 import qvdp
 from qvdp.ops.layernorm import add_layernorm
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def pieces(T):
@@ -72,27 +67,7 @@ def tower(names, twice):
     else:
         fwd = {"deferred": qvdp.Qwen3VLVisionForward(model, deferred_bias=True),
                "add+LN": qvdp.Qwen3VLVisionForward(model, deferred_bias=False)}
-    for name, grid in workloads():
-        if name not in names:
-            continue
-        px = pixels(grid, dev)
-        g = tuple(map(tuple, grid))
-        fns = {k: (lambda f=f: f(px, g)) for k, f in fwd.items()}
-        if hf_fa3 is not None:
-            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
-        r = time_interleaved(fns, warm=3, rep=9)
-        line = ", ".join(f"{k} {v:.2f} ms" for k, v in r.items())
-        if "HF+FA3" in r:
-            line += (f"; HF+FA3 / deferred {r['HF+FA3'] / r['deferred']:.3f}x, HF+FA3 / add+LN "
-                     f"{r['HF+FA3'] / r['add+LN']:.3f}x")
-        print(f"tower {name}: {line}; add+LN / deferred {r['add+LN'] / r['deferred']:.4f}", flush=True)
-        if name == "4x720p":
-            ref = hf_call(build_hf(dev).float())(px.float(), grid)[0]
-            errs = {k: rel(f(px, g)[0], ref) for k, f in fwd.items()}
-            print("tower 4x720p vs HF fp32, pooled: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()),
-                  flush=True)
-            del ref
-            torch.cuda.empty_cache()
+    tower_ab(fwd, "deferred", "add+LN", names, dev, hf_fa3)
 
 
 def main():

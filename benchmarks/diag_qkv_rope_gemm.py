@@ -15,7 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import bench, time_interleaved, try_import_fa3
+from _common import bench, try_import_fa3
 
 from qvdp.ops import qkv_rope_gemm as Q
 from qvdp.ops.attention import rope_qk
@@ -67,8 +67,7 @@ def kernel(a):
 
 
 def tower(a):
-    from bench_encoder import pixels, workloads
-    from encoder_systems import build_hf, hf_call, use_fa3_attention
+    from encoder_systems import build_hf, hf_call, tower_ab, use_fa3_attention
     import qvdp
     fa3 = try_import_fa3()
     dev = torch.device("cuda", 0)
@@ -76,28 +75,7 @@ def tower(a):
     hf_fa3 = hf_call(use_fa3_attention(build_hf(dev), fa3)) if fa3 is not None else None
     forms = [("fused", True), ("pass", False), ("pass #2", False), ("fused #2", True)]
     fwd = {k: qvdp.Qwen3VLVisionForward(model, fused_qkv_rope=on) for k, on in forms}
-    for name, grid in workloads():
-        if name not in a.workloads:
-            continue
-        px = pixels(grid, dev)
-        g = tuple(map(tuple, grid))
-        fns = {k: (lambda f=f: f(px, g)) for k, f in fwd.items()}
-        if hf_fa3 is not None:
-            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
-        r = time_interleaved(fns, warm=3, rep=9)
-        on = min(r["fused"], r["fused #2"])
-        off = min(r["pass"], r["pass #2"])
-        line = ", ".join(f"{k} {v:.2f} ms" for k, v in r.items())
-        if "HF+FA3" in r:
-            line += f"; HF+FA3 / fused {r['HF+FA3'] / on:.3f}x, HF+FA3 / pass {r['HF+FA3'] / off:.3f}x"
-        print(f"tower {name}: {line}; pass / fused {off / on:.4f}", flush=True)
-        if name == "4x720p":
-            ref = hf_call(build_hf(dev).float())(px.float(), grid)[0]
-            errs = {k: rel(f(px, g)[0], ref) for k, f in fwd.items()}
-            print("tower 4x720p vs HF fp32, pooled: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()),
-                  flush=True)
-            del ref
-            torch.cuda.empty_cache()
+    tower_ab(fwd, "fused", "pass", a.workloads, dev, hf_fa3)
 
 
 def main():

@@ -10,15 +10,10 @@ import os
 
 import torch
 
-from _common import time_interleaved, try_import_fa3
-from bench_encoder import pixels, workloads
-from encoder_systems import build_hf, hf_call, use_fa3_attention
+from _common import try_import_fa3
+from encoder_systems import build_hf, hf_call, tower_ab, use_fa3_attention
 
 import qvdp
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def main():
@@ -37,28 +32,8 @@ def main():
         os.environ["QVDP_MERGER_AUTO"] = mode
         return f(px, g)
 
-    for name, grid in workloads():
-        if name not in a.workloads:
-            continue
-        px = pixels(grid, dev)
-        g = tuple(map(tuple, grid))
-        fns = {k: (lambda f=f, m=m: call(f, m, px, g)) for k, (f, m) in fwd.items()}
-        if hf_fa3 is not None:
-            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
-        r = time_interleaved(fns, warm=3, rep=9)
-        cut = min(r["cutlass"], r["cutlass #2"])
-        tor = min(r["torch"], r["torch #2"])
-        line = ", ".join(f"{k} {v:.2f} ms" for k, v in r.items())
-        if "HF+FA3" in r:
-            line += f"; HF+FA3 / cutlass {r['HF+FA3'] / cut:.3f}x, HF+FA3 / torch {r['HF+FA3'] / tor:.3f}x"
-        print(f"tower {name}: {line}; torch / cutlass {tor / cut:.4f}", flush=True)
-        if name == "4x720p":
-            ref = hf_call(build_hf(dev).float())(px.float(), grid)[0]
-            errs = {k: rel(call(f, m, px, g)[0], ref) for k, (f, m) in fwd.items()}
-            print("tower 4x720p vs HF fp32, pooled: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()),
-                  flush=True)
-            del ref
-            torch.cuda.empty_cache()
+    forms = {k: (lambda px, g, f=f, m=m: call(f, m, px, g)) for k, (f, m) in fwd.items()}
+    tower_ab(forms, "cutlass", "torch", a.workloads, dev, hf_fa3)
     os.environ.pop("QVDP_MERGER_AUTO", None)
 
 

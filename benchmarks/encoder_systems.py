@@ -94,3 +94,37 @@ def sglang_style_dp(model_call, px_gpu, grid, group=None):
             per_item[p.item] = chunk[o:o + p.num_rows]
             o += p.num_rows
     return torch.cat([per_item[i] for i in range(len(grid))])
+
+
+def tower_ab(forms: dict, a_label: str, b_label: str, wanted, dev, hf_fa3=None):
+    """A/B of two forms of the 1-GPU tower on each wanted workload of bench_encoder: `forms` maps names
+    ("<a_label>", "<a_label> #2", ..., "<b_label>", ...) to callables (pixels, grid) -> (pooled, ...); all of
+    them, and HF+FA3 when given, are timed in turn (median of 9 after 3 warm-ups) and each label is
+    compared by its best instance. At 4 x 720p each form's pooled output is compared with HF in fp32."""
+    from _common import time_interleaved
+    from bench_encoder import pixels, workloads
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    for name, grid in workloads():
+        if name not in wanted:
+            continue
+        px = pixels(grid, dev)
+        g = tuple(map(tuple, grid))
+        fns = {k: (lambda f=f: f(px, g)) for k, f in forms.items()}
+        if hf_fa3 is not None:
+            fns["HF+FA3"] = lambda: hf_fa3(px, grid)
+        r = time_interleaved(fns, warm=3, rep=9)
+        ta, tb = (min(v for k, v in r.items() if k == lab or k.startswith(lab + " #")) for lab in (a_label, b_label))
+        line = ", ".join(f"{k} {v:.2f} ms" for k, v in r.items())
+        if "HF+FA3" in r:
+            line += f"; HF+FA3 / {a_label} {r['HF+FA3'] / ta:.3f}x, HF+FA3 / {b_label} {r['HF+FA3'] / tb:.3f}x"
+        print(f"tower {name}: {line}; {b_label} / {a_label} {tb / ta:.4f}", flush=True)
+        if name == "4x720p":
+            ref = hf_call(build_hf(dev).float())(px.float(), grid)[0]
+            errs = {k: rel(f(px, g)[0], ref) for k, f in forms.items()}
+            print("tower 4x720p vs HF fp32, pooled: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()),
+                  flush=True)
+            del ref
+            torch.cuda.empty_cache()

@@ -8,7 +8,7 @@ source "$(dirname "$0")/setup_env.sh" demo
 # the merger's fc1), built once; skipped quietly where nvidia-cutlass cannot be installed or nvcc is missing
 if [ ! -f qvdp/_qkv_rope_gemm.so ] && command -v nvidia-smi >/dev/null 2>&1 \
     && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | grep -q '^9\.0'; then
-  { python -m pip install -q nvidia-cutlass && python scripts/build_merger_gemm.py; } \
+  { python -m pip install -q --retries 1 --timeout 15 nvidia-cutlass && python scripts/build_merger_gemm.py; } \
     || echo "qvdp: CUTLASS kernels not built (the tower runs its RoPE pass instead)"
 fi
 python -m qvdp.env

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from ._cutlass_lib import CutlassLib
+
 _LIB_NAME = "_merger_gemm.so"
 # Kernel configurations compiled into the library (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT)
 VARIANTS = {
@@ -35,54 +37,25 @@ def selected_variant(variant: Optional[int] = None) -> int:
     """The configuration fc1_gelu runs: `variant`, else QVDP_MERGER_GEMM_VARIANT, else DEFAULT_VARIANT."""
     return int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
 
-_lib = None
-_lib_error: Optional[str] = None
-_sms = {}
-_ws = {}
 
 
-def _library():
-    global _lib, _lib_error
-    if _lib is not None or _lib_error is not None:
-        return _lib
-    path = os.environ.get("QVDP_MERGER_GEMM_LIB") or os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                                                                   _LIB_NAME)
-    if not os.path.exists(path):
-        _lib_error = (f"{path} is not built (QVDP_BUILD_CUTLASS=1 python setup.py build_ext --inplace, with "
-                      f"nvidia-cutlass installed)")
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-        for v in (*VARIANTS, *DIAG_VARIANTS):
-            f = getattr(lib, f"qvdp_fc1_gelu_v{v}")
-            f.restype = ctypes.c_int
-            f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 3 + [
-                ctypes.c_void_p]
-            g = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
-            g.restype = ctypes.c_size_t
-            g.argtypes = [ctypes.c_int] * 6
-    except (OSError, AttributeError) as e:  # a stale or foreign build
-        _lib_error = f"{path} could not be loaded: {e}"
-        return None
-    _lib = lib
-    return _lib
+def _bind(lib):
+    for v in (*VARIANTS, *DIAG_VARIANTS):
+        f = getattr(lib, f"qvdp_fc1_gelu_v{v}")
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 3 + [
+            ctypes.c_void_p]
+        g = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
+        g.restype = ctypes.c_size_t
+        g.argtypes = [ctypes.c_int] * 6
 
 
-_why = {}
+_LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel", _bind)
 
 
 def unavailable_reason(device=None) -> Optional[str]:
     """None when fc1_gelu can run on `device` (default: the current CUDA device), else why not."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if _library() is None:
-        return _lib_error
-    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    if idx not in _why:  # once per device
-        _why[idx] = (None if torch.cuda.get_device_capability(idx) == (9, 0) else
-                     f"the CUTLASS merger kernel is built for sm_90a, this is {torch.cuda.get_device_name(idx)}")
-    return _why[idx]
+    return _LIB.unavailable_reason(device)
 
 
 def available(device=None) -> bool:
@@ -140,20 +113,11 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
         raise RuntimeError(f"fc1_gelu cannot run: {why}")
     if M == 0 or N == 0:
         return out
-    lib = _library()
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    sms = _sms.get(dev)
-    if sms is None:
-        sms = _sms[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    key = (dev, v, M, N, K, sw, ra)
-    if key not in _ws:
-        nbytes = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")(M, N, K, sms, sw, ra)
-        if len(_ws) > 64:
-            _ws.clear()
-        _ws[key] = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
-    ws = _ws[key]
+    lib = _LIB.library()
+    workspace = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
+    sms, ws, stream = _LIB.launch_context(x.device, (v, M, N, K, sw, ra),
+                                          lambda sms: workspace(M, N, K, sms, sw, ra))
     ptr = (lambda t: t.data_ptr() if t is not None else None)
-    stream = torch.cuda.current_stream(x.device).cuda_stream
     rc = getattr(lib, f"qvdp_fc1_gelu_v{v}")(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd),
                                              ptr(negm), ptr(s), ptr(c), ptr(ws), sms, sw, ra, stream)
     if rc:

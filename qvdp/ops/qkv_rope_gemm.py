@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .. import reference as _ref
+from ._cutlass_lib import CutlassLib
 
 _LIB_NAME = "_qkv_rope_gemm.so"
 VARIANTS = {
@@ -36,56 +37,28 @@ VARIANTS = {
 DIAG_VARIANTS = {2: "cooperative 128x256x64, cluster 1x2, D = acc"}
 DEFAULT_VARIANT = 1  # ping-pong: 0.75x cuBLAS + the RoPE pass at 4 x 720p on an H100 (benchmarks/NOTES.md)
 
-_lib = None
-_lib_error: Optional[str] = None
-_sms = {}
-_ws = {}
-_why = {}
-
 
 def selected_variant(variant: Optional[int] = None) -> int:
     """`variant`, else QVDP_QKV_ROPE_VARIANT, else DEFAULT_VARIANT."""
     return int(variant if variant is not None else os.environ.get("QVDP_QKV_ROPE_VARIANT", DEFAULT_VARIANT))
 
 
-def _library():
-    global _lib, _lib_error
-    if _lib is not None or _lib_error is not None:
-        return _lib
-    path = os.environ.get("QVDP_QKV_ROPE_LIB") or os.path.join(os.path.dirname(os.path.dirname(__file__)), _LIB_NAME)
-    if not os.path.exists(path):
-        _lib_error = (f"{path} is not built (QVDP_BUILD_CUTLASS=1 python setup.py build_ext --inplace, with "
-                      f"nvidia-cutlass installed)")
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-        for v in (*VARIANTS, *DIAG_VARIANTS):
-            f = getattr(lib, f"qvdp_qkv_rope_v{v}")
-            f.restype = ctypes.c_int
-            f.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
-                          + [ctypes.c_int, ctypes.c_void_p])
-            g = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")
-            g.restype = ctypes.c_size_t
-            g.argtypes = [ctypes.c_int] * 4
-    except (OSError, AttributeError) as e:
-        _lib_error = f"{path} could not be loaded: {e}"
-        return None
-    _lib = lib
-    return _lib
+def _bind(lib):
+    for v in (*VARIANTS, *DIAG_VARIANTS):
+        f = getattr(lib, f"qvdp_qkv_rope_v{v}")
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_void_p]
+        g = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")
+        g.restype = ctypes.c_size_t
+        g.argtypes = [ctypes.c_int] * 4
+
+
+_LIB = CutlassLib(_LIB_NAME, "QVDP_QKV_ROPE_LIB", "the CUTLASS qkv kernel", _bind)
 
 
 def unavailable_reason(device=None) -> Optional[str]:
     """None when qkv_rope can run on `device` (default: the current CUDA device), else why not."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if _library() is None:
-        return _lib_error
-    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    if idx not in _why:
-        _why[idx] = (None if torch.cuda.get_device_capability(idx) == (9, 0) else
-                     f"the CUTLASS qkv kernel is built for sm_90a, this is {torch.cuda.get_device_name(idx)}")
-    return _why[idx]
+    return _LIB.unavailable_reason(device)
 
 
 def available(device=None) -> bool:
@@ -201,19 +174,9 @@ def qkv_rope(x: torch.Tensor, w_perm: torch.Tensor, b_perm: Optional[torch.Tenso
         raise RuntimeError(f"qkv_rope cannot run: {why}")
     if T == 0:
         return out
-    lib = _library()
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    sms = _sms.get(dev)
-    if sms is None:
-        sms = _sms[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    key = (dev, v, T, N, C)
-    if key not in _ws:
-        nbytes = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")(T, N, C, sms)
-        if len(_ws) > 64:
-            _ws.clear()
-        _ws[key] = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
-    ws = _ws[key]
-    stream = torch.cuda.current_stream(x.device).cuda_stream
+    lib = _LIB.library()
+    workspace = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")
+    sms, ws, stream = _LIB.launch_context(x.device, (v, T, N, C), lambda sms: workspace(T, N, C, sms))
     rc = getattr(lib, f"qvdp_qkv_rope_v{v}")(
         x.data_ptr(), w_perm.data_ptr(), out.data_ptr(), T, N, C,
         b_perm.data_ptr() if b_perm is not None else None, freq.data_ptr(), pos[0].data_ptr(), pos[1].data_ptr(),

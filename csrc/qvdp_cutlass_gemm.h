@@ -1,0 +1,95 @@
+// qvdp: what the opt-in CUTLASS kernels share (csrc/merger_gemm.cu, csrc/qkv_rope_gemm.cu): a Hopper GEMM
+// Y[M, N] = epilogue(X[M, K] @ W[N, K]^T), bf16 in and out, fp32 accumulation, assembled from CUTLASS's
+// collective builders (TMA warp-specialised mainloop, epilogue-visitor tree `Tree`), its arguments and its
+// launch. sm_90a only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cutlass/cutlass.h"
+#include "cute/tensor.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/thread/activation.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+namespace qvdp_cutlass {
+
+using namespace cute;
+
+using ElementAB = cutlass::bfloat16_t;
+using ElementD = cutlass::bfloat16_t;
+constexpr int kAlign = 8;  // 16-byte rows for TMA
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+namespace fusion = cutlass::epilogue::fusion;
+
+// Schedules: cooperative (two consumer warpgroups on one tile) and ping-pong (alternating tiles)
+using Coop = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using CoopEpi = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using PingPong = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+using PingPongEpi = cutlass::epilogue::TmaWarpSpecialized;
+
+// Epilogue-tree leaves: an fp32 vector per row (length M) or per column (length N), loaded once per tile
+template <class TileShape>
+using PerRow = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>>;
+template <class TileShape>
+using PerCol = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>>;
+// D = acc (diagnostics: the mainloop without the epilogue's work)
+using PlainTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float, kRound>,
+                                  fusion::Sm90AccFetch>;
+
+template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree>
+struct Gemm {
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, cutlass::layout::RowMajor, kAlign,
+      ElementD, cutlass::layout::RowMajor, kAlign,
+      EpiSchedule, Tree>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+      ElementAB, cutlass::layout::RowMajor, kAlign,
+      ElementAB, cutlass::layout::ColumnMajor, kAlign,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  // The arguments without the epilogue tree's (the caller fills args.epilogue.thread).
+  static typename Op::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K, int sm_count) {
+    using StrideA = typename Op::GemmKernel::StrideA;
+    using StrideB = typename Op::GemmKernel::StrideB;
+    using StrideD = typename Op::GemmKernel::StrideD;
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(M, K, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(N, K, 1));
+    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(M, N, 1));
+    cutlass::KernelHardwareInfo hw;
+    hw.sm_count = sm_count;
+    return typename Op::Arguments{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {M, N, K, 1},
+        {static_cast<const ElementAB*>(X), sa, static_cast<const ElementAB*>(W), sb},
+        {{}, nullptr, sd, static_cast<ElementD*>(Y), sd},
+        hw};
+  }
+
+  // 0 on success; 1: shape not supported (alignment), 2: initialise failed, 3: launch failed.
+  static int run(typename Op::Arguments const& args, void* workspace, cudaStream_t stream) {
+    Op gemm;
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
+    if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
+    if (gemm.run(stream) != cutlass::Status::kSuccess) return 3;
+    return cudaGetLastError() == cudaSuccess ? 0 : 3;
+  }
+};
+
+}  // namespace qvdp_cutlass
+
+#define QVDP_CAT2(a, b) a##b
+#define QVDP_CAT(a, b) QVDP_CAT2(a, b)
