@@ -55,9 +55,9 @@ ext_modules, cmdclass, why_not = _native_extension()
 if why_not:
     print(f"qvdp: building pure Python (no native NCCL gather): {why_not}")
 
-# The CUTLASS merger fc1 (patch_merger(backend="cutlass"), opt-in: it measured level with eager on an H100,
-# and its build takes minutes): QVDP_BUILD_CUTLASS=1 and CUTLASS headers (QVDP_CUTLASS_DIR or
-# pip install nvidia-cutlass).
+# The CUTLASS kernels (the merger fc1 behind patch_merger(backend="cutlass"), and the qkv GEMM with RoPE in
+# its epilogue that the tower uses where it is built), opt-in because the build takes minutes:
+# QVDP_BUILD_CUTLASS=1 and CUTLASS headers (QVDP_CUTLASS_DIR or pip install nvidia-cutlass).
 if os.environ.get("QVDP_BUILD_CUTLASS") == "1" and any(a.startswith(("build", "install", "develop", "bdist"))
                                                          for a in sys.argv[1:]):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
@@ -66,7 +66,7 @@ if os.environ.get("QVDP_BUILD_CUTLASS") == "1" and any(a.startswith(("build", "i
         print("qvdp: built", build_merger_gemm.build(jobs=os.cpu_count() or 2))
         print("qvdp: built", build_merger_gemm.build_qkv(jobs=os.cpu_count() or 2))
     except RuntimeError as e:
-        print(f"qvdp: CUTLASS merger kernel not built: {e}")
+        print(f"qvdp: CUTLASS kernels not built: {e}")
 
 setup(
     name="qvdp",

@@ -6,7 +6,9 @@ Differences from the HF forward, all numerically equivalent:
 - rotary cos/sin, pos-embed taps and cu_seqlens are built once per forward on the device in one
   vectorised pass (qvdp.tables; cached per grid), the attention block map once per forward;
 - attention takes strided q/k/v views of the packed qkv output and applies RoPE inside
-  (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel);
+  (qvdp.varlen_attention; on Hopper with FA3 installed, FA3 after qvdp's one-pass RoPE kernel, or, where
+  the opt-in CUTLASS kernels are built, on q and k rotated by the qkv GEMM's own epilogue:
+  qvdp.ops.qkv_rope_gemm);
 - fc1 + bias + tanh-GELU is one cuBLASLt GEMM; proj/fc2 run bias-free and the residual add, bias
   and the next LayerNorm are one Triton pass (qvdp.ops.layernorm);
 - the interpolated position embedding is added to the patch-embed output by one Triton pass
@@ -399,20 +401,23 @@ class Qwen3VLVisionForward:
 
     def _permuted_qkv(self, li, qkv):
         """The pair-ordered copy of layer li's qkv weight (and fp32 bias) for the fused qkv GEMM, made once
-        and remade in place (same buffers: captured graphs keep reading them) when the weights change in
-        place (load_state_dict, copy_), anew when they move."""
+        and remade in place - the same buffers, which captured graphs keep reading - whenever the weights
+        change in place (load_state_dict, copy_) or move."""
         from .ops.qkv_rope_gemm import permuted_qkv
         stamp = self._qkv_stamp(qkv)
         ent = self._qkv_perm.get(li)
-        if ent is None or ent[0][0] != stamp[0]:
-            ent = self._qkv_perm[li] = (stamp, *permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads))
-        elif ent[0] != stamp:
-            w, b = permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads)
+        if ent is not None and ent[0] == stamp:
+            return ent[1], ent[2]
+        w, b = permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads)
+        same = (ent is not None and ent[1].shape == w.shape and ent[1].dtype == w.dtype and ent[1].device == w.device
+                and (ent[2] is None) == (b is None) and (b is None or ent[2].shape == b.shape))
+        if same:
             ent[1].copy_(w)
             if b is not None:
                 ent[2].copy_(b)
-            ent = self._qkv_perm[li] = (stamp, ent[1], ent[2])
-        return ent[1], ent[2]
+            w, b = ent[1], ent[2]
+        self._qkv_perm[li] = (stamp, w, b)
+        return w, b
 
     def _refresh_qkv_perm(self):
         """Before a graph replay (which runs no Python per layer): remake stale pair-ordered copies."""

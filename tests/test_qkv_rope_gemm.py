@@ -94,7 +94,7 @@ def test_bad_input():
 
 def test_permuted_copy_follows_weight_updates():
     # the tower's pair-ordered qkv copy: made once, remade in place (same buffers, which captured graphs
-    # read) after an in-place update of the weights, anew after they move
+    # read) after an in-place update of the weights and after they move
     m = tiny_vision_model(1)
     f = qvdp.Qwen3VLVisionForward(m)
     qkv = m.blocks[0].attn.qkv
@@ -111,7 +111,8 @@ def test_permuted_copy_follows_weight_updates():
     assert torch.equal(w2, ref_w) and torch.equal(b2, ref_b)
     qkv.weight = torch.nn.Parameter(qkv.weight.detach().clone() * 3)
     w3 = f._permuted_qkv(0, qkv)[0]
-    assert w3 is not w1 and torch.equal(w3, Q.permuted_qkv(qkv.weight, qkv.bias, H)[0])
+    assert w3 is w1 and torch.equal(w3, Q.permuted_qkv(qkv.weight, qkv.bias, H)[0])
+    assert f._qkv_perm[0][0] == f._qkv_stamp(qkv)
 
 
 def test_tower_choice_off_on_cpu(monkeypatch):
