@@ -43,7 +43,8 @@ def backends() -> list:
     from .ops import qkv_rope_gemm
     why = qkv_rope_gemm.unavailable_reason()
     rows.append(("CUTLASS qkv GEMM + RoPE (opt-in)", why is None,
-                 "Qwen3VLVisionForward(fused_qkv_rope=True) runs here" if why is None else
+                 "the tower's qkv GEMM rotates q and k in its epilogue here (fused_qkv_rope, on by default)"
+                 if why is None else
                  f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))
     rows.append(("torch fallback", True, "plain torch for every op (CPU, or backend='torch')"))
     return rows
