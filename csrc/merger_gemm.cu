@@ -27,14 +27,12 @@ using namespace qvdp_cutlass;
 
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false>
 struct Fc1Gelu {
-  using PerRow = qvdp_cutlass::PerRow<TileShape>;
-  using PerCol = qvdp_cutlass::PerCol<TileShape>;
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
-                                PerRow, PerCol, PerCol>;
+                                PerRow<TileShape>, PerCol<TileShape>, PerCol<TileShape>>;
   // acc * rstd[m] + shift
   using Pre = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
-                              fusion::Sm90AccFetch, PerRow, Shift>;
+                              fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::GELU, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
                                cute::conditional_t<Plain, PlainTree, GeluTree>>;

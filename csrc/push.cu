@@ -147,6 +147,18 @@ int vector_bytes(std::initializer_list<int64_t> vals) {
   return 1;
 }
 
+// Calls f(V{}) with V the widest vector type of vb bytes (int4, int2, int32_t, int16_t, else int8_t).
+template <class F>
+void with_vector(int vb, F&& f) {
+  switch (vb) {
+    case 16: f(int4{}); break;
+    case 8: f(int2{}); break;
+    case 4: f(int32_t{}); break;
+    case 2: f(int16_t{}); break;
+    default: f(int8_t{});
+  }
+}
+
 void copy_rows(const char* src, int64_t src_stride, const at::Tensor& peers, const at::Tensor& chunks,
                int64_t dst_stride, int64_t dst_col, int64_t row_bytes, cudaStream_t stream) {
   const int64_t n = chunks.size(0);
@@ -157,16 +169,10 @@ void copy_rows(const char* src, int64_t src_stride, const at::Tensor& peers, con
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((row_bytes + span - 1) / span));
   const int64_t* p = peers.data_ptr<int64_t>();
   const int64_t* c = chunks.data_ptr<int64_t>();
-#define QVDP_COPY(V) push_rows_kernel<V><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col, \
-                                                                       row_bytes)
-  switch (vb) {
-    case 16: QVDP_COPY(int4); break;
-    case 8: QVDP_COPY(int2); break;
-    case 4: QVDP_COPY(int32_t); break;
-    case 2: QVDP_COPY(int16_t); break;
-    default: QVDP_COPY(int8_t);
-  }
-#undef QVDP_COPY
+  with_vector(vb, [&](auto v) {
+    push_rows_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(src, p, c, src_stride, dst_stride, dst_col,
+                                                                 row_bytes);
+  });
   cuda_check(cudaGetLastError(), "push_rows_kernel");
 }
 
@@ -215,16 +221,10 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     int32_t* e = errors.data_ptr<int32_t>();
     const int r = static_cast<int>(rank);
     const int64_t ss = src.stride(0) * eb;
-#define QVDP_RELAY(V) push_relay_kernel<V><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, ss, dst_stride, \
-                                                                         row_bytes, rp, r, mark_epoch, timeout_ns, e)
-    switch (vb) {
-      case 16: QVDP_RELAY(int4); break;
-      case 8: QVDP_RELAY(int2); break;
-      case 4: QVDP_RELAY(int32_t); break;
-      case 2: QVDP_RELAY(int16_t); break;
-      default: QVDP_RELAY(int8_t);
-    }
-#undef QVDP_RELAY
+    with_vector(vb, [&](auto v) {
+      push_relay_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, ss, dst_stride,
+                                                                    row_bytes, rp, r, mark_epoch, timeout_ns, e);
+    });
     cuda_check(cudaGetLastError(), "push_relay_kernel");
   }
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);

@@ -12,8 +12,8 @@
 // with f the per-column signed frequency (0 for v: no rotation). This is the vision rotary, whose
 // cos/sin tables repeat their first half; sin/cos come from the SFU (|error| <= ~1e-5 at these angles,
 // far below bf16's rounding). Every input is a per-tile broadcast (bias, f per column; positions per
-// row): the epilogue gathers nothing. q and k leave the kernel rotated with their head dims permuted the same way, which leaves q . k unchanged: the
-// attention takes them as they are. X: [M, K] bf16, W: [N, K] bf16 (nn.Linear layout), bias fp32 [N]
+// row): the epilogue gathers nothing. q and k leave the kernel rotated with their head dims permuted the
+// same way, which leaves q . k unchanged: the attention takes them as they are. X: [M, K] bf16, W: [N, K] bf16 (nn.Linear layout), bias fp32 [N]
 // (permuted like W) or null, f fp32 [N] (permuted like W), pos_r / pos_c fp32 [M].
 // Built as a plain C shared library (ctypes, no torch ABI). sm_90a only.
 
@@ -72,12 +72,12 @@ using namespace qvdp_cutlass;
 
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false>
 struct QkvRope {
-  using PerRow = qvdp_cutlass::PerRow<TileShape>;
-  using PerCol = qvdp_cutlass::PerCol<TileShape>;
   // acc + bias[n]
-  using Biased = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>, fusion::Sm90AccFetch, PerCol>;
+  using Biased = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>, fusion::Sm90AccFetch,
+                                 PerCol<TileShape>>;
   // rotate(acc + bias, f[n], pr[m], pc[m]) -> bf16
-  using Rope = fusion::Sm90EVT<fusion::QvdpSm90RopePairs, Biased, PerCol, PerRow, PerRow>;
+  using Rope = fusion::Sm90EVT<fusion::QvdpSm90RopePairs, Biased, PerCol<TileShape>, PerRow<TileShape>,
+                               PerRow<TileShape>>;
   using RopeTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float, kRound>,
                                    Rope>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,

@@ -29,6 +29,7 @@ from .geometry import VisionGeometry
 from .ops.attention import attention_config, build_block_map, varlen_attention
 from .ops.layernorm import add_layernorm
 from .ops.patch_merger import patch_merger
+from .ops._stamp import stamp
 from .ops.pos_embed import pos_embed_add_
 from .tables import patch_positions, vision_tables
 
@@ -389,24 +390,17 @@ class Qwen3VLVisionForward:
 
     @staticmethod
     def _qkv_stamp(qkv):
-        """Where the qkv weight and bias live and their in-place version counters (inference-mode tensors
-        keep no counter: there only a move is seen)."""
-        def ver(t):
-            try:
-                return t._version
-            except RuntimeError:
-                return 0
-        b = qkv.bias
-        return (qkv.weight.data_ptr(), ver(qkv.weight), None if b is None else (b.data_ptr(), ver(b)))
+        """Where the qkv weight and bias live and their in-place versions (qvdp.ops._stamp)."""
+        return stamp(qkv.weight), None if qkv.bias is None else stamp(qkv.bias)
 
     def _permuted_qkv(self, li, qkv):
         """The pair-ordered copy of layer li's qkv weight (and fp32 bias) for the fused qkv GEMM, made once
         and remade in place - the same buffers, which captured graphs keep reading - whenever the weights
         change in place (load_state_dict, copy_) or move."""
         from .ops.qkv_rope_gemm import permuted_qkv
-        stamp = self._qkv_stamp(qkv)
+        key = self._qkv_stamp(qkv)
         ent = self._qkv_perm.get(li)
-        if ent is not None and ent[0] == stamp:
+        if ent is not None and ent[0] == key:
             return ent[1], ent[2]
         w, b = permuted_qkv(qkv.weight, qkv.bias, self.geometry.num_heads)
         same = (ent is not None and ent[1].shape == w.shape and ent[1].dtype == w.dtype and ent[1].device == w.device
@@ -416,7 +410,7 @@ class Qwen3VLVisionForward:
             if b is not None:
                 ent[2].copy_(b)
             w, b = ent[1], ent[2]
-        self._qkv_perm[li] = (stamp, w, b)
+        self._qkv_perm[li] = (key, w, b)
         return w, b
 
     def _refresh_qkv_perm(self):

@@ -107,12 +107,13 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         if group_backend(group) != "nccl":
             raise ValueError(f"out= (symmetric buffers) needs an NCCL group of GPUs of one host, got backend "
                              f"{group_backend(group)!r}")
-        from .push import check_push_out, gather_rows_push, prefer_push
+        from .push import check_push_out, gather_rows_push, prefer_push, result_views
         if world == 1:  # nothing to exchange: the rows are copied into out
-            bufs = check_push_out(out, local_outputs, plan, group, layout)
+            bufs = [b for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
             srcs = [torch.cat(list(local_outputs), 1)] if layout == "concat" else list(local_outputs)
-            views = [b[:plan.total_rows].copy_(t) for (b, _), t in zip(bufs, srcs)]
-            return views[0] if layout == "concat" else views
+            for b, t in zip(bufs, srcs):
+                b[:plan.total_rows].copy_(t)
+            return result_views(bufs, plan, layout)
         asked = backend
         if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
             backend = "push" if prefer_push(plan) or not _native_available(group) else "native"

@@ -478,6 +478,11 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
         st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, a[-1])
     else:
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
+    return result_views(bufs, plan, layout)
+
+
+def result_views(bufs, plan: ShardPlan, layout: str):
+    """The gather's result: views [total_rows, width] of the output buffers (one tensor for "concat")."""
     views = [b[:plan.total_rows] for b in bufs]
     return views[0] if layout == "concat" else views
 
@@ -509,21 +514,21 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
         if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
             t, b, peers, _ = pairs[0]
-            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
+            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, st.flag_peers, st.errors,
+                    st.rank, st.world, st.timeout_ns)
             st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
             _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                       (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
-            views = [b[:plan.total_rows] for b, _ in bufs]
-            return views[0] if layout == "concat" else views
+            return result_views([b for b, _ in bufs], plan, layout)
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
         args = ([p for _, _, p, _ in pairs],
                 [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
                 s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
                 st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
-        _remember(st, _call_key(local_outputs, plan, group, layout, out, backend), (plan, nat, args, [b for b, _ in bufs]))
-        views = [b[:plan.total_rows] for b, _ in bufs]
-        return views[0] if layout == "concat" else views
+        _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
+                  (plan, nat, args, [b for b, _ in bufs]))
+        return result_views([b for b, _ in bufs], plan, layout)
     flag_barrier(st, "triton")  # every peer is past its earlier use of its output
     for t, b, peers, c in pairs:
         _launch(t, peers, s1, b.stride(0), c, t.shape[1])
@@ -532,5 +537,4 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         for b, peers in bufs:  # forward the shares this rank holds, all columns at once
             _launch(b, peers, s2, b.stride(0), 0, b.shape[1])
         flag_barrier(st, "triton")
-    views = [b[:plan.total_rows] for b, _ in bufs]
-    return views[0] if layout == "concat" else views
+    return result_views([b for b, _ in bufs], plan, layout)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
 
 class CutlassLib:
-    """One shared object `qvdp/<file_name>` (or the path in $<env_var>); `bind(lib)` declares its
-    symbols' ctypes signatures and raises AttributeError on a stale build that lacks one."""
+    """One shared object `qvdp/<file_name>` (or the path in $<env_var>) exporting, per kernel configuration
+    v in `variants`, the C functions `<name>_v<v>` of `symbols` ({name: (restype, argtypes)}); a stale
+    build that lacks one is reported as not loadable."""
 
-    def __init__(self, file_name: str, env_var: str, what: str, bind: Callable[[ctypes.CDLL], None]):
-        self.file_name, self.env_var, self.what, self.bind = file_name, env_var, what, bind
+    def __init__(self, file_name: str, env_var: str, what: str, symbols: dict, variants: Iterable[int]):
+        self.file_name, self.env_var, self.what = file_name, env_var, what
+        self.symbols, self.variants = symbols, tuple(variants)
         self._lib = None
         self._error: Optional[str] = None
         self._why = {}
@@ -33,12 +35,19 @@ class CutlassLib:
             return None
         try:
             lib = ctypes.CDLL(path)
-            self.bind(lib)
+            for v in self.variants:
+                for name, (restype, argtypes) in self.symbols.items():
+                    f = getattr(lib, f"{name}_v{v}")
+                    f.restype, f.argtypes = restype, argtypes
         except (OSError, AttributeError) as e:  # a stale or foreign build
             self._error = f"{path} could not be loaded: {e}"
             return None
         self._lib = lib
         return lib
+
+    def function(self, name: str, variant: int):
+        """The loaded library's `<name>_v<variant>` (call library() or unavailable_reason() first)."""
+        return getattr(self._lib, f"{name}_v{variant}")
 
     def unavailable_reason(self, device=None) -> Optional[str]:
         """None when the kernels can run on `device` (default: the current CUDA device), else why not."""
@@ -52,6 +61,9 @@ class CutlassLib:
             self._why[idx] = (None if torch.cuda.get_device_capability(idx) == (9, 0) else
                               f"{self.what} is built for sm_90a, this is {torch.cuda.get_device_name(idx)}")
         return self._why[idx]
+
+    def available(self, device=None) -> bool:
+        return self.unavailable_reason(device) is None
 
     def launch_context(self, device, key: tuple, workspace_bytes: Callable[[int], int]):
         """(SM count, workspace tensor or None, stream handle) for a launch on `device`; the workspace is

@@ -38,28 +38,15 @@ def selected_variant(variant: Optional[int] = None) -> int:
     return int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
 
 
-
-def _bind(lib):
-    for v in (*VARIANTS, *DIAG_VARIANTS):
-        f = getattr(lib, f"qvdp_fc1_gelu_v{v}")
-        f.restype = ctypes.c_int
-        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 3 + [
-            ctypes.c_void_p]
-        g = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
-        g.restype = ctypes.c_size_t
-        g.argtypes = [ctypes.c_int] * 6
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel",
+                  {"qvdp_fc1_gelu": (_I, [_P] * 3 + [_I] * 3 + [_P] * 5 + [_I] * 3 + [_P]),
+                   "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [_I] * 6)},
+                  (*VARIANTS, *DIAG_VARIANTS))
 
 
-_LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel", _bind)
-
-
-def unavailable_reason(device=None) -> Optional[str]:
-    """None when fc1_gelu can run on `device` (default: the current CUDA device), else why not."""
-    return _LIB.unavailable_reason(device)
-
-
-def available(device=None) -> bool:
-    return unavailable_reason(device) is None
+unavailable_reason = _LIB.unavailable_reason  # None when fc1_gelu can run on a device (default: current)
+available = _LIB.available
 
 
 def _vec(name, t, n, device):
@@ -113,12 +100,11 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
         raise RuntimeError(f"fc1_gelu cannot run: {why}")
     if M == 0 or N == 0:
         return out
-    lib = _LIB.library()
-    workspace = getattr(lib, f"qvdp_fc1_gelu_workspace_v{v}")
+    workspace = _LIB.function("qvdp_fc1_gelu_workspace", v)
     sms, ws, stream = _LIB.launch_context(x.device, (v, M, N, K, sw, ra),
                                           lambda sms: workspace(M, N, K, sms, sw, ra))
     ptr = (lambda t: t.data_ptr() if t is not None else None)
-    rc = getattr(lib, f"qvdp_fc1_gelu_v{v}")(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd),
+    rc = _LIB.function("qvdp_fc1_gelu", v)(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd),
                                              ptr(negm), ptr(s), ptr(c), ptr(ws), sms, sw, ra, stream)
     if rc:
         raise RuntimeError(f"qvdp_fc1_gelu_v{v} failed (code {rc}: 1 unsupported shape, 2 initialise, 3 launch) "

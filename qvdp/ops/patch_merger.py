@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._stamp import stamp
 from ._triton_utils import HAS_TRITON, triton_usable
 
 if HAS_TRITON:
@@ -205,7 +206,7 @@ _FOLD_CACHE = {}
 def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms):
     """(WG, S, C) for the folded fc1, cached per weight version (weights are reused every call)."""
     src = (norm_weight, norm_bias, fc1_weight, fc1_bias)
-    key = tuple((t.data_ptr(), t._version) if t is not None else None for t in src) + (mu, postshuffle_norm, rms)
+    key = tuple(stamp(t) if t is not None else None for t in src) + (mu, postshuffle_norm, rms)
     hit = _FOLD_CACHE.get(key)
     # the entry holds the source tensors, so their memory cannot be reused by other tensors while cached;
     # the identity check rules out a stale hit
@@ -312,7 +313,7 @@ _F32_CACHE = {}
 
 def _f32(t):
     """fp32 copy of a (bias) vector, cached per tensor version."""
-    key = (t.data_ptr(), t._version, t.dtype, t.numel())
+    key = (*stamp(t), t.dtype, t.numel())
     hit = _F32_CACHE.get(key)
     if hit is not None and hit[0] is t:
         return hit[1]

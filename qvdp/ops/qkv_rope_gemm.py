@@ -43,26 +43,15 @@ def selected_variant(variant: Optional[int] = None) -> int:
     return int(variant if variant is not None else os.environ.get("QVDP_QKV_ROPE_VARIANT", DEFAULT_VARIANT))
 
 
-def _bind(lib):
-    for v in (*VARIANTS, *DIAG_VARIANTS):
-        f = getattr(lib, f"qvdp_qkv_rope_v{v}")
-        f.restype = ctypes.c_int
-        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_void_p]
-        g = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")
-        g.restype = ctypes.c_size_t
-        g.argtypes = [ctypes.c_int] * 4
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_LIB = CutlassLib(_LIB_NAME, "QVDP_QKV_ROPE_LIB", "the CUTLASS qkv kernel",
+                  {"qvdp_qkv_rope": (_I, [_P] * 3 + [_I] * 3 + [_P] * 5 + [_I, _P]),
+                   "qvdp_qkv_rope_workspace": (ctypes.c_size_t, [_I] * 4)},
+                  (*VARIANTS, *DIAG_VARIANTS))
 
 
-_LIB = CutlassLib(_LIB_NAME, "QVDP_QKV_ROPE_LIB", "the CUTLASS qkv kernel", _bind)
-
-
-def unavailable_reason(device=None) -> Optional[str]:
-    """None when qkv_rope can run on `device` (default: the current CUDA device), else why not."""
-    return _LIB.unavailable_reason(device)
-
-
-def available(device=None) -> bool:
-    return unavailable_reason(device) is None
+unavailable_reason = _LIB.unavailable_reason  # None when qkv_rope can run on a device (default: current)
+available = _LIB.available
 
 
 def pair_order(num_heads: int, head_dim: int, parts: int = 3, rotated: int = 2, device=None) -> torch.Tensor:
@@ -150,7 +139,8 @@ def qkv_rope(x: torch.Tensor, w_perm: torch.Tensor, b_perm: Optional[torch.Tenso
     N = w_perm.shape[0]
     D = N // (3 * num_heads)
     if D % 4 or C % 8 or N % 8:
-        raise ValueError(f"need a head dim divisible by 4 (the 2D rotary) and C, N multiples of 8 (16-byte TMA rows), got D={D} C={C} N={N}")
+        raise ValueError(f"need a head dim divisible by 4 (the 2D rotary) and C, N multiples of 8 (16-byte TMA "
+                         f"rows), got D={D} C={C} N={N}")
     if b_perm is not None and (b_perm.dtype != torch.float32 or tuple(b_perm.shape) != (N,)
                                or b_perm.device != x.device or not b_perm.is_contiguous()):
         raise ValueError(f"b_perm must be a contiguous float32 [{N}] tensor on {x.device}")
@@ -174,10 +164,9 @@ def qkv_rope(x: torch.Tensor, w_perm: torch.Tensor, b_perm: Optional[torch.Tenso
         raise RuntimeError(f"qkv_rope cannot run: {why}")
     if T == 0:
         return out
-    lib = _LIB.library()
-    workspace = getattr(lib, f"qvdp_qkv_rope_workspace_v{v}")
+    workspace = _LIB.function("qvdp_qkv_rope_workspace", v)
     sms, ws, stream = _LIB.launch_context(x.device, (v, T, N, C), lambda sms: workspace(T, N, C, sms))
-    rc = getattr(lib, f"qvdp_qkv_rope_v{v}")(
+    rc = _LIB.function("qvdp_qkv_rope", v)(
         x.data_ptr(), w_perm.data_ptr(), out.data_ptr(), T, N, C,
         b_perm.data_ptr() if b_perm is not None else None, freq.data_ptr(), pos[0].data_ptr(), pos[1].data_ptr(),
         ws.data_ptr() if ws is not None else None, sms, stream)
