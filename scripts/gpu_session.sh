@@ -5,6 +5,7 @@
 #   bash scripts/gpu_session.sh dp       # (4 GPUs) new GPU tests, multi-GPU tests, DP diagnostics, encoder benchmark
 #   bash scripts/gpu_session.sh gather   # (4 GPUs) gather benchmark at 2 and 4 GPUs, GPU demo
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
+#   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100, gather benchmark
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) CUTLASS tests, multi-GPU tests, DP encoder
 set -uo pipefail
 STAGE=${1:-single}
@@ -201,10 +202,15 @@ elif [ "$STAGE" = s11b ]; then  # session 11, 2 GPUs: the final code's multi-GPU
   T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=60 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=260 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 --out logs/e2
-elif [ "$STAGE" = x4final ]; then  # (4 GPUs; carry qvdp/_qkv_rope_gemm.so and qvdp/_merger_gemm.so) the final code: CUTLASS GPU tests, multi-GPU tests, DP encoder at 1/2/4 GPUs
+elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs on H100 (skipped on other cards), then the gather benchmark
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=250 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
+  fi
+  T=200 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g4
+elif [ "$STAGE" = x4final ]; then  # (4 GPUs; carry qvdp/_qkv_rope_gemm.so and qvdp/_merger_gemm.so) the final code: DP encoder at 1/2/4 GPUs, then CUTLASS GPU tests, multi-GPU tests
+  T=400 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
   T=200 TAILN=8 step cutlass_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py tests/test_patch_merger.py tests/test_hf_equivalence.py -p no:cacheprovider
   T=200 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-  T=400 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
 elif [ "$STAGE" = s11e ]; then  # session 11, one GPU, no build (CUTLASS .so carried): the fused qkv GEMM on by default (ping-pong): tests, tower A/B, 1-GPU encoder
   T=60 TAILN=6 step qkv_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py tests/test_hf_equivalence.py -p no:cacheprovider
   T=60 TAILN=8 step diag_qkv_tower python3 benchmarks/diag_qkv_rope_gemm.py tower
