@@ -5,7 +5,7 @@
 #   bash scripts/gpu_session.sh dp       # (4 GPUs) new GPU tests, multi-GPU tests, DP diagnostics, encoder benchmark
 #   bash scripts/gpu_session.sh gather   # (4 GPUs) gather benchmark at 2 and 4 GPUs, GPU demo
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
-#   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100, gather benchmark
+#   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, merger kernel profile
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) CUTLASS tests, multi-GPU tests, DP encoder
 set -uo pipefail
 STAGE=${1:-single}
@@ -202,11 +202,11 @@ elif [ "$STAGE" = s11b ]; then  # session 11, 2 GPUs: the final code's multi-GPU
   T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=60 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=260 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 --out logs/e2
-elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs on H100 (skipped on other cards), then the gather benchmark
+elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs (H100s only), the merger's kernel profile
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=250 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
   fi
-  T=200 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 4 --out logs/g4
+  T=120 TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
 elif [ "$STAGE" = x4final ]; then  # (4 GPUs; carry qvdp/_qkv_rope_gemm.so and qvdp/_merger_gemm.so) the final code: DP encoder at 1/2/4 GPUs, then CUTLASS GPU tests, multi-GPU tests
   T=400 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
   T=200 TAILN=8 step cutlass_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py tests/test_patch_merger.py tests/test_hf_equivalence.py -p no:cacheprovider
