@@ -165,3 +165,44 @@ def test_cutlass_bad_inputs():
         merger_gemm.fc1_gelu(torch.ones(4, 8), torch.ones(8, 8))
     with pytest.raises(ValueError, match=r"x must be \[M, K\]"):
         merger_gemm.fc1_gelu(torch.ones(4, 8, dtype=torch.bfloat16), torch.ones(8, 16, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("width,n", [(72, 37), (64, 1), (200, 9)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_row_norm(rms, width, n, dtype):
+    """The one-pass Triton norm of the CUTLASS path's per-patch / RMS norms vs fp64 torch."""
+    from qvdp.ops.patch_merger import row_norm
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(3)
+    x = ((torch.randn(n, width, generator=g) * 3 + 1.5) * torch.exp(torch.randn(n, 1, generator=g))).to(dev, dtype)
+    w = (1 + 0.2 * torch.randn(width, generator=g)).to(dev, dtype)
+    b = None if rms else (0.2 * torch.randn(width, generator=g)).to(dev, dtype)
+    got = row_norm(x, w, b, width, 1e-6, rms)
+    xd = x.double().cpu()
+    if rms:
+        ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double().cpu()
+    else:
+        ref = torch.nn.functional.layer_norm(xd, (width,), w.double().cpu(), b.double().cpu(), 1e-6)
+    assert got.shape == x.shape and got.dtype == dtype
+    assert rel(got.cpu(), ref) < TOL[dtype] / 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("width,n", [(1152, 4 * 3520 + 3), (4608, 1001), (1024, 4)])
+def test_gpu_row_norm(rms, width, n):
+    from qvdp.ops.patch_merger import row_norm
+    torch.manual_seed(4)
+    x = ((torch.randn(n, width, device="cuda") * 2 + 0.5) * torch.exp(torch.randn(n, 1, device="cuda"))).bfloat16()
+    w = (1 + 0.1 * torch.randn(width, device="cuda")).bfloat16()
+    b = None if rms else (0.1 * torch.randn(width, device="cuda")).bfloat16()
+    got = row_norm(x, w, b, width, 1e-6, rms)
+    xd = x.double()
+    if rms:
+        ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
+    else:
+        ref = torch.nn.functional.layer_norm(xd, (width,), w.double(), b.double(), 1e-6)
+    assert torch.isfinite(got).all()
+    assert rel(got, ref) < 5e-3

@@ -61,6 +61,26 @@ if HAS_TRITON:
         tl.store(RSTD + rows, rstd, mask=rows < n_rows)
 
     @triton.jit
+    def _row_norm_tile(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
+                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        # the norm itself, ROWS whole rows per program: one read of x, fp32 statistics, one write of y
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        cm = cols < width
+        m = (rows < n_rows)[:, None] & cm[None, :]
+        offs = rows.to(tl.int64)[:, None] * width + cols[None, :]
+        x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+        if RMS:
+            d = x
+        else:
+            d = tl.where(m, x - (tl.sum(x, 1) / width)[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+        y = d * rstd[:, None] * tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+        if HAS_B:
+            y += tl.load(B + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, off_m, off_n, NCHUNK: tl.constexpr,
                    RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    NUM_STAGES: tl.constexpr):
@@ -239,6 +259,26 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False):
                                              BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8)
 
 
+def row_norm(x, weight, bias, width, eps, rms):
+    """LayerNorm (rms=False) or RMSNorm over every `width`-wide row of x (contiguous), one Triton pass
+    in fp32; returns a tensor shaped and typed like x. weight/bias: [width] (bias None: none)."""
+    y = torch.empty_like(x)
+    n = x.numel() // width
+    if n == 0:
+        return y
+    block = triton.next_power_of_2(width)
+    rows = max(1, min(16, 8192 // block))
+    if x.device.type != "cuda":
+        rows = min(rows, 4)
+    has_b = bias is not None
+    weight = weight.contiguous()
+    bias = bias.contiguous() if has_b else weight
+    _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
+                                            RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block,
+                                            num_warps=4 if block * rows <= 4096 else 8)
+    return y
+
+
 def config_from_tuple(c):
     keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
     return dict(zip(keys, c))
@@ -348,8 +388,8 @@ def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_w
     """fc1 + its epilogue in one CUTLASS kernel (csrc/merger_gemm.cu), fc2 by cuBLAS.
     Post-shuffle LayerNorm ("fold"): one stats pass over the merged rows, the norm folded into fc1
     (WG = W1 * gamma, cached; rstd, -mean * rstd, rowsum(WG), b1 + W1 @ beta in the epilogue): the
-    normalised tensor is never written. Per-patch norms and RMSNorm ("prenorm"): torch's norm kernel
-    writes the normalised input, then fc1 with bias + GELU in its epilogue (no separate GELU pass)."""
+    normalised tensor is never written. Per-patch norms and RMSNorm ("prenorm"): qvdp's one-pass Triton
+    norm (row_norm) writes the normalised input, then fc1 with bias + GELU in its epilogue (no separate GELU pass)."""
     from . import merger_gemm
     mu = merge_size * merge_size
     Np, H = x.shape
@@ -362,8 +402,10 @@ def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_w
             row_stats(x, negm, rstd, K, eps, False, negm=True)
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
         y = merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_)
-    else:
-        xn = _normalised(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps).contiguous()
+    else:  # the norm by one Triton pass (torch's LayerNorm kernel took 39 us vs ~21 at 14080 x 1152 on an H200)
+        width = K if postshuffle_norm else H
+        xn = row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
+                      norm == "rmsnorm").view(M, K)
         y = merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None)
     if fc2_bias is not None:
         return torch.addmm(fc2_bias, y, fc2_weight.t())
