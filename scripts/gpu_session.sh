@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -202,6 +202,10 @@ elif [ "$STAGE" = s11b ]; then  # session 11, 2 GPUs: the final code's multi-GPU
   T=100 TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=60 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
   T=260 TAILN=45 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 --out logs/e2
+elif [ "$STAGE" = s12n ]; then  # session 12, one GPU, no build (CUTLASS .so carried): eager calls skip the custom ops: every single-GPU test, merger profile + benchmark
+  T=330 TAILN=8 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+  T=60 TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
+  T=150 TAILN=45 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s12m ]; then  # session 12, one GPU, no build (CUTLASS .so carried): the merger with the one-pass Triton norm: tests, kernel profile, benchmark
   T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=60 TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py

@@ -355,3 +355,23 @@ def test_gpu_flash_attn_backend(D, dtype, lens, monkeypatch):
     mod, _ = _flash_attn_module()
     monkeypatch.setitem(sys.modules, "flash_attn", mod)
     _check(lens, 4, D, dtype, "cuda", backend="flash_attn")
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+def test_custom_op_dispatch(monkeypatch):
+    """Eager inference calls the kernel directly; with inputs that want gradients the custom op runs and
+    refuses a backward (the kernel has none) instead of returning silently wrong gradients."""
+    import qvdp.ops.attention as A
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, cu, cos, sin = make([9, 4], 2, 16, torch.float32, dev)
+    calls = []
+    real = A._varlen_attention_impl
+    monkeypatch.setattr(A, "_varlen_attention_impl", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        want = varlen_attention(q, k, v, cu, 9, cos=cos, sin=sin, backend="triton")
+    assert len(calls) == 1
+    qg = q.clone().requires_grad_(True)
+    out = varlen_attention(qg, k, v, cu, 9, cos=cos, sin=sin, backend="triton")
+    assert len(calls) == 2 and torch.equal(out.detach(), want)  # through the custom op, same kernel
+    with pytest.raises(RuntimeError):
+        out.sum().backward()

@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from ._direct import call_direct
 from ._triton_utils import HAS_TRITON, next_pow2, split_head_dim, triton_usable
 from .. import reference as _ref
 
@@ -572,13 +573,17 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
 
 
 # ---- torch custom op: torch.compile traces through it without a graph break ---------------
+def _varlen_attention_impl(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map):
+    if triton_usable(q):
+        return _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map)
+    return _ref.varlen_attention_torch(q, k, v, cu_seqlens, cos, sin, scale).contiguous()
+
+
 @torch.library.custom_op("qvdp::varlen_attention", mutates_args=())
 def _varlen_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                          max_seqlen: int, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
                          scale: float, block_map: Optional[torch.Tensor]) -> torch.Tensor:
-    if triton_usable(q):
-        return _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map)
-    return _ref.varlen_attention_torch(q, k, v, cu_seqlens, cos, sin, scale).contiguous()
+    return _varlen_attention_impl(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map)
 
 
 @_varlen_attention_op.register_fake
@@ -748,7 +753,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, *, cos=None, sin=None, sca
     if backend == "triton":
         if not triton_usable(q):
             raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
-        return _varlen_attention_op(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map)
+        # eager inference skips the custom op's dispatch (host time); torch.compile and autograd keep it
+        op = _varlen_attention_impl if call_direct(q, k, v, cos, sin) else _varlen_attention_op
+        return op(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map)
     if backend == "torch":
         return _ref.varlen_attention_torch(q, k, v, cu_seqlens, cos, sin, scale)
     if backend == "flash_attn":
