@@ -210,11 +210,12 @@ elif [ "$STAGE" = s12m ]; then  # session 12, one GPU, no build (CUTLASS .so car
   T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=60 TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
   T=300 TAILN=45 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
-elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs (H100s only), the merger's kernel profile
+elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs (WORLDS) on H100s, else the merger's kernel profile
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
-    T=250 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
+    T=250 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds ${WORLDS:-2 4} --out logs/e4
+  else
+    T=120 TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
   fi
-  T=120 TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
 elif [ "$STAGE" = x4final ]; then  # (4 GPUs; carry qvdp/_qkv_rope_gemm.so and qvdp/_merger_gemm.so) the final code: DP encoder at 1/2/4 GPUs, then CUTLASS GPU tests, multi-GPU tests
   T=400 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 2 4 --out logs/e4
   T=200 TAILN=8 step cutlass_tests python3 -m pytest -q -m gpu tests/test_qkv_rope_gemm.py tests/test_patch_merger.py tests/test_hf_equivalence.py -p no:cacheprovider
