@@ -208,37 +208,30 @@ def test_gpu_row_norm(rms, width, n):
     assert rel(got, ref) < 5e-3
 
 
-def test_custom_op_dispatch():
+def test_custom_op_dispatch(monkeypatch):
     """Eager inference runs the implementation directly; torch.compile traces the custom op (no graph break)
     and inputs that want gradients go through the custom op, which refuses a backward instead of returning
     silently wrong gradients."""
     import qvdp.ops.patch_merger as pm
     x, p = make(4 * 5, 16, 8, "layernorm", True, torch.float32, "cpu")
-    calls = []
-    real = pm._patch_merger_impl
     with torch.no_grad():
         want = patch_merger(x, **p, postshuffle_norm=True, backend="torch")
+    calls = []
+    real = pm._patch_merger_impl
+    monkeypatch.setattr(pm, "_patch_merger_impl", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        got = patch_merger(x, **p, postshuffle_norm=True, backend="torch")
+    assert len(calls) == 1 and torch.equal(got, want)
+    graphs = []
 
-    def counting(*a):
-        calls.append(1)
-        return real(*a)
-    pm._patch_merger_impl = counting
-    try:
-        with torch.no_grad():
-            got = patch_merger(x, **p, postshuffle_norm=True, backend="torch")
-        assert len(calls) == 1 and torch.equal(got, want)
-        graphs = []
-
-        def backend(gm, example_inputs):
-            graphs.append(gm)
-            return gm
-        f = torch.compile(lambda x: patch_merger(x, **p, postshuffle_norm=True, backend="torch"),
-                          backend=backend, fullgraph=True)
-        with torch.no_grad():
-            assert rel(f(x), want) < 1e-6
-        assert any("qvdp.patch_merger" in str(n.target) for g in graphs for n in g.graph.nodes)
-    finally:
-        pm._patch_merger_impl = real
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+    f = torch.compile(lambda x: patch_merger(x, **p, postshuffle_norm=True, backend="torch"), backend=backend,
+                      fullgraph=True)
+    with torch.no_grad():
+        assert rel(f(x), want) < 1e-6
+    assert any("qvdp.patch_merger" in str(n.target) for g in graphs for n in g.graph.nodes)
     xg = x.clone().requires_grad_(True)
     out = patch_merger(xg, **p, postshuffle_norm=True, backend="torch")
     with pytest.raises(RuntimeError):

@@ -403,7 +403,7 @@ def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_w
             row_stats(x, negm, rstd, K, eps, False, negm=True)
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
         y = merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_)
-    else:  # the norm by one Triton pass (torch's LayerNorm kernel took 39 us vs ~21 at 14080 x 1152 on an H200)
+    else:  # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
         width = K if postshuffle_norm else H
         xn = row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
                       norm == "rmsnorm").view(M, K)
