@@ -213,7 +213,7 @@ elif [ "$STAGE" = s12m ]; then  # session 12, one GPU, no build (CUTLASS .so car
 elif [ "$STAGE" = x4h100 ]; then  # (4 GPUs; carry both CUTLASS .so) session 12: the final code's DP encoder at 1/2/4 GPUs (WORLDS) on H100s, else the merger's kernel profile
   if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
     T=250 TAILN=60 step bench_encoder python3 benchmarks/bench_encoder.py --worlds ${WORLDS:-2 4} --out logs/e4
-  else
+  elif [ -z "${ONLY_H100:-}" ]; then
     T=120 TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py
   fi
 elif [ "$STAGE" = x4final ]; then  # (4 GPUs; carry qvdp/_qkv_rope_gemm.so and qvdp/_merger_gemm.so) the final code: DP encoder at 1/2/4 GPUs, then CUTLASS GPU tests, multi-GPU tests
