@@ -5,8 +5,8 @@
 #   bash scripts/gpu_session.sh dp       # (4 GPUs) new GPU tests, multi-GPU tests, DP diagnostics, encoder benchmark
 #   bash scripts/gpu_session.sh gather   # (4 GPUs) gather benchmark at 2 and 4 GPUs, GPU demo
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
-#   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, merger kernel profile
-#   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) CUTLASS tests, multi-GPU tests, DP encoder
+#   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, else merger profile (ONLY_H100=1: nothing)
+#   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
 set -uo pipefail
 STAGE=${1:-single}
 OUT=${OUT:-/tmp/qvdp_out}
