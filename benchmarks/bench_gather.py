@@ -62,8 +62,20 @@ def _worker(rank, world, port, q):
         if sbuf is not None:
             import qvdp
             fns["qvdp push"] = lambda: qvdp.gather_rows([local], plan, layout="concat", backend="push", out=sbuf)
-            sbuf.fill_(float("nan"))
-            ok = torch.tensor([int(torch.equal(fns["qvdp push"](), fns["qvdp torch path"]()))], device=dev)
+            from qvdp.dist import push as _push  # noqa: E402
+            if _push.use_relay(plan) and _push.PIPELINED_RELAY != "1" and _push._native() is not None:
+                def pipelined():  # the pipelined relay (module default flipped for this call only)
+                    _push.PIPELINED_RELAY = "1"
+                    try:
+                        return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=sbuf)
+                    finally:
+                        _push.PIPELINED_RELAY = "0"
+                fns["qvdp push (pipelined relay)"] = pipelined
+            good = 1
+            for k in [k for k in fns if k.startswith("qvdp push")]:
+                sbuf.fill_(float("nan"))
+                good &= int(torch.equal(fns[k](), fns["qvdp torch path"]()))
+            ok = torch.tensor([good], device=dev)
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
             exact = bool(ok.item())
 
@@ -147,7 +159,8 @@ def main():
                   "plans. floor: all_gather_into_tensor of equal buffers with the same total bytes. qvdp native (auto) "
                   "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
                   "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
-                  "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing.",
+                  "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing "
+                  "(also the pipelined relay, on relay plans; its grid: QVDP_PUSH_RELAY_BLOCKS).",
                   out_dir=args.out)
     if groups:
         bar_plot("gather", groups, series, "time / floor (equal all_gather_into_tensor)", out_dir=args.out)

@@ -1,5 +1,6 @@
-"""Patch merger: qvdp (backend "cutlass" where it runs, else "triton") vs eager HF-style vs torch.compile,
-and the floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised input.
+"""Patch merger: qvdp (backend "auto": "cutlass" from CUTLASS_AUTO_MIN_ROWS merged rows up where the library
+is built, else "cublas"; both paths also timed on their own) vs eager HF-style vs torch.compile, and the
+floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised input.
 
     python benchmarks/bench_merger.py [--out DIR]
 """
@@ -56,9 +57,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
-    backend = "cutlass" if merger_gemm.available() else "triton"
-    cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if backend == "cutlass" else None
-    print("qvdp backend:", backend, cfg or "")
+    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS
+    has_cutlass = merger_gemm.available()
+    cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
+    print("qvdp backend: auto; CUTLASS", cfg or "not built", "from", CUTLASS_AUTO_MIN_ROWS, "merged rows")
     rows, plot = [], {"qvdp": [], "eager": [], "torch.compile": [], "floor (2 addmm)": []}
     labels = []
     ns = NS[:1] if args.quick else NS
@@ -67,7 +69,9 @@ def main():
             for H, O in HO:
                 K = 4 * H
                 x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post)
-                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend=backend)
+                fq = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post)
+                fcu = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="cutlass")
+                fcb = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="cublas")
                 fe = lambda: eager(x, nw, nb, w1, b1, w2, b2, post)
                 fc = lambda: compiled(x, nw, nb, w1, b1, w2, b2, post)
                 ff = lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t())
@@ -76,31 +80,37 @@ def main():
                                              dtype=torch.float32)
                 err = ((got[:1024].float() - ref).norm() / ref.norm()).item()
                 fns = {}
-                for name, fn in (("qvdp", fq), ("eager", fe), ("torch.compile", fc), ("floor (2 addmm)", ff)):
+                systems = [("qvdp", fq), ("qvdp cublas", fcb)] + ([("qvdp cutlass", fcu)] if has_cutlass else [])
+                for name, fn in systems + [("eager", fe), ("torch.compile", fc), ("floor (2 addmm)", ff)]:
                     try:
                         fn()
                         fns[name] = fn
                     except Exception as e:  # noqa: BLE001
                         print(f"[{name}] {type(e).__name__}: {str(e)[:200]}")
                 # systems timed in turn (CUDA events around 10 calls), so clock drift hits all alike
-                t = dict.fromkeys(("qvdp", "eager", "torch.compile", "floor (2 addmm)"))
+                t = dict.fromkeys(("qvdp", "qvdp cublas", "qvdp cutlass", "eager", "torch.compile", "floor (2 addmm)"))
                 t.update(time_interleaved(fns, warm=3, rep=20, timer=event_ms))
                 fl = 2.0 * (N // 4) * K * K + 2.0 * (N // 4) * K * O
                 lab = f"{'post' if post else 'pre'} N={nname} H={H} O={O}"
                 labels.append(lab)
                 for name in plot:
                     plot[name].append(fl / t[name] / 1e9 if t[name] else None)
-                rows.append([lab, t["qvdp"], t["eager"], t["torch.compile"], t["floor (2 addmm)"],
+                from qvdp.ops.patch_merger import auto_backend
+                path = auto_backend(x, K, K)
+                ms = lambda v: v if v is not None else "n/a"
+                rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
+                             t["torch.compile"], t["floor (2 addmm)"],
                              fl / t["qvdp"] / 1e9, f"{t['qvdp'] / t['floor (2 addmm)']:.3f}x",
                              f"{t['eager'] / t['qvdp']:.2f}x", f"{t['torch.compile'] / t['qvdp']:.2f}x" if t["torch.compile"] else "n/a",
                              f"{err:.1e}"])
                 print(rows[-1], flush=True)
     write_results("merger", "Patch merger (bf16): LN + 2x2 merge + fc1 + GELU + fc2",
-                  ["shape", "qvdp ms", "eager ms", "compile ms", "floor ms", "qvdp TFLOP/s", "qvdp / floor",
-                   "eager / qvdp", "compile / qvdp", "err"], rows,
-                  f"qvdp = patch_merger(backend={backend!r}"
-                  + (f", CUTLASS configuration {cfg}" if cfg else "")
-                  + "). floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
+                  ["shape", "auto path", "qvdp ms", "cublas ms", "cutlass ms", "eager ms", "compile ms", "floor ms",
+                   "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"], rows,
+                  f"qvdp = patch_merger(backend='auto'): 'cutlass' from {CUTLASS_AUTO_MIN_ROWS} merged rows up"
+                  + (f" (CUTLASS configuration {cfg})" if cfg else " (not built here)")
+                  + ", else 'cublas' (qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias); "
+                  "the cublas and cutlass columns time those paths on their own. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",
                   out_dir=args.out)
     bar_plot("merger", labels, plot, "TFLOP/s", out_dir=args.out)

@@ -25,7 +25,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--winner", default=None)
+    ap.add_argument("--variants", nargs="*", type=int, default=None, help="configurations to time (default: all)")
     args = ap.parse_args()
+    variants = args.variants or list(merger_gemm.VARIANTS)
     why = merger_gemm.unavailable_reason()
     if why:
         print("CUTLASS merger kernel not available:", why)
@@ -42,7 +44,7 @@ def main():
                 ref = patch_merger_reference(x[:4096], nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
                                              dtype=torch.float32)
                 errs = {}
-                for v in merger_gemm.VARIANTS:
+                for v in variants:
                     def f(v=v):
                         os.environ["QVDP_MERGER_GEMM_VARIANT"] = str(v)
                         return patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post, backend="cutlass")

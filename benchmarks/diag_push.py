@@ -38,6 +38,7 @@ def _worker(rank, world, port, q):
     st = push._state(None)
     hdl = symm_mem.rendezvous(buf, dist.group.WORLD.group_name)
     res = {}
+    blocks = [int(b) for b in os.environ.get("QVDP_DIAG_RELAY_BLOCKS", "0 132 66 33 16").split()]
     bars = {"flag barrier (CUDA)": lambda: push.flag_barrier(st, "auto"),
             "flag barrier (Triton)": lambda: push.flag_barrier(st, "triton"),
             "torch symm_mem barrier": lambda: hdl.barrier(channel=0)}
@@ -80,7 +81,7 @@ def _worker(rank, world, port, q):
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
 
         def with_impl(impl, **env):
-            def f():  # env: diagnostic overrides (a call with any of them skips the fast path)
+            def f():  # env: diagnostic overrides (part of the fast path's key)
                 os.environ["QVDP_PUSH_IMPL"] = impl
                 os.environ.update(env)
                 try:
@@ -91,7 +92,9 @@ def _worker(rank, world, port, q):
             return f
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
-            fns["push (CUDA, pipelined relay)"] = with_impl("auto", QVDP_PUSH_PIPELINE="1")
+            for nb in blocks:  # the pipelined relay's grid: 0 = one block per unit, else a resident grid
+                fns[f"push (CUDA, pipelined relay, blocks {nb})"] = with_impl("auto", QVDP_PUSH_PIPELINE="1",
+                                                                              QVDP_PUSH_RELAY_BLOCKS=str(nb))
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
@@ -127,9 +130,22 @@ def _worker(rank, world, port, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
+    ap.add_argument("--winner", default=None, help="file to write the fastest relay grid (QVDP_PUSH_RELAY_BLOCKS) to")
     a = ap.parse_args()
     for w in gpu_worlds(a.worlds):
-        spawn_ranks(_worker, w, timeout_s=600)
+        res = spawn_ranks(_worker, w, timeout_s=600)
+        if a.winner and w > 2:  # the relay grid with the least back-to-back time summed over the relay plans
+            tot = {}
+            for wl, r in res.items():
+                if isinstance(r, dict) and not wl.startswith(("flag", "torch")):
+                    for k, (_, steady) in r.items():
+                        if "pipelined relay, blocks" in k:
+                            tot[k] = tot.get(k, 0.0) + steady
+            if tot:
+                best = min(tot, key=tot.get)
+                print("relay grid, back-to-back sum:", {k: round(v, 1) for k, v in tot.items()}, "->", best)
+                with open(a.winner, "w") as f:
+                    f.write(best.rsplit(" ", 1)[1].rstrip(")"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ namespace {
 
 using namespace qvdp_cutlass;
 
-template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false>
+template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
+          class Scheduler = void>
 struct Fc1Gelu {
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
@@ -35,7 +36,7 @@ struct Fc1Gelu {
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::GELU, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
-                               cute::conditional_t<Plain, PlainTree, GeluTree>>;
+                               cute::conditional_t<Plain, PlainTree, GeluTree>, Scheduler>;
   using Gemm = typename G::Op;
 
   static typename Gemm::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K,
@@ -79,6 +80,8 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 using Config = Fc1Gelu<Shape<_64, _256, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #elif QVDP_MERGER_VARIANT == 6
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi>;
+#elif QVDP_MERGER_VARIANT == 7  // variant 1 with the stream-K scheduler (M=3520, N=4608: 3.8 waves of tiles)
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -77,48 +78,55 @@ __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __
 // output to their destinations); a stage-1 block that stored a relay piece then marks it ready on its
 // helper (slot * spans + span := epoch, system-scope release). Blocks [n1 * spans, (n1 + n2) * spans)
 // forward pieces this rank holds as a helper: thread 0 waits for the piece's ready mark (acquire),
-// then the block copies it from this rank's output to one more peer. Stage-1 blocks never wait and
-// come first in block order, so they are dispatched before any waiting block: no deadlock.
+// then the block copies it from this rank's output to one more peer. Stage-1 units never wait and
+// come first in unit order: with one block per unit they are dispatched before any waiting block; with a
+// smaller grid (max_blocks, at most the SM count, so every block is resident) each block takes its units
+// in increasing order, so a block that waits has finished its stage-1 units: no deadlock either way.
 // Tables: int64 [n, 5] = destination rank, source row, destination row, rows (<= 16), slot (-1: none).
 constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the ready marks
 template <typename V>
 __global__ void push_relay_kernel(const char* __restrict__ src, const char* own, const int64_t* __restrict__ peers,
                                   const int64_t* __restrict__ t1, int64_t n1, const int64_t* __restrict__ t2,
-                                  int64_t spans, int64_t src_stride, int64_t dst_stride, int64_t row_bytes,
-                                  const int64_t* __restrict__ ready_peers, int rank, int64_t epoch,
+                                  int64_t spans, int64_t total, int64_t src_stride, int64_t dst_stride,
+                                  int64_t row_bytes, const int64_t* __restrict__ ready_peers, int rank, int64_t epoch,
                                   int64_t timeout_ns, int32_t* errors) {
-  const int64_t b = blockIdx.x;
-  const int64_t c = b / spans, y = b % spans;
-  const bool fwd = c >= n1;
-  const int64_t* ch = fwd ? t2 + 5 * (c - n1) : t1 + 5 * c;
-  const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3], slot = ch[4];
-  const char* from = fwd ? own : src;
-  const int64_t from_stride = fwd ? dst_stride : src_stride;
-  char* dst = reinterpret_cast<char*>(peers[d]);
-  if (fwd) {
-    if (threadIdx.x == 0)
-      wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + slot * spans + y, epoch, timeout_ns, errors);
-    __syncthreads();
-  }
-  const int64_t end = min(row_bytes, (y + 1) * kSpan);
-  for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
-       off += static_cast<int64_t>(kThreads) * sizeof(V)) {
-    V buf[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < n) buf[r] = fwd ? __ldcg(reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off))
-                              : *reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + off) = buf[r];
-  }
-  if (!fwd && slot >= 0) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence_system();
-      int64_t* mark = reinterpret_cast<int64_t*>(ready_peers[d]) + slot * spans + y;
-      asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
+  // units b = blockIdx.x, blockIdx.x + gridDim.x, ... in increasing order (one unit per block when the grid
+  // covers them all): with a smaller, fully resident grid the owner's pieces complete roughly in piece order,
+  // so helpers start forwarding while the owner is still storing (a window of gridDim.x units in flight).
+  for (int64_t b = blockIdx.x; b < total; b += gridDim.x) {
+    const int64_t c = b / spans, y = b % spans;
+    const bool fwd = c >= n1;
+    const int64_t* ch = fwd ? t2 + 5 * (c - n1) : t1 + 5 * c;
+    const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3], slot = ch[4];
+    const char* from = fwd ? own : src;
+    const int64_t from_stride = fwd ? dst_stride : src_stride;
+    char* dst = reinterpret_cast<char*>(peers[d]);
+    if (fwd) {
+      if (threadIdx.x == 0)
+        wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + slot * spans + y, epoch, timeout_ns, errors);
+      __syncthreads();
     }
+    const int64_t end = min(row_bytes, (y + 1) * kSpan);
+    for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
+         off += static_cast<int64_t>(kThreads) * sizeof(V)) {
+      V buf[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (r < n) buf[r] = fwd ? __ldcg(reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off))
+                                : *reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + off) = buf[r];
+    }
+    if (!fwd && slot >= 0) {
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        __threadfence_system();
+        int64_t* mark = reinterpret_cast<int64_t*>(ready_peers[d]) + slot * spans + y;
+        asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
+      }
+    }
+    __syncthreads();  // the next unit's wait must not overtake this unit's stores by other threads
   }
 }
 
@@ -189,7 +197,7 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
                               int64_t dst_stride, const at::Tensor& stage1, const at::Tensor& stage2,
                               const at::Tensor& ready_peers, const at::Tensor& flag_peers,
                               const at::Tensor& errors, int64_t rank, int64_t world, int64_t epoch,
-                              int64_t timeout_ns) {
+                              int64_t timeout_ns, int64_t max_blocks) {
   check_table(stage1, 5, "stage1");
   check_table(stage2, 5, "stage2");
   check(src.is_cuda() && src.dim() == 2 && (src.size(0) == 0 || src.stride(1) == 1) && own.is_cuda() &&
@@ -212,7 +220,14 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     const char* s = static_cast<const char*>(src.data_ptr());
     const int vb = vector_bytes({reinterpret_cast<int64_t>(s), src.stride(0) * eb,
                                  reinterpret_cast<int64_t>(own.data_ptr()), dst_stride, row_bytes, kSpan});
-    const dim3 grid(static_cast<unsigned>((n1 + n2) * spans));
+    // max_blocks > 0: a grid of at most that many blocks, and at most the SM count, so all are resident
+    // and a block that waits for a mark never keeps an unstarted stage-1 unit from running
+    int dev = 0, sms = 0;
+    cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+    cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    const int64_t total = (n1 + n2) * spans;
+    const int64_t nb = max_blocks > 0 ? std::min<int64_t>(total, std::min<int64_t>(max_blocks, sms)) : total;
+    const dim3 grid(static_cast<unsigned>(nb));
     const char* o = static_cast<const char*>(own.data_ptr());
     const int64_t* p = table.data_ptr<int64_t>();
     const int64_t* a = stage1.data_ptr<int64_t>();
@@ -222,8 +237,9 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     const int r = static_cast<int>(rank);
     const int64_t ss = src.stride(0) * eb;
     with_vector(vb, [&](auto v) {
-      push_relay_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, ss, dst_stride,
-                                                                    row_bytes, rp, r, mark_epoch, timeout_ns, e);
+      push_relay_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, total, ss,
+                                                                    dst_stride, row_bytes, rp, r, mark_epoch,
+                                                                    timeout_ns, e);
     });
     cuda_check(cudaGetLastError(), "push_relay_kernel");
   }

@@ -41,7 +41,10 @@ using PerCol = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _
 using PlainTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float, kRound>,
                                   fusion::Sm90AccFetch>;
 
-template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree>
+// Scheduler: void (the persistent data-parallel tile scheduler) or cutlass::gemm::StreamKScheduler (the last
+// partial wave's tiles split along K over the idle SMs; cooperative schedule only).
+template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree,
+          class Scheduler = void>
 struct Gemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -58,7 +61,7 @@ struct Gemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       MainSchedule>::CollectiveOp;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   // The arguments without the epilogue tree's (the caller fills args.epilogue.thread).

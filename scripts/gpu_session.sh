@@ -7,6 +7,9 @@
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
 #   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, else merger profile (ONLY_H100=1: nothing)
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
+#   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
+#   bash scripts/gpu_session.sh s13n     # (1 GPU, CUTLASS .so carried) HF-equivalence + every single-GPU test
+#   bash scripts/gpu_session.sh s13g     # (4 GPUs) push tests, relay grid sweep (diag_push), bench_gather at 4 and 2
 set -uo pipefail
 STAGE=${1:-single}
 OUT=${OUT:-/tmp/qvdp_out}
@@ -29,11 +32,23 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
-if [ "$STAGE" = single ]; then
+if [ "$STAGE" = s13m ]; then  # session 13, one GPU: merger tests (cublas / auto paths), stream-K fc1 A/B, bench_merger
+  T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=150 TAILN=40 step diag_merger_cutlass python3 benchmarks/diag_merger_cutlass.py --variants 1 7 --winner logs/mg_winner
+  export QVDP_MERGER_GEMM_VARIANT=$(cat logs/mg_winner 2>/dev/null || echo 1); echo "QVDP_MERGER_GEMM_VARIANT=$QVDP_MERGER_GEMM_VARIANT"
+  T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s13n ]; then  # session 13, one GPU: every single-GPU test (the tower's merger now "auto")
+  T=500 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+elif [ "$STAGE" = s13g ]; then  # session 13, 4 GPUs: push tests (relay grids), relay grid sweep, gather at 4 and 2 GPUs
+  T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m multigpu -k push tests -p no:cacheprovider
+  T=150 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --winner logs/relay_blocks
+  export QVDP_PUSH_RELAY_BLOCKS=$(cat logs/relay_blocks 2>/dev/null || echo 0); echo "QVDP_PUSH_RELAY_BLOCKS=$QVDP_PUSH_RELAY_BLOCKS"
+  T=200 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+elif [ "$STAGE" = single ]; then
   T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
   T=300 TAILN=40 step diag_attention python3 benchmarks/diag_attention.py --out logs/diag_attention.jsonl
   T=120 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py

@@ -181,13 +181,16 @@ def _push_worker(rank, world):
             ga = qvdp.gather_rows(local, plan, layout="concat", out=bufc)  # auto: push or NCCL into out
             torch.cuda.synchronize()
             ok = ok and torch.equal(ga, torch.cat(full, 1))
-            for pipe in ("1", "0"):  # one output: the pipelined relay on 3+ GPUs (relay plans), and without it
-                os.environ["QVDP_PUSH_PIPELINE"] = pipe
+            # one output: the pipelined relay on 3+ GPUs (relay plans; one block per unit, and a resident
+            # grid of 7 blocks walking the units), and without it
+            for pipe, nb in (("1", "0"), ("1", "7"), ("0", "0")):
+                os.environ["QVDP_PUSH_PIPELINE"], os.environ["QVDP_PUSH_RELAY_BLOCKS"] = pipe, nb
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
             os.environ.pop("QVDP_PUSH_PIPELINE")
+            os.environ.pop("QVDP_PUSH_RELAY_BLOCKS")
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     os.environ.pop("QVDP_PUSH_IMPL")
     # the same gather called back to back without host syncs (epochs advance on the GPU only)
@@ -207,10 +210,14 @@ def _push_worker(rank, world):
     got = qvdp.gather_rows(local, plan, backend="push", out=bufl)
     torch.cuda.synchronize()
     res["repeat, new contents"] = all(torch.equal(a, -b) for a, b in zip(got, full))
-    for _ in range(20):  # one output: the pipelined relay back to back (ready marks reused across calls)
-        g1 = qvdp.gather_rows(local[:1], plan, backend="push", out=bufl[:1])
-    torch.cuda.synchronize()
-    res["one output, back to back"] = torch.equal(g1[0], -full[0])
+    for nb in ("0", "33"):  # one output: the pipelined relay back to back (ready marks reused across calls)
+        os.environ["QVDP_PUSH_PIPELINE"], os.environ["QVDP_PUSH_RELAY_BLOCKS"] = "1", nb
+        for _ in range(20):
+            g1 = qvdp.gather_rows(local[:1], plan, backend="push", out=bufl[:1])
+        torch.cuda.synchronize()
+        res[f"one output, back to back, relay blocks {nb}"] = torch.equal(g1[0], -full[0])
+    os.environ.pop("QVDP_PUSH_PIPELINE")
+    os.environ.pop("QVDP_PUSH_RELAY_BLOCKS")
     res["errors"] = push.push_errors()
     res["relay used"] = sorted(relays)
     return res

@@ -64,6 +64,53 @@ def test_gpu(norm, post, dtype, n, H, out):
     _check(n, H, out, norm, post, dtype, "cuda", "triton")
 
 
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cublas_backend(norm, post, dtype):
+    """qvdp's one-pass norm + cuBLAS GEMMs + GELU in place (interpreter on CPU; any GPU)"""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    _check(4 * 37, 64, 48, norm, post, dtype, dev, "cublas")
+
+
+def test_auto_backend_choice(monkeypatch):
+    from qvdp.ops import patch_merger as pm
+    x = torch.randn(8, 16)
+    monkeypatch.delenv("QVDP_MERGER_AUTO", raising=False)
+    assert pm.auto_backend(x, 64, 64) == "torch"  # CPU: the torch path
+    monkeypatch.setenv("QVDP_MERGER_AUTO", "cutlass")
+    assert pm.auto_backend(x, 64, 64) == "torch"  # the CUTLASS path cannot run on CPU: falls back
+    monkeypatch.setenv("QVDP_MERGER_AUTO", "torch")
+    assert pm.auto_backend(x, 64, 64) == "torch"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 4096), (4 * 1001, 1024, 2048), (4, 1152, 2048)])
+def test_gpu_cublas(norm, post, dtype, n, H, out):
+    _check(n, H, out, norm, post, dtype, "cuda", "cublas")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+def test_gpu_auto(norm, post, monkeypatch):
+    """"auto" on both sides of the CUTLASS threshold (the CUTLASS side where the library is built)"""
+    from qvdp.ops import patch_merger as pm
+    monkeypatch.delenv("QVDP_MERGER_AUTO", raising=False)
+    for m in (pm.CUTLASS_AUTO_MIN_ROWS - 1, pm.CUTLASS_AUTO_MIN_ROWS):
+        x, p = make(4 * m, 1152, 2048, norm, post, torch.bfloat16, "cuda", seed=m)
+        want = "cutlass" if m >= pm.CUTLASS_AUTO_MIN_ROWS and pm.cutlass_ok(x, 4608, 4608) else "cublas"
+        assert pm.auto_backend(x, 4608, 4608) == want
+        got = patch_merger(x, **p, postshuffle_norm=post, norm=norm)
+        assert torch.equal(got, patch_merger(x, **p, postshuffle_norm=post, norm=norm, backend=want))
+        # the first 64 merged rows against the fp64 reference
+        ref = patch_merger_reference(x[:256].cpu(), **{k: (v.cpu() if v is not None else None) for k, v in p.items()},
+                                     postshuffle_norm=post, norm=norm, dtype=torch.float64)
+        assert rel(got[:64].cpu(), ref) < TOL[torch.bfloat16]
+    _check(4 * 37, 1152, 2048, norm, post, torch.bfloat16, "cuda", "auto")
+
+
 @pytest.mark.parametrize("kw,name", [(dict(n=6), "rows"), (dict(nw=3), "norm_weight"), (dict(fc1=5), "fc1_weight")])
 def test_bad_inputs(kw, name):
     x, p = make(8, 16, 8, "layernorm", False, torch.float32, "cpu")

@@ -85,8 +85,7 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             [>= total_rows, sum(width_i)] ("concat") or a list of k [>= total_rows, width_i] ("list");
             the result is views of their first total_rows rows.
     """
-    if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton" \
-            and "QVDP_PUSH_PIPELINE" not in os.environ:
+    if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton":
         from .push import push_fast_path
         res = push_fast_path(local_outputs, plan, group, layout, out, backend)  # a repeat of a validated call
         if res is not None:

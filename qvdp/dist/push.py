@@ -48,6 +48,15 @@ SPAN_BYTES = 4096       # csrc/push.cu kSpan
 # default: on 4 x H200 it was exact, 20% faster than the two-stage relay for the skewed plan but 3% slower
 # for one image, and NCCL's broadcast beat both there (session 9, s9f).
 PIPELINED_RELAY = "0"
+# Blocks of the pipelined relay's launch (QVDP_PUSH_RELAY_BLOCKS; 0: one block per 16-row x 4 KB unit, all
+# issued at once, so the owner's pieces all land at about the same time; n > 0: a resident grid of
+# min(n, SMs) blocks walking the units in order, so pieces land in order and helpers forward early).
+RELAY_BLOCKS = "0"
+
+
+def _settings():
+    """The environment overrides that change what a call enqueues (part of the fast path's key)."""
+    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), os.environ.get("QVDP_PUSH_RELAY_BLOCKS", RELAY_BLOCKS))
 
 _STATES = {}        # group key -> _GroupState
 _KERNELS = {}
@@ -453,7 +462,7 @@ def _sig(t):
 
 def _call_key(local_outputs, plan, group, layout, out, backend):
     outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-    return (_group_key(group), id(plan), layout, backend, tuple(_sig(t) for t in local_outputs),
+    return (_group_key(group), id(plan), layout, backend, _settings(), tuple(_sig(t) for t in local_outputs),
             tuple(_sig(o) if isinstance(o, torch.Tensor) else id(o) for o in outs))
 
 
@@ -475,7 +484,7 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     _plan, nat, args, bufs = hit
     if args[0] == "pipelined":
         a = args[1]
-        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, a[-1])
+        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, *a[-1])
     else:
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
     return result_views(bufs, plan, layout)
@@ -488,11 +497,10 @@ def result_views(bufs, plan: ShardPlan, layout: str):
 
 
 def _remember(st, key, entry):
-    """Keep a validated call for the fast path (at most 64; not while QVDP_PUSH_PIPELINE overrides the default)."""
+    """Keep a validated call for the fast path (at most 64)."""
     if len(st.calls) >= 64:
         st.calls.clear()
-    if "QVDP_PUSH_PIPELINE" not in os.environ:
-        st.calls[key] = entry
+    st.calls[key] = entry
 
 
 def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
@@ -510,13 +518,13 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     nat = _native()
     eb = local_outputs[0].element_size()
     if nat is not None and relay and len(pairs) == 1 and pairs[0][3] == 0 and pairs[0][0].shape[1] == \
-            bufs[0][0].shape[1] and os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY) == "1":
+            bufs[0][0].shape[1] and _settings()[0] == "1":
         tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
         if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
             t, b, peers, _ = pairs[0]
             args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, st.flag_peers, st.errors,
-                    st.rank, st.world, st.timeout_ns)
-            st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
+                    st.rank, st.world, (st.timeout_ns, int(_settings()[1])))
+            st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, *args[-1])
             _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                       (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
             return result_views([b for b, _ in bufs], plan, layout)

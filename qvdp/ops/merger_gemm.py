@@ -27,6 +27,7 @@ VARIANTS = {
     3: "cooperative 256x128x64, cluster 1x2",
     5: "ping-pong 64x256x64, cluster 1x2",
     6: "cooperative 128x256x64, no cluster",
+    7: "cooperative 128x256x64, cluster 1x2, stream-K",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)"}

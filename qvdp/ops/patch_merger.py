@@ -450,22 +450,66 @@ def _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     return F.linear(y, fc2_weight, fc2_bias)
 
 
+def _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
+                         postshuffle_norm, norm, eps):
+    """qvdp's one-pass Triton norm (row_norm: 24-26 us against torch's LayerNorm kernel's 38-39 us at
+    14080 x 1152 on an H100), then cuBLAS fc1 with its bias, GELU in place, cuBLAS fc2 with its bias."""
+    mu = merge_size * merge_size
+    Np, H = x.shape
+    M, K = Np // mu, mu * H
+    width = K if postshuffle_norm else H
+    xn = row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
+                  norm == "rmsnorm").view(M, K)
+    y = torch.addmm(fc1_bias, xn, fc1_weight.t()) if fc1_bias is not None else xn @ fc1_weight.t()
+    y = torch.ops.aten.gelu_(y)
+    if fc2_bias is not None:
+        return torch.addmm(fc2_bias, y, fc2_weight.t())
+    return y @ fc2_weight.t()
+
+
+# "auto" on CUDA: the CUTLASS path (where built) from this many merged rows up, else the cuBLAS path with
+# qvdp's norm (benchmarks/results/merger-h100.md, session 13)
+CUTLASS_AUTO_MIN_ROWS = 6400
+
+
+def auto_backend(x, K: int, N1: int) -> str:
+    """The path "auto" takes for this input: QVDP_MERGER_AUTO (torch / cublas / cutlass) when set, else
+    "cutlass" on Hopper bf16 with the library built and at least CUTLASS_AUTO_MIN_ROWS merged rows, else
+    "cublas" on CUDA (fp16 / bf16 / fp32), else "torch" (CPU)."""
+    forced = os.environ.get("QVDP_MERGER_AUTO")
+    if forced in ("torch", "cublas", "cutlass"):
+        want = forced
+    else:
+        merged_rows = x.shape[0] * x.shape[1] // K
+        want = "cutlass" if x.is_cuda and merged_rows >= CUTLASS_AUTO_MIN_ROWS else "cublas"
+    if want == "cutlass" and not cutlass_ok(x, K, N1):
+        want = "cublas"
+    if want == "cublas" and not (x.is_cuda and triton_usable(x) and x.dtype in (torch.float16, torch.bfloat16,
+                                                                               torch.float32)):
+        want = "torch"
+    return want
+
+
 def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                        postshuffle_norm, norm, eps, backend="auto"):
     H = x.shape[1]
     K = H * merge_size * merge_size
-    # "auto" takes torch (cuBLAS): on an H100 the fused Triton version was slower than eager and the CUTLASS
-    # fc1 level with it (benchmarks/results/merger-h100.md), so they run only when asked for
-    # (QVDP_MERGER_AUTO=cutlass makes "auto" take the CUTLASS path where it runs: tower A/B diagnostics)
-    if backend == "cutlass" or (backend == "auto" and os.environ.get("QVDP_MERGER_AUTO", "torch") == "cutlass"):
+    if backend == "auto":
+        backend = auto_backend(x, K, fc1_weight.shape[0])
+    if backend == "cublas":
+        if not (triton_usable(x) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+            raise ValueError("backend='cublas' needs a CUDA tensor (or TRITON_INTERPRET=1) of dtype float16, "
+                             f"bfloat16 or float32, got {x.dtype} on {x.device}")
+        return _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                    merge_size, postshuffle_norm, norm, eps)
+    if backend == "cutlass":
         if cutlass_ok(x, K, fc1_weight.shape[0]):
             return _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                          merge_size, postshuffle_norm, norm, eps)
-        if backend == "cutlass":
-            from . import merger_gemm
-            why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
-            raise ValueError(f"backend='cutlass' needs bf16 CUDA input on Hopper with 4H and the fc1 width "
-                             f"multiples of 8 and the library built ({why or 'dtype ' + str(x.dtype)})")
+        from . import merger_gemm
+        why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
+        raise ValueError(f"backend='cutlass' needs bf16 CUDA input on Hopper with 4H and the fc1 width "
+                         f"multiples of 8 and the library built ({why or 'dtype ' + str(x.dtype)})")
     use_triton = backend == "triton"
     if use_triton and triton_usable(x) and _triton_ok(x, H, K):
         return _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
@@ -498,16 +542,18 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
 
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
-    backend: "auto" (= "torch", measured fastest on an H100), "cutlass" (fc1 and its norm fold / bias /
+    backend: "auto" (on CUDA: "cutlass" from CUTLASS_AUTO_MIN_ROWS merged rows up where it is built, else
+    "cublas"; on CPU: "torch"), "cublas" (qvdp's one-pass Triton norm, then cuBLAS fc1 + bias, GELU in
+    place, cuBLAS fc2 + bias), "cutlass" (fc1 and its norm fold / bias /
     GELU epilogue as one CUTLASS Hopper kernel, bf16, sm_90, built with QVDP_BUILD_CUTLASS=1; fc2 by
-    cuBLAS; level with eager on an H100), "triton" (the fused Triton
+    cuBLAS), "triton" (the fused Triton
     kernels: norm statistics in one pass, the norm folded into fc1's weights, TMA GEMM with bias + GELU
     epilogue, then cuBLAS fc2; 1.22-1.55x the two-GEMM floor on an H100) or "torch" (cuBLAS, eager).
     """
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
            norm)
-    if backend not in ("auto", "cutlass", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'cutlass', 'triton' or 'torch', got {backend!r}")
+    if backend not in ("auto", "cublas", "cutlass", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'cublas', 'cutlass', 'triton' or 'torch', got {backend!r}")
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, int(merge_size),
             bool(postshuffle_norm), norm, float(eps), backend)
     # eager inference skips the custom op's dispatch (~0.14 ms of host time); torch.compile and autograd keep it
