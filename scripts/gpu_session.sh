@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s13l ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
@@ -43,6 +43,8 @@ if [ "$STAGE" = s13m ]; then  # session 13, one GPU: merger tests (cublas / auto
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s13n ]; then  # session 13, one GPU: every single-GPU test (the tower's merger now "auto")
   T=500 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
+elif [ "$STAGE" = s13l ]; then  # session 13, 2-4 GPUs, no build: who should drive the owner's NVLink copies (diag_link)
+  T=200 TAILN=40 step diag_link python3 benchmarks/diag_link.py --worlds 2 4
 elif [ "$STAGE" = s13g ]; then  # session 13, 4 GPUs: push tests (relay grids), relay grid sweep, gather at 4 and 2 GPUs
   T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m multigpu -k push tests -p no:cacheprovider
   T=150 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --winner logs/relay_blocks
