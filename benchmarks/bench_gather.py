@@ -13,6 +13,7 @@ all_gather_into_tensor of equal-size buffers holding the same total bytes.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -63,14 +64,22 @@ def _worker(rank, world, port, q):
             import qvdp
             fns["qvdp push"] = lambda: qvdp.gather_rows([local], plan, layout="concat", backend="push", out=sbuf)
             from qvdp.dist import push as _push  # noqa: E402
-            if _push.use_relay(plan) and _push.PIPELINED_RELAY != "1" and _push._native() is not None:
-                def pipelined():  # the pipelined relay (module default flipped for this call only)
-                    _push.PIPELINED_RELAY = "1"
+
+            def with_setting(name, value):  # a module default flipped for this call only
+                def f():
+                    old = getattr(_push, name)
+                    setattr(_push, name, value)
                     try:
                         return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=sbuf)
                     finally:
-                        _push.PIPELINED_RELAY = "0"
-                fns["qvdp push (pipelined relay)"] = pipelined
+                        setattr(_push, name, old)
+                return f
+            if _push._native() is not None and _push.use_relay(plan):
+                for mode in ("push", "pull"):
+                    fns[f"qvdp push (pipelined {mode} relay)"] = with_setting("PIPELINED_RELAY", mode)
+            frac = os.environ.get("QVDP_BENCH_ASSIST", "0.5")
+            if _push._native() is not None and _push.use_assist(plan, float(frac)):
+                fns[f"qvdp push (assist {frac})"] = with_setting("ASSIST_FRACTION", frac)
             good = 1
             for k in [k for k in fns if k.startswith("qvdp push")]:
                 sbuf.fill_(float("nan"))
@@ -160,7 +169,8 @@ def main():
                   "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
                   "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
                   "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing "
-                  "(also the pipelined relay, on relay plans; its grid: QVDP_PUSH_RELAY_BLOCKS).",
+                  "(also the pipelined relays on relay plans, 3+ GPUs, and the receiver-assisted form on 2 GPUs where one rank "
+                  "owns most rows).",
                   out_dir=args.out)
     if groups:
         bar_plot("gather", groups, series, "time / floor (equal all_gather_into_tensor)", out_dir=args.out)

@@ -38,7 +38,7 @@ def _worker(rank, world, port, q):
     st = push._state(None)
     hdl = symm_mem.rendezvous(buf, dist.group.WORLD.group_name)
     res = {}
-    blocks = [int(b) for b in os.environ.get("QVDP_DIAG_RELAY_BLOCKS", "0 132 66 33 16").split()]
+    fracs = os.environ.get("QVDP_DIAG_ASSIST", "0.25 0.33 0.5").split()
     bars = {"flag barrier (CUDA)": lambda: push.flag_barrier(st, "auto"),
             "flag barrier (Triton)": lambda: push.flag_barrier(st, "triton"),
             "torch symm_mem barrier": lambda: hdl.barrier(channel=0)}
@@ -92,10 +92,12 @@ def _worker(rank, world, port, q):
             return f
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
-            for nb in blocks:  # the pipelined relay's grid: 0 = one block per unit, else a resident grid
-                fns[f"push (CUDA, pipelined relay, blocks {nb})"] = with_impl("auto", QVDP_PUSH_PIPELINE="1",
-                                                                              QVDP_PUSH_RELAY_BLOCKS=str(nb))
+            for mode in ("push", "pull"):  # the pipelined gather's two relays
+                fns[f"push (CUDA, pipelined {mode} relay)"] = with_impl("auto", QVDP_PUSH_PIPELINE=mode)
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
+        if world == 2 and push.use_assist(plan, 0.5):
+            for f in fracs:  # the receiver pulls this fraction of the owner's long runs
+                fns[f"push (CUDA, assist {f})"] = with_impl("auto", QVDP_PUSH_ASSIST_FRACTION=f)
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         if gather_rows_native is not None:
@@ -130,22 +132,22 @@ def _worker(rank, world, port, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
-    ap.add_argument("--winner", default=None, help="file to write the fastest relay grid (QVDP_PUSH_RELAY_BLOCKS) to")
+    ap.add_argument("--winner", default=None, help="file prefix: <prefix><world> gets the fastest pipelined variant (relay mode, or assist fraction)")
     a = ap.parse_args()
     for w in gpu_worlds(a.worlds):
         res = spawn_ranks(_worker, w, timeout_s=600)
-        if a.winner and w > 2:  # the relay grid with the least back-to-back time summed over the relay plans
+        if a.winner:  # the pipelined variant with the least back-to-back time summed over the plans that use it
             tot = {}
             for wl, r in res.items():
-                if isinstance(r, dict) and not wl.startswith(("flag", "torch")):
+                if isinstance(r, dict):
                     for k, (_, steady) in r.items():
-                        if "pipelined relay, blocks" in k:
+                        if "pipelined" in k or "assist" in k:
                             tot[k] = tot.get(k, 0.0) + steady
             if tot:
                 best = min(tot, key=tot.get)
-                print("relay grid, back-to-back sum:", {k: round(v, 1) for k, v in tot.items()}, "->", best)
-                with open(a.winner, "w") as f:
-                    f.write(best.rsplit(" ", 1)[1].rstrip(")"))
+                print(f"{w} GPUs, back-to-back sums:", {k: round(v, 1) for k, v in tot.items()}, "->", best)
+                with open(f"{a.winner}{w}", "w") as f:
+                    f.write(best.split()[-2] if "relay" in best else best.split()[-1].rstrip(")"))
 
 
 if __name__ == "__main__":

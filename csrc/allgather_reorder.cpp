@@ -185,16 +185,15 @@ int64_t push_gather(const std::vector<at::Tensor>& srcs, const std::vector<at::T
                     const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                     int64_t epoch, int64_t timeout_ns);
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
-                              int64_t dst_stride, const at::Tensor& stage1, const at::Tensor& stage2,
-                              const at::Tensor& ready_peers, const at::Tensor& flag_peers,
-                              const at::Tensor& errors, int64_t rank, int64_t world, int64_t epoch,
-                              int64_t timeout_ns, int64_t max_blocks);
+                              int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
+                              const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
+                              int64_t epoch, int64_t timeout_ns);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "qvdp native NCCL all-gather-with-reorder";
   m.def("nccl_unique_id", &unique_id, "a new NCCL unique id (bytes)");
   m.def("nccl_version", []() { int v = 0; ncclGetVersion(&v); return v; });
   m.def("push_flag_barrier", &push_flag_barrier, "one flag barrier on the current stream");
-  m.def("push_gather_pipelined", &push_gather_pipelined, "the pipelined relay (one source, one buffer)",
+  m.def("push_gather_pipelined", &push_gather_pipelined, "the pipelined gather: one launch of dependent copy units (one source, one buffer)",
         py::call_guard<py::gil_scoped_release>());
   m.def("push_gather", &push_gather, "the push gather on the current stream; returns the last epoch",
         py::call_guard<py::gil_scoped_release>());

@@ -12,7 +12,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -74,59 +73,60 @@ __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __
     if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + dst_col + off) = buf[r];
 }
 
-// The pipelined relay, one launch: blocks [0, n1 * spans) do stage 1 (rows from this rank's local
-// output to their destinations); a stage-1 block that stored a relay piece then marks it ready on its
-// helper (slot * spans + span := epoch, system-scope release). Blocks [n1 * spans, (n1 + n2) * spans)
-// forward pieces this rank holds as a helper: thread 0 waits for the piece's ready mark (acquire),
-// then the block copies it from this rank's output to one more peer. Stage-1 units never wait and
-// come first in unit order: with one block per unit they are dispatched before any waiting block; with a
-// smaller grid (max_blocks, at most the SM count, so every block is resident) each block takes its units
-// in increasing order, so a block that waits has finished its stage-1 units: no deadlock either way.
-// Tables: int64 [n, 5] = destination rank, source row, destination row, rows (<= 16), slot (-1: none).
+// The pipelined gather, one launch: a table of units, each a piece of <= 16 rows copied by one block per
+// 4 KB column span. A unit's row, int64 [8]:
+//   dst rank, src row, dst row, rows (<= 16),
+//   src: -1 = this rank's local rows (`src`), else the output buffer of that rank (peer table; this rank's
+//        own for a forward, the owner's for a pull),
+//   wait slot: -1, or the block first waits until slot * spans + span of this rank's ready row holds the
+//        call's epoch (acquire, system scope),
+//   notify mask, notify slot: after its stores the block sets slot * spans + span := epoch (release,
+//        system scope) in the ready row of every rank in the mask.
+// Units come in depth order: units that never wait first, then units that wait only on units of a lower
+// depth (on any rank). Blocks are dispatched in index order, so every waiting block's producer has been
+// dispatched (on its own GPU) before it, and producers of depth 0 never wait: no deadlock.
 constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the ready marks
+constexpr int kUnitCols = 8;
 template <typename V>
-__global__ void push_relay_kernel(const char* __restrict__ src, const char* own, const int64_t* __restrict__ peers,
-                                  const int64_t* __restrict__ t1, int64_t n1, const int64_t* __restrict__ t2,
-                                  int64_t spans, int64_t total, int64_t src_stride, int64_t dst_stride,
-                                  int64_t row_bytes, const int64_t* __restrict__ ready_peers, int rank, int64_t epoch,
-                                  int64_t timeout_ns, int32_t* errors) {
-  // units b = blockIdx.x, blockIdx.x + gridDim.x, ... in increasing order (one unit per block when the grid
-  // covers them all): with a smaller, fully resident grid the owner's pieces complete roughly in piece order,
-  // so helpers start forwarding while the owner is still storing (a window of gridDim.x units in flight).
-  for (int64_t b = blockIdx.x; b < total; b += gridDim.x) {
-    const int64_t c = b / spans, y = b % spans;
-    const bool fwd = c >= n1;
-    const int64_t* ch = fwd ? t2 + 5 * (c - n1) : t1 + 5 * c;
-    const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3], slot = ch[4];
-    const char* from = fwd ? own : src;
-    const int64_t from_stride = fwd ? dst_stride : src_stride;
-    char* dst = reinterpret_cast<char*>(peers[d]);
-    if (fwd) {
-      if (threadIdx.x == 0)
-        wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + slot * spans + y, epoch, timeout_ns, errors);
-      __syncthreads();
-    }
-    const int64_t end = min(row_bytes, (y + 1) * kSpan);
-    for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
-         off += static_cast<int64_t>(kThreads) * sizeof(V)) {
-      V buf[kRows];
+__global__ void push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
+                                  const int64_t* __restrict__ units, int64_t spans, int64_t src_stride,
+                                  int64_t dst_stride, int64_t row_bytes, const int64_t* __restrict__ ready_peers,
+                                  int rank, int64_t epoch, int64_t timeout_ns, int32_t* errors) {
+  const int64_t b = blockIdx.x;
+  const int64_t c = b / spans, y = b % spans;
+  const int64_t* u = units + kUnitCols * c;
+  const int64_t d = u[0], r0 = u[1], d0 = u[2], n = u[3], from_rank = u[4], wait = u[5], mask = u[6], slot = u[7];
+  const bool out_src = from_rank >= 0;  // rows of an output buffer (written by this call on some rank)
+  const char* from = out_src ? reinterpret_cast<const char*>(peers[from_rank]) : src;
+  const int64_t from_stride = out_src ? dst_stride : src_stride;
+  char* dst = reinterpret_cast<char*>(peers[d]);
+  if (wait >= 0) {
+    if (threadIdx.x == 0)
+      wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + wait * spans + y, epoch, timeout_ns, errors);
+    __syncthreads();
+  }
+  const int64_t end = min(row_bytes, (y + 1) * kSpan);
+  for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
+       off += static_cast<int64_t>(kThreads) * sizeof(V)) {
+    V buf[kRows];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (r < n) buf[r] = fwd ? __ldcg(reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off))
-                                : *reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
+    for (int r = 0; r < kRows; ++r)
+      if (r < n) buf[r] = out_src ? __ldcg(reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off))
+                                  : *reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + off) = buf[r];
-    }
-    if (!fwd && slot >= 0) {
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        __threadfence_system();
-        int64_t* mark = reinterpret_cast<int64_t*>(ready_peers[d]) + slot * spans + y;
+    for (int r = 0; r < kRows; ++r)
+      if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + off) = buf[r];
+  }
+  if (mask != 0) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence_system();
+      for (int t = 0; t < 64; ++t) {
+        if (!((mask >> t) & 1)) continue;
+        int64_t* mark = reinterpret_cast<int64_t*>(ready_peers[t]) + slot * spans + y;
         asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
       }
     }
-    __syncthreads();  // the next unit's wait must not overtake this unit's stores by other threads
   }
 }
 
@@ -191,57 +191,45 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
 
 }  // namespace
 
-// The pipelined relay for one source and one destination buffer: entry barrier, one fused launch
-// (stage 1 + forwards gated by ready marks), exit barrier. Returns the last epoch used.
+// The pipelined gather for one source and one destination buffer: entry barrier, one launch of the
+// units (push_units_kernel), exit barrier. Returns the last epoch used.
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
-                              int64_t dst_stride, const at::Tensor& stage1, const at::Tensor& stage2,
-                              const at::Tensor& ready_peers, const at::Tensor& flag_peers,
-                              const at::Tensor& errors, int64_t rank, int64_t world, int64_t epoch,
-                              int64_t timeout_ns, int64_t max_blocks) {
-  check_table(stage1, 5, "stage1");
-  check_table(stage2, 5, "stage2");
+                              int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
+                              const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
+                              int64_t epoch, int64_t timeout_ns) {
+  check_table(units, kUnitCols, "units");
   check(src.is_cuda() && src.dim() == 2 && (src.size(0) == 0 || src.stride(1) == 1) && own.is_cuda() &&
             own.dim() == 2 && own.stride(1) == 1 && own.size(1) == src.size(1) && own.dtype() == src.dtype(),
         "src and own must be CUDA [rows, width] tensors of one dtype and width, unit last-dim stride");
-  check(world >= 3 && world <= 32 && rank >= 0 && rank < world, "rank/world out of range (3 <= world <= 32)");
+  check(world >= 2 && world <= 32 && rank >= 0 && rank < world, "rank/world out of range (2 <= world <= 32)");
   check(table.numel() == world && ready_peers.numel() == world && flag_peers.numel() == world,
         "table, ready_peers and flag_peers must be int64 [world] tables");
   const int64_t eb = src.element_size();
   const int64_t row_bytes = src.size(1) * eb;
   const int64_t spans = (row_bytes + kSpan - 1) / kSpan;
-  const int64_t n1 = stage1.size(0), n2 = stage2.size(0);
+  const int64_t n = units.size(0);
   check(dst_stride == own.stride(0) * eb, "dst_stride must be the output buffer's row stride in bytes");
   const c10::cuda::CUDAGuard guard(flag_peers.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
   const int64_t mark_epoch = epoch;  // > every mark of earlier calls
-  if ((n1 + n2) > 0 && row_bytes > 0) {
-    check((n1 + n2) * spans < (1LL << 31), "too many chunks for one launch");
+  if (n > 0 && row_bytes > 0) {
+    check(n * spans < (1LL << 31), "too many units for one launch");
     const char* s = static_cast<const char*>(src.data_ptr());
     const int vb = vector_bytes({reinterpret_cast<int64_t>(s), src.stride(0) * eb,
                                  reinterpret_cast<int64_t>(own.data_ptr()), dst_stride, row_bytes, kSpan});
-    // max_blocks > 0: a grid of at most that many blocks, and at most the SM count, so all are resident
-    // and a block that waits for a mark never keeps an unstarted stage-1 unit from running
-    int dev = 0, sms = 0;
-    cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
-    cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-    const int64_t total = (n1 + n2) * spans;
-    const int64_t nb = max_blocks > 0 ? std::min<int64_t>(total, std::min<int64_t>(max_blocks, sms)) : total;
-    const dim3 grid(static_cast<unsigned>(nb));
-    const char* o = static_cast<const char*>(own.data_ptr());
+    const dim3 grid(static_cast<unsigned>(n * spans));
     const int64_t* p = table.data_ptr<int64_t>();
-    const int64_t* a = stage1.data_ptr<int64_t>();
-    const int64_t* f = stage2.data_ptr<int64_t>();
+    const int64_t* u = units.data_ptr<int64_t>();
     const int64_t* rp = ready_peers.data_ptr<int64_t>();
     int32_t* e = errors.data_ptr<int32_t>();
     const int r = static_cast<int>(rank);
     const int64_t ss = src.stride(0) * eb;
     with_vector(vb, [&](auto v) {
-      push_relay_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, o, p, a, n1, f, spans, total, ss,
-                                                                    dst_stride, row_bytes, rp, r, mark_epoch,
-                                                                    timeout_ns, e);
+      push_units_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, p, u, spans, ss, dst_stride, row_bytes, rp,
+                                                                    r, mark_epoch, timeout_ns, e);
     });
-    cuda_check(cudaGetLastError(), "push_relay_kernel");
+    cuda_check(cudaGetLastError(), "push_units_kernel");
   }
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
   return epoch;

@@ -74,52 +74,105 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_pipelined(plan):
-    """The pipelined relay's items on simulated buffers: stage 1 stores (marking pieces ready on their
-    helpers), stage 2 forwards only pieces whose mark was set, from the helper's buffer."""
+def _replay_units(plan, mode, frac=0.0):
+    """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
+    runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
+    written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
     w, total = plan.world_size, plan.total_rows
     full = torch.arange(total, dtype=torch.int64) + 1
     local = [torch.cat([full[p.out_start:p.out_end] for p in plan.pieces[r]]) if plan.pieces[r]
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
+    units = push.pipelined_units(plan, mode, frac)
+    producer = {}  # (rank notified, slot) -> depth of the unit that sets it
+    depth = {}
+    for r in range(w):
+        for i, (d, r0, d0, n, src, wait, mask, slot) in enumerate(units[r]):
+            dep = 0 if wait < 0 else None
+            depth[(r, i)] = dep
+    for _ in range(4):  # resolve depths: a waiting unit is one deeper than the unit that marks its slot
+        for r in range(w):
+            for i, u in enumerate(units[r]):
+                if u[6] and depth[(r, i)] is not None:
+                    for t in range(w):
+                        if (u[6] >> t) & 1:
+                            assert (t, u[7]) not in producer or producer[(t, u[7])] == depth[(r, i)]
+                            producer[(t, u[7])] = depth[(r, i)]
+                if u[5] >= 0 and (r, u[5]) in producer:
+                    depth[(r, i)] = producer[(r, u[5])] + 1
+    for r in range(w):
+        ds = [depth[(r, i)] for i in range(len(units[r]))]
+        assert None not in ds, "a unit waits for a mark nobody sets (it would time out)"
+        assert ds == sorted(ds), "units must come in depth order"
     marks = [set() for _ in range(w)]
-    items = [push.pipelined_items(plan, r) for r in range(w)]
-    for r in range(w):
-        for d, r0, d0, n, slot in items[r][0]:
-            assert 0 < n <= push.ROWS
-            outs[d][d0:d0 + n] = local[r][r0:r0 + n]
-            writes[d][d0:d0 + n] += 1
-            if slot >= 0:
-                assert d != r and slot not in marks[d]
-                marks[d].add(slot)
-    for r in range(w):
-        for d, r0, d0, n, slot in items[r][1]:
-            assert slot in marks[r], "a forward waits for a mark nobody sets (it would time out)"
-            piece = push.relay_pieces(plan)[r][slot]
-            assert (piece[2], piece[3]) == (r0, n) and r0 == d0 and d != r
-            outs[d][d0:d0 + n] = outs[r][r0:r0 + n]
-            writes[d][d0:d0 + n] += 1
+    done = [[False] * len(units[r]) for r in range(w)]
+    progress = True
+    while progress:
+        progress = False
+        for r in range(w):
+            for i, (d, r0, d0, n, src, wait, mask, slot) in enumerate(units[r]):
+                if done[r][i] or (wait >= 0 and wait not in marks[r]):
+                    continue
+                assert 0 < n <= push.ROWS
+                if src < 0:
+                    vals = local[r][r0:r0 + n]
+                else:
+                    assert bool((writes[src][r0:r0 + n] > 0).all()), "reads rows not yet written"
+                    vals = outs[src][r0:r0 + n]
+                outs[d][d0:d0 + n] = vals
+                writes[d][d0:d0 + n] += 1
+                for t in range(w):
+                    if (mask >> t) & 1:
+                        assert slot not in marks[t]
+                        marks[t].add(slot)
+                done[r][i] = progress = True
+    assert all(all(x) for x in done)
     return outs, writes, full
 
 
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_pipelined_relay_replay(world, name):
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_pipelined_relay_replay(world, name, mode):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_pipelined(plan)
+    outs, writes, full = _replay_units(plan, mode)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())
 
 
+@pytest.mark.parametrize("name", sorted(GRIDS))
+@pytest.mark.parametrize("frac", [0.25, 0.5, 1.0])
+def test_assist_replay(name, frac):
+    plan = plan_shards(GRIDS[name], 2, QWEN3_VL_8B)
+    outs, writes, full = _replay_units(plan, "assist", frac)
+    for r in range(2):
+        assert torch.equal(outs[r], full) and bool((writes[r] == 1).all()), (name, frac, r)
+
+
 def test_pipelined_relay_replay_random():
     rng = random.Random(9)
     for _ in range(30):
-        world = rng.randint(3, 6)
+        world = rng.randint(2, 6)
         plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
-        outs, writes, full = _replay_pipelined(plan)
-        assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
+        for mode in (("assist",) if world == 2 else ("push", "pull")):
+            outs, writes, full = _replay_units(plan, mode, 0.5)
+            assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
+
+
+def test_pipelined_mode_choice(monkeypatch):
+    one4, one2 = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B), plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B)
+    bal2 = plan_shards(GRIDS["4x720p"], 2, QWEN3_VL_8B)
+    monkeypatch.setenv("QVDP_PUSH_PIPELINE", "pull")
+    monkeypatch.setenv("QVDP_PUSH_ASSIST_FRACTION", "0.5")
+    assert push.pipelined_mode(one4) == "pull"
+    assert push.pipelined_mode(one2) == "assist"
+    assert push.pipelined_mode(bal2) is None  # balanced: both links already busy
+    assert push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B)) is None  # direct plan
+    monkeypatch.setenv("QVDP_PUSH_PIPELINE", "0")
+    monkeypatch.setenv("QVDP_PUSH_ASSIST_FRACTION", "0")
+    assert push.pipelined_mode(one4) is None and push.pipelined_mode(one2) is None
 
 
 def test_push_relay_choice():

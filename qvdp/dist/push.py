@@ -44,19 +44,23 @@ WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
 SPAN_BYTES = 4096       # csrc/push.cu kSpan
-# The pipelined relay (csrc/push.cu push_gather_pipelined; QVDP_PUSH_PIPELINE=1 turns it on) is off by
-# default: on 4 x H200 it was exact, 20% faster than the two-stage relay for the skewed plan but 3% slower
-# for one image, and NCCL's broadcast beat both there (session 9, s9f).
+# The pipelined gather (csrc/push.cu push_gather_pipelined: one launch of copy units ordered by ready marks),
+# QVDP_PUSH_PIPELINE = "0" (off: the relay in two stages, barrier-separated), "push" (relay plans: the owner
+# stores each piece to its helper, which forwards it), "pull" (relay plans: the owner copies each piece into
+# its own output, its helper pulls it from there and the other ranks pull it from the helper) or "auto"
+# (PIPELINE_AUTO for relay plans). On 2 GPUs, QVDP_PUSH_ASSIST_FRACTION (default ASSIST_FRACTION) of every
+# long run of a plan where one rank owns at least twice the other's rows is pulled by the receiver instead
+# of pushed by the owner (0: off). Measured: benchmarks/NOTES.md, session 13.
 PIPELINED_RELAY = "0"
-# Blocks of the pipelined relay's launch (QVDP_PUSH_RELAY_BLOCKS; 0: one block per 16-row x 4 KB unit, all
-# issued at once, so the owner's pieces all land at about the same time; n > 0: a resident grid of
-# min(n, SMs) blocks walking the units in order, so pieces land in order and helpers forward early).
-RELAY_BLOCKS = "0"
+PIPELINE_AUTO = "pull"
+ASSIST_FRACTION = "0"
 
 
 def _settings():
     """The environment overrides that change what a call enqueues (part of the fast path's key)."""
-    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), os.environ.get("QVDP_PUSH_RELAY_BLOCKS", RELAY_BLOCKS))
+    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),
+            os.environ.get("QVDP_PUSH_ASSIST_FRACTION", ASSIST_FRACTION))
+
 
 _STATES = {}        # group key -> _GroupState
 _KERNELS = {}
@@ -231,44 +235,85 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def relay_pieces(plan: ShardPlan) -> dict:
-    """{helper: [(owner, owner's local row, output row, rows)]}: every relayed share cut into pieces of
-    <= ROWS rows; a piece's index in its helper's list is its ready-mark slot (pipelined relay)."""
+def use_assist(plan: ShardPlan, fraction: float) -> bool:
+    """2 GPUs, one rank owning at least twice the other's rows: the receiver pulls part of the long runs."""
+    if plan.world_size != 2 or fraction <= 0:
+        return False
+    a, b = plan.rows(0), plan.rows(1)
+    return max(a, b) >= 2 * min(a, b) and max(a, b) >= RELAY_MIN
+
+
+def pipelined_units(plan: ShardPlan, mode: str, fraction: float = 0.0) -> dict:
+    """{rank: [unit]} for the pipelined gather, every unit (dst rank, src row, dst row, rows <= ROWS,
+    src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
+    notify slot), each rank's list in depth order (units that never wait, then units waiting only on
+    lower depths). Slots are unique within the call. mode "push" / "pull": the relay (relay plans, 3+
+    GPUs); "assist": 2 GPUs, `fraction` of every long run pulled by the receiver."""
     w = plan.world_size
-    pieces = {h: [] for h in range(w)}
+    depth = {r: ([], [], []) for r in range(w)}   # per rank: units of depth 0, 1, 2 ({key: [units]} each)
+    slots = iter(range(1 << 30))
+
+    def add(r, dep, key, unit):
+        depth[r][dep].append((key, unit))
+
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
-        for h, o, c in shares or ():
-            for k in range(0, c, ROWS):
-                pieces[h].append((s, ls + (o - os_) + k, o + k, min(ROWS, c - k)))
-    return pieces
+        peers = [r for r in range(w) if r != s]
+        if mode == "assist":
+            npull = int(round(n * fraction)) if n >= RELAY_MIN else 0
+            npush = n - npull
+            for k in range(0, n, ROWS):  # the owner's own copy; pieces of the pulled part notify the peers
+                c = min(ROWS, n - k)
+                if k >= npush:
+                    for d in peers:
+                        sl = next(slots)
+                        add(s, 0, ("a", k - npush), (s, ls + k, os_ + k, c, -1, -1, 1 << d, sl))
+                        add(d, 1, ("p", k), (d, os_ + k, os_ + k, c, s, sl, 0, -1))
+                else:
+                    add(s, 0, ("c", k), (s, ls + k, os_ + k, c, -1, -1, 0, -1))
+                    for d in peers:
+                        add(s, 0, ("b", k, d), (d, ls + k, os_ + k, c, -1, -1, 0, -1))
+            continue
+        if shares is None:  # sent whole: own copy and a store to every peer
+            for k in range(0, n, ROWS):
+                c = min(ROWS, n - k)
+                add(s, 0, ("c", os_ + k), (s, ls + k, os_ + k, c, -1, -1, 0, -1))
+                for d in peers:
+                    add(s, 0, ("d", d, os_ + k), (d, ls + k, os_ + k, c, -1, -1, 0, -1))
+            continue
+        for i, (h, o, cnt) in enumerate(shares):
+            for k in range(0, cnt, ROWS):
+                c, lr, oo = min(ROWS, cnt - k), ls + (o - os_) + k, o + k
+                others = [d for d in peers if d != h]
+                sl = next(slots)
+                if mode == "push":  # owner -> helper (own copy too), helper -> the others
+                    add(s, 0, ("r", k, i), (h, lr, oo, c, -1, -1, 1 << h, sl))
+                    add(s, 0, ("c", oo), (s, lr, oo, c, -1, -1, 0, -1))
+                    for d in others:
+                        add(h, 1, ("f", k, d), (d, oo, oo, c, h, sl, 0, -1))
+                else:  # "pull": own copy (notify the helper), the helper pulls, the others pull from it
+                    add(s, 0, ("r", k, i), (s, lr, oo, c, -1, -1, 1 << h, sl))
+                    s2 = next(slots)
+                    mask = sum(1 << d for d in others)
+                    add(h, 1, ("p", k, i), (h, oo, oo, c, s, sl, mask, s2 if mask else -1))
+                    for d in others:
+                        add(d, 2, ("q", k, h), (d, oo, oo, c, h, s2, 0, -1))
+    out = {}
+    for r in range(w):
+        units = []
+        for dep in depth[r]:
+            units += [u for _, u in sorted(dep, key=lambda e: (e[0][1:], e[0][0]))]
+        out[r] = units
+    return out
 
 
-def pipelined_items(plan: ShardPlan, rank: int):
-    """(stage1, stage2) of the pipelined relay for this rank, int rows (dst, src row, dst row, rows, slot):
-    stage1 = the relay pieces this rank owns, to their helpers (slot set: the block marks the piece ready
-    there), round-robin over helpers in piece order, then its own rows and its whole runs (slot -1);
-    stage2 = the pieces this rank holds as a helper, to every other non-owner (the block waits for the
-    piece's mark), round-robin over destinations in piece order."""
-    w = plan.world_size
-    pieces = relay_pieces(plan)
-    mine = {h: [(h, lr, o, n, j) for j, (s, lr, o, n) in enumerate(pieces[h]) if s == rank] for h in range(w)}
-    s1 = _round_robin(mine, rank, w)
-    direct = [(rank, ls, os_, n, -1) for ls, os_, n in plan.runs(rank)]
-    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
-        if shares is None and s == rank:
-            direct += [(d, ls, os_, n, -1) for d in range(w) if d != rank]
-    s1 += [c for it in direct for c in _cut(it)]
-    fwd = {}
-    for j, (s, lr, o, n) in enumerate(pieces[rank]):
-        for d in range(w):
-            if d not in (s, rank):
-                fwd.setdefault(d, []).append((d, o, o, n, j))
-    return s1, _round_robin(fwd, rank, w)
-
-
-def _cut(item, rows=ROWS):
-    d, r0, d0, n, slot = item
-    return [(d, r0 + k, d0 + k, min(rows, n - k), slot) for k in range(0, n, rows)]
+def pipelined_mode(plan: ShardPlan) -> str | None:
+    """The pipelined gather's mode for this plan under the current settings, or None (not pipelined)."""
+    pipe, frac = _settings()
+    if plan.world_size == 2:
+        return "assist" if use_assist(plan, float(frac)) else None
+    if pipe == "0" or not use_relay(plan):
+        return None
+    return PIPELINE_AUTO if pipe in ("1", "auto") else pipe
 
 
 def _round_robin(per: dict, rank: int, world: int) -> list:
@@ -293,19 +338,18 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_tables(plan, rank, device, width_bytes):
-    """(stage1, stage2) int64 [n, 5] tables of the pipelined relay, or None when its ready marks do not
-    fit READY_SLOTS."""
+def _pipelined_table(plan, rank, device, width_bytes, mode):
+    """int64 [n, 8] units of this rank (pipelined_units), or None when the call's ready marks do not fit
+    READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    pieces = plan.memo("push-relay-pieces", lambda: max((len(v) for v in relay_pieces(plan).values()), default=0))
-    if pieces * spans > READY_SLOTS:
+    frac = float(_settings()[1])
+    units = plan.memo(("push-units", mode, frac), lambda: pipelined_units(plan, mode, frac))
+    nslots = 1 + max((u[7] for us in units.values() for u in us if u[7] >= 0), default=-1)
+    nslots = max(nslots, 1 + max((u[5] for us in units.values() for u in us if u[5] >= 0), default=-1))
+    if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-
-    def build():
-        s1, s2 = pipelined_items(plan, rank)
-        return (torch.tensor(s1, dtype=torch.int64, device=device).reshape(-1, 5),
-                torch.tensor(s2, dtype=torch.int64, device=device).reshape(-1, 5))
-    return plan.memo(("push-pipelined", rank, str(device), ROWS), build)
+    return plan.memo(("push-units-table", mode, frac, rank, str(device)),
+                     lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
 def _device_items(plan, rank, device):
@@ -484,7 +528,7 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     _plan, nat, args, bufs = hit
     if args[0] == "pipelined":
         a = args[1]
-        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, *a[-1])
+        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, a[-1])
     else:
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
     return result_views(bufs, plan, layout)
@@ -517,17 +561,17 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         col += t.shape[1]
     nat = _native()
     eb = local_outputs[0].element_size()
-    if nat is not None and relay and len(pairs) == 1 and pairs[0][3] == 0 and pairs[0][0].shape[1] == \
-            bufs[0][0].shape[1] and _settings()[0] == "1":
-        tables = _pipelined_tables(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb)
-        if tables is not None:  # the pipelined relay: 2 barriers, helpers forward each piece once it lands
-            t, b, peers, _ = pairs[0]
-            args = (peers, b, b.stride(0) * eb, tables[0], tables[1], st.ready_peers, st.flag_peers, st.errors,
-                    st.rank, st.world, (st.timeout_ns, int(_settings()[1])))
-            st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, *args[-1])
-            _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
-                      (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
-            return result_views([b for b, _ in bufs], plan, layout)
+    mode = pipelined_mode(plan) if nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
+        pairs[0][0].shape[1] == bufs[0][0].shape[1] else None
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, mode) if mode else None
+    if table is not None:  # the pipelined gather: 2 barriers, copy units ordered by ready marks
+        t, b, peers, _ = pairs[0]
+        args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
+                st.timeout_ns)
+        st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
+        _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
+                  (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
+        return result_views([b for b, _ in bufs], plan, layout)
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
         args = ([p for _, _, p, _ in pairs],
                 [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
