@@ -13,7 +13,6 @@ all_gather_into_tensor of equal-size buffers holding the same total bytes.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -74,14 +73,11 @@ def _worker(rank, world, port, q):
                     finally:
                         setattr(_push, name, old)
                 return f
-            if _push._native() is not None and _push.use_relay(plan):
-                for mode in ("push", "pull"):
-                    fns[f"qvdp push (pipelined {mode} relay)"] = with_setting("PIPELINED_RELAY", mode)
-            frac = os.environ.get("QVDP_BENCH_ASSIST", "0.5")
-            if _push._native() is not None and _push.use_assist(plan, float(frac)):
-                fns[f"qvdp push (assist {frac})"] = with_setting("ASSIST_FRACTION", frac)
+            if _push._native() is not None and _push.use_relay(plan):  # the default is the pipelined relay
+                fns["qvdp push (relay in two stages)"] = with_setting("PIPELINED_RELAY", "0")
+            fns["qvdp auto (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
             good = 1
-            for k in [k for k in fns if k.startswith("qvdp push")]:
+            for k in [k for k in fns if k.startswith(("qvdp push", "qvdp auto"))]:
                 sbuf.fill_(float("nan"))
                 good &= int(torch.equal(fns[k](), fns["qvdp torch path"]()))
             ok = torch.tensor([good], device=dev)
@@ -148,7 +144,7 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows, groups, series = [], [], {}
-    shown = ("qvdp push", "qvdp native (auto)", "torch uneven all_gather", "SGLang/vLLM padded")
+    shown = ("qvdp auto (out=)", "qvdp push", "qvdp native (auto)", "torch uneven all_gather", "SGLang/vLLM padded")
     for w in [w for w in args.worlds if w <= torch.cuda.device_count()]:
         res = run(w)
         for name, r in res.items():
@@ -169,8 +165,8 @@ def main():
                   "is the default: one ncclAllGather when every rank owns one equal run in rank order (4x720p, "
                   "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
                   "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing "
-                  "(also the pipelined relays on relay plans, 3+ GPUs, and the receiver-assisted form on 2 GPUs where one rank "
-                  "owns most rows).",
+                  "(the pipelined relay on relay plans, 3+ GPUs; also the relay in two stages). qvdp auto (out=): the default "
+                  "gather_rows(..., out=) picks push or the native NCCL gather per plan (push.prefer_push).",
                   out_dir=args.out)
     if groups:
         bar_plot("gather", groups, series, "time / floor (equal all_gather_into_tensor)", out_dir=args.out)

@@ -38,7 +38,6 @@ def _worker(rank, world, port, q):
     st = push._state(None)
     hdl = symm_mem.rendezvous(buf, dist.group.WORLD.group_name)
     res = {}
-    fracs = os.environ.get("QVDP_DIAG_ASSIST", "0.25 0.33 0.5").split()
     bars = {"flag barrier (CUDA)": lambda: push.flag_barrier(st, "auto"),
             "flag barrier (Triton)": lambda: push.flag_barrier(st, "triton"),
             "torch symm_mem barrier": lambda: hdl.barrier(channel=0)}
@@ -92,12 +91,7 @@ def _worker(rank, world, port, q):
             return f
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
-            for mode in ("push", "pull"):  # the pipelined gather's two relays
-                fns[f"push (CUDA, pipelined {mode} relay)"] = with_impl("auto", QVDP_PUSH_PIPELINE=mode)
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
-        if world == 2 and push.use_assist(plan, 0.5):
-            for f in fracs:  # the receiver pulls this fraction of the owner's long runs
-                fns[f"push (CUDA, assist {f})"] = with_impl("auto", QVDP_PUSH_ASSIST_FRACTION=f)
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         if gather_rows_native is not None:
@@ -132,22 +126,9 @@ def _worker(rank, world, port, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
-    ap.add_argument("--winner", default=None, help="file prefix: <prefix><world> gets the fastest pipelined variant (relay mode, or assist fraction)")
     a = ap.parse_args()
     for w in gpu_worlds(a.worlds):
-        res = spawn_ranks(_worker, w, timeout_s=600)
-        if a.winner:  # the pipelined variant with the least back-to-back time summed over the plans that use it
-            tot = {}
-            for wl, r in res.items():
-                if isinstance(r, dict):
-                    for k, (_, steady) in r.items():
-                        if "pipelined" in k or "assist" in k:
-                            tot[k] = tot.get(k, 0.0) + steady
-            if tot:
-                best = min(tot, key=tot.get)
-                print(f"{w} GPUs, back-to-back sums:", {k: round(v, 1) for k, v in tot.items()}, "->", best)
-                with open(f"{a.winner}{w}", "w") as f:
-                    f.write(best.split()[-2] if "relay" in best else best.split()[-1].rstrip(")"))
+        spawn_ranks(_worker, w, timeout_s=600)
 
 
 if __name__ == "__main__":

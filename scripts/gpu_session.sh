@@ -9,8 +9,9 @@
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
 #   bash scripts/gpu_session.sh s13n     # (1 GPU, CUTLASS .so carried) HF-equivalence + every single-GPU test
-#   bash scripts/gpu_session.sh s13g     # (4 GPUs) push tests, relay grid sweep (diag_push), bench_gather at 4 and 2
-#   bash scripts/gpu_session.sh s13h     # (4 GPUs) pipelined gather units: push tests, diag_push (relays, assist), bench_gather
+#   bash scripts/gpu_session.sh s13l     # (2-4 GPUs) diag_link: push vs pull vs copy engines for one owner's rows
+#   bash scripts/gpu_session.sh s13f     # (4 GPUs) every multi-GPU test, diag_push, bench_gather at 4 and 2
+#   (s13g / s13h, the relay-grid and pull-relay / assist experiments, ran at commits 3ad1003 / d072b94: see benchmarks/NOTES.md session 13)
 set -uo pipefail
 STAGE=${1:-single}
 OUT=${OUT:-/tmp/qvdp_out}
@@ -46,16 +47,10 @@ elif [ "$STAGE" = s13n ]; then  # session 13, one GPU: every single-GPU test (th
   T=500 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests -p no:cacheprovider
 elif [ "$STAGE" = s13l ]; then  # session 13, 2-4 GPUs, no build: who should drive the owner's NVLink copies (diag_link)
   T=200 TAILN=40 step diag_link python3 benchmarks/diag_link.py --worlds 2 4
-elif [ "$STAGE" = s13h ]; then  # session 13, 4 GPUs: pipelined gather units (push / pull relays, 2-GPU assist): tests, diag, bench
-  T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m multigpu -k push tests -p no:cacheprovider
-  T=150 TAILN=70 step diag_push python3 benchmarks/diag_push.py --worlds 2 4 --winner logs/pipe
-  export QVDP_BENCH_ASSIST=$(cat logs/pipe2 2>/dev/null || echo 0.5); echo "QVDP_BENCH_ASSIST=$QVDP_BENCH_ASSIST"
+elif [ "$STAGE" = s13f ]; then  # session 13, 4 GPUs: the final gather code: every multi-GPU test, push diag, gather at 4 and 2
+  T=240 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 2
   T=200 TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
-elif [ "$STAGE" = s13g ]; then  # session 13, 4 GPUs: push tests (relay grids), relay grid sweep, gather at 4 and 2 GPUs
-  T=200 TAILN=12 step push_tests python3 -m pytest -q -s -m multigpu -k push tests -p no:cacheprovider
-  T=150 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --winner logs/relay_blocks
-  export QVDP_PUSH_RELAY_BLOCKS=$(cat logs/relay_blocks 2>/dev/null || echo 0); echo "QVDP_PUSH_RELAY_BLOCKS=$QVDP_PUSH_RELAY_BLOCKS"
-  T=200 TAILN=90 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
 elif [ "$STAGE" = single ]; then
   T=420 TAILN=40 step gpu_tests python3 -m pytest -q -x -m "gpu and not multigpu" tests -p no:cacheprovider
   T=300 TAILN=40 step diag_attention python3 benchmarks/diag_attention.py --out logs/diag_attention.jsonl

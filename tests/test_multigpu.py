@@ -181,18 +181,15 @@ def _push_worker(rank, world):
             ga = qvdp.gather_rows(local, plan, layout="concat", out=bufc)  # auto: push or NCCL into out
             torch.cuda.synchronize()
             ok = ok and torch.equal(ga, torch.cat(full, 1))
-            # one output: the pipelined gather (relay plans on 3+ GPUs: push and pull relays; 2 GPUs: part of
-            # the owner's rows pulled by the receiver), and without it
-            for pipe, frac in (("push", "0.5"), ("pull", "0.5"), ("0", "0")):
-                os.environ["QVDP_PUSH_PIPELINE"], os.environ["QVDP_PUSH_ASSIST_FRACTION"] = pipe, frac
+            for pipe in ("1", "0"):  # one output: the pipelined relay on 3+ GPUs (relay plans), and without it
+                os.environ["QVDP_PUSH_PIPELINE"] = pipe
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
-                if push.pipelined_mode(plan):
-                    relays.add(push.pipelined_mode(plan))
+                if pipe == "1" and push.pipelined_mode(plan):
+                    relays.add("pipelined")
             os.environ.pop("QVDP_PUSH_PIPELINE")
-            os.environ.pop("QVDP_PUSH_ASSIST_FRACTION")
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     os.environ.pop("QVDP_PUSH_IMPL")
     # the same gather called back to back without host syncs (epochs advance on the GPU only)
@@ -212,14 +209,10 @@ def _push_worker(rank, world):
     got = qvdp.gather_rows(local, plan, backend="push", out=bufl)
     torch.cuda.synchronize()
     res["repeat, new contents"] = all(torch.equal(a, -b) for a, b in zip(got, full))
-    for pipe in ("push", "pull"):  # one output: the pipelined gather back to back (ready marks reused across calls)
-        os.environ["QVDP_PUSH_PIPELINE"], os.environ["QVDP_PUSH_ASSIST_FRACTION"] = pipe, "0.5"
-        for _ in range(20):
-            g1 = qvdp.gather_rows(local[:1], plan, backend="push", out=bufl[:1])
-        torch.cuda.synchronize()
-        res[f"one output, back to back, {pipe}"] = torch.equal(g1[0], -full[0])
-    os.environ.pop("QVDP_PUSH_PIPELINE")
-    os.environ.pop("QVDP_PUSH_ASSIST_FRACTION")
+    for _ in range(20):  # one output: the pipelined relay back to back (ready marks reused across calls)
+        g1 = qvdp.gather_rows(local[:1], plan, backend="push", out=bufl[:1])
+    torch.cuda.synchronize()
+    res["one output, back to back"] = torch.equal(g1[0], -full[0])
     res["errors"] = push.push_errors()
     res["relay used"] = sorted(map(str, relays))
     return res
@@ -237,9 +230,7 @@ def test_push_gather_exact():
             assert not bad, bad
             assert r["result"]["errors"] == 0
         if world > 2:
-            assert out["relay used"] == ["False", "True", "pull", "push"]
-        else:
-            assert "assist" in out["relay used"]
+            assert out["relay used"] == ["False", "True", "pipelined"]
 
 
 def _push_timeout_worker(rank, world):

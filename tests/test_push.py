@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan, mode, frac=0.0):
+def _replay_units(plan):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
@@ -84,7 +84,7 @@ def _replay_units(plan, mode, frac=0.0):
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
-    units = push.pipelined_units(plan, mode, frac)
+    units = push.pipelined_units(plan)
     producer = {}  # (rank notified, slot) -> depth of the unit that sets it
     depth = {}
     for r in range(w):
@@ -133,22 +133,12 @@ def _replay_units(plan, mode, frac=0.0):
 
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-@pytest.mark.parametrize("mode", ["push", "pull"])
-def test_pipelined_relay_replay(world, name, mode):
+def test_pipelined_relay_replay(world, name):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan, mode)
+    outs, writes, full = _replay_units(plan)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())
-
-
-@pytest.mark.parametrize("name", sorted(GRIDS))
-@pytest.mark.parametrize("frac", [0.25, 0.5, 1.0])
-def test_assist_replay(name, frac):
-    plan = plan_shards(GRIDS[name], 2, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan, "assist", frac)
-    for r in range(2):
-        assert torch.equal(outs[r], full) and bool((writes[r] == 1).all()), (name, frac, r)
 
 
 def test_pipelined_relay_replay_random():
@@ -156,23 +146,19 @@ def test_pipelined_relay_replay_random():
     for _ in range(30):
         world = rng.randint(2, 6)
         plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
-        for mode in (("assist",) if world == 2 else ("push", "pull")):
-            outs, writes, full = _replay_units(plan, mode, 0.5)
-            assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
+        outs, writes, full = _replay_units(plan)
+        assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
 
 
-def test_pipelined_mode_choice(monkeypatch):
-    one4, one2 = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B), plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B)
-    bal2 = plan_shards(GRIDS["4x720p"], 2, QWEN3_VL_8B)
-    monkeypatch.setenv("QVDP_PUSH_PIPELINE", "pull")
-    monkeypatch.setenv("QVDP_PUSH_ASSIST_FRACTION", "0.5")
-    assert push.pipelined_mode(one4) == "pull"
-    assert push.pipelined_mode(one2) == "assist"
-    assert push.pipelined_mode(bal2) is None  # balanced: both links already busy
-    assert push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B)) is None  # direct plan
+def test_pipelined_choice(monkeypatch):
+    one4, skew4 = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B), plan_shards(GRIDS["skewed"], 4, QWEN3_VL_8B)
+    monkeypatch.delenv("QVDP_PUSH_PIPELINE", raising=False)
+    assert push.pipelined_mode(one4) and push.pipelined_mode(skew4)
+    assert not push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))  # direct plan
+    # "auto" with out=: one run -> NCCL's broadcast; several runs -> the pipelined relay (one buffer only)
+    assert not push.prefer_push(one4) and push.prefer_push(skew4) and not push.prefer_push(skew4, False)
     monkeypatch.setenv("QVDP_PUSH_PIPELINE", "0")
-    monkeypatch.setenv("QVDP_PUSH_ASSIST_FRACTION", "0")
-    assert push.pipelined_mode(one4) is None and push.pipelined_mode(one2) is None
+    assert not push.pipelined_mode(one4) and not push.prefer_push(skew4)
 
 
 def test_push_relay_choice():

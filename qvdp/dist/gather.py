@@ -115,7 +115,8 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             return result_views(bufs, plan, layout)
         asked = backend
         if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
-            backend = "push" if prefer_push(plan) or not _native_available(group) else "native"
+            one = layout == "concat" or len(local_outputs) == 1
+            backend = "push" if prefer_push(plan, one) or not _native_available(group) else "native"
         if backend == "push":
             return gather_rows_push(local_outputs, plan, group, layout, out, asked)
         views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]

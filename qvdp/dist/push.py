@@ -16,9 +16,10 @@ shares to the remaining peers. The owner's NVLink egress becomes the run's size 
 
 Barriers per call:
 - direct plan: 2 (entry, exit);
-- relay plan: 3 (entry, after the shares, exit);
-- pipelined relay (QVDP_PUSH_PIPELINE=1, off by default: measured, see PIPELINED_RELAY): 2. Helpers
-  forward each 16-row piece as soon as its ready mark lands.
+- relay plan, several output buffers: 3 (entry, after the shares, exit);
+- relay plan, one output buffer: the pipelined relay (the default; QVDP_PUSH_PIPELINE=0 turns it off): 2.
+  One launch of copy units: the owner's stores of each 16-row piece to its helper set the piece's ready
+  mark there, and the helper's forwards of the piece wait for that mark.
 
 The entry barrier orders the call after every rank's earlier work on its current stream. A caller that
 reads the previous result on another stream must order that read before the next gather.
@@ -44,22 +45,16 @@ WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
 SPAN_BYTES = 4096       # csrc/push.cu kSpan
-# The pipelined gather (csrc/push.cu push_gather_pipelined: one launch of copy units ordered by ready marks),
-# QVDP_PUSH_PIPELINE = "0" (off: the relay in two stages, barrier-separated), "push" (relay plans: the owner
-# stores each piece to its helper, which forwards it), "pull" (relay plans: the owner copies each piece into
-# its own output, its helper pulls it from there and the other ranks pull it from the helper) or "auto"
-# (PIPELINE_AUTO for relay plans). On 2 GPUs, QVDP_PUSH_ASSIST_FRACTION (default ASSIST_FRACTION) of every
-# long run of a plan where one rank owns at least twice the other's rows is pulled by the receiver instead
-# of pushed by the owner (0: off). Measured: benchmarks/NOTES.md, session 13.
-PIPELINED_RELAY = "0"
-PIPELINE_AUTO = "pull"
-ASSIST_FRACTION = "0"
+# The pipelined relay (csrc/push.cu push_gather_pipelined: one launch of copy units ordered by ready marks)
+# for relay plans; QVDP_PUSH_PIPELINE=0 gives the relay in two barrier-separated stages instead. On by
+# default since session 13: on 4 x H200 it took 130 / 223 us back to back for one image / skewed against the
+# two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
+PIPELINED_RELAY = "1"
 
 
 def _settings():
     """The environment overrides that change what a call enqueues (part of the fast path's key)."""
-    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),
-            os.environ.get("QVDP_PUSH_ASSIST_FRACTION", ASSIST_FRACTION))
+    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),)
 
 
 _STATES = {}        # group key -> _GroupState
@@ -201,15 +196,19 @@ def use_relay(plan: ShardPlan) -> bool:
     return max(egress) <= 0.75 * direct
 
 
-def prefer_push(plan: ShardPlan) -> bool:
+def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
-    diag_push; benchmarks/NOTES.md, session 9, 2 and 4 x H200):
-    - on 2 GPUs push runs 16-25% under the floor on balanced plans, and level with NCCL on one owner;
+    diag_push; benchmarks/NOTES.md, sessions 9 and 13, 2 and 4 x H200):
+    - on 2 GPUs push runs 16-25% under the floor on balanced plans, and at the link's one-way rate where one
+      rank owns most rows (NCCL's broadcast is no faster);
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
-    - where one rank owns most rows on 3+ GPUs, NCCL's pipelined broadcast is faster back to back (one
-      image 114 vs 161 us), so those plans go to NCCL."""
-    return plan.world_size == 2 or not use_relay(plan)
+    - relay plans on 3+ GPUs: with several runs (skewed) the pipelined relay beats NCCL's grouped broadcasts
+      (223 vs 237 us back to back, 1.23x vs 1.25-1.55x the floor in one call); a single run (one image) is one
+      ncclBroadcast, NCCL's pipelined chain, faster back to back (110 vs 130 us), so it goes to NCCL. The
+      pipelined relay takes one output buffer (one_buffer: layout "concat", or a list of one)."""
+    return plan.world_size == 2 or not use_relay(plan) or \
+        (one_buffer and pipelined_mode(plan) and len(plan.all_runs()) > 1)
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
@@ -235,85 +234,38 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def use_assist(plan: ShardPlan, fraction: float) -> bool:
-    """2 GPUs, one rank owning at least twice the other's rows: the receiver pulls part of the long runs."""
-    if plan.world_size != 2 or fraction <= 0:
-        return False
-    a, b = plan.rows(0), plan.rows(1)
-    return max(a, b) >= 2 * min(a, b) and max(a, b) >= RELAY_MIN
-
-
-def pipelined_units(plan: ShardPlan, mode: str, fraction: float = 0.0) -> dict:
-    """{rank: [unit]} for the pipelined gather, every unit (dst rank, src row, dst row, rows <= ROWS,
+def pipelined_units(plan: ShardPlan) -> dict:
+    """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= ROWS,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
-    notify slot), each rank's list in depth order (units that never wait, then units waiting only on
-    lower depths). Slots are unique within the call. mode "push" / "pull": the relay (relay plans, 3+
-    GPUs); "assist": 2 GPUs, `fraction` of every long run pulled by the receiver."""
+    notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
+    relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
+    the other ranks (each waits for its piece's mark). Slots are unique within the call. Relayed pieces are
+    interleaved over the helpers in piece order, forwards over their destinations."""
     w = plan.world_size
-    depth = {r: ([], [], []) for r in range(w)}   # per rank: units of depth 0, 1, 2 ({key: [units]} each)
+    depth = {r: ([], []) for r in range(w)}
     slots = iter(range(1 << 30))
-
-    def add(r, dep, key, unit):
-        depth[r][dep].append((key, unit))
-
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
         peers = [r for r in range(w) if r != s]
-        if mode == "assist":
-            npull = int(round(n * fraction)) if n >= RELAY_MIN else 0
-            npush = n - npull
-            for k in range(0, n, ROWS):  # the owner's own copy; pieces of the pulled part notify the peers
-                c = min(ROWS, n - k)
-                if k >= npush:
-                    for d in peers:
-                        sl = next(slots)
-                        add(s, 0, ("a", k - npush), (s, ls + k, os_ + k, c, -1, -1, 1 << d, sl))
-                        add(d, 1, ("p", k), (d, os_ + k, os_ + k, c, s, sl, 0, -1))
-                else:
-                    add(s, 0, ("c", k), (s, ls + k, os_ + k, c, -1, -1, 0, -1))
-                    for d in peers:
-                        add(s, 0, ("b", k, d), (d, ls + k, os_ + k, c, -1, -1, 0, -1))
-            continue
-        if shares is None:  # sent whole: own copy and a store to every peer
+        for k in range(0, n, ROWS):  # the owner's own copy
+            depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(ROWS, n - k), -1, -1, 0, -1)))
+        if shares is None:  # sent whole: a store to every peer
             for k in range(0, n, ROWS):
-                c = min(ROWS, n - k)
-                add(s, 0, ("c", os_ + k), (s, ls + k, os_ + k, c, -1, -1, 0, -1))
                 for d in peers:
-                    add(s, 0, ("d", d, os_ + k), (d, ls + k, os_ + k, c, -1, -1, 0, -1))
+                    depth[s][0].append(((1, os_ + k, d), (d, ls + k, os_ + k, min(ROWS, n - k), -1, -1, 0, -1)))
             continue
         for i, (h, o, cnt) in enumerate(shares):
             for k in range(0, cnt, ROWS):
-                c, lr, oo = min(ROWS, cnt - k), ls + (o - os_) + k, o + k
-                others = [d for d in peers if d != h]
-                sl = next(slots)
-                if mode == "push":  # owner -> helper (own copy too), helper -> the others
-                    add(s, 0, ("r", k, i), (h, lr, oo, c, -1, -1, 1 << h, sl))
-                    add(s, 0, ("c", oo), (s, lr, oo, c, -1, -1, 0, -1))
-                    for d in others:
-                        add(h, 1, ("f", k, d), (d, oo, oo, c, h, sl, 0, -1))
-                else:  # "pull": own copy (notify the helper), the helper pulls, the others pull from it
-                    add(s, 0, ("r", k, i), (s, lr, oo, c, -1, -1, 1 << h, sl))
-                    s2 = next(slots)
-                    mask = sum(1 << d for d in others)
-                    add(h, 1, ("p", k, i), (h, oo, oo, c, s, sl, mask, s2 if mask else -1))
-                    for d in others:
-                        add(d, 2, ("q", k, h), (d, oo, oo, c, h, s2, 0, -1))
-    out = {}
-    for r in range(w):
-        units = []
-        for dep in depth[r]:
-            units += [u for _, u in sorted(dep, key=lambda e: (e[0][1:], e[0][0]))]
-        out[r] = units
-    return out
+                c, lr, oo, sl = min(ROWS, cnt - k), ls + (o - os_) + k, o + k, next(slots)
+                depth[s][0].append(((0, k, i), (h, lr, oo, c, -1, -1, 1 << h, sl)))
+                for d in peers:
+                    if d != h:
+                        depth[h][1].append(((k, d), (d, oo, oo, c, h, sl, 0, -1)))
+    return {r: [u for dep in depth[r] for _, u in sorted(dep, key=lambda e: e[0])] for r in range(w)}
 
 
-def pipelined_mode(plan: ShardPlan) -> str | None:
-    """The pipelined gather's mode for this plan under the current settings, or None (not pipelined)."""
-    pipe, frac = _settings()
-    if plan.world_size == 2:
-        return "assist" if use_assist(plan, float(frac)) else None
-    if pipe == "0" or not use_relay(plan):
-        return None
-    return PIPELINE_AUTO if pipe in ("1", "auto") else pipe
+def pipelined_mode(plan: ShardPlan) -> bool:
+    """Whether the push gather runs this plan as the pipelined relay (relay plans, unless QVDP_PUSH_PIPELINE=0)."""
+    return _settings()[0] != "0" and use_relay(plan)
 
 
 def _round_robin(per: dict, rank: int, world: int) -> list:
@@ -338,17 +290,15 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes, mode):
+def _pipelined_table(plan, rank, device, width_bytes):
     """int64 [n, 8] units of this rank (pipelined_units), or None when the call's ready marks do not fit
     READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    frac = float(_settings()[1])
-    units = plan.memo(("push-units", mode, frac), lambda: pipelined_units(plan, mode, frac))
-    nslots = 1 + max((u[7] for us in units.values() for u in us if u[7] >= 0), default=-1)
-    nslots = max(nslots, 1 + max((u[5] for us in units.values() for u in us if u[5] >= 0), default=-1))
+    units = plan.memo("push-units", lambda: pipelined_units(plan))
+    nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    return plan.memo(("push-units-table", mode, frac, rank, str(device)),
+    return plan.memo(("push-units-table", rank, str(device)),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
@@ -561,10 +511,10 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         col += t.shape[1]
     nat = _native()
     eb = local_outputs[0].element_size()
-    mode = pipelined_mode(plan) if nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
-        pairs[0][0].shape[1] == bufs[0][0].shape[1] else None
-    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, mode) if mode else None
-    if table is not None:  # the pipelined gather: 2 barriers, copy units ordered by ready marks
+    pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
+        pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb) if pipelined else None
+    if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
         args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
                 st.timeout_ns)
