@@ -155,8 +155,8 @@ def test_pipelined_choice(monkeypatch):
     monkeypatch.delenv("QVDP_PUSH_PIPELINE", raising=False)
     assert push.pipelined_mode(one4) and push.pipelined_mode(skew4)
     assert not push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))  # direct plan
-    # "auto" with out=: one run -> NCCL's broadcast; several runs -> the pipelined relay (one buffer only)
-    assert not push.prefer_push(one4) and push.prefer_push(skew4) and not push.prefer_push(skew4, False)
+    # "auto" with out=: relay plans -> the pipelined relay (one buffer only), else NCCL
+    assert push.prefer_push(one4) and push.prefer_push(skew4) and not push.prefer_push(skew4, False)
     monkeypatch.setenv("QVDP_PUSH_PIPELINE", "0")
     assert not push.pipelined_mode(one4) and not push.prefer_push(skew4)
 
@@ -169,10 +169,10 @@ def test_push_relay_choice():
     assert not push.use_relay(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["video"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
-    # "auto" with out=: push on 2 GPUs and for direct plans, NCCL for relay plans (measured, session 9)
+    # "auto" with out=: push on 2 GPUs and for direct plans; relay plans: the pipelined relay (session 13)
     assert push.prefer_push(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
     assert push.prefer_push(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
-    assert not push.prefer_push(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))
+    assert push.prefer_push(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))
     plan = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B)
     relay, s1, s2 = push.push_items(plan, next(r for r in range(4) if plan.rows(r)))
     # the owner sends 880 rows out once (plus its own copy), not 3 x 880

@@ -203,12 +203,12 @@ def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
       rank owns most rows (NCCL's broadcast is no faster);
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
-    - relay plans on 3+ GPUs: with several runs (skewed) the pipelined relay beats NCCL's grouped broadcasts
-      (223 vs 237 us back to back, 1.23x vs 1.25-1.55x the floor in one call); a single run (one image) is one
-      ncclBroadcast, NCCL's pipelined chain, faster back to back (110 vs 130 us), so it goes to NCCL. The
-      pipelined relay takes one output buffer (one_buffer: layout "concat", or a list of one)."""
-    return plan.world_size == 2 or not use_relay(plan) or \
-        (one_buffer and pipelined_mode(plan) and len(plan.all_runs()) > 1)
+    - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one). In
+      one call (as bench_gather times it) it took 1.19-1.25x the floor for one image and 1.23-1.32x for
+      skewed in four runs, against NCCL's grouped broadcasts' 1.00-1.39x and 1.25-1.58x (session 13). Back to
+      back NCCL's single broadcast is faster for one image (110 vs 130 us), the pipelined relay for skewed
+      (223-230 vs 233-237 us)."""
+    return plan.world_size == 2 or not use_relay(plan) or (one_buffer and pipelined_mode(plan))
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
