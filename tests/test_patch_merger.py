@@ -60,8 +60,9 @@ def test_triton_interpreter(norm, post, dtype, variant, monkeypatch):
 @pytest.mark.parametrize("norm,post", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 4096), (4 * 1001, 1024, 2048), (4, 1152, 2048)])
-def test_gpu(norm, post, dtype, n, H, out):
-    _check(n, H, out, norm, post, dtype, "cuda", "triton")
+@pytest.mark.parametrize("backend", ["triton", "cublas"])
+def test_gpu(norm, post, dtype, n, H, out, backend):
+    _check(n, H, out, norm, post, dtype, "cuda", backend)
 
 
 @pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
@@ -82,14 +83,6 @@ def test_auto_backend_choice(monkeypatch):
     assert pm.auto_backend(x, 64, 64) == "torch"  # the CUTLASS path cannot run on CPU: falls back
     monkeypatch.setenv("QVDP_MERGER_AUTO", "torch")
     assert pm.auto_backend(x, 64, 64) == "torch"
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("norm,post", VARIANTS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 4096), (4 * 1001, 1024, 2048), (4, 1152, 2048)])
-def test_gpu_cublas(norm, post, dtype, n, H, out):
-    _check(n, H, out, norm, post, dtype, "cuda", "cublas")
 
 
 @pytest.mark.gpu
