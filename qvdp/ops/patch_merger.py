@@ -42,6 +42,18 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
+    def _centred_rstd(x, m, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr):
+        # fp32 rows x (masked lanes 0): (mean, x - mean with masked lanes 0, 1 / sqrt(var + eps)); RMSNorm:
+        # mean 0, x itself, 1 / sqrt(mean(x^2) + eps)
+        if RMS:
+            mean = tl.zeros([ROWS], tl.float32)
+            d = x
+        else:
+            mean = tl.sum(x, 1) / width
+            d = tl.where(m, x - mean[:, None], 0.0)
+        return mean, d, 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+
+    @triton.jit
     def _row_stats_tile(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
                         BLOCK: tl.constexpr, NEGM: tl.constexpr):
         # ROWS whole rows per program held in registers: one read of x, exact centred variance
@@ -49,13 +61,7 @@ if HAS_TRITON:
         cols = tl.arange(0, BLOCK)
         m = (rows < n_rows)[:, None] & (cols < width)[None, :]
         x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        if RMS:
-            mean = tl.zeros([ROWS], tl.float32)
-            d = x
-        else:
-            mean = tl.sum(x, 1) / width
-            d = tl.where(m, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+        mean, d, rstd = _centred_rstd(x, m, width, eps, RMS, ROWS)
         if NEGM:  # the CUTLASS fc1's per-row shift: -mean * rstd
             mean = -mean * rstd
         tl.store(MEAN + rows, mean, mask=rows < n_rows)
@@ -71,11 +77,7 @@ if HAS_TRITON:
         m = (rows < n_rows)[:, None] & cm[None, :]
         offs = rows.to(tl.int64)[:, None] * width + cols[None, :]
         x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-        if RMS:
-            d = x
-        else:
-            d = tl.where(m, x - (tl.sum(x, 1) / width)[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / width + eps)
+        _, d, rstd = _centred_rstd(x, m, width, eps, RMS, ROWS)
         y = d * rstd[:, None] * tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
         if HAS_B:
             y += tl.load(B + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
@@ -404,13 +406,22 @@ def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_w
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
         y = merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_)
     else:  # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
-        width = K if postshuffle_norm else H
-        xn = row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
-                      norm == "rmsnorm").view(M, K)
+        xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
         y = merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None)
-    if fc2_bias is not None:
-        return torch.addmm(fc2_bias, y, fc2_weight.t())
-    return y @ fc2_weight.t()
+    return _linear(y, fc2_weight, fc2_bias)
+
+
+def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
+    """The merger's norm by row_norm (one Triton pass), as the merged [N / mu, mu * H] rows."""
+    mu = merge_size * merge_size
+    width = x.shape[1] * (mu if postshuffle_norm else 1)
+    return row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
+                    norm == "rmsnorm").view(x.shape[0] // mu, mu * x.shape[1])
+
+
+def _linear(y, weight, bias):
+    """y @ weight.T (+ bias), the bias fused by cuBLAS (addmm)."""
+    return torch.addmm(bias, y, weight.t()) if bias is not None else y @ weight.t()
 
 
 def _triton_ok(x, H, K, cfg_bk=64):
@@ -454,17 +465,8 @@ def _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                          postshuffle_norm, norm, eps):
     """qvdp's one-pass Triton norm (row_norm: 24-26 us against torch's LayerNorm kernel's 38-39 us at
     14080 x 1152 on an H100), then cuBLAS fc1 with its bias, GELU in place, cuBLAS fc2 with its bias."""
-    mu = merge_size * merge_size
-    Np, H = x.shape
-    M, K = Np // mu, mu * H
-    width = K if postshuffle_norm else H
-    xn = row_norm(x.contiguous(), norm_weight, norm_bias if norm == "layernorm" else None, width, eps,
-                  norm == "rmsnorm").view(M, K)
-    y = torch.addmm(fc1_bias, xn, fc1_weight.t()) if fc1_bias is not None else xn @ fc1_weight.t()
-    y = torch.ops.aten.gelu_(y)
-    if fc2_bias is not None:
-        return torch.addmm(fc2_bias, y, fc2_weight.t())
-    return y @ fc2_weight.t()
+    xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
+    return _linear(torch.ops.aten.gelu_(_linear(xn, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)
 
 
 # "auto" on CUDA: the CUTLASS path (where built) from this many merged rows up, else the cuBLAS path with
@@ -484,10 +486,14 @@ def auto_backend(x, K: int, N1: int) -> str:
         want = "cutlass" if x.is_cuda and merged_rows >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if want == "cutlass" and not cutlass_ok(x, K, N1):
         want = "cublas"
-    if want == "cublas" and not (x.is_cuda and triton_usable(x) and x.dtype in (torch.float16, torch.bfloat16,
-                                                                               torch.float32)):
+    if want == "cublas" and not (x.is_cuda and cublas_ok(x)):
         want = "torch"
     return want
+
+
+def cublas_ok(x) -> bool:
+    """The "cublas" path runs: its norm is a Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    return triton_usable(x) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
@@ -497,7 +503,7 @@ def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weig
     if backend == "auto":
         backend = auto_backend(x, K, fc1_weight.shape[0])
     if backend == "cublas":
-        if not (triton_usable(x) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+        if not cublas_ok(x):
             raise ValueError("backend='cublas' needs a CUDA tensor (or TRITON_INTERPRET=1) of dtype float16, "
                              f"bfloat16 or float32, got {x.dtype} on {x.device}")
         return _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
