@@ -45,10 +45,12 @@ print(json.dumps(res))
 '''
 
 
-def tile(bm, bn, w, s, layout=0, pipe=1, tma=0):
+def tile(bm, bn, w, s, layout=0, pipe=1, tma=0, qtma=None):
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, LAYOUT=layout, PIPE=pipe)
     if tma:
         cfg["TMA"] = 1
+    if qtma is not None:
+        cfg["QTMA"] = qtma
     return cfg
 
 
@@ -68,6 +70,31 @@ STAGE_TMA = [(64, tile(64, 64, 4, 3))] + [(64, tile(*t, tma=1)) for t in [
     (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3)]]
 
 
+# v6 (D=64): Q rotated by the pre-pass and loaded by TMA too (QTMA=1: Q K^T from shared memory, no
+# ptxas wgmma serialisation), against v5 (QTMA=0: Q rotated in registers)
+STAGE_QTMA = [(64, None), (64, tile(64, 64, 4, 3, tma=1, qtma=0))] + [(64, tile(*t, tma=1, qtma=1)) for t in [
+    (64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (64, 128, 4, 3), (64, 128, 4, 2), (128, 64, 8, 3),
+    (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3)]] + [
+    (64, tile(*t, pipe=0, tma=1, qtma=1)) for t in [(64, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)]]
+
+
+# v6b (D=64): a register cap (maxnreg) so 3-4 programs share an SM and one's softmax overlaps
+# another's wgmma; caps chosen where ptxas (Triton 3.6) reports no spills or only a few bytes
+def _cap(bm, bn, w, s, pipe, qtma, maxnreg):
+    cfg = tile(bm, bn, w, s, pipe=pipe, tma=1, qtma=qtma)
+    if maxnreg:
+        cfg["maxnreg"] = maxnreg
+    return cfg
+
+
+STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4, 3, 1, 1, 0))] + [
+    (64, _cap(*t)) for t in [
+        (64, 64, 4, 3, 1, 1, 160), (64, 64, 4, 3, 1, 1, 168), (64, 64, 4, 2, 1, 1, 168),
+        (64, 64, 4, 3, 0, 1, 128), (64, 64, 4, 2, 0, 1, 128), (64, 64, 4, 2, 0, 1, 168),
+        (64, 64, 4, 3, 0, 1, 168), (64, 128, 4, 2, 0, 1, 168), (128, 64, 8, 3, 1, 1, 168),
+        (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
+
+
 def run(D, cfg, shapes):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes))
     try:
@@ -85,9 +112,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap"], default="tiles")
     args = ap.parse_args()
-    stage = STAGE1 if args.stage == "tiles" else STAGE_TMA
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP}[args.stage]
     rows = []
 
     def emit(r):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qvdp.ops import _triton_utils
-from qvdp.ops.attention import varlen_attention
+from qvdp.ops.attention import attention_config, varlen_attention
 from qvdp.reference import attention_reference
 
 TOL = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}
@@ -186,15 +186,18 @@ def test_interpreter_tma_flag_ignored_with_tail_chunk(interpreter):
 @pytest.mark.parametrize("D", [64, 128, 32])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_tma_kernel(D, dtype):
-    tiles = [(64, 64, 4, 3, 0), (64, 64, 4, 3, 1), (64, 128, 4, 3, 1), (128, 128, 8, 3, 1)]
-    for i, (bm, bn, w, st, pipe) in enumerate(tiles):
+    # (BLOCK_M, BLOCK_N, warps, stages, PIPE, QTMA, maxnreg); QTMA=1: Q rotated by the pre-pass, by TMA
+    tiles = [(64, 64, 4, 3, 0, 0, 0), (64, 64, 4, 3, 1, 0, 0), (64, 128, 4, 3, 1, 0, 0), (128, 128, 8, 3, 1, 0, 0),
+             (64, 128, 4, 2, 0, 1, 168), (64, 64, 4, 3, 1, 1, 0), (128, 64, 8, 2, 1, 1, 0)]
+    for i, (bm, bn, w, st, pipe, qtma, cap) in enumerate(tiles):
         if D == 128 and bn == 128 and bm == 128:
             continue  # shared memory
-        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1)
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1, QTMA=qtma, maxnreg=cap)
         _check([1, 300, 1000, 77, 64, 129], 2, D, dtype, "cuda", seed=i, cfg=cfg)
-    cfg = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1)
-    for lens in ([65536], [1] * 3000, [7] * 2000 + [4000]):
-        _check(lens, 2, D, dtype, "cuda", seed=len(lens), cfg=cfg)
+    for cfg in (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1),
+                attention_config(64, 4096, "cuda")):  # the D=64 default (v6: QTMA, register cap)
+        for lens in ([65536], [1] * 3000, [7] * 2000 + [4000]):
+            _check(lens, 2, D, dtype, "cuda", seed=len(lens), cfg=cfg)
 
 
 @pytest.mark.gpu

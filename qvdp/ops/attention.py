@@ -61,8 +61,9 @@ if HAS_TRITON:
 
     @triton.jit
     def _pack_kv(K, V, KP, VP, COS, SIN, T, TP, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
+                 Q, QP, stride_qt, stride_qh,
                  HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                 HAS_ROPE: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_T: tl.constexpr):
+                 HAS_ROPE: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_T: tl.constexpr, HAS_Q: tl.constexpr):
         # K (rotated once here, not once per query tile) and V into head-major buffers with zero
         # columns past D; the main loop then loads whole aligned rows, unmasked.
         # LAYOUT 0: rows of DP = DA + DB, [H, T, DP] (K and V alike).
@@ -70,6 +71,8 @@ if HAS_TRITON:
         #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
         #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
         #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
+        # HAS_Q (head dims without a tail, LAYOUT 0): Q too, rotated, into QP [H, T, DA] (the v5 kernel's
+        #   Q boxes).
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -92,6 +95,10 @@ if HAS_TRITON:
         tl.store(KP + off_a + offs_a[None, :], ka, mask=rmask[:, None])
         va = _load_rot(v_base, rows, rmask, offs_a, stride_vt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM, False)
         tl.store(VP + off_a + offs_a[None, :], va, mask=rmask[:, None])
+        if HAS_Q:
+            qa = _load_rot(Q + head * stride_qh, rows, rmask, offs_a, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2,
+                           HEAD_DIM, HAS_ROPE)
+            tl.store(QP + off_a + offs_a[None, :], qa, mask=rmask[:, None])
         if HAS_B:
             offs_b = DA + tl.arange(0, DB)
             kb = _load_rot(k_base, rows, rmask, offs_b, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
@@ -354,22 +361,35 @@ if HAS_TRITON:
         return acc, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd_tma(Q, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
+    def _varlen_attn_fwd_tma(Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
                              stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
+                             QTMA: tl.constexpr):
         # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA from the packed
         # [H*T, DA] buffers: no per-thread address math, async copies into swizzled shared memory, no
-        # masked loads (only the last tile's scores are masked)
+        # masked loads (only the last tile's scores are masked). QTMA: the Q tile too, from the packed
+        # buffer _pack_kv rotated it into, so Q K^T reads both operands from shared memory (a Q tile
+        # rotated in registers makes ptxas serialise the wgmma chain, C7513).
         pid = tl.program_id(0)
         head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
         if seg < 0:
             return
-        seg_start, seqlen, rows_m, m_mask, qa, _ = _q_prologue(
-            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA, 16,
-            False, HAS_ROPE, BLOCK_M)
-        row = head * T + seg_start  # int32: the host checks H * T < 2^31
+        if QTMA:
+            q_off = tl.load(BLOCKS + 2 * pid + 1)
+            seg_start = tl.load(CU + seg)
+            seqlen = tl.load(CU + seg + 1) - seg_start
+            offs_m = q_off + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < seqlen
+            rows_m = (seg_start + offs_m).to(tl.int64)
+            row = head * T + seg_start  # int32: the host checks H * T < 2^31
+            qa = Q_D.load([row + q_off, 0])  # rows past the segment: finite or zero-filled, never stored
+        else:
+            seg_start, seqlen, rows_m, m_mask, qa, _ = _q_prologue(
+                Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA,
+                16, False, HAS_ROPE, BLOCK_M)
+            row = head * T + seg_start
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, DA], tl.float32)
@@ -402,7 +422,9 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     results there). PIPE=1 (the default) issues the next key tile's Q K^T before this tile's softmax.
     fp32 inputs (elem_bytes=4, tf32 dots) with a tail chunk keep the 128x32 packed-layout tile: the
     bf16 128x128 tile's K/V stages do not fit in shared memory at 4 bytes. TMA=1 (D=64) runs the v5
-    kernel (K/V by TMA descriptor); it is ignored for head dims with a tail chunk.
+    kernel (K/V by TMA descriptor); it is ignored for head dims with a tail chunk. QTMA=1 (with TMA) has
+    the pre-pass rotate Q too and the kernel load Q tiles by TMA, so Q K^T reads both operands from shared
+    memory. maxnreg caps the registers per thread (more programs per SM).
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -422,8 +444,8 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64 and elem_bytes == 2:  # v5: K/V by TMA (+3% over pointer loads at 4 x 3520, NOTES.md)
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=1)
+    if head_dim == 64 and elem_bytes == 2:  # v6: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
+        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168)
     if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
@@ -517,6 +539,12 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cos, sin, validate):
             raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest segment ({longest})")
 
 
+def _reg_cap(cfg: dict) -> dict:
+    """The launch's register cap (ptxas maxnreg) where a config sets one: fewer registers per thread,
+    more programs per SM."""
+    return {"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}
+
+
 def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map=None, config=None):
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
@@ -535,7 +563,8 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     layout = int(cfg.get("LAYOUT", 0)) if db else 0
     # v5 (TMA) for head dims without a tail chunk; with one, the 16-wide tail boxes gave wrong results /
     # illegal addresses on an H100 with Triton 3.6 (NOTES.md, v5)
-    tma = bool(cfg.get("TMA")) and not db and TensorDescriptor is not None and H * T + cfg["BLOCK_N"] < 2 ** 31
+    tma = (bool(cfg.get("TMA")) and not db and TensorDescriptor is not None
+           and H * T + max(cfg["BLOCK_N"], bm) < 2 ** 31)
     tp = (T + 63) // 64 * 64 if layout else T
     has_rope = cos is not None
     if has_rope:
@@ -547,28 +576,33 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     nbuf = H * (T * da + tp * db) if db else H * T * da
     kp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     vp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
+    # v5 with QTMA: Q rotated once here too, its tiles then come by TMA (shared-memory operand)
+    qtma = tma and bool(cfg.get("QTMA", 0))
+    qp = torch.empty(nbuf, dtype=q.dtype, device=q.device) if qtma else kp
     bt = 64
     _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, tp, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                                     cos.stride(0), HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
-                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, num_warps=4)
+                                     cos.stride(0), q, qp, q.stride(0), q.stride(1),
+                                     HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
+                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4)
     # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
     if tma:
         k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
         v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
+        q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm, da]) if qtma else k_d
         _varlen_attn_fwd_tma[grid](
-            q, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
+            q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
-            HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
         return out
     _varlen_attn_fwd[grid](
         q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
         BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
     return out
 
 
