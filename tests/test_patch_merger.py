@@ -209,19 +209,17 @@ def test_cutlass_bad_inputs():
 
 @pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
 @pytest.mark.parametrize("rms", [False, True])
-@pytest.mark.parametrize("width,n", [(72, 37), (64, 1), (200, 9), (4608, 3)])
+@pytest.mark.parametrize("width,n", [(72, 37), (64, 1), (200, 9)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("split", [None, True, False])
-def test_row_norm(rms, width, n, dtype, split):
-    """The one-pass Triton norm of the CUTLASS path's per-patch / RMS norms vs fp64 torch; split: a
-    power-of-two main block plus a tail block, or one masked block."""
+def test_row_norm(rms, width, n, dtype):
+    """The one-pass Triton norm of the CUTLASS path's per-patch / RMS norms vs fp64 torch."""
     from qvdp.ops.patch_merger import row_norm
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(3)
     x = ((torch.randn(n, width, generator=g) * 3 + 1.5) * torch.exp(torch.randn(n, 1, generator=g))).to(dev, dtype)
     w = (1 + 0.2 * torch.randn(width, generator=g)).to(dev, dtype)
     b = None if rms else (0.2 * torch.randn(width, generator=g)).to(dev, dtype)
-    got = row_norm(x, w, b, width, 1e-6, rms, split=split)
+    got = row_norm(x, w, b, width, 1e-6, rms)
     xd = x.double().cpu()
     if rms:
         ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double().cpu()
@@ -233,15 +231,14 @@ def test_row_norm(rms, width, n, dtype, split):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("rms", [False, True])
-@pytest.mark.parametrize("width,n", [(1152, 4 * 3520 + 3), (4608, 1001), (1024, 4), (4096, 7), (1000, 5)])
-@pytest.mark.parametrize("split", [None, True, False])
-def test_gpu_row_norm(rms, width, n, split):
+@pytest.mark.parametrize("width,n", [(1152, 4 * 3520 + 3), (4608, 1001), (1024, 4)])
+def test_gpu_row_norm(rms, width, n):
     from qvdp.ops.patch_merger import row_norm
     torch.manual_seed(4)
     x = ((torch.randn(n, width, device="cuda") * 2 + 0.5) * torch.exp(torch.randn(n, 1, device="cuda"))).bfloat16()
     w = (1 + 0.1 * torch.randn(width, device="cuda")).bfloat16()
     b = None if rms else (0.1 * torch.randn(width, device="cuda")).bfloat16()
-    got = row_norm(x, w, b, width, 1e-6, rms, split=split)
+    got = row_norm(x, w, b, width, 1e-6, rms)
     xd = x.double()
     if rms:
         ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()

@@ -69,42 +69,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_norm_tile(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
-                       ROWS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr):
-        # the norm itself, ROWS whole rows per program: one read of x, fp32 statistics, one write of y.
-        # A row is a power-of-two main part of BLOCK columns (no column mask) plus, where TAIL > 0, a
-        # power-of-two tail block at BLOCK (4608 = 4096 + 512, 1152 = 1024 + 128): no masked half-block.
+                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        # the norm itself, ROWS whole rows per program: one read of x, fp32 statistics, one write of y
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        rm = (rows < n_rows)[:, None]
-        base = rows.to(tl.int64)[:, None] * width
         cols = tl.arange(0, BLOCK)
-        if TAIL > 0:
-            x = tl.load(X + base + cols[None, :], mask=rm, other=0.0).to(tl.float32)
-        else:
-            x = tl.load(X + base + cols[None, :], mask=rm & (cols < width)[None, :], other=0.0).to(tl.float32)
-        if TAIL > 0:
-            tcols = BLOCK + tl.arange(0, TAIL)
-            tm = rm & (tcols < width)[None, :]
-            xt = tl.load(X + base + tcols[None, :], mask=tm, other=0.0).to(tl.float32)
-            if RMS:
-                d, dt = x, xt
-            else:
-                mean = (tl.sum(x, 1) + tl.sum(xt, 1)) / width
-                d = x - mean[:, None]
-                dt = tl.where(tm, xt - mean[:, None], 0.0)
-            rstd = 1.0 / tl.sqrt((tl.sum(d * d, 1) + tl.sum(dt * dt, 1)) / width + eps)
-            yt = dt * rstd[:, None] * tl.load(W + tcols, mask=tcols < width, other=0.0).to(tl.float32)[None, :]
-            if HAS_B:
-                yt += tl.load(B + tcols, mask=tcols < width, other=0.0).to(tl.float32)[None, :]
-            tl.store(Y + base + tcols[None, :], yt.to(Y.dtype.element_ty), mask=tm)
-            cm = cols < BLOCK
-        else:  # one block, columns past width masked (BLOCK >= width)
-            cm = cols < width
-            x = tl.where(cm[None, :], x, 0.0)
-            _, d, rstd = _centred_rstd(x, rm & cm[None, :], width, eps, RMS, ROWS)
+        cm = cols < width
+        m = (rows < n_rows)[:, None] & cm[None, :]
+        offs = rows.to(tl.int64)[:, None] * width + cols[None, :]
+        x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+        _, d, rstd = _centred_rstd(x, m, width, eps, RMS, ROWS)
         y = d * rstd[:, None] * tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
         if HAS_B:
             y += tl.load(B + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + base + cols[None, :], y.to(Y.dtype.element_ty), mask=rm & cm[None, :])
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
     def _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, off_m, off_n, NCHUNK: tl.constexpr,
@@ -285,29 +262,23 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False):
                                              BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8)
 
 
-def row_norm(x, weight, bias, width, eps, rms, split=None):
+def row_norm(x, weight, bias, width, eps, rms):
     """LayerNorm (rms=False) or RMSNorm over every `width`-wide row of x (contiguous), one Triton pass
-    in fp32; returns a tensor shaped and typed like x. weight/bias: [width] (bias None: none).
-    split (default: on for widths over 2048): a row as a power-of-two main block plus a power-of-two
-    tail block (4608 = 4096 + 512) instead of one next_power_of_2(width) block with masked lanes."""
+    in fp32; returns a tensor shaped and typed like x. weight/bias: [width] (bias None: none)."""
     y = torch.empty_like(x)
     n = x.numel() // width
     if n == 0:
         return y
-    if split is None:
-        split = width > 2048
-    block = 1 << (width.bit_length() - 1) if split else triton.next_power_of_2(width)
-    tail = triton.next_power_of_2(width - block) if width > block else 0
-    lanes = block + tail
-    rows = 1 << max(0, min(4, (8192 // lanes).bit_length() - 1))  # a power of two, 1-16
+    block = triton.next_power_of_2(width)
+    rows = max(1, min(16, 8192 // block))
     if x.device.type != "cuda":
         rows = min(rows, 4)
     has_b = bias is not None
     weight = weight.contiguous()
     bias = bias.contiguous() if has_b else weight
     _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
-                                            RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block, TAIL=tail,
-                                            num_warps=4 if lanes * rows <= 4096 else 8)
+                                            RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block,
+                                            num_warps=4 if block * rows <= 4096 else 8)
     return y
 
 
