@@ -95,18 +95,6 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
         (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
 
 
-# v7 (D=64): two query half-tiles per program sharing each K/V box (TWO=1, BLOCK_M = both halves)
-def _two(bm, bn, s, maxnreg):
-    cfg = _cap(bm, bn, 4, s, 0, 1, maxnreg)
-    cfg["TWO"] = 1
-    return cfg
-
-
-STAGE_TWO = [(64, None)] + [(64, _two(*t)) for t in [
-    (128, 64, 2, 0), (128, 64, 3, 0), (128, 64, 2, 168), (128, 64, 3, 168), (128, 128, 2, 0), (128, 64, 4, 168),
-    (128, 32, 3, 0), (128, 32, 4, 168)]]
-
-
 def run(D, cfg, shapes):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes))
     try:
@@ -124,9 +112,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "two"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap"], default="tiles")
     args = ap.parse_args()
-    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "two": STAGE_TWO}[args.stage]
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP}[args.stage]
     rows = []
 
     def emit(r):

@@ -411,67 +411,6 @@ if HAS_TRITON:
         _store_o(O, acc, acc, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, 16, False)
 
 
-    @triton.jit
-    def _softmax_half(acc, m_i, l_i, qk, v, qk_scale):
-        # one half-tile's online softmax (base 2) and O += P V (v already loaded)
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        return acc, m_new, l_i
-
-    @triton.jit
-    def _varlen_attn_fwd_tma2(Q_D, K_D, V_D, O, CU, BLOCKS, T, stride_ot, stride_oh, qk_scale,
-                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr):
-        # v7 (D = DA, Q rotated by the pre-pass): one program = two independent BLOCK_M // 2 query tiles
-        # of one segment sharing each K/V box. Both score tiles are issued before either softmax, so
-        # the tensor cores run one tile's Q K^T / P V while the other tile's softmax runs (the overlap
-        # FA3 gets from two ping-ponging warpgroups, here inside one instruction stream).
-        HM: tl.constexpr = BLOCK_M // 2
-        pid = tl.program_id(0)
-        head = tl.program_id(1)
-        seg = tl.load(BLOCKS + 2 * pid)
-        if seg < 0:
-            return
-        q_off = tl.load(BLOCKS + 2 * pid + 1)
-        seg_start = tl.load(CU + seg)
-        seqlen = tl.load(CU + seg + 1) - seg_start
-        row = head * T + seg_start  # int32: the host checks H * T < 2^31
-        q1 = Q_D.load([row + q_off, 0])
-        q2 = Q_D.load([row + q_off + HM, 0])
-        m1 = tl.full([HM], float("-inf"), tl.float32)
-        m2 = tl.full([HM], float("-inf"), tl.float32)
-        l1 = tl.zeros([HM], tl.float32)
-        l2 = tl.zeros([HM], tl.float32)
-        acc1 = tl.zeros([HM, DA], tl.float32)
-        acc2 = tl.zeros([HM, DA], tl.float32)
-        n_full = (seqlen // BLOCK_N) * BLOCK_N
-        for start_n in range(0, n_full, BLOCK_N):
-            kt = tl.trans(K_D.load([row + start_n, 0]))
-            s1 = tl.dot(q1, kt)
-            s2 = tl.dot(q2, kt)
-            v = V_D.load([row + start_n, 0])
-            acc1, m1, l1 = _softmax_half(acc1, m1, l1, s1, v, qk_scale)
-            acc2, m2, l2 = _softmax_half(acc2, m2, l2, s2, v, qk_scale)
-        if n_full < seqlen:
-            kt = tl.trans(K_D.load([row + n_full, 0]))
-            keep = ((n_full + tl.arange(0, BLOCK_N)) < seqlen)[None, :]
-            s1 = tl.where(keep, tl.dot(q1, kt), float("-inf"))
-            s2 = tl.where(keep, tl.dot(q2, kt), float("-inf"))
-            v = V_D.load([row + n_full, 0])
-            acc1, m1, l1 = _softmax_half(acc1, m1, l1, s1, v, qk_scale)
-            acc2, m2, l2 = _softmax_half(acc2, m2, l2, s2, v, qk_scale)
-        offs1 = q_off + tl.arange(0, HM)
-        offs2 = offs1 + HM
-        h64 = head.to(tl.int64)
-        _store_o(O, acc1, acc1, l1, (seg_start + offs1).to(tl.int64), offs1 < seqlen, h64, stride_ot, stride_oh,
-                 HEAD_DIM, DA, 16, False)
-        _store_o(O, acc2, acc2, l2, (seg_start + offs2).to(tl.int64), offs2 < seqlen, h64, stride_ot, stride_oh,
-                 HEAD_DIM, DA, 16, False)
-
-
 # ------------------------------------------------------------------------------------------
 # host side
 # ------------------------------------------------------------------------------------------
@@ -651,14 +590,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     if tma:
         k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
         v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
-        two = qtma and bool(cfg.get("TWO"))  # v7: two query half-tiles per program
-        q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm // 2 if two else bm, da]) if qtma else k_d
-        if two:
-            _varlen_attn_fwd_tma2[grid](
-                q_d, k_d, v_d, out, cu_seqlens, block_map, T, out.stride(0), out.stride(1),
-                float(scale) * 1.4426950408889634, HEAD_DIM=D, DA=da, BLOCK_M=bm, BLOCK_N=bn,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
-            return out
+        q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm, da]) if qtma else k_d
         _varlen_attn_fwd_tma[grid](
             q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
