@@ -52,25 +52,36 @@ __global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int3
   wait_mark(reinterpret_cast<const int64_t*>(flag_peers[rank]) + t, epoch, timeout_ns, errors);
 }
 
-// One block per (chunk, column span of kThreads vectors): up to kRows loads in flight per thread,
-// then the stores (remote over NVLink, or local for this rank's own rows). Seven launch shapes (128-512
-// threads, 8-16 rows, 1-2 vectors per thread) measured within 1-2% of this one (benchmarks/NOTES.md).
+// One thread's part of a piece of n <= kRows rows: the vector at byte column `off` of rows r0 .. r0+n-1
+// of `from`, stored at column `off` of rows d0 .. of `to`. All n loads are issued before the first store
+// (up to kRows loads in flight per thread); stores go over NVLink to a peer or to local memory. CG: load
+// through L2 only (rows another GPU wrote during this call).
+template <typename V, bool CG>
+__device__ __forceinline__ void copy_piece(const char* from, int64_t from_stride, char* to, int64_t to_stride,
+                                           int64_t r0, int64_t d0, int64_t n, int64_t off) {
+  V buf[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) {
+      const V* p = reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
+      buf[r] = CG ? __ldcg(p) : *p;
+    }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if (r < n) *reinterpret_cast<V*>(to + (d0 + r) * to_stride + off) = buf[r];
+}
+
+// One block per (chunk, column span of kThreads vectors). Seven launch shapes (128-512 threads, 8-16 rows,
+// 1-2 vectors per thread) measured within 1-2% of this one (benchmarks/NOTES.md).
 template <typename V>
 __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
                                  const int64_t* __restrict__ chunks, int64_t src_stride, int64_t dst_stride,
                                  int64_t dst_col, int64_t row_bytes) {
   const int64_t* ch = chunks + 4 * static_cast<int64_t>(blockIdx.x);
   const int64_t d = ch[0], r0 = ch[1], d0 = ch[2], n = ch[3];
-  char* dst = reinterpret_cast<char*>(peers[d]);
   const int64_t off = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * sizeof(V);
   if (off >= row_bytes) return;
-  V buf[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-    if (r < n) buf[r] = *reinterpret_cast<const V*>(src + (r0 + r) * src_stride + off);
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-    if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + dst_col + off) = buf[r];
+  copy_piece<V, false>(src, src_stride, reinterpret_cast<char*>(peers[d]) + dst_col, dst_stride, r0, d0, n, off);
 }
 
 // The pipelined gather, one launch: a table of units, each a piece of <= 16 rows copied by one block per
@@ -108,14 +119,10 @@ __global__ void push_units_kernel(const char* __restrict__ src, const int64_t* _
   const int64_t end = min(row_bytes, (y + 1) * kSpan);
   for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
        off += static_cast<int64_t>(kThreads) * sizeof(V)) {
-    V buf[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < n) buf[r] = out_src ? __ldcg(reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off))
-                                  : *reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < n) *reinterpret_cast<V*>(dst + (d0 + r) * dst_stride + off) = buf[r];
+    if (out_src)
+      copy_piece<V, true>(from, from_stride, dst, dst_stride, r0, d0, n, off);
+    else
+      copy_piece<V, false>(from, from_stride, dst, dst_stride, r0, d0, n, off);
   }
   if (mask != 0) {
     __syncthreads();

@@ -8,6 +8,7 @@
 #   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, else merger profile (ONLY_H100=1: nothing)
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64), diag_row_norm, row_norm GPU tests
+#   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14b     # (1 GPU, CUTLASS .so carried) merger GPU tests, bench_merger
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
 #   bash scripts/gpu_session.sh s13n     # (1 GPU, CUTLASS .so carried) HF-equivalence + every single-GPU test
@@ -45,6 +46,13 @@ if [ "$STAGE" = s14a ]; then  # session 14, one GPU: attention v6 (D=64) tests +
   T=60 TAILN=10 step diag_row_norm python3 benchmarks/diag_row_norm.py
   T=90 TAILN=6 step row_norm_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k row_norm -p no:cacheprovider
   T=230 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
+elif [ "$STAGE" = s14f ]; then  # session 14, 4 GPUs: push.cu's shared piece copy: every multi-GPU test, gather at 4 and 2, then (H100 only) the DP encoder at 4, diag_push
+  T=240 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=200 TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+  if nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
+    T=200 TAILN=40 step bench_encoder python3 benchmarks/bench_encoder.py --worlds 4 --out logs/e4
+  fi
+  T=120 TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 2
 elif [ "$STAGE" = s14b ]; then  # session 14, one GPU (CUTLASS .so carried): merger tests, bench_merger
   T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
