@@ -95,19 +95,6 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
         (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
 
 
-# v8 (D=72/80, layout 1): Q rotated by the pre-pass, its main chunk by TMA (QPACK): fewer registers (ptxas,
-# Triton 3.6, D=72 128x128: 644 -> 92 bytes of spill stores)
-def _qpack(bm, bn, w, s, pipe=1):
-    cfg = tile(bm, bn, w, s, layout=1, pipe=pipe)
-    cfg["QPACK"] = 1
-    return cfg
-
-
-STAGE_QPACK = ([(72, None)] + [(72, _qpack(*t)) for t in [
-    (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3, 0)]]
-    + [(80, None)] + [(80, _qpack(*t)) for t in [(64, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)]])
-
-
 def run(D, cfg, shapes):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes))
     try:
@@ -125,9 +112,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "qpack"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap"], default="tiles")
     args = ap.parse_args()
-    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "qpack": STAGE_QPACK}[args.stage]
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP}[args.stage]
     rows = []
 
     def emit(r):

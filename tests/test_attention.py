@@ -157,11 +157,10 @@ def test_gpu_segments(lens):
 @pytest.mark.parametrize("D", [72, 80, 64])
 @pytest.mark.parametrize("pipe", [0, 1])
 def test_gpu_layouts_and_pipelining(D, pipe, monkeypatch):
-    # both K/V layouts and the PIPE on/off loop, at the BLOCK_N the shipped tiles use; QPACK: Q rotated by
-    # the pre-pass, its main chunk by TMA (layout 1)
-    for layout, bn, qpack in ((0, 32, 0), (1, 64, 0), (1, 128, 0), (1, 64, 1), (1, 128, 1)):
+    # both K/V layouts and the PIPE on/off loop, at the BLOCK_N the shipped tiles use
+    for layout, bn in ((0, 32), (1, 64), (1, 128)):
         cfg = {"BLOCK_M": 64 if bn == 64 else 128, "BLOCK_N": bn, "num_warps": 4 if bn == 64 else 8,
-               "num_stages": 3, "LAYOUT": layout, "PIPE": pipe, "QPACK": qpack}
+               "num_stages": 3, "LAYOUT": layout, "PIPE": pipe}
         monkeypatch.setenv("QVDP_ATTN_CONFIG", json.dumps({str(D): cfg}))
         _check([1, 300, 1000, 77, 64, 129], 2, D, torch.bfloat16, "cuda", seed=D + pipe)
 
@@ -176,16 +175,6 @@ def test_interpreter_tma_kernel(interpreter, D, pipe, qtma):
     cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=pipe, TMA=1, QTMA=qtma)
     for dtype in (torch.float32, torch.float16):
         _check([1, 37, 70, 5, 33, 64], 2, D, dtype, interpreter, seed=D + pipe, cfg=cfg)
-
-
-@interp
-@pytest.mark.parametrize("D", [72, 80, 24])
-def test_interpreter_qpack(interpreter, D):
-    # QPACK (layout 1, head dims with a tail chunk): Q rotated by the pre-pass, main chunk by TMA, tail
-    # from the packed tail rows
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, LAYOUT=1, PIPE=1, QPACK=1)
-    for dtype in (torch.float32, torch.float16):
-        _check([1, 37, 70, 5, 33, 64], 2, D, dtype, interpreter, seed=D, cfg=cfg)
 
 
 @interp

@@ -71,7 +71,8 @@ if HAS_TRITON:
         #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
         #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
         #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
-        # HAS_Q: Q too, rotated, into QP laid out like K (the Q boxes of the v6 kernel and of QPACK).
+        # HAS_Q (head dims without a tail, LAYOUT 0): Q too, rotated, into QP [H, T, DA] (the v5 kernel's
+        #   Q boxes).
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -98,10 +99,6 @@ if HAS_TRITON:
             qa = _load_rot(Q + head * stride_qh, rows, rmask, offs_a, stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2,
                            HEAD_DIM, HAS_ROPE)
             tl.store(QP + off_a + offs_a[None, :], qa, mask=rmask[:, None])
-            if HAS_B:  # Q's tail laid out like K's
-                qb = _load_rot(Q + head * stride_qh, rows, rmask, DA + offs_bl, stride_qt, COS, SIN, stride_ct,
-                               HEAD_DIM // 2, HEAD_DIM, HAS_ROPE)
-                tl.store(QP + off_bk, qb, mask=rmask[:, None])
         if HAS_B:
             offs_b = DA + tl.arange(0, DB)
             kb = _load_rot(k_base, rows, rmask, offs_b, stride_kt, COS, SIN, stride_ct, HEAD_DIM // 2, HEAD_DIM,
@@ -305,34 +302,20 @@ if HAS_TRITON:
                      mask=m_mask[:, None] & (offs_b < HEAD_DIM)[None, :])
 
     @triton.jit
-    def _varlen_attn_fwd(Q, Q_D, QP, KP, VP, O, COS, SIN, CU, BLOCKS, T, TP,
+    def _varlen_attn_fwd(Q, KP, VP, O, COS, SIN, CU, BLOCKS, T, TP,
                          stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                          HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
                          HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         LAYOUT: tl.constexpr, PIPE: tl.constexpr, QPACK: tl.constexpr):
-        # QPACK (LAYOUT 1): Q rotated by the pre-pass; its main chunk by TMA (a shared-memory operand, fewer
-        # registers), its tail from the packed tail rows
+                         LAYOUT: tl.constexpr, PIPE: tl.constexpr):
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
         seg = tl.load(BLOCKS + 2 * pid)
         if seg < 0:  # past the last real q block (the grid is an upper bound)
             return
-        if QPACK:
-            q_off = tl.load(BLOCKS + 2 * pid + 1)
-            seg_start = tl.load(CU + seg)
-            seqlen = tl.load(CU + seg + 1) - seg_start
-            offs_m = q_off + tl.arange(0, BLOCK_M)
-            m_mask = offs_m < seqlen
-            rows_m = (seg_start + offs_m).to(tl.int64)
-            qa = Q_D.load([(head * T + seg_start + q_off).to(tl.int32), 0])
-            qrow = head * T + rows_m
-            qb = tl.load(QP + T * tl.num_programs(1).to(tl.int64) * DA + qrow[:, None] * DB
-                         + tl.arange(0, DB)[None, :], mask=m_mask[:, None], other=0.0)
-        else:
-            seg_start, seqlen, rows_m, m_mask, qa, qb = _q_prologue(
-                Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head, HEAD_DIM, DA, DB, HAS_B,
-                HAS_ROPE, BLOCK_M)
+        seg_start, seqlen, rows_m, m_mask, qa, qb = _q_prologue(
+            Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head, HEAD_DIM, DA, DB, HAS_B,
+            HAS_ROPE, BLOCK_M)
 
         # ---- stream the segment's packed K/V: unmasked full tiles, then the ragged tail ------
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -595,15 +578,12 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     vp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     # v5 with QTMA: Q rotated once here too, its tiles then come by TMA (shared-memory operand)
     qtma = tma and bool(cfg.get("QTMA", 0))
-    # QPACK (head dims with a tail, layout 1): Q rotated here too, its main chunk then by TMA
-    qpack = (not tma and layout == 1 and bool(cfg.get("QPACK", 0)) and TensorDescriptor is not None
-             and H * T + bm < 2 ** 31)
-    qp = torch.empty(nbuf, dtype=q.dtype, device=q.device) if qtma or qpack else kp
+    qp = torch.empty(nbuf, dtype=q.dtype, device=q.device) if qtma else kp
     bt = 64
     _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, tp, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                      cos.stride(0), q, qp, q.stride(0), q.stride(1),
                                      HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
-                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma or qpack, num_warps=4)
+                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4)
     # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
@@ -617,12 +597,11 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
         return out
-    q_d = TensorDescriptor.from_tensor(qp[:H * T * da].view(H * T, da), [bm, da]) if qpack else 0
     _varlen_attn_fwd[grid](
-        q, q_d, qp, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
+        q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
-        BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)), QPACK=qpack,
+        BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
     return out
 
