@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from ._direct import call_direct
-from ._triton_utils import HAS_TRITON, next_pow2, split_head_dim, triton_usable
+from ._triton_utils import FP_FUSION, HAS_TRITON, next_pow2, split_head_dim, triton_usable
 from .. import reference as _ref
 
 if HAS_TRITON:
@@ -583,7 +583,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, tp, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                      cos.stride(0), q, qp, q.stride(0), q.stride(1),
                                      HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
-                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4)
+                                     HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4, **FP_FUSION)
     # 2) attention, Q rotated on load
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
@@ -595,14 +595,14 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
             q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
         return out
     _varlen_attn_fwd[grid](
         q, kp, vp, out, cos, sin, cu_seqlens, block_map, T, tp,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0, HAS_ROPE=has_rope,
         BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], LAYOUT=layout, PIPE=int(cfg.get("PIPE", 1)),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg))
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
     return out
 
 
@@ -733,7 +733,7 @@ def rope_qk(q, k, cos, sin, *, impl: str | None = None, lanes: int = 1024, elems
         bt = 1 << (bt.bit_length() - 1)  # a power of two
         _rope_qk_tile[(triton.cdiv(T, bt),)](q, k, qo, ko, cos, sin, T, q.stride(0), k.stride(0), cos.stride(0),
                                              H=H, HP=hp, HEAD_DIM=D, JP=jp, BLOCK_T=bt,
-                                             num_warps=8 if bt * hp * jp >= 4096 else 4)
+                                             num_warps=8 if bt * hp * jp >= 4096 else 4, **FP_FUSION)
         return qo, ko
     pairs = H * D // 2
     lanes = min(int(lanes), 1 << max(pairs - 1, 1).bit_length())
@@ -741,7 +741,7 @@ def rope_qk(q, k, cos, sin, *, impl: str | None = None, lanes: int = 1024, elems
     bt = 1 << (bt.bit_length() - 1)
     _rope_qk[(triton.cdiv(T, bt), triton.cdiv(pairs, lanes))](
         q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
-        H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt, num_warps=8 if lanes * bt >= 4096 else 4)
+        H=H, HEAD_DIM=D, LANES=lanes, BLOCK_T=bt, num_warps=8 if lanes * bt >= 4096 else 4, **FP_FUSION)
     return qo, ko
 
 

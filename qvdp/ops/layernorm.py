@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, next_pow2, triton_usable
+from ._triton_utils import FP_FUSION, HAS_TRITON, next_pow2, triton_usable
 
 if HAS_TRITON:
     import triton
@@ -105,5 +105,5 @@ def add_layernorm(x, y=None, bias=None, norm_weight=None, norm_bias=None, eps: f
         x, y if y is not None else x, bias if bias is not None else x, norm_weight if has_ln else x,
         norm_bias if has_ln else x, s if store_sum else h, h, n, H, float(eps), HAS_Y=y is not None,
         HAS_BIAS=bias is not None, HAS_LN=has_ln, STORE_S=store_sum, ROWS=rows, BLOCK=block,
-        num_warps=8 if block >= 1024 else 4)
+        num_warps=8 if block >= 1024 else 4, **FP_FUSION)
     return s, (h if has_ln else None)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ._stamp import stamp
 from ._direct import call_direct
-from ._triton_utils import HAS_TRITON, triton_usable
+from ._triton_utils import FP_FUSION, HAS_TRITON, triton_usable
 
 if HAS_TRITON:
     import triton
@@ -259,7 +259,8 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False):
     if x.device.type != "cuda":
         rows = min(rows, 4)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
-                                             BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8)
+                                             BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8,
+                                             **FP_FUSION)
 
 
 def row_norm(x, weight, bias, width, eps, rms):
@@ -278,7 +279,7 @@ def row_norm(x, weight, bias, width, eps, rms):
     bias = bias.contiguous() if has_b else weight
     _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
                                             RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block,
-                                            num_warps=4 if block * rows <= 4096 else 8)
+                                            num_warps=4 if block * rows <= 4096 else 8, **FP_FUSION)
     return y
 
 
@@ -323,7 +324,7 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
         w_desc = TensorDescriptor.from_tensor(wg, [bn, bk])
         tiles = triton.cdiv(M, bm) * triton.cdiv(N1, bn)
         kw = dict(NCHUNK=nchunk, RMS=rms, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"], NUM_STAGES=cfg["num_stages"],
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **FP_FUSION)
         if cfg.get("persistent") or variant == "tmap":
             sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
             progs = min(tiles, sms * max(1, cfg.get("persistent") or 1))
@@ -337,7 +338,8 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
         grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
         _fc1_folded_gelu[grid](x, mean, rstd, wg, s_, c_, y, M, N1, K, K // nchunk, K, wg.stride(0), y.stride(0),
                                NCHUNK=nchunk, RMS=rms, MERGE=mu, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
-                               GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                               GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                               **FP_FUSION)
     elif M:
         w1 = fc1_weight.contiguous()
         grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N1, cfg["BN"]),)
@@ -345,7 +347,7 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                              fc1_bias if fc1_bias is not None else w1, y, M, N1, K, H, K, w1.stride(0), y.stride(0),
                              POST=postshuffle_norm, RMS=rms, HAS_BIAS=fc1_bias is not None, MERGE=mu,
                              BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"],
-                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **FP_FUSION)
     if fc2_bias is not None:
         return torch.addmm(fc2_bias, y, fc2_weight.t())
     return y @ fc2_weight.t()

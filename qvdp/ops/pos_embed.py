@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton_utils import HAS_TRITON, next_pow2, triton_usable
+from ._triton_utils import FP_FUSION, HAS_TRITON, next_pow2, triton_usable
 
 if HAS_TRITON:
     import triton
@@ -61,5 +61,5 @@ def pos_embed_add_(x: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, wgt:
     block = next_pow2(H)
     rows = max(1, min(16, 4096 // block))
     _pos_embed_add[(triton.cdiv(N, rows),)](x, table, idx, wgt, N, H, TAPS=idx.shape[1], ROWS=rows, BLOCK=block,
-                                            num_warps=8 if block >= 1024 else 4)
+                                            num_warps=8 if block >= 1024 else 4, **FP_FUSION)
     return x
