@@ -15,8 +15,10 @@ Two launches per call:
      (two chunked dots), with the next tile's S issued before this tile's softmax (PIPE); full
      tiles unmasked, the ragged last tile with a key mask; normalise, store the valid rows and
      columns.
-  1'. v5, head dims without a tail chunk (D=64): the same loop with K/V boxes loaded through TMA
-     descriptors over the packed [H*T, D] buffers (`_varlen_attn_fwd_tma`); tails stay on 1.
+  1'. v5/v6, head dims without a tail chunk (D=64): the same loop with K/V boxes loaded through TMA
+     descriptors over the packed [H*T, D] buffers (`_varlen_attn_fwd_tma`); with QTMA (v6, the D=64
+     default) the pre-pass also rotates Q into a packed buffer and Q tiles come by TMA too. Tails
+     stay on 1.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """
@@ -71,8 +73,8 @@ if HAS_TRITON:
         #   [H, DB, TP] (token-contiguous, TP = T rounded up to 64). V's 16-wide tail as a [BLOCK_N, 16]
         #   row-major tile gave wrong P@V results at BLOCK_N >= 64 (H100, Triton 3.6); loaded as
         #   [16, BLOCK_N] and transposed in registers it is exact (NOTES.md, v3).
-        # HAS_Q (head dims without a tail, LAYOUT 0): Q too, rotated, into QP [H, T, DA] (the v5 kernel's
-        #   Q boxes).
+        # HAS_Q (head dims without a tail, LAYOUT 0): Q too, rotated, into QP [H, T, DA] (the Q boxes of the
+        #   TMA kernel with QTMA).
         DP: tl.constexpr = DA + DB if HAS_B else DA
         pid = tl.program_id(0)
         head = tl.program_id(1).to(tl.int64)
@@ -369,8 +371,8 @@ if HAS_TRITON:
         # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA from the packed
         # [H*T, DA] buffers: no per-thread address math, async copies into swizzled shared memory, no
         # masked loads (only the last tile's scores are masked). QTMA: the Q tile too, from the packed
-        # buffer _pack_kv rotated it into, so Q K^T reads both operands from shared memory (a Q tile
-        # rotated in registers makes ptxas serialise the wgmma chain, C7513).
+        # buffer _pack_kv rotated it into, so Q K^T reads both operands from shared memory (with a Q tile
+        # rotated in registers, Triton 3.9's ptxas serialises the wgmma chain: advisory C7513).
         pid = tl.program_id(0)
         head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
@@ -576,7 +578,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     nbuf = H * (T * da + tp * db) if db else H * T * da
     kp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     vp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
-    # v5 with QTMA: Q rotated once here too, its tiles then come by TMA (shared-memory operand)
+    # QTMA (v6): Q rotated once here too, its tiles then come by TMA (shared-memory operand)
     qtma = tma and bool(cfg.get("QTMA", 0))
     qp = torch.empty(nbuf, dtype=q.dtype, device=q.device) if qtma else kp
     bt = 64
@@ -584,7 +586,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
                                      cos.stride(0), q, qp, q.stride(0), q.stride(1),
                                      HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
                                      HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4, **FP_FUSION)
-    # 2) attention, Q rotated on load
+    # 2) attention, Q rotated on load (QTMA: already rotated by the pre-pass)
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
     if tma:
