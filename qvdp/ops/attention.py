@@ -268,17 +268,20 @@ if HAS_TRITON:
         return acc_a, acc_b, m_i, l_i
 
     @triton.jit
-    def _q_prologue(Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head,
-                    HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
-                    HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr):
-        # segment seg's bounds, this program's q offset from the block map, and its Q tile from the
-        # strided view, rotated in fp32 on load
+    def _q_rows(CU, BLOCKS, pid, seg, BLOCK_M: tl.constexpr):
+        # segment seg's bounds and this program's query rows (q offset from the block map)
         q_off = tl.load(BLOCKS + 2 * pid + 1)
         seg_start = tl.load(CU + seg)
         seqlen = tl.load(CU + seg + 1) - seg_start
         offs_m = q_off + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < seqlen
-        rows_m = (seg_start + offs_m).to(tl.int64)
+        return q_off, seg_start, seqlen, (seg_start + offs_m).to(tl.int64), offs_m < seqlen
+
+    @triton.jit
+    def _q_prologue(Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head,
+                    HEAD_DIM: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_B: tl.constexpr,
+                    HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr):
+        # _q_rows, and the program's Q tile from the strided view, rotated in fp32 on load
+        _, seg_start, seqlen, rows_m, m_mask = _q_rows(CU, BLOCKS, pid, seg, BLOCK_M)
         q_base = Q + head * stride_qh
         qa = _load_rot(q_base, rows_m, m_mask, tl.arange(0, DA), stride_qt, COS, SIN, stride_ct, HEAD_DIM // 2,
                        HEAD_DIM, HAS_ROPE)
@@ -379,12 +382,7 @@ if HAS_TRITON:
         if seg < 0:
             return
         if QTMA:
-            q_off = tl.load(BLOCKS + 2 * pid + 1)
-            seg_start = tl.load(CU + seg)
-            seqlen = tl.load(CU + seg + 1) - seg_start
-            offs_m = q_off + tl.arange(0, BLOCK_M)
-            m_mask = offs_m < seqlen
-            rows_m = (seg_start + offs_m).to(tl.int64)
+            q_off, seg_start, seqlen, rows_m, m_mask = _q_rows(CU, BLOCKS, pid, seg, BLOCK_M)
             row = head * T + seg_start  # int32: the host checks H * T < 2^31
             qa = Q_D.load([row + q_off, 0])  # rows past the segment: finite or zero-filled, never stored
         else:
