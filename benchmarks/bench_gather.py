@@ -75,7 +75,6 @@ def _worker(rank, world, port, q):
                 return f
             if _push._native() is not None and _push.use_relay(plan):  # the default is the pipelined relay
                 fns["qvdp push (relay in two stages)"] = with_setting("PIPELINED_RELAY", "0")
-                fns["qvdp push (CE first stage)"] = with_setting("CE_RELAY", "1")
             fns["qvdp auto (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
             good = 1
             for k in [k for k in fns if k.startswith(("qvdp push", "qvdp auto"))]:

@@ -7,8 +7,7 @@ barrier): host µs per launch (200 launches, no sync) and device µs per barrier
 ahead (200 barriers queued behind a long sleep kernel, timed by events around them).
 Per workload: one call after a barrier (as bench_gather times it) and 20 back-to-back calls per event
 pair (steady state), and host µs per call, for push (CUDA; Triton; on relay plans, CUDA with the
-pipelined relay, its first stage by copy engines, and the two-stage relay), the NCCL floor and the native
-gather. (Session 9's runs also
+pipelined and with the two-stage relay), the NCCL floor and the native gather. (Session 9's runs also
 timed a destination-major chunk order and seven copy-kernel launch shapes, since removed from the
 library: results/logs/h200x*-s9/diag_push-*.log.)
 """
@@ -93,7 +92,6 @@ def _worker(rank, world, port, q):
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
-            fns["push (CUDA, CE first stage)"] = with_impl("auto", QVDP_PUSH_CE="1")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         if gather_rows_native is not None:

@@ -137,16 +137,6 @@ __global__ void push_units_kernel(const char* __restrict__ src, const int64_t* _
   }
 }
 
-// After a copy-engine copy of relayed pieces (stream order): set their ready marks, slots
-// [first, first + count) x spans of rank dst's ready row, to the call's epoch (system-scope release).
-__global__ void set_marks_kernel(const int64_t* __restrict__ ready_peers, int dst, int64_t first, int64_t count,
-                                 int64_t epoch) {
-  __threadfence_system();
-  int64_t* row = reinterpret_cast<int64_t*>(ready_peers[dst]);
-  for (int64_t i = threadIdx.x; i < count; i += blockDim.x)
-    asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(row + first + i), "l"(epoch) : "memory");
-}
-
 void check(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("qvdp push: " + what);
 }
@@ -206,46 +196,15 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
         std::string(name) + " must be a contiguous CUDA int64 [n, " + std::to_string(cols) + "] table");
 }
 
-// Copy-engine streams and events of one device, one stream per destination rank (created once, kept).
-struct SideStreams {
-  std::vector<cudaStream_t> streams;
-  std::vector<cudaEvent_t> done;
-  cudaEvent_t start = nullptr;
-};
-
-SideStreams& side_streams(int device, int world) {
-  static std::vector<SideStreams> all(64);
-  SideStreams& ss = all.at(device);
-  if (ss.start == nullptr) cuda_check(cudaEventCreateWithFlags(&ss.start, cudaEventDisableTiming), "cudaEventCreate");
-  while (static_cast<int>(ss.streams.size()) < world) {
-    cudaStream_t st;
-    cudaEvent_t ev;
-    cuda_check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate");
-    cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
-    ss.streams.push_back(st);
-    ss.done.push_back(ev);
-  }
-  return ss;
-}
-
 }  // namespace
 
 // The pipelined gather for one source and one destination buffer: entry barrier, one launch of the
 // units (push_units_kernel), exit barrier. Returns the last epoch used.
-// copies: CPU int64 [m, 6] (dst rank, src row, dst row, rows, first slot, slots): the relay's first stage by
-// copy engines, each copy on the stream of its destination (in order), then a kernel on that stream that
-// sets the marks of the pieces it carried; bases: CPU int64 [world], the destination buffer on every rank.
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
-                              int64_t dst_stride, const at::Tensor& units, const at::Tensor& copies,
-                              const at::Tensor& bases, const at::Tensor& ready_peers,
+                              int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
                               const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                               int64_t epoch, int64_t timeout_ns) {
   check_table(units, kUnitCols, "units");
-  const int64_t m = copies.numel() ? copies.size(0) : 0;
-  check(m == 0 || (!copies.is_cuda() && copies.scalar_type() == at::kLong && copies.is_contiguous() &&
-                   copies.dim() == 2 && copies.size(1) == 6 && !bases.is_cuda() &&
-                   bases.scalar_type() == at::kLong && bases.numel() == world),
-        "copies must be a CPU int64 [m, 6] table and bases a CPU int64 [world] table");
   check(src.is_cuda() && src.dim() == 2 && (src.size(0) == 0 || src.stride(1) == 1) && own.is_cuda() &&
             own.dim() == 2 && own.stride(1) == 1 && own.size(1) == src.size(1) && own.dtype() == src.dtype(),
         "src and own must be CUDA [rows, width] tensors of one dtype and width, unit last-dim stride");
@@ -257,39 +216,10 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
   const int64_t spans = (row_bytes + kSpan - 1) / kSpan;
   const int64_t n = units.size(0);
   check(dst_stride == own.stride(0) * eb, "dst_stride must be the output buffer's row stride in bytes");
-  const int64_t* c = m ? copies.data_ptr<int64_t>() : nullptr;
-  for (int64_t i = 0; i < m; ++i) {  // checked before anything is enqueued
-    const int64_t d = c[6 * i], r0 = c[6 * i + 1], d0 = c[6 * i + 2], rows = c[6 * i + 3];
-    check(d >= 0 && d < world && d != rank && rows > 0 && r0 >= 0 && r0 + rows <= src.size(0) && d0 >= 0 &&
-              d0 + rows <= own.size(0) && c[6 * i + 4] >= 0 && c[6 * i + 5] > 0,
-          "copies: row " + std::to_string(i) + " is out of range");
-  }
   const c10::cuda::CUDAGuard guard(flag_peers.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
   const int64_t mark_epoch = epoch;  // > every mark of earlier calls
-  std::vector<char> used(world, 0);
-  SideStreams* side = nullptr;
-  if (m > 0 && row_bytes > 0) {  // the copy-engine first stage, forked off after the entry barrier
-    side = &side_streams(flag_peers.device().index(), static_cast<int>(world));
-    const int64_t* b = bases.data_ptr<int64_t>();
-    cuda_check(cudaEventRecord(side->start, stream), "cudaEventRecord");
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t d = c[6 * i], r0 = c[6 * i + 1], d0 = c[6 * i + 2], rows = c[6 * i + 3];
-      cudaStream_t cs = side->streams[d];
-      if (!used[d]) {
-        cuda_check(cudaStreamWaitEvent(cs, side->start, 0), "cudaStreamWaitEvent");
-        used[d] = 1;
-      }
-      cuda_check(cudaMemcpy2DAsync(reinterpret_cast<char*>(b[d]) + d0 * dst_stride, dst_stride,
-                                   static_cast<const char*>(src.data_ptr()) + r0 * src.stride(0) * eb,
-                                   src.stride(0) * eb, row_bytes, rows, cudaMemcpyDeviceToDevice, cs),
-                 "cudaMemcpy2DAsync");
-      set_marks_kernel<<<1, 256, 0, cs>>>(ready_peers.data_ptr<int64_t>(), static_cast<int>(d), c[6 * i + 4] * spans,
-                                          c[6 * i + 5] * spans, mark_epoch);
-      cuda_check(cudaGetLastError(), "set_marks_kernel");
-    }
-  }
   if (n > 0 && row_bytes > 0) {
     check(n * spans < (1LL << 31), "too many units for one launch");
     const char* s = static_cast<const char*>(src.data_ptr());
@@ -308,11 +238,6 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     });
     cuda_check(cudaGetLastError(), "push_units_kernel");
   }
-  for (int64_t d = 0; side != nullptr && d < world; ++d)  // join before the exit barrier
-    if (used[d]) {
-      cuda_check(cudaEventRecord(side->done[d], side->streams[d]), "cudaEventRecord");
-      cuda_check(cudaStreamWaitEvent(stream, side->done[d], 0), "cudaStreamWaitEvent");
-    }
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
   return epoch;
 }

@@ -10,13 +10,13 @@
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64), diag_row_norm, row_norm GPU tests
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
-#   bash scripts/gpu_session.sh s14g     # (4 GPUs) relay first stage by copy engines: tests with it, diag_push A/B, multi-GPU tests, bench_gather 4
 #   bash scripts/gpu_session.sh s14b     # (1 GPU, CUTLASS .so carried) merger GPU tests, bench_merger
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
 #   bash scripts/gpu_session.sh s13n     # (1 GPU, CUTLASS .so carried) HF-equivalence + every single-GPU test
 #   bash scripts/gpu_session.sh s13l     # (2-4 GPUs) diag_link: push vs pull vs copy engines for one owner's rows
 #   bash scripts/gpu_session.sh s13f     # (4 GPUs) every multi-GPU test, diag_push, bench_gather at 4 and 2
 #   (s13g / s13h, the relay-grid and pull-relay / assist experiments, ran at commits 3ad1003 / d072b94: see benchmarks/NOTES.md session 13)
+#   (s14g, the relay's first stage by copy engines, ran at commit d46ef9b: see benchmarks/NOTES.md session 14)
 set -uo pipefail
 STAGE=${1:-single}
 OUT=${OUT:-/tmp/qvdp_out}
@@ -59,11 +59,6 @@ elif [ "$STAGE" = s14h ]; then  # session 14, 2 x H100 only (else nothing past t
   T=200 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=150 TAILN=60 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=90 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
-elif [ "$STAGE" = s14g ]; then  # session 14, 4 GPUs: the relay's first stage by copy engines (QVDP_PUSH_CE=1): tests with it, A/B, default tests, gather
-  QVDP_PUSH_CE=1 T=150 TAILN=8 step multigpu_tests_ce python3 -m pytest -q -s -m multigpu tests/test_multigpu.py -k push -p no:cacheprovider
-  T=80 TAILN=40 step diag_push python3 benchmarks/diag_push.py --worlds 4
-  T=150 TAILN=8 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-  T=150 TAILN=60 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 --out logs/g
 elif [ "$STAGE" = s14b ]; then  # session 14, one GPU (CUTLASS .so carried): merger tests, bench_merger
   T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m

@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan, ce=False, chunks=push.CE_CHUNKS):
+def _replay_units(plan):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
@@ -84,16 +84,7 @@ def _replay_units(plan, ce=False, chunks=push.CE_CHUNKS):
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
-    units = push.pipelined_units(plan, ce)
-    if ce:  # the copy-engine first stage as one producer unit per piece it carries, first on its rank
-        for r, copies in push.relay_copies(plan, chunks).items():
-            pseudo = []
-            for d, r0, d0, n, slot0, nslots in copies:
-                assert n <= nslots * push.ROWS
-                for j in range(nslots):
-                    k = j * push.ROWS
-                    pseudo.append((d, r0 + k, d0 + k, min(push.ROWS, n - k), -1, -1, 1 << d, slot0 + j))
-            units[r] = pseudo + units[r]
+    units = push.pipelined_units(plan)
     producer = {}  # (rank notified, slot) -> depth of the unit that sets it
     depth = {}
     for r in range(w):
@@ -142,11 +133,9 @@ def _replay_units(plan, ce=False, chunks=push.CE_CHUNKS):
 
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-@pytest.mark.parametrize("ce", [False, True])
-def test_pipelined_relay_replay(world, name, ce):
-    # ce: the owners' relayed pieces by copy engine (relay_copies), their marks set after each copy
+def test_pipelined_relay_replay(world, name):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan, ce)
+    outs, writes, full = _replay_units(plan)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())
@@ -157,29 +146,8 @@ def test_pipelined_relay_replay_random():
     for _ in range(30):
         world = rng.randint(2, 6)
         plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
-        for ce, chunks in ((False, 1), (True, rng.randint(1, 6))):
-            outs, writes, full = _replay_units(plan, ce, chunks)
-            assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
-
-
-def test_relay_copies_carry_the_relayed_pieces():
-    # the copy-engine copies carry exactly the owner units the ce form leaves out, whole pieces in slot order
-    for world in (3, 4, 6):
-        for name in sorted(GRIDS):
-            plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-            sm, ce = push.pipelined_units(plan), push.pipelined_units(plan, ce=True)
-            for r in range(world):
-                left_out = sorted(set(sm[r]) - set(ce[r]))
-                assert set(ce[r]) <= set(sm[r])
-                pieces = []
-                for d, r0, d0, n, slot0, nslots in push.relay_copies(plan, 3)[r]:
-                    k = 0
-                    for j in range(nslots):
-                        c = min(push.ROWS, n - k)
-                        pieces.append((d, r0 + k, d0 + k, c, -1, -1, 1 << d, slot0 + j))
-                        k += c
-                    assert k == n
-                assert sorted(pieces) == left_out, (name, world, r)
+        outs, writes, full = _replay_units(plan)
+        assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
 
 
 def test_pipelined_choice(monkeypatch):

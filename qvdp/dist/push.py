@@ -50,21 +50,11 @@ SPAN_BYTES = 4096       # csrc/push.cu kSpan
 # default since session 13: on 4 x H200 it took 130 / 223 us back to back for one image / skewed against the
 # two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
 PIPELINED_RELAY = "1"
-# The pipelined relay's first stage (the owner's shares to their helpers) by copy engines instead of SM
-# stores: per helper CE_CHUNKS cudaMemcpy2DAsync on a stream of its own, each followed by a kernel that sets
-# the ready marks of the pieces it carried (QVDP_PUSH_CE=1).
-CE_RELAY = "0"
-CE_CHUNKS = 4
 
 
 def _settings():
     """The environment overrides that change what a call enqueues (part of the fast path's key)."""
-    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), os.environ.get("QVDP_PUSH_CE", CE_RELAY))
-
-
-def ce_mode() -> bool:
-    """Whether the pipelined relay's first stage goes by copy engines (QVDP_PUSH_CE)."""
-    return _settings()[1] != "0"
+    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),)
 
 
 _STATES = {}        # group key -> _GroupState
@@ -244,26 +234,16 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def _relay_pieces(plan: ShardPlan):
-    """The relayed pieces in slot order: (owner, share index, helper, offset in the share, src row, out row,
-    rows <= ROWS, slot); a share's pieces are consecutive, with consecutive slots and rows."""
-    slots = iter(range(1 << 30))
-    for s, ls, os_, n, shares in relay_shares(plan.all_runs(), plan.world_size):
-        for i, (h, o, cnt) in enumerate(shares or ()):
-            for k in range(0, cnt, ROWS):
-                yield s, i, h, k, ls + (o - os_) + k, o + k, min(ROWS, cnt - k), next(slots)
-
-
-def pipelined_units(plan: ShardPlan, ce: bool = False) -> dict:
+def pipelined_units(plan: ShardPlan) -> dict:
     """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= ROWS,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
     relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
     the other ranks (each waits for its piece's mark). Slots are unique within the call. Relayed pieces are
-    interleaved over the helpers in piece order, forwards over their destinations. ce: the owners' stores of
-    relayed pieces are left out (relay_copies carries them by copy engine and sets their marks)."""
+    interleaved over the helpers in piece order, forwards over their destinations."""
     w = plan.world_size
     depth = {r: ([], []) for r in range(w)}
+    slots = iter(range(1 << 30))
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
         peers = [r for r in range(w) if r != s]
         for k in range(0, n, ROWS):  # the owner's own copy
@@ -272,31 +252,15 @@ def pipelined_units(plan: ShardPlan, ce: bool = False) -> dict:
             for k in range(0, n, ROWS):
                 for d in peers:
                     depth[s][0].append(((1, os_ + k, d), (d, ls + k, os_ + k, min(ROWS, n - k), -1, -1, 0, -1)))
-    for s, i, h, k, lr, oo, c, sl in _relay_pieces(plan):
-        if not ce:
-            depth[s][0].append(((0, k, i), (h, lr, oo, c, -1, -1, 1 << h, sl)))
-        for d in range(w):
-            if d != h and d != s:
-                depth[h][1].append(((k, d), (d, oo, oo, c, h, sl, 0, -1)))
+            continue
+        for i, (h, o, cnt) in enumerate(shares):
+            for k in range(0, cnt, ROWS):
+                c, lr, oo, sl = min(ROWS, cnt - k), ls + (o - os_) + k, o + k, next(slots)
+                depth[s][0].append(((0, k, i), (h, lr, oo, c, -1, -1, 1 << h, sl)))
+                for d in peers:
+                    if d != h:
+                        depth[h][1].append(((k, d), (d, oo, oo, c, h, sl, 0, -1)))
     return {r: [u for dep in depth[r] for _, u in sorted(dep, key=lambda e: e[0])] for r in range(w)}
-
-
-def relay_copies(plan: ShardPlan, chunks: int = CE_CHUNKS) -> dict:
-    """{rank: [copy]} of the pipelined relay's first stage by copy engines: per owner and helper, the share
-    cut into <= `chunks` runs of whole pieces, each copy (dst rank, src row, dst row, rows, first slot,
-    slots) then sets the marks of its pieces on the helper. Copies are listed chunk by chunk over the
-    helpers, so every helper's first chunk is enqueued first (each helper's copies run in order on a stream
-    of their own)."""
-    per = {}  # one share (owner, share index, helper, share start): its pieces
-    for s, i, h, k, lr, oo, c, sl in _relay_pieces(plan):
-        per.setdefault((s, i, h, oo - k), []).append((lr, oo, c, sl))
-    out = {r: [] for r in range(plan.world_size)}
-    for (s, i, h, _), pieces in per.items():
-        step = -(-len(pieces) // max(1, chunks))
-        for j in range(0, len(pieces), step):
-            grp = pieces[j:j + step]
-            out[s].append(((j // step, i), (h, grp[0][0], grp[0][1], sum(p[2] for p in grp), grp[0][3], len(grp))))
-    return {r: [c for _, c in sorted(cs, key=lambda e: e[0])] for r, cs in out.items()}
 
 
 def pipelined_mode(plan: ShardPlan) -> bool:
@@ -327,19 +291,15 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
 
 
 def _pipelined_table(plan, rank, device, width_bytes):
-    """(int64 [n, 8] units of this rank (pipelined_units), int64 [m, 6] CPU table of its copy-engine copies
-    (relay_copies; none unless ce_mode())), or None when the call's ready marks do not fit READY_SLOTS."""
+    """int64 [n, 8] units of this rank (pipelined_units), or None when the call's ready marks do not fit
+    READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    ce = ce_mode()
-    units = plan.memo(("push-units", ce), lambda: pipelined_units(plan, ce))
-    nslots = 1 + max((max(u[5], u[7]) for us in units.values() for u in us), default=-1)
+    units = plan.memo("push-units", lambda: pipelined_units(plan))
+    nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    table = plan.memo(("push-units-table", rank, str(device), ce),
-                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
-    copies = plan.memo(("push-ce-table", rank, ce), lambda: torch.tensor(
-        relay_copies(plan)[rank] if ce else [], dtype=torch.int64).reshape(-1, 6))
-    return table, copies
+    return plan.memo(("push-units-table", rank, str(device)),
+                     lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
 def _device_items(plan, rank, device):
@@ -553,13 +513,11 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     eb = local_outputs[0].element_size()
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
-    got = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb) if pipelined else None
-    if got is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
-        table, copies = got
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb) if pipelined else None
+    if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
-        bases = peers.cpu() if copies.numel() else copies  # the peers' buffer addresses, for the host's copies
-        args = (peers, b, b.stride(0) * eb, table, copies, bases, st.ready_peers, st.flag_peers, st.errors, st.rank,
-                st.world, st.timeout_ns)
+        args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
+                st.timeout_ns)
         st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                   (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
