@@ -7,10 +7,9 @@
 #   bash scripts/gpu_session.sh multi    # multi-GPU tests, encoder + gather benchmarks, GPU demo
 #   bash scripts/gpu_session.sh x4h100   # (4 GPUs, CUTLASS .so carried) DP encoder on H100s, else merger profile (ONLY_H100=1: nothing)
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
-#   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64), diag_row_norm, row_norm GPU tests
+#   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
-#   bash scripts/gpu_session.sh s14b     # (1 GPU, CUTLASS .so carried) merger GPU tests, bench_merger
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
 #   bash scripts/gpu_session.sh s13n     # (1 GPU, CUTLASS .so carried) HF-equivalence + every single-GPU test
 #   bash scripts/gpu_session.sh s13l     # (2-4 GPUs) diag_link: push vs pull vs copy engines for one owner's rows
@@ -39,14 +38,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
 if { [ "$STAGE" = s14h ] || [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
   echo "not an H100: nothing run"; exit 0
 fi
-if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s14a ] && [ "$STAGE" != s14b ] && [ "$STAGE" != s13l ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s14a ] && [ "$STAGE" != s13l ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
 if [ "$STAGE" = s14a ]; then  # session 14, one GPU: attention v6 (D=64) tests + benchmark, row_norm split
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
-  T=60 TAILN=10 step diag_row_norm python3 benchmarks/diag_row_norm.py
-  T=90 TAILN=6 step row_norm_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k row_norm -p no:cacheprovider
+  # (the row_norm split diag and its tests ran here at commit 50cba7e; the split was reverted)
   T=230 TAILN=40 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
 elif [ "$STAGE" = s14f ]; then  # session 14, 4 GPUs: push.cu's shared piece copy: every multi-GPU test, gather at 4 and 2, then (H100 only) the DP encoder at 4, diag_push
   T=240 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
@@ -59,9 +57,6 @@ elif [ "$STAGE" = s14h ]; then  # session 14, 2 x H100 only (else nothing past t
   T=200 TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=150 TAILN=60 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=90 TAILN=30 step diag_push python3 benchmarks/diag_push.py --worlds 2
-elif [ "$STAGE" = s14b ]; then  # session 14, one GPU (CUTLASS .so carried): merger tests, bench_merger
-  T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
-  T=300 TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s13m ]; then  # session 13, one GPU: merger tests (cublas / auto paths), stream-K fc1 A/B, bench_merger
   T=200 TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=150 TAILN=40 step diag_merger_cutlass python3 benchmarks/diag_merger_cutlass.py --variants 1 7 --winner logs/mg_winner
