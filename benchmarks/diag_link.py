@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from _common import finish_worker, gpu_worlds, init_nccl_worker, spawn_ranks
+from _common import event_ms, finish_worker, gpu_worlds, init_nccl_worker, spawn_ranks
 
 WIDTH = 16384
 
@@ -99,14 +99,9 @@ def _worker(rank, world, port, rows, q):
             torch.cuda.synchronize()
             dist.barrier()
             torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(20):
-                fn()
-            b.record()
-            b.synchronize()
+            us = event_ms(fn, 20) * 1e3
             if it >= 2:
-                samples.append(a.elapsed_time(b) * 1e3 / 20)
+                samples.append(us)
         samples.sort()
         t = torch.tensor([samples[len(samples) // 2]], device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -348,9 +348,7 @@ def _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                              POST=postshuffle_norm, RMS=rms, HAS_BIAS=fc1_bias is not None, MERGE=mu,
                              BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"],
                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **FP_FUSION)
-    if fc2_bias is not None:
-        return torch.addmm(fc2_bias, y, fc2_weight.t())
-    return y @ fc2_weight.t()
+    return _linear(y, fc2_weight, fc2_bias)
 
 
 _F32_CACHE = {}
