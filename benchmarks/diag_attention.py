@@ -41,6 +41,18 @@ if max(errs) < 1e-2:
         ms = triton.testing.do_bench(lambda: _varlen_attention_triton(q, k, vv, cu, max(L), cos, sin, D ** -0.5, bmap,
                                      cfg), warmup=10, rep=60, return_mode="median")
         res[name] = round(4.0 * sum(s * s for s in L) * 16 * D / ms / 1e9, 1)
+        if v.get("prof") and name == v["shapes"][0]:  # per-kernel time (us per call): pre-pass vs attention
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(20):
+                    _varlen_attention_triton(q, k, vv, cu, max(L), cos, sin, D ** -0.5, bmap, cfg)
+                torch.cuda.synchronize()
+            res["us"] = {e.key[:40]: round(e.device_time_total / 20, 1) for e in prof.key_averages()
+                         if e.device_time_total > 0}
+            if v.get("norope"):
+                ms = triton.testing.do_bench(lambda: _varlen_attention_triton(q, k, vv, cu, max(L), None, None,
+                                             D ** -0.5, bmap, cfg), warmup=10, rep=60, return_mode="median")
+                res[name + " no RoPE"] = round(4.0 * sum(s * s for s in L) * 16 * D / ms / 1e9, 1)
 print(json.dumps(res))
 '''
 
@@ -95,8 +107,28 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
         (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
 
 
-def run(D, cfg, shapes):
-    arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes))
+# v9 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K (and Q with
+# QTMA) rotated by a pre-pass that takes a token block x HG heads per program; QSCR: each attention program
+# rotates its own Q rows into a scratch buffer and loads them back by TMA (the rotation leaves the serial
+# pre-pass). Entries (config, profile per kernel).
+def _v9(bm, bn, w, s, pipe, qtma, qscr, cap, direct=1, **kw):
+    cfg = tile(bm, bn, w, s, pipe=pipe, tma=1, qtma=qtma)
+    cfg.update(QSCR=qscr, DIRECT=direct, **kw)
+    if cap:
+        cfg["maxnreg"] = cap
+    return cfg
+
+
+STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 0, 168, direct=0)), (64, _v9(64, 128, 4, 2, 0, 1, 0, 168)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 1, 168)), (64, _v9(64, 128, 4, 2, 0, 1, 1, 0)),
+            (64, _v9(64, 128, 4, 3, 0, 1, 1, 168)), (64, _v9(64, 64, 4, 3, 1, 1, 1, 168)),
+            (64, _v9(64, 128, 4, 2, 1, 1, 1, 168)), (64, _v9(128, 128, 8, 2, 0, 1, 1, 0)),
+            (64, _v9(64, 64, 4, 3, 1, 0, 0, 168)), (64, _v9(64, 128, 4, 2, 0, 1, 1, 168, PBT=64, PHG=2)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 1, 168, PBT=16, PHG=8))]
+
+
+def run(D, cfg, shapes, prof=False):
+    arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes, prof=prof, norope=prof))
     try:
         r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
@@ -112,9 +144,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "v9"], default="tiles")
     args = ap.parse_args()
-    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP}[args.stage]
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "v9": STAGE_V9}[args.stage]
     rows = []
 
     def emit(r):
@@ -122,7 +154,7 @@ def main():
         print(json.dumps(r), flush=True)
 
     for D, cfg in stage:
-        emit(run(D, cfg, ["4x3520"]))
+        emit(run(D, cfg, ["4x3520"], prof=args.stage == "v9"))
     best = {}
     for D in sorted({d for d, _ in stage}):
         mine = [r for r in rows if r["D"] == D]

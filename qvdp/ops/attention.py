@@ -111,6 +111,42 @@ if HAS_TRITON:
             tl.store(VP + off_bv, vb, mask=rmask[:, None])
 
     @triton.jit
+    def _rot_pack(X, XP, X2, XP2, COS, SIN, T, H, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
+                  HALF: tl.constexpr, HAS_ROPE: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+        # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once, in fp32, into head-major
+        # [H, T, 2*HALF] buffers. One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per
+        # HG heads, and the rotate-half partner is the other half-tile (no gathered loads):
+        # out[:HALF] = x1 cos1 - x2 sin1, out[HALF:] = x2 cos2 + x1 sin2.
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        rmask = rows < T
+        c = tl.arange(0, HALF)
+        co = rows[:, None] * stride_ct + c[None, :]
+        if HAS_ROPE:
+            c1 = tl.load(COS + co, mask=rmask[:, None], other=0.0).to(tl.float32)
+            c2 = tl.load(COS + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
+            s1 = tl.load(SIN + co, mask=rmask[:, None], other=0.0).to(tl.float32)
+            s2 = tl.load(SIN + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
+        for i in tl.static_range(HG):
+            h = tl.program_id(1) * HG + i
+            m2 = (rmask & ((rows * 0 + h) < H))[:, None]
+            out = (h * T + rows)[:, None] * (2 * HALF) + c[None, :]
+            for j in tl.static_range(2 if TWO else 1):
+                src = X2 if j else X
+                dst = XP2 if j else XP
+                base = src + h * (stride_x2h if j else stride_xh) + rows[:, None] * (stride_x2t if j else stride_xt) \
+                    + c[None, :]
+                x1 = tl.load(base, mask=m2, other=0.0)
+                x2 = tl.load(base + HALF, mask=m2, other=0.0)
+                if HAS_ROPE:
+                    y1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
+                    y2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
+                    x1 = y1.to(dst.dtype.element_ty)
+                    x2 = y2.to(dst.dtype.element_ty)
+                tl.store(dst + out, x1, mask=m2)
+                tl.store(dst + out + HALF, x2, mask=m2)
+
+    @triton.jit
     def _rope_qk(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
                  H: tl.constexpr, HEAD_DIM: tl.constexpr, LANES: tl.constexpr, BLOCK_T: tl.constexpr):
         # BLOCK_T rows of q and k, all heads, rotated in fp32 and written contiguous [T, H, D]: the RoPE
@@ -345,69 +381,95 @@ if HAS_TRITON:
 
     # ---- v5: K/V tiles through TMA descriptors (head dims without a tail chunk) -----------------
     @triton.jit
-    def _scores_d(qa, k_d, row, start_n, seqlen, MASKED: tl.constexpr, BN: tl.constexpr):
-        # S = Q K^T for the BN key rows row + start_n ... (one TMA box). Rows past the segment belong to
-        # the next segment / head (finite) or lie past the buffer (TMA fills zeros): masked to -inf, and
-        # their V rows meet p = 0.
-        s = tl.dot(qa, tl.trans(k_d.load([row + start_n, 0])))
+    def _scores_d(qa, k_d, row, col, start_n, seqlen, MASKED: tl.constexpr, BN: tl.constexpr):
+        # S = Q K^T for the BN key rows row + start_n ... at column col (one TMA box). Rows past the
+        # segment belong to the next segment / head (finite) or lie past the buffer (TMA fills zeros):
+        # masked to -inf, and their V rows meet p = 0.
+        s = tl.dot(qa, tl.trans(k_d.load([row + start_n, col])))
         if MASKED:
             s = tl.where(((start_n + tl.arange(0, BN)) < seqlen)[None, :], s, float("-inf"))
         return s
 
     @triton.jit
-    def _step_d(acc, m_i, l_i, qk, v_d, row, start_n, qk_scale):
+    def _step_d(acc, m_i, l_i, qk, v_d, row, col, start_n, qk_scale):
         # online softmax (base 2) and O += P V for one key tile
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = v_d.load([row + start_n, 0])
+        v = v_d.load([row + start_n, col])
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         return acc, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd_tma(Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
+    def _varlen_attn_fwd_tma(Q, QS, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
                              stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                             q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
-                             QTMA: tl.constexpr):
-        # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA from the packed
-        # [H*T, DA] buffers: no per-thread address math, async copies into swizzled shared memory, no
-        # masked loads (only the last tile's scores are masked). QTMA: the Q tile too, from the packed
-        # buffer _pack_kv rotated it into, so Q K^T reads both operands from shared memory (with a Q tile
-        # rotated in registers, Triton 3.9's ptxas serialises the wgmma chain: advisory C7513).
+                             QTMA: tl.constexpr, QSCR: tl.constexpr = False, FENCE: tl.constexpr = False):
+        # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA: no per-thread
+        # address math, async copies into swizzled shared memory, no masked loads (only the last tile's
+        # scores are masked). Each descriptor is either a packed head-major [H*T, DA] buffer (head h's
+        # token t at row h*T + t, column 0: *_hr = T, *_hc = 0) or the caller's strided [T, H*D] view
+        # itself (row t, column h*D: *_hr = 0, *_hc = D; v9: V always, Q and K without RoPE, so nothing
+        # is copied for them). QTMA: the Q tile too, from the packed buffer _pack_kv rotated it into (or
+        # the caller's view), so Q K^T reads both operands from shared memory (with a Q tile rotated in
+        # registers, Triton 3.9's ptxas serialises the wgmma chain: advisory C7513).
         pid = tl.program_id(0)
         head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
         if seg < 0:
             return
-        if QTMA:
+        if QSCR:
+            # v9: this program rotates its own Q rows (fp32) and writes them to a scratch [H*T, DA] buffer,
+            # then loads them back by TMA, so Q K^T still reads Q from shared memory while the rotation
+            # runs under the other programs' tensor-core work instead of in the serial pre-pass. Rows past
+            # the segment in the box are another program's (garbage or not): their score rows are never
+            # stored. FENCE: generic-proxy writes made visible to the async proxy (TMA) before the load.
+            q_off = tl.load(BLOCKS + 2 * pid + 1)
+            seg_start, seqlen, rows_m, m_mask, qr, _ = _q_prologue(
+                Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA,
+                16, False, HAS_ROPE, BLOCK_M)
+            qrow = head * q_hr + seg_start + q_off
+            tl.store(QS + (qrow + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * DA + tl.arange(0, DA)[None, :], qr,
+                     mask=m_mask[:, None])
+            if FENCE:
+                tl.inline_asm_elementwise("fence.proxy.async.global;\n mov.u32 $0, $1;", "=r,r", [seg], dtype=tl.int32,
+                                          is_pure=False, pack=1)
+            tl.debug_barrier()
+            qa = Q_D.load([qrow, 0])
+        elif QTMA:
             q_off, seg_start, seqlen, rows_m, m_mask = _q_rows(CU, BLOCKS, pid, seg, BLOCK_M)
-            row = head * T + seg_start  # int32: the host checks H * T < 2^31
-            qa = Q_D.load([row + q_off, 0])  # rows past the segment: finite or zero-filled, never stored
+            # int32 coordinates: the host checks H * T < 2^31; rows past the segment: finite or
+            # zero-filled, never stored
+            qa = Q_D.load([head * q_hr + seg_start + q_off, head * q_hc])
         else:
             seg_start, seqlen, rows_m, m_mask, qa, _ = _q_prologue(
                 Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA,
                 16, False, HAS_ROPE, BLOCK_M)
-            row = head * T + seg_start
+        krow = head * k_hr + seg_start
+        kcol = head * k_hc
+        vrow = head * v_hr + seg_start
+        vcol = head * v_hc
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, DA], tl.float32)
         n_full = (seqlen // BLOCK_N) * BLOCK_N
         if PIPE:  # the next tile's scores issued before this tile's softmax
-            qk = _scores_d(qa, K_D, row, 0, seqlen, True, BLOCK_N)
+            qk = _scores_d(qa, K_D, krow, kcol, 0, seqlen, True, BLOCK_N)
             for start_n in range(0, n_full, BLOCK_N):
                 nxt = tl.minimum(start_n + BLOCK_N, n_full - BLOCK_N)
-                qk_next = _scores_d(qa, K_D, row, nxt, seqlen, False, BLOCK_N)
-                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, start_n, qk_scale)
+                qk_next = _scores_d(qa, K_D, krow, kcol, nxt, seqlen, False, BLOCK_N)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, vrow, vcol, start_n, qk_scale)
                 qk = qk_next
         else:
             for start_n in range(0, n_full, BLOCK_N):
-                qk = _scores_d(qa, K_D, row, start_n, seqlen, False, BLOCK_N)
-                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, start_n, qk_scale)
+                qk = _scores_d(qa, K_D, krow, kcol, start_n, seqlen, False, BLOCK_N)
+                acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, vrow, vcol, start_n, qk_scale)
         if n_full < seqlen:
-            qk = _scores_d(qa, K_D, row, n_full, seqlen, True, BLOCK_N)
-            acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, row, n_full, qk_scale)
+            qk = _scores_d(qa, K_D, krow, kcol, n_full, seqlen, True, BLOCK_N)
+            acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, vrow, vcol, n_full, qk_scale)
         _store_o(O, acc, acc, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, 16, False)
 
 
@@ -539,10 +601,62 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cos, sin, validate):
             raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest segment ({longest})")
 
 
+def _tma_view_ok(x: torch.Tensor) -> bool:
+    """Whether a TMA descriptor can read the [T, H, D] view x as [T, H*D] rows (heads side by side,
+    unit last stride, 16-byte aligned base and row stride): then the TMA kernel needs no packed copy."""
+    es = x.element_size()
+    fake = type(x).__name__ == "FakeTensor"  # tests/_compile_sm90.py: no storage, alignment as allocated
+    return (x.stride(2) == 1 and x.stride(1) == x.shape[2] and (fake or x.data_ptr() % 16 == 0)
+            and (x.stride(0) * es) % 16 == 0 and x.stride(0) >= x.shape[1] * x.shape[2])
+
+
 def _reg_cap(cfg: dict) -> dict:
     """The launch's register cap (ptxas maxnreg) where a config sets one: fewer registers per thread,
     more programs per SM."""
     return {"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}
+
+
+def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma):
+    """v9: the TMA kernel reading the caller's [T, H, D] views through descriptors over [T, H*D] rows: V
+    always, Q and K too without RoPE, so nothing is copied for them. With RoPE the pre-pass `_rot_pack`
+    rotates K once into a head-major buffer (and Q too with QTMA and no QSCR); with QSCR each attention
+    program rotates its own Q rows into a scratch buffer and loads them back by TMA."""
+    T, H, D = q.shape
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    qscr = has_rope and bool(cfg.get("QSCR", 0))
+    qtma = qtma or not has_rope or qscr
+
+    def view(x, box):  # rows t, columns h*D: rows per head 0, columns per head D
+        return TensorDescriptor(x, [T, H * D], [x.stride(0), 1], [box, D]), 0, D
+
+    def packed(x, box):  # head-major [H*T, D]: rows per head T
+        return TensorDescriptor(x, [H * T, D], [D, 1], [box, D]), T, 0
+
+    v_d, v_hr, v_hc = view(v, bn)
+    qs = q  # never written unless QSCR
+    if has_rope:
+        kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
+        two = qtma and not qscr  # Q rotated by the pre-pass too (v6's QTMA)
+        qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if two or qscr else kp
+        bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per program
+        _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
+            k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), q.stride(0), q.stride(1), cos.stride(0),
+            HALF=D // 2, HAS_ROPE=True, TWO=two, HG=hg, BLOCK_T=bt, num_warps=4, **FP_FUSION)
+        k_d, k_hr, k_hc = packed(kp, bn)
+        q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
+        qs = qp
+    else:
+        k_d, k_hr, k_hc = view(k, bn)
+        q_d, q_hr, q_hc = view(q, bm)
+    grid = (block_map.shape[0], H)
+    _varlen_attn_fwd_tma[grid](
+        q, qs, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
+        q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
+        HEAD_DIM=D, DA=D, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
+        QSCR=qscr, FENCE=qscr and q.device.type == "cuda",
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
+    return out
 
 
 def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map=None, config=None):
@@ -572,12 +686,16 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         sin = sin.float() if sin.dtype != torch.float32 else sin
     else:
         cos = sin = q  # never read
+    grid = (block_map.shape[0], H)
+    bn = cfg["BLOCK_N"]
+    qtma = tma and bool(cfg.get("QTMA", 0))
+    if tma and cfg.get("DIRECT", 1) and all(_tma_view_ok(x) for x in (q, k, v)):
+        return _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma)
     # 1) K rotated once + V, packed head-major [H, T, DP] (zero columns past D)
     nbuf = H * (T * da + tp * db) if db else H * T * da
     kp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     vp = torch.empty(nbuf, dtype=q.dtype, device=q.device)
     # QTMA (v6): Q rotated once here too, its tiles then come by TMA (shared-memory operand)
-    qtma = tma and bool(cfg.get("QTMA", 0))
     qp = torch.empty(nbuf, dtype=q.dtype, device=q.device) if qtma else kp
     bt = 64
     _pack_kv[(triton.cdiv(T, bt), H)](k, v, kp, vp, cos, sin, T, tp, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -585,15 +703,14 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
                                      HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
                                      HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4, **FP_FUSION)
     # 2) attention, Q rotated on load (QTMA: already rotated by the pre-pass)
-    grid = (block_map.shape[0], H)
-    bn = cfg["BLOCK_N"]
     if tma:
         k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
         v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
         q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm, da]) if qtma else k_d
         _varlen_attn_fwd_tma[grid](
-            q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
+            q, q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
+            T, 0, T, 0, T, 0,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
         return out
