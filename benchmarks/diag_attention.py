@@ -107,24 +107,23 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
         (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
 
 
-# v9 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K (and Q with
-# QTMA) rotated by a pre-pass that takes a token block x HG heads per program; QSCR: each attention program
-# rotates its own Q rows into a scratch buffer and loads them back by TMA (the rotation leaves the serial
-# pre-pass). Entries (config, profile per kernel).
-def _v9(bm, bn, w, s, pipe, qtma, qscr, cap, direct=1, **kw):
+# v9 / v10 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K and Q
+# rotated by a pre-pass launch that takes a token block x HG heads per program (v9), or by work items of the
+# attention launch itself (FUSED, v10: atomic tickets, per-head counts; PBT tokens per item). The v9 sweep
+# (s15a) also had QSCR, each attention program rotating its own Q rows into a scratch buffer: slower, removed.
+def _v9(bm, bn, w, s, pipe, qtma, cap, direct=1, **kw):
     cfg = tile(bm, bn, w, s, pipe=pipe, tma=1, qtma=qtma)
-    cfg.update(QSCR=qscr, DIRECT=direct, **kw)
+    cfg.update(DIRECT=direct, **kw)
     if cap:
         cfg["maxnreg"] = cap
     return cfg
 
 
-STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 0, 168, direct=0)), (64, _v9(64, 128, 4, 2, 0, 1, 0, 168)),
-            (64, _v9(64, 128, 4, 2, 0, 1, 1, 168)), (64, _v9(64, 128, 4, 2, 0, 1, 1, 0)),
-            (64, _v9(64, 128, 4, 3, 0, 1, 1, 168)), (64, _v9(64, 64, 4, 3, 1, 1, 1, 168)),
-            (64, _v9(64, 128, 4, 2, 1, 1, 1, 168)), (64, _v9(128, 128, 8, 2, 0, 1, 1, 0)),
-            (64, _v9(64, 64, 4, 3, 1, 0, 0, 168)), (64, _v9(64, 128, 4, 2, 0, 1, 1, 168, PBT=64, PHG=2)),
-            (64, _v9(64, 128, 4, 2, 0, 1, 1, 168, PBT=16, PHG=8))]
+STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 2, 0, 1, 168)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=64)), (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=32)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=128)), (64, _v9(64, 128, 4, 2, 0, 1, 0, FUSED=1, PBT=64)),
+            (64, _v9(64, 64, 4, 3, 1, 1, 168, FUSED=1, PBT=64)), (64, _v9(64, 128, 4, 2, 0, 1, 168, PBT=64, PHG=2)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, PBT=16, PHG=8))]
 
 
 def run(D, cfg, shapes, prof=False):

@@ -111,40 +111,49 @@ if HAS_TRITON:
             tl.store(VP + off_bv, vb, mask=rmask[:, None])
 
     @triton.jit
+    def _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HALF: tl.constexpr):
+        # the four [rows, HALF] fp32 half-tiles of cos and sin
+        co = rows[:, None] * stride_ct + tl.arange(0, HALF)[None, :]
+        c1 = tl.load(COS + co, mask=rmask[:, None], other=0.0).to(tl.float32)
+        c2 = tl.load(COS + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + co, mask=rmask[:, None], other=0.0).to(tl.float32)
+        s2 = tl.load(SIN + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
+        return c1, c2, s1, s2
+
+    @triton.jit
+    def _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF: tl.constexpr,
+                  HAS_ROPE: tl.constexpr):
+        # head h of X's rows, rotated in fp32, into the head-major [H, T, 2*HALF] buffer XP; the rotate-half
+        # partner is the other half-tile (no gathered loads): out[:HALF] = x1 cos1 - x2 sin1,
+        # out[HALF:] = x2 cos2 + x1 sin2
+        c = tl.arange(0, HALF)
+        base = X + h * stride_xh + rows[:, None] * stride_xt + c[None, :]
+        out = XP + (h * T + rows)[:, None] * (2 * HALF) + c[None, :]
+        x1 = tl.load(base, mask=m2, other=0.0)
+        x2 = tl.load(base + HALF, mask=m2, other=0.0)
+        if HAS_ROPE:
+            y1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
+            y2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
+            x1 = y1.to(XP.dtype.element_ty)
+            x2 = y2.to(XP.dtype.element_ty)
+        tl.store(out, x1, mask=m2)
+        tl.store(out + HALF, x2, mask=m2)
+
+    @triton.jit
     def _rot_pack(X, XP, X2, XP2, COS, SIN, T, H, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
                   HALF: tl.constexpr, HAS_ROPE: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr,
                   BLOCK_T: tl.constexpr):
-        # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once, in fp32, into head-major
-        # [H, T, 2*HALF] buffers. One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per
-        # HG heads, and the rotate-half partner is the other half-tile (no gathered loads):
-        # out[:HALF] = x1 cos1 - x2 sin1, out[HALF:] = x2 cos2 + x1 sin2.
+        # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once into head-major buffers.
+        # One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per HG heads.
         rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         rmask = rows < T
-        c = tl.arange(0, HALF)
-        co = rows[:, None] * stride_ct + c[None, :]
-        if HAS_ROPE:
-            c1 = tl.load(COS + co, mask=rmask[:, None], other=0.0).to(tl.float32)
-            c2 = tl.load(COS + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
-            s1 = tl.load(SIN + co, mask=rmask[:, None], other=0.0).to(tl.float32)
-            s2 = tl.load(SIN + co + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
+        c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HALF)
         for i in tl.static_range(HG):
             h = tl.program_id(1) * HG + i
             m2 = (rmask & ((rows * 0 + h) < H))[:, None]
-            out = (h * T + rows)[:, None] * (2 * HALF) + c[None, :]
-            for j in tl.static_range(2 if TWO else 1):
-                src = X2 if j else X
-                dst = XP2 if j else XP
-                base = src + h * (stride_x2h if j else stride_xh) + rows[:, None] * (stride_x2t if j else stride_xt) \
-                    + c[None, :]
-                x1 = tl.load(base, mask=m2, other=0.0)
-                x2 = tl.load(base + HALF, mask=m2, other=0.0)
-                if HAS_ROPE:
-                    y1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
-                    y2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
-                    x1 = y1.to(dst.dtype.element_ty)
-                    x2 = y2.to(dst.dtype.element_ty)
-                tl.store(dst + out, x1, mask=m2)
-                tl.store(dst + out + HALF, x2, mask=m2)
+            _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF, HAS_ROPE)
+            if TWO:
+                _rot_head(X2, XP2, c1, c2, s1, s2, T, rows, m2, h, stride_x2t, stride_x2h, HALF, HAS_ROPE)
 
     @triton.jit
     def _rope_qk(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
@@ -402,44 +411,20 @@ if HAS_TRITON:
         return acc, m_new, l_i
 
     @triton.jit
-    def _varlen_attn_fwd_tma(Q, QS, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
-                             stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
-                             q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
-                             HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
-                             QTMA: tl.constexpr, QSCR: tl.constexpr = False, FENCE: tl.constexpr = False):
+    def _attn_tma_body(pid, head, seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
+                       stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                       q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
+                       HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr, QTMA: tl.constexpr):
         # _varlen_attn_fwd's loop for D = DA (no tail chunk) with K/V boxes loaded by TMA: no per-thread
         # address math, async copies into swizzled shared memory, no masked loads (only the last tile's
         # scores are masked). Each descriptor is either a packed head-major [H*T, DA] buffer (head h's
         # token t at row h*T + t, column 0: *_hr = T, *_hc = 0) or the caller's strided [T, H*D] view
         # itself (row t, column h*D: *_hr = 0, *_hc = D; v9: V always, Q and K without RoPE, so nothing
-        # is copied for them). QTMA: the Q tile too, from the packed buffer _pack_kv rotated it into (or
-        # the caller's view), so Q K^T reads both operands from shared memory (with a Q tile rotated in
-        # registers, Triton 3.9's ptxas serialises the wgmma chain: advisory C7513).
-        pid = tl.program_id(0)
-        head = tl.program_id(1)
-        seg = tl.load(BLOCKS + 2 * pid)
-        if seg < 0:
-            return
-        if QSCR:
-            # v9: this program rotates its own Q rows (fp32) and writes them to a scratch [H*T, DA] buffer,
-            # then loads them back by TMA, so Q K^T still reads Q from shared memory while the rotation
-            # runs under the other programs' tensor-core work instead of in the serial pre-pass. Rows past
-            # the segment in the box are another program's (garbage or not): their score rows are never
-            # stored. FENCE: generic-proxy writes made visible to the async proxy (TMA) before the load.
-            q_off = tl.load(BLOCKS + 2 * pid + 1)
-            seg_start, seqlen, rows_m, m_mask, qr, _ = _q_prologue(
-                Q, COS, SIN, CU, BLOCKS, stride_qt, stride_qh, stride_ct, pid, seg, head.to(tl.int64), HEAD_DIM, DA,
-                16, False, HAS_ROPE, BLOCK_M)
-            qrow = head * q_hr + seg_start + q_off
-            tl.store(QS + (qrow + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * DA + tl.arange(0, DA)[None, :], qr,
-                     mask=m_mask[:, None])
-            if FENCE:
-                tl.inline_asm_elementwise("fence.proxy.async.global;\n mov.u32 $0, $1;", "=r,r", [seg], dtype=tl.int32,
-                                          is_pure=False, pack=1)
-            tl.debug_barrier()
-            qa = Q_D.load([qrow, 0])
-        elif QTMA:
+        # is copied for them). QTMA: the Q tile too, from the packed buffer the pre-pass rotated it into
+        # (or the caller's view), so Q K^T reads both operands from shared memory (with a Q tile rotated
+        # in registers, Triton 3.9's ptxas serialises the wgmma chain: advisory C7513).
+        if QTMA:
             q_off, seg_start, seqlen, rows_m, m_mask = _q_rows(CU, BLOCKS, pid, seg, BLOCK_M)
             # int32 coordinates: the host checks H * T < 2^31; rows past the segment: finite or
             # zero-filled, never stored
@@ -471,6 +456,71 @@ if HAS_TRITON:
             qk = _scores_d(qa, K_D, krow, kcol, n_full, seqlen, True, BLOCK_N)
             acc, m_i, l_i = _step_d(acc, m_i, l_i, qk, V_D, vrow, vcol, n_full, qk_scale)
         _store_o(O, acc, acc, l_i, rows_m, m_mask, head.to(tl.int64), stride_ot, stride_oh, HEAD_DIM, DA, 16, False)
+
+    @triton.jit
+    def _varlen_attn_fwd_tma(Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
+                             stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                             q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
+                             HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
+                             QTMA: tl.constexpr):
+        # one program = one (block map row, head); its pre-pass ran before as its own launch
+        pid = tl.program_id(0)
+        seg = tl.load(BLOCKS + 2 * pid)
+        if seg >= 0:
+            _attn_tma_body(pid, tl.program_id(1), seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
+                           stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                           q_hr, q_hc, k_hr, k_hc, v_hr, v_hc, HEAD_DIM, DA, HAS_ROPE, BLOCK_M, BLOCK_N, PIPE, QTMA)
+
+    @triton.jit
+    def _proxy_fence(x):
+        # fence.proxy.async.global: generic-proxy global writes/reads ordered against the async proxy (TMA)
+        return tl.inline_asm_elementwise("fence.proxy.async.global;\n mov.u32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _attn_fused_tma(Q, K, QP, KP, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, CNT, T, H, P, A,
+                        stride_qt, stride_qh, stride_kt, stride_kh, stride_ot, stride_oh, stride_ct, qk_scale,
+                        HEAD_DIM: tl.constexpr, DA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        PIPE: tl.constexpr, BLOCK_T: tl.constexpr, FENCE: tl.constexpr):
+        # v10: the RoPE pre-pass and the attention in one launch, so the pre-pass's memory traffic runs
+        # under the tensor-core work instead of before it. Work items, in this order:
+        #   rot(0), rot(1), att(0), rot(2), att(1), ..., rot(H-1), att(H-2), att(H-1)
+        # where rot(h) = P items rotating BLOCK_T tokens of head h's K and Q into the packed buffers, and
+        # att(h) = A attention items (block map rows) of head h. Each program takes the next item by an
+        # atomic ticket (CNT[H]), so every item with a smaller ticket has started; rot items never wait,
+        # an att(h) item waits until CNT[h] counts head h's P finished rot items. No item waits on one
+        # that has not started: no deadlock, whatever order the hardware starts the programs in.
+        t = tl.atomic_add(CNT + H, 1)
+        u = t - P
+        g = u // (P + A)
+        r = u - g * (P + A)
+        first = t < P
+        is_rot = first | ((g < H - 1) & (r < P))
+        h = tl.where(first, 0, tl.where(is_rot, g + 1, g))
+        item = tl.where(first, t, tl.where(is_rot | (g == H - 1), r, r - P))
+        if is_rot:
+            rows = (item * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+            rmask = rows < T
+            c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HEAD_DIM // 2)
+            m2 = rmask[:, None]
+            _rot_head(K, KP, c1, c2, s1, s2, T, rows, m2, h, stride_kt, stride_kh, HEAD_DIM // 2, True)
+            _rot_head(Q, QP, c1, c2, s1, s2, T, rows, m2, h, stride_qt, stride_qh, HEAD_DIM // 2, True)
+            if FENCE:
+                _proxy_fence(t)
+            tl.debug_barrier()  # every thread's rows written before the count is published
+            tl.atomic_add(CNT + h, 1, sem="release")
+        else:
+            seg = tl.load(BLOCKS + 2 * item)
+            if seg >= 0:
+                done = tl.atomic_add(CNT + h, 0, sem="acquire")
+                while done < P:
+                    done = tl.atomic_add(CNT + h, 0, sem="acquire")
+                if FENCE:
+                    _proxy_fence(done)  # the TMA reads below see the rot items' generic-proxy writes
+                _attn_tma_body(item, h, seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
+                               stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
+                               T, 0, T, 0, 0, HEAD_DIM, HEAD_DIM, DA, True, BLOCK_M, BLOCK_N, PIPE, True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -618,13 +668,12 @@ def _reg_cap(cfg: dict) -> dict:
 
 def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma):
     """v9: the TMA kernel reading the caller's [T, H, D] views through descriptors over [T, H*D] rows: V
-    always, Q and K too without RoPE, so nothing is copied for them. With RoPE the pre-pass `_rot_pack`
-    rotates K once into a head-major buffer (and Q too with QTMA and no QSCR); with QSCR each attention
-    program rotates its own Q rows into a scratch buffer and loads them back by TMA."""
+    always, Q and K too without RoPE, so nothing is copied for them. With RoPE, K (and Q with QTMA) is
+    rotated once into head-major buffers: by the pre-pass launch `_rot_pack` (v9), or, with FUSED (v10),
+    by work items of the attention launch itself (`_attn_fused_tma`)."""
     T, H, D = q.shape
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    qscr = has_rope and bool(cfg.get("QSCR", 0))
-    qtma = qtma or not has_rope or qscr
+    qtma = qtma or not has_rope
 
     def view(x, box):  # rows t, columns h*D: rows per head 0, columns per head D
         return TensorDescriptor(x, [T, H * D], [x.stride(0), 1], [box, D]), 0, D
@@ -633,28 +682,38 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         return TensorDescriptor(x, [H * T, D], [D, 1], [box, D]), T, 0
 
     v_d, v_hr, v_hc = view(v, bn)
-    qs = q  # never written unless QSCR
+    common = (q.stride(0), q.stride(1))
+    if has_rope and qtma and cfg.get("FUSED"):
+        kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
+        qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
+        cnt = torch.zeros(H + 1, dtype=torch.int32, device=q.device)  # per-head rot counts, then the ticket
+        bt = int(cfg.get("PBT", 64))
+        P, A = triton.cdiv(T, bt), block_map.shape[0]
+        _attn_fused_tma[(H * (P + A),)](
+            q, k, qp, kp, packed(qp, bm)[0], packed(kp, bn)[0], v_d, out, cos, sin, cu_seqlens, block_map, cnt,
+            T, H, P, A, *common, k.stride(0), k.stride(1), out.stride(0), out.stride(1), cos.stride(0),
+            float(scale) * 1.4426950408889634, HEAD_DIM=D, DA=D, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)),
+            BLOCK_T=bt, FENCE=q.device.type == "cuda", num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            **_reg_cap(cfg), **FP_FUSION)
+        return out
     if has_rope:
         kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
-        two = qtma and not qscr  # Q rotated by the pre-pass too (v6's QTMA)
-        qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if two or qscr else kp
+        qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if qtma else kp
         bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per program
         _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
-            k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), q.stride(0), q.stride(1), cos.stride(0),
-            HALF=D // 2, HAS_ROPE=True, TWO=two, HG=hg, BLOCK_T=bt, num_warps=4, **FP_FUSION)
+            k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), *common, cos.stride(0),
+            HALF=D // 2, HAS_ROPE=True, TWO=qtma, HG=hg, BLOCK_T=bt, num_warps=4, **FP_FUSION)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
-        qs = qp
     else:
         k_d, k_hr, k_hc = view(k, bn)
         q_d, q_hr, q_hc = view(q, bm)
     grid = (block_map.shape[0], H)
     _varlen_attn_fwd_tma[grid](
-        q, qs, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
+        q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
+        *common, out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
         HEAD_DIM=D, DA=D, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
-        QSCR=qscr, FENCE=qscr and q.device.type == "cuda",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
     return out
 
@@ -708,7 +767,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
         q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm, da]) if qtma else k_d
         _varlen_attn_fwd_tma[grid](
-            q, q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
+            q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
             T, 0, T, 0, T, 0,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
