@@ -5,6 +5,7 @@ shipped default at D=72 mixed / 4 x 6400 and D=80 / D=64. Each config runs in it
 miscompile (illegal address) cannot spill over. Prints one JSON line per run; `--out` writes them."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -129,7 +130,7 @@ STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 
 def run(D, cfg, shapes, prof=False):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes, prof=prof, norope=prof))
     try:
-        r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, timeout=240)
+        r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, timeout=int(os.environ.get("DIAG_CHILD_T", 240)))
     except subprocess.TimeoutExpired:
         return dict(D=D, cfg=cfg, fail="timeout")
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.startswith("{")]
