@@ -108,10 +108,11 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
         (64, 64, 4, 2, 1, 1, 128), (64, 64, 4, 3, 1, 0, 168)]]
 
 
-# v9 / v10 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K and Q
-# rotated by a pre-pass launch that takes a token block x HG heads per program (v9), or by work items of the
-# attention launch itself (FUSED, v10: atomic tickets, per-head counts; PBT tokens per item). The v9 sweep
-# (s15a) also had QSCR, each attention program rotating its own Q rows into a scratch buffer: slower, removed.
+# v9 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K and Q rotated by
+# a pre-pass launch that takes a token block x HG heads per program; the attention launch a programmatic
+# dependent launch of it (PDL). Also measured and removed (s15a / s15b, NOTES.md): QSCR (each attention
+# program rotating its own Q rows into a scratch buffer, TMA back) and FUSED (v10: the rotation as work
+# items of the attention launch, atomic tickets).
 def _v9(bm, bn, w, s, pipe, qtma, cap, direct=1, **kw):
     cfg = tile(bm, bn, w, s, pipe=pipe, tma=1, qtma=qtma)
     cfg.update(DIRECT=direct, **kw)
@@ -120,11 +121,11 @@ def _v9(bm, bn, w, s, pipe, qtma, cap, direct=1, **kw):
     return cfg
 
 
-STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 2, 0, 1, 168)),
-            (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=64)), (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=32)),
-            (64, _v9(64, 128, 4, 2, 0, 1, 168, FUSED=1, PBT=128)), (64, _v9(64, 128, 4, 2, 0, 1, 0, FUSED=1, PBT=64)),
-            (64, _v9(64, 64, 4, 3, 1, 1, 168, FUSED=1, PBT=64)), (64, _v9(64, 128, 4, 2, 0, 1, 168, PBT=64, PHG=2)),
-            (64, _v9(64, 128, 4, 2, 0, 1, 168, PBT=16, PHG=8))]
+STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=0)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1)), (64, _v9(64, 128, 4, 2, 0, 0, 168, PDL=1)),
+            (64, _v9(64, 128, 4, 2, 0, 0, 168, PDL=0)), (64, _v9(64, 128, 4, 2, 0, 1, 160, PDL=1)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, PBT=64, PHG=4)),
+            (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, PBT=32, PHG=2))]
 
 
 def run(D, cfg, shapes, prof=False):

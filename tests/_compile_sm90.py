@@ -27,7 +27,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 _DT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
        torch.int64: "i64", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
-_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion", "num_ctas")
+_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion", "num_ctas", "launch_pdl")
 
 CAPTURED = []
 

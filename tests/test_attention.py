@@ -179,15 +179,15 @@ def test_interpreter_tma_kernel(interpreter, D, pipe, qtma):
 
 @interp
 @pytest.mark.parametrize("D", [64, 16])
-@pytest.mark.parametrize("qmode", ["reg", "tma", "fused"])
+@pytest.mark.parametrize("qmode", ["reg", "tma"])
 @pytest.mark.parametrize("rope", [True, False])
 @pytest.mark.parametrize("pipe", [0, 1])
 def test_interpreter_tma_direct(interpreter, D, qmode, rope, pipe):
     # v9: V (and without RoPE Q and K) read through descriptors over the caller's strided views; K (and Q
-    # with QTMA) rotated by the one-program-per-token-block pre-pass; FUSED (v10): the rotation done by work
-    # items of the attention launch (atomic tickets, per-head counts)
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=pipe, TMA=1, QTMA=int(qmode != "reg"),
-               FUSED=int(qmode == "fused"), PBT=16)
+    # with QTMA) rotated by the pre-pass that takes a token block x HG heads per program (H=3: a partial
+    # head group)
+    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=pipe, TMA=1, QTMA=int(qmode != "reg"), PBT=16,
+               PHG=2)
     for dtype in (torch.float32, torch.float16):
         _check([1, 37, 70, 5, 33, 64], 3, D, dtype, interpreter, rope=rope, seed=D + pipe, cfg=cfg)
 
@@ -201,7 +201,7 @@ def test_interpreter_tma_views_not_describable_fall_back(interpreter):
     assert _tma_view_ok(q) and _tma_view_ok(v)
     assert not _tma_view_ok(v.permute(1, 0, 2).contiguous().permute(1, 0, 2))
     assert not _tma_view_ok(q[:, :, :32])
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=0, TMA=1, QTMA=1, FUSED=1)
+    cfg = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, PIPE=0, TMA=1, QTMA=1)
     from qvdp.ops.attention import _varlen_attention_triton
     vt = v.permute(1, 0, 2).contiguous().permute(1, 0, 2)
     out = _varlen_attention_triton(q, k, vt, cu, 40, cos, sin, 64 ** -0.5, None, cfg)
@@ -219,22 +219,22 @@ def test_interpreter_tma_flag_ignored_with_tail_chunk(interpreter):
 @pytest.mark.parametrize("D", [64, 128, 32])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_tma_kernel(D, dtype):
-    # (BLOCK_M, BLOCK_N, warps, stages, PIPE, QTMA, maxnreg, FUSED, DIRECT); QTMA=1: Q rotated by the
+    # (BLOCK_M, BLOCK_N, warps, stages, PIPE, QTMA, maxnreg, PDL, DIRECT); QTMA=1: Q rotated by the
     # pre-pass, by TMA; DIRECT=1 (v9, the default): V (and without RoPE Q and K) read from the caller's
-    # views; FUSED=1 (v10): the rotation done by work items of the attention launch
+    # views; PDL=1 (v9, the default): the attention launch overlaps the pre-pass's tail
     tiles = [(64, 64, 4, 3, 0, 0, 0, 0, 0), (64, 64, 4, 3, 1, 0, 0, 0, 0), (64, 128, 4, 3, 1, 0, 0, 0, 0),
              (128, 128, 8, 3, 1, 0, 0, 0, 0), (64, 128, 4, 2, 0, 1, 168, 0, 0), (64, 64, 4, 3, 1, 1, 0, 0, 0),
              (128, 64, 8, 2, 1, 1, 0, 0, 0), (64, 128, 4, 2, 0, 1, 168, 0, 1), (64, 128, 4, 2, 0, 1, 168, 1, 1),
              (64, 64, 4, 3, 1, 1, 168, 1, 1), (128, 128, 8, 2, 0, 1, 0, 1, 1), (64, 64, 4, 3, 1, 0, 168, 0, 1)]
-    for i, (bm, bn, w, st, pipe, qtma, cap, fused, direct) in enumerate(tiles):
+    for i, (bm, bn, w, st, pipe, qtma, cap, pdl, direct) in enumerate(tiles):
         if D == 128 and bn == 128 and bm == 128:
             continue  # shared memory
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1, QTMA=qtma, maxnreg=cap,
-                   FUSED=fused, DIRECT=direct)
+                   PDL=pdl, DIRECT=direct)
         for rope in (True, False) if direct else (True,):
             _check([1, 300, 1000, 77, 64, 129], 3, D, dtype, "cuda", rope=rope, seed=i, cfg=cfg)
     for cfg in (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1),
-                dict(attention_config(64, 4096, "cuda"), FUSED=1),
+                dict(attention_config(64, 4096, "cuda"), PDL=0), dict(attention_config(64, 4096, "cuda"), QTMA=0),
                 attention_config(64, 4096, "cuda")):  # the D=64 default
         for lens in ([65536], [1] * 3000, [7] * 2000 + [4000]):
             _check(lens, 2, D, dtype, "cuda", seed=len(lens), cfg=cfg)

@@ -42,6 +42,10 @@ if HAS_TRITON:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:  # pragma: no cover - older Triton: the pointer kernel only
         TensorDescriptor = None
+    try:  # programmatic dependent launch (Hopper+): Triton >= 3.4
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    except ImportError:  # pragma: no cover
+        gdc_launch_dependents = gdc_wait = None
 
     @triton.jit
     def _load_rot(base, rows, rmask, offs, stride_t, COS, SIN, stride_ct,
@@ -142,9 +146,12 @@ if HAS_TRITON:
     @triton.jit
     def _rot_pack(X, XP, X2, XP2, COS, SIN, T, H, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
                   HALF: tl.constexpr, HAS_ROPE: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr,
-                  BLOCK_T: tl.constexpr):
+                  BLOCK_T: tl.constexpr, PDL: tl.constexpr = False):
         # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once into head-major buffers.
-        # One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per HG heads.
+        # One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per HG heads. PDL: the
+        # attention launch behind it may start once every program here has started.
+        if PDL:
+            gdc_launch_dependents()
         rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         rmask = rows < T
         c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HALF)
@@ -463,64 +470,18 @@ if HAS_TRITON:
                              q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
-                             QTMA: tl.constexpr):
-        # one program = one (block map row, head); its pre-pass ran before as its own launch
+                             QTMA: tl.constexpr, PDL: tl.constexpr = False):
+        # one program = one (block map row, head); its pre-pass ran before as its own launch. PDL (v9, with
+        # launch_pdl): this grid may start while the pre-pass finishes; it reads its block map row, then
+        # waits for the pre-pass's writes (griddepcontrol.wait) before any load of the packed buffers.
         pid = tl.program_id(0)
         seg = tl.load(BLOCKS + 2 * pid)
+        if PDL:
+            gdc_wait()
         if seg >= 0:
             _attn_tma_body(pid, tl.program_id(1), seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
                            stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                            q_hr, q_hc, k_hr, k_hc, v_hr, v_hc, HEAD_DIM, DA, HAS_ROPE, BLOCK_M, BLOCK_N, PIPE, QTMA)
-
-    @triton.jit
-    def _proxy_fence(x):
-        # fence.proxy.async.global: generic-proxy global writes/reads ordered against the async proxy (TMA)
-        return tl.inline_asm_elementwise("fence.proxy.async.global;\n mov.u32 $0, $1;", "=r,r", [x],
-                                         dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
-    def _attn_fused_tma(Q, K, QP, KP, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, CNT, T, H, P, A,
-                        stride_qt, stride_qh, stride_kt, stride_kh, stride_ot, stride_oh, stride_ct, qk_scale,
-                        HEAD_DIM: tl.constexpr, DA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        PIPE: tl.constexpr, BLOCK_T: tl.constexpr, FENCE: tl.constexpr):
-        # v10: the RoPE pre-pass and the attention in one launch, so the pre-pass's memory traffic runs
-        # under the tensor-core work instead of before it. Work items, in this order:
-        #   rot(0), rot(1), att(0), rot(2), att(1), ..., rot(H-1), att(H-2), att(H-1)
-        # where rot(h) = P items rotating BLOCK_T tokens of head h's K and Q into the packed buffers, and
-        # att(h) = A attention items (block map rows) of head h. Each program takes the next item by an
-        # atomic ticket (CNT[H]), so every item with a smaller ticket has started; rot items never wait,
-        # an att(h) item waits until CNT[h] counts head h's P finished rot items. No item waits on one
-        # that has not started: no deadlock, whatever order the hardware starts the programs in.
-        t = tl.atomic_add(CNT + H, 1)
-        u = t - P
-        g = u // (P + A)
-        r = u - g * (P + A)
-        first = t < P
-        is_rot = first | ((g < H - 1) & (r < P))
-        h = tl.where(first, 0, tl.where(is_rot, g + 1, g))
-        item = tl.where(first, t, tl.where(is_rot | (g == H - 1), r, r - P))
-        if is_rot:
-            rows = (item * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-            rmask = rows < T
-            c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HEAD_DIM // 2)
-            m2 = rmask[:, None]
-            _rot_head(K, KP, c1, c2, s1, s2, T, rows, m2, h, stride_kt, stride_kh, HEAD_DIM // 2, True)
-            _rot_head(Q, QP, c1, c2, s1, s2, T, rows, m2, h, stride_qt, stride_qh, HEAD_DIM // 2, True)
-            if FENCE:
-                _proxy_fence(t)
-            tl.debug_barrier()  # every thread's rows written before the count is published
-            tl.atomic_add(CNT + h, 1, sem="release")
-        else:
-            seg = tl.load(BLOCKS + 2 * item)
-            if seg >= 0:
-                done = tl.atomic_add(CNT + h, 0, sem="acquire")
-                while done < P:
-                    done = tl.atomic_add(CNT + h, 0, sem="acquire")
-                if FENCE:
-                    _proxy_fence(done)  # the TMA reads below see the rot items' generic-proxy writes
-                _attn_tma_body(item, h, seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
-                               stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
-                               T, 0, T, 0, 0, HEAD_DIM, HEAD_DIM, DA, True, BLOCK_M, BLOCK_N, PIPE, True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -669,8 +630,8 @@ def _reg_cap(cfg: dict) -> dict:
 def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma):
     """v9: the TMA kernel reading the caller's [T, H, D] views through descriptors over [T, H*D] rows: V
     always, Q and K too without RoPE, so nothing is copied for them. With RoPE, K (and Q with QTMA) is
-    rotated once into head-major buffers: by the pre-pass launch `_rot_pack` (v9), or, with FUSED (v10),
-    by work items of the attention launch itself (`_attn_fused_tma`)."""
+    rotated once into head-major buffers by the pre-pass launch `_rot_pack`; the attention launch behind it
+    is a programmatic dependent launch (config PDL, default on)."""
     T, H, D = q.shape
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     qtma = qtma or not has_rope
@@ -683,26 +644,15 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
 
     v_d, v_hr, v_hc = view(v, bn)
     common = (q.stride(0), q.stride(1))
-    if has_rope and qtma and cfg.get("FUSED"):
-        kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
-        qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
-        cnt = torch.zeros(H + 1, dtype=torch.int32, device=q.device)  # per-head rot counts, then the ticket
-        bt = int(cfg.get("PBT", 64))
-        P, A = triton.cdiv(T, bt), block_map.shape[0]
-        _attn_fused_tma[(H * (P + A),)](
-            q, k, qp, kp, packed(qp, bm)[0], packed(kp, bn)[0], v_d, out, cos, sin, cu_seqlens, block_map, cnt,
-            T, H, P, A, *common, k.stride(0), k.stride(1), out.stride(0), out.stride(1), cos.stride(0),
-            float(scale) * 1.4426950408889634, HEAD_DIM=D, DA=D, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)),
-            BLOCK_T=bt, FENCE=q.device.type == "cuda", num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            **_reg_cap(cfg), **FP_FUSION)
-        return out
+    # PDL: the attention launch overlaps the pre-pass's last wave (CUDA only; not in the interpreter)
+    pdl = has_rope and bool(cfg.get("PDL", 1)) and q.device.type == "cuda" and gdc_wait is not None
     if has_rope:
         kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
         qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if qtma else kp
         bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per program
         _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
             k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), *common, cos.stride(0),
-            HALF=D // 2, HAS_ROPE=True, TWO=qtma, HG=hg, BLOCK_T=bt, num_warps=4, **FP_FUSION)
+            HALF=D // 2, HAS_ROPE=True, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, num_warps=4, **FP_FUSION)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
     else:
@@ -714,7 +664,8 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         *common, out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
         q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
         HEAD_DIM=D, DA=D, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
+        PDL=pdl, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg),
+        **({"launch_pdl": True} if pdl else {}), **FP_FUSION)
     return out
 
 
