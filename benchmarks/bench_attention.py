@@ -140,7 +140,15 @@ def systems(fa3):
         bm4 = build_block_map(cu, q.shape[0], cfg["BLOCK_M"])
         return lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, q.shape[-1] ** -0.5, bm4, cfg)
 
-    out = {"qvdp (RoPE fused)": qvdp_sys}
+    def qvdp_only(qkv, cu, cos, sin, lens, bm):
+        # the attention alone on q, k rotated before (as the tower's qkv GEMM leaves them when it applies the
+        # rotary in its epilogue): the counterpart of 'FA3 attn only'
+        q, k, v = hf_rope(qkv, cos, sin)
+        rot = torch.stack([q, k, v], 1)  # packed [T, 3, H, D] like the qkv GEMM output
+        q, k, v = rot.unbind(1)
+        return lambda: varlen_attention(q, k, v, cu, max(lens), validate=False, block_map=bm)
+
+    out = {"qvdp (RoPE fused)": qvdp_sys, "qvdp attn only": qvdp_only}
     if any(attention_config(D, max(lens), "cuda").get("TMA") for _, lens, _, D in SHAPES):
         out["qvdp v4 pointer loads"] = qvdp_v4_sys
     if flash_attn_available():  # the optional flash-attn package (FA2): qvdp's RoPE pass + its varlen kernel
@@ -194,7 +202,7 @@ def main():
             table.append([sname, n, ms if ms else "n/a", tf if tf else "n/a",
                           f"{ratio:.2f}x" if ratio else "n/a", f"{err:.1e}" if n == "qvdp (RoPE fused)" else ""])
         print(table[-len(names):], flush=True)
-    notes = ("ratio = system time / qvdp time (>1: qvdp faster). 'FA3 attn only' excludes the RoPE pass; 'qvdp RoPE pass + FA3' is qvdp's backend='fa3' (one Triton RoPE launch, then FA3); "
+    notes = ("ratio = system time / qvdp time (>1: qvdp faster). 'FA3 attn only' and 'qvdp attn only' exclude the RoPE pass (q and k rotated before; qvdp's in a packed [T, 3, H, D] tensor as the tower's qkv GEMM with the rotary in its epilogue leaves them); 'qvdp RoPE pass + FA3' is qvdp's backend='fa3' (one Triton RoPE launch, then FA3); "
              "the other anchors include HF's fp32 RoPE on q and k. err: qvdp vs fp32 torch reference, ‖out−ref‖/‖ref‖.")
     write_results("attention", "Varlen vision attention with 2D RoPE (bf16, fwd)",
                   ["shape", "system", "ms", "TFLOP/s", "time / qvdp", "err"], table, notes, out_dir=args.out)

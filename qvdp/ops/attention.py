@@ -497,7 +497,10 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     bf16 128x128 tile's K/V stages do not fit in shared memory at 4 bytes. TMA=1 (D=64) runs the v5
     kernel (K/V by TMA descriptor); it is ignored for head dims with a tail chunk. QTMA=1 (with TMA) has
     the pre-pass rotate Q too and the kernel load Q tiles by TMA, so Q K^T reads both operands from shared
-    memory. maxnreg caps the registers per thread (more programs per SM).
+    memory. maxnreg caps the registers per thread (more programs per SM). DIRECT=1 (v9, default with TMA):
+    V, and without RoPE Q and K, come straight from the caller's [T, H, D] views by descriptor (no copy),
+    with RoPE one pre-pass rotates K and Q into packed buffers; PDL=1 (default) launches the attention as
+    a programmatic dependent launch of that pre-pass.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -517,7 +520,7 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64 and elem_bytes == 2:  # v6: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
+    if head_dim == 64 and elem_bytes == 2:  # v6/v9: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
         return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168)
     if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
