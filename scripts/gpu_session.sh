@@ -9,7 +9,7 @@
 #   bash scripts/gpu_session.sh x4final  # (4 GPUs, CUTLASS .so carried) DP encoder, CUTLASS tests, multi-GPU tests
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64)
 #   bash scripts/gpu_session.sh s15a     # (1 GPU) attention GPU tests + bench (v9 D=64)
-#   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test but the attention file
+#   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
@@ -47,8 +47,9 @@ python3 -m qvdp.env
 if [ "$STAGE" = s15a ]; then  # session 15, one GPU: attention v9 (D=64) tests + benchmark
   T=320 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
   T=250 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
-elif [ "$STAGE" = s15n ]; then  # session 15, one GPU (CUTLASS .so carried): every other single-GPU test
-  T=480 TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
+elif [ "$STAGE" = s15n ]; then  # session 15, one GPU (CUTLASS .so carried): every single-GPU test (attention first)
+  T=${ATT_T:-240} TAILN=20 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider --durations=8
+  T=${REST_T:-340} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
 elif [ "$STAGE" = s14a ]; then  # session 14, one GPU: attention v6 (D=64) tests + benchmark, row_norm split
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -p no:cacheprovider
   # (the row_norm split diag and its tests ran here at commit 50cba7e; the split was reverted)

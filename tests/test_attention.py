@@ -225,7 +225,8 @@ def test_gpu_tma_kernel(D, dtype):
     tiles = [(64, 64, 4, 3, 0, 0, 0, 0, 0), (64, 64, 4, 3, 1, 0, 0, 0, 0), (64, 128, 4, 3, 1, 0, 0, 0, 0),
              (128, 128, 8, 3, 1, 0, 0, 0, 0), (64, 128, 4, 2, 0, 1, 168, 0, 0), (64, 64, 4, 3, 1, 1, 0, 0, 0),
              (128, 64, 8, 2, 1, 1, 0, 0, 0), (64, 128, 4, 2, 0, 1, 168, 0, 1), (64, 128, 4, 2, 0, 1, 168, 1, 1),
-             (64, 64, 4, 3, 1, 1, 168, 1, 1), (128, 128, 8, 2, 0, 1, 0, 1, 1), (64, 64, 4, 3, 1, 0, 168, 0, 1)]
+             (64, 64, 4, 3, 1, 1, 168, 1, 1), (128, 128, 8, 2, 0, 1, 0, 1, 1), (64, 64, 4, 3, 1, 0, 168, 0, 1),
+             (64, 128, 4, 2, 0, 0, 168, 1, 1)]
     for i, (bm, bn, w, st, pipe, qtma, cap, pdl, direct) in enumerate(tiles):
         if D == 128 and bn == 128 and bm == 128:
             continue  # shared memory
@@ -233,8 +234,9 @@ def test_gpu_tma_kernel(D, dtype):
                    PDL=pdl, DIRECT=direct)
         for rope in (True, False) if direct else (True,):
             _check([1, 300, 1000, 77, 64, 129], 3, D, dtype, "cuda", rope=rope, seed=i, cfg=cfg)
-    for cfg in (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1),
-                dict(attention_config(64, 4096, "cuda"), PDL=0), dict(attention_config(64, 4096, "cuda"), QTMA=0),
+    if D != 64:
+        return
+    for cfg in (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PIPE=1, TMA=1, DIRECT=0),
                 attention_config(64, 4096, "cuda")):  # the D=64 default
         for lens in ([65536], [1] * 3000, [7] * 2000 + [4000]):
             _check(lens, 2, D, dtype, "cuda", seed=len(lens), cfg=cfg)
