@@ -230,6 +230,8 @@ def test_gpu_tma_kernel(D, dtype):
     for i, (bm, bn, w, st, pipe, qtma, cap, pdl, direct) in enumerate(tiles):
         if D == 128 and bn == 128 and bm == 128:
             continue  # shared memory
+        if D != 64 and i not in (1, 4, 7, 9):  # other head dims: v5, v6, v9 and v9's pipelined form (compile time)
+            continue
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, PIPE=pipe, TMA=1, QTMA=qtma, maxnreg=cap,
                    PDL=pdl, DIRECT=direct)
         for rope in (True, False) if direct else (True,):
