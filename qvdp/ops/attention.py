@@ -1,7 +1,7 @@
 """Fused varlen vision attention (Triton): packed QKV views in, 2D RoPE applied inside,
 per-frame segments from cu_seqlens, head dims 64/72/80 without padding to 128.
 
-Two launches per call:
+Two launches per call (one at D=64 without RoPE):
   0. `_pack_kv`: K is rotated once (fp32 math, like HF) and K, V are packed head-major, the head
      dim split into a power-of-two main chunk and a power-of-two tail >= 16 (72 -> 64 + 16,
      80 -> 64 + 16) with zero columns past D. Layout 0: rows of DA + DB; layout 1 (the 16-wide
@@ -15,10 +15,12 @@ Two launches per call:
      (two chunked dots), with the next tile's S issued before this tile's softmax (PIPE); full
      tiles unmasked, the ragged last tile with a key mask; normalise, store the valid rows and
      columns.
-  1'. v5/v6, head dims without a tail chunk (D=64): the same loop with K/V boxes loaded through TMA
-     descriptors over the packed [H*T, D] buffers (`_varlen_attn_fwd_tma`); with QTMA (v6, the D=64
-     default) the pre-pass also rotates Q into a packed buffer and Q tiles come by TMA too. Tails
-     stay on 1.
+  1'. v5/v6/v9, head dims without a tail chunk (D=64): the same loop with Q/K/V boxes loaded through
+     TMA descriptors (`_varlen_attn_fwd_tma`). v9 (the D=64 default, `_attention_tma_direct`): V's
+     descriptor covers the caller's strided view itself ([T, H*D] rows, no copy), and so do Q's and
+     K's without RoPE (no pre-pass at all); with RoPE the pre-pass `_rot_pack` rotates only K and Q
+     into packed [H*T, D] buffers, and the attention is a programmatic dependent launch of it.
+     Views no descriptor can cover take v6 (`_pack_kv` packs K, V and Q). Tails stay on 1.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """
