@@ -202,8 +202,11 @@ def main():
             table.append([sname, n, ms if ms else "n/a", tf if tf else "n/a",
                           f"{ratio:.2f}x" if ratio else "n/a", f"{err:.1e}" if n == "qvdp (RoPE fused)" else ""])
         print(table[-len(names):], flush=True)
-    notes = ("ratio = system time / qvdp time (>1: qvdp faster). 'FA3 attn only' and 'qvdp attn only' exclude the RoPE pass (q and k rotated before; qvdp's in a packed [T, 3, H, D] tensor as the tower's qkv GEMM with the rotary in its epilogue leaves them); 'qvdp RoPE pass + FA3' is qvdp's backend='fa3' (one Triton RoPE launch, then FA3); "
-             "the other anchors include HF's fp32 RoPE on q and k. err: qvdp vs fp32 torch reference, ‖out−ref‖/‖ref‖.")
+    notes = ("ratio = system time / qvdp time (>1: qvdp faster). 'FA3 attn only' and 'qvdp attn only' exclude the "
+             "RoPE pass (q and k rotated before; qvdp's in a packed [T, 3, H, D] tensor as the tower's qkv GEMM with "
+             "the rotary in its epilogue leaves them); 'qvdp RoPE pass + FA3' is qvdp's backend='fa3' (one Triton "
+             "RoPE launch, then FA3); the other anchors include HF's fp32 RoPE on q and k. err: qvdp vs fp32 torch "
+             "reference, ‖out−ref‖/‖ref‖.")
     write_results("attention", "Varlen vision attention with 2D RoPE (bf16, fwd)",
                   ["shape", "system", "ms", "TFLOP/s", "time / qvdp", "err"], table, notes, out_dir=args.out)
     bar_plot("attention", [s[0] for s in SHAPES], tflops, "TFLOP/s (attention FLOPs)", out_dir=args.out)

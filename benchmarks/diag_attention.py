@@ -110,7 +110,7 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
 
 # v9 (D=64): V read through a descriptor over the caller's strided view (DIRECT, no copy); K and Q rotated by
 # a pre-pass launch that takes a token block x HG heads per program; the attention launch a programmatic
-# dependent launch of it (PDL). Also measured and removed (s15a / s15b, NOTES.md): QSCR (each attention
+# dependent launch of it (PDL). Also measured and removed (s15-v9 / s15-v10, NOTES.md): QSCR (each attention
 # program rotating its own Q rows into a scratch buffer, TMA back) and FUSED (v10: the rotation as work
 # items of the attention launch, atomic tickets).
 def _v9(bm, bn, w, s, pipe, qtma, cap, direct=1, **kw):
@@ -131,7 +131,8 @@ STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 
 def run(D, cfg, shapes, prof=False):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes, prof=prof, norope=prof))
     try:
-        r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, timeout=int(os.environ.get("DIAG_CHILD_T", 240)))
+        r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True,
+                           timeout=int(os.environ.get("DIAG_CHILD_T", 240)))
     except subprocess.TimeoutExpired:
         return dict(D=D, cfg=cfg, fail="timeout")
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.startswith("{")]
