@@ -127,28 +127,26 @@ if HAS_TRITON:
         return c1, c2, s1, s2
 
     @triton.jit
-    def _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF: tl.constexpr,
-                  HAS_ROPE: tl.constexpr):
-        # head h of X's rows, rotated in fp32, into the head-major [H, T, 2*HALF] buffer XP; the rotate-half
-        # partner is the other half-tile (no gathered loads): out[:HALF] = x1 cos1 - x2 sin1,
-        # out[HALF:] = x2 cos2 + x1 sin2
+    def _rot_halves(src, dst, mask, c1, c2, s1, s2, HALF: tl.constexpr):
+        # rotate-half RoPE in fp32 on a tile of first-half pointers (partners HALF elements on), both
+        # halves from plain loads, no gathered partner column:
+        # out[:HALF] = x1 cos1 - x2 sin1, out[HALF:] = x2 cos2 + x1 sin2
+        x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dst, (x1 * c1 - x2 * s1).to(dst.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF, (x2 * c2 + x1 * s2).to(dst.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF: tl.constexpr):
+        # head h of X's rows, rotated, into the head-major [H, T, 2*HALF] buffer XP
         c = tl.arange(0, HALF)
-        base = X + h * stride_xh + rows[:, None] * stride_xt + c[None, :]
-        out = XP + (h * T + rows)[:, None] * (2 * HALF) + c[None, :]
-        x1 = tl.load(base, mask=m2, other=0.0)
-        x2 = tl.load(base + HALF, mask=m2, other=0.0)
-        if HAS_ROPE:
-            y1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
-            y2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
-            x1 = y1.to(XP.dtype.element_ty)
-            x2 = y2.to(XP.dtype.element_ty)
-        tl.store(out, x1, mask=m2)
-        tl.store(out + HALF, x2, mask=m2)
+        _rot_halves(X + h * stride_xh + rows[:, None] * stride_xt + c[None, :],
+                    XP + (h * T + rows)[:, None] * (2 * HALF) + c[None, :], m2, c1, c2, s1, s2, HALF)
 
     @triton.jit
     def _rot_pack(X, XP, X2, XP2, COS, SIN, T, H, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
-                  HALF: tl.constexpr, HAS_ROPE: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr,
-                  BLOCK_T: tl.constexpr, PDL: tl.constexpr = False):
+                  HALF: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr, BLOCK_T: tl.constexpr,
+                  PDL: tl.constexpr = False):
         # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once into head-major buffers.
         # One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per HG heads. PDL: the
         # attention launch behind it may start once every program here has started.
@@ -160,9 +158,9 @@ if HAS_TRITON:
         for i in tl.static_range(HG):
             h = tl.program_id(1) * HG + i
             m2 = (rmask & ((rows * 0 + h) < H))[:, None]
-            _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF, HAS_ROPE)
+            _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF)
             if TWO:
-                _rot_head(X2, XP2, c1, c2, s1, s2, T, rows, m2, h, stride_x2t, stride_x2h, HALF, HAS_ROPE)
+                _rot_head(X2, XP2, c1, c2, s1, s2, T, rows, m2, h, stride_x2t, stride_x2h, HALF)
 
     @triton.jit
     def _rope_qk(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
@@ -188,16 +186,10 @@ if HAS_TRITON:
         s_lo = tl.load(sb, mask=m2, other=0.0).to(tl.float32)
         s_hi = tl.load(sb + HALF, mask=m2, other=0.0).to(tl.float32)
         dst = rows[:, None] * (H * HEAD_DIM) + (head * HEAD_DIM + j)[None, :]
-        qb = Q + rows[:, None] * stride_qt + (head * stride_qh + j)[None, :]
-        x1 = tl.load(qb, mask=m2, other=0.0).to(tl.float32)
-        x2 = tl.load(qb + HALF, mask=m2, other=0.0).to(tl.float32)
-        tl.store(QO + dst, (x1 * c_lo - x2 * s_lo).to(QO.dtype.element_ty), mask=m2)
-        tl.store(QO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(QO.dtype.element_ty), mask=m2)
-        kb = K + rows[:, None] * stride_kt + (head * stride_kh + j)[None, :]
-        x1 = tl.load(kb, mask=m2, other=0.0).to(tl.float32)
-        x2 = tl.load(kb + HALF, mask=m2, other=0.0).to(tl.float32)
-        tl.store(KO + dst, (x1 * c_lo - x2 * s_lo).to(KO.dtype.element_ty), mask=m2)
-        tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m2)
+        _rot_halves(Q + rows[:, None] * stride_qt + (head * stride_qh + j)[None, :], QO + dst, m2,
+                    c_lo, c_hi, s_lo, s_hi, HALF)
+        _rot_halves(K + rows[:, None] * stride_kt + (head * stride_kh + j)[None, :], KO + dst, m2,
+                    c_lo, c_hi, s_lo, s_hi, HALF)
 
     @triton.jit
     def _rope_qk_tile(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_kt, stride_ct,
@@ -223,16 +215,8 @@ if HAS_TRITON:
         m3 = rm[:, None, None] & (hh < H)[None, :, None] & jm[None, None, :]
         col = hh[None, :, None] * HEAD_DIM + jj[None, None, :]
         dst = rows[:, None, None] * (H * HEAD_DIM) + col
-        qb = Q + rows[:, None, None] * stride_qt + col
-        x1 = tl.load(qb, mask=m3, other=0.0).to(tl.float32)
-        x2 = tl.load(qb + HALF, mask=m3, other=0.0).to(tl.float32)
-        tl.store(QO + dst, (x1 * c_lo - x2 * s_lo).to(QO.dtype.element_ty), mask=m3)
-        tl.store(QO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(QO.dtype.element_ty), mask=m3)
-        kb = K + rows[:, None, None] * stride_kt + col
-        x1 = tl.load(kb, mask=m3, other=0.0).to(tl.float32)
-        x2 = tl.load(kb + HALF, mask=m3, other=0.0).to(tl.float32)
-        tl.store(KO + dst, (x1 * c_lo - x2 * s_lo).to(KO.dtype.element_ty), mask=m3)
-        tl.store(KO + dst + HALF, (x2 * c_hi + x1 * s_hi).to(KO.dtype.element_ty), mask=m3)
+        _rot_halves(Q + rows[:, None, None] * stride_qt + col, QO + dst, m3, c_lo, c_hi, s_lo, s_hi, HALF)
+        _rot_halves(K + rows[:, None, None] * stride_kt + col, KO + dst, m3, c_lo, c_hi, s_lo, s_hi, HALF)
 
     @triton.jit
     def _qk_tile(qa, qb, kpa, kpb, start_n, seqlen, DA: tl.constexpr, DB: tl.constexpr, SA, SBK,
@@ -657,7 +641,7 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per program
         _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
             k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), *common, cos.stride(0),
-            HALF=D // 2, HAS_ROPE=True, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, num_warps=4, **FP_FUSION)
+            HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, num_warps=4, **FP_FUSION)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
     else:
@@ -701,8 +685,6 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         sin = sin.float() if sin.dtype != torch.float32 else sin
     else:
         cos = sin = q  # never read
-    grid = (block_map.shape[0], H)
-    bn = cfg["BLOCK_N"]
     qtma = tma and bool(cfg.get("QTMA", 0))
     if tma and cfg.get("DIRECT", 1) and all(_tma_view_ok(x) for x in (q, k, v)):
         return _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma)
@@ -718,6 +700,8 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
                                      HEAD_DIM=D, DA=da, DB=db if db else 16, HAS_B=db > 0,
                                      HAS_ROPE=has_rope, LAYOUT=layout, BLOCK_T=bt, HAS_Q=qtma, num_warps=4, **FP_FUSION)
     # 2) attention, Q rotated on load (QTMA: already rotated by the pre-pass)
+    grid = (block_map.shape[0], H)
+    bn = cfg["BLOCK_N"]
     if tma:
         k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
         v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
