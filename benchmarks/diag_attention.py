@@ -128,6 +128,18 @@ STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 
             (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, PBT=32, PHG=2))]
 
 
+# v11 (D=64): OVL, a resident pre-pass grid (PGRID programs per SM, PW warps) counts each head group's
+# rotated items and the attention (a dependent launch, PDL) waits per head group, so the two run side by
+# side; against v9 (the default, None) and OVL without PDL (the same kernels run one after the other)
+def _ovl(**kw):
+    return _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, OVL=1, **kw)
+
+
+STAGE_OVL = [(64, None), (64, _ovl(PGRID=1, PHG=4)), (64, _ovl(PGRID=2, PHG=4)), (64, _ovl(PGRID=1, PHG=4, PW=8)),
+             (64, _ovl(PGRID=2, PHG=2)), (64, _ovl(PGRID=1, PHG=2, PW=8)), (64, _ovl(PGRID=4, PHG=4)),
+             (64, _ovl(PGRID=1, PHG=1)), (64, dict(_ovl(PGRID=2, PHG=4), PDL=0))]
+
+
 def run(D, cfg, shapes, prof=False):
     arg = json.dumps(dict(D=D, cfg=cfg, shapes=shapes, prof=prof, norope=prof))
     try:
@@ -146,9 +158,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "v9"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "v9", "ovl"], default="tiles")
     args = ap.parse_args()
-    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "v9": STAGE_V9}[args.stage]
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "v9": STAGE_V9, "ovl": STAGE_OVL}[args.stage]
     rows = []
 
     def emit(r):
@@ -156,7 +168,7 @@ def main():
         print(json.dumps(r), flush=True)
 
     for D, cfg in stage:
-        emit(run(D, cfg, ["4x3520"], prof=args.stage == "v9"))
+        emit(run(D, cfg, ["4x3520"], prof=args.stage in ("v9", "ovl")))
     best = {}
     for D in sorted({d for d, _ in stage}):
         mine = [r for r in rows if r["D"] == D]
