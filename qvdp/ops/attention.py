@@ -692,7 +692,8 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
     cuda = q.device.type == "cuda"
     # PDL: the attention launch overlaps the pre-pass's last wave (CUDA only; not in the interpreter).
     # OVL (v11): a resident pre-pass counts each head group's items, the attention waits per head group
-    # on those counts instead of on the whole pre-pass (with PDL the two launches run side by side)
+    # on those counts instead of on the whole pre-pass (with PDL the two launches run side by side where
+    # the registers allow: PREG caps the pre-pass's, PW its warps, PGRID its programs per SM)
     pdl = has_rope and bool(cfg.get("PDL", 1)) and cuda and gdc_wait is not None
     ovl = has_rope and qtma and bool(cfg.get("OVL", 0))
     bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per item
@@ -706,7 +707,7 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         _rot_pack[grid](
             k, kp, q, qp, cos, sin, cnt, T, H, nt, nt * ng, k.stride(0), k.stride(1), *common, cos.stride(0),
             HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, OVL=ovl, FENCE=cuda, num_warps=int(cfg.get("PW", 4)),
-            **FP_FUSION)
+            **_reg_cap({"maxnreg": cfg.get("PREG")}), **FP_FUSION)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
     else:
