@@ -26,6 +26,7 @@ built with a few device ops (searchsorted) - no host sync - and may be reused ac
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from functools import lru_cache
@@ -704,10 +705,12 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
         qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if qtma else kp
         grid = (min(nt * ng, int(cfg.get("PGRID", 1)) * _sm_count(q.device)),) if ovl else (nt, ng)
-        _rot_pack[grid](
+        kern = _rot_pack[grid](
             k, kp, q, qp, cos, sin, cnt, T, H, nt, nt * ng, k.stride(0), k.stride(1), *common, cos.stride(0),
             HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, OVL=ovl, FENCE=cuda, num_warps=int(cfg.get("PW", 4)),
             **_reg_cap({"maxnreg": cfg.get("PREG")}), **FP_FUSION)
+        if ovl and cuda:
+            _prefer_shared(kern)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
     else:
@@ -722,6 +725,33 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         PDL=pdl and not ovl, HG=hg if ovl else 0, FENCE=cuda, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **_reg_cap(cfg), **({"launch_pdl": True} if pdl else {}), **FP_FUSION)
     return out
+
+
+_CARVED: set = set()
+
+
+def _prefer_shared(kernel) -> None:
+    """Ask for the largest shared-memory carveout for a compiled kernel (once per function handle).
+
+    An SM runs programs of two kernels side by side only under one L1/shared split. Triton asks for the
+    shared-heavy split only for kernels using over 48 KB (the attention); the OVL pre-pass (4 KB) would
+    get another split, and the attention's programs could not start on an SM until its pre-pass
+    programs left (measured s16b: no overlap at all). No-op where the driver call is unavailable."""
+    fn = getattr(kernel, "function", None)
+    if not fn or fn in _CARVED:
+        return
+    _CARVED.add(fn)
+    lib = _libcuda()
+    if lib is not None:  # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9, 100 = max shared
+        lib.cuFuncSetAttribute(ctypes.c_void_p(fn), ctypes.c_int(9), ctypes.c_int(100))
+
+
+@lru_cache(maxsize=1)
+def _libcuda():
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError:  # pragma: no cover - no driver library
+        return None
 
 
 @lru_cache(maxsize=16)
