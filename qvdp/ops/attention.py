@@ -543,7 +543,10 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     memory. maxnreg caps the registers per thread (more programs per SM). DIRECT=1 (v9, default with TMA):
     V, and without RoPE Q and K, come straight from the caller's [T, H, D] views by descriptor (no copy),
     with RoPE one pre-pass rotates K and Q into packed buffers; PDL=1 (default) launches the attention as
-    a programmatic dependent launch of that pre-pass.
+    a programmatic dependent launch of that pre-pass. OVL=1 (v11, D=64 default): the pre-pass is a
+    resident grid (PGRID programs per SM, PW warps, register cap PREG) that counts each head group's
+    rotated items, and each attention program waits only for its own head group, so the two launches
+    run side by side.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -563,8 +566,9 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64 and elem_bytes == 2:  # v6/v9: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
-        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168)
+    if head_dim == 64 and elem_bytes == 2:  # v6/v9/v11: Q, K, V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
+        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168,
+                    OVL=1, PREG=168)
     if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
