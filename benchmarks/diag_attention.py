@@ -25,7 +25,7 @@ def mk(lens, H, seed=0):
     ang = torch.rand(T, D // 2, device="cuda") * 40
     return qkv, cu, torch.cat([ang, ang], -1).cos().contiguous(), torch.cat([ang, ang], -1).sin().contiguous()
 regs = {}
-if v.get("prof"):  # registers and shared memory per program of each launch (the OVL overlap depends on them)
+if v.get("prof"):  # registers and shared memory per program of each launch (what can share an SM)
     from triton.runtime.jit import JITFunction
     _orig = JITFunction.run
     def _run(self, *a, grid, warmup, **kw):
@@ -121,7 +121,9 @@ STAGE_CAP = [(64, None), (64, _cap(64, 64, 4, 3, 1, 0, 0)), (64, _cap(64, 64, 4,
 # a pre-pass launch that takes a token block x HG heads per program; the attention launch a programmatic
 # dependent launch of it (PDL). Also measured and removed (s15-v9 / s15-v10, NOTES.md): QSCR (each attention
 # program rotating its own Q rows into a scratch buffer, TMA back) and FUSED (v10: the rotation as work
-# items of the attention launch, atomic tickets).
+# items of the attention launch, atomic tickets) and v11 OVL (s16: a resident pre-pass grid counting each head
+# group's items, the attention a dependent launch waiting per head group; sweeps in
+# results/diag/attention-sweep-v11-ovl-h100.jsonl).
 def _v9(bm, bn, w, s, pipe, qtma, cap, direct=1, **kw):
     cfg = tile(bm, bn, w, s, pipe=pipe, tma=1, qtma=qtma)
     cfg.update(DIRECT=direct, **kw)
@@ -135,20 +137,6 @@ STAGE_V9 = [(64, _v9(64, 128, 4, 2, 0, 1, 168, direct=0)), (64, _v9(64, 128, 4, 
             (64, _v9(64, 128, 4, 2, 0, 0, 168, PDL=0)), (64, _v9(64, 128, 4, 2, 0, 1, 160, PDL=1)),
             (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, PBT=64, PHG=4)),
             (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, PBT=32, PHG=2))]
-
-
-# v11 (D=64): OVL, a resident pre-pass grid (PGRID programs per SM, PW warps) counts each head group's
-# rotated items and the attention (a dependent launch, PDL) waits per head group, so the two run side by
-# side; against v9 (the default, None) and OVL without PDL (the same kernels run one after the other)
-def _ovl(**kw):
-    return _v9(64, 128, 4, 2, 0, 1, 168, PDL=1, OVL=1, **kw)
-
-
-# First sweeps (s16a/b): no overlap. The pre-pass's 186 registers x 128 threads left no room for two
-# attention programs (21.5K registers each) next to it; with its registers capped (PREG) still none: the
-# two kernels got different L1/shared splits (an SM runs one split at a time). Third: the pre-pass asks
-# for the attention's split (_prefer_shared): the default is now OVL, PREG=168 (s16c: 406.9 vs 399.6).
-STAGE_OVL = [(64, None), (64, _v9(64, 128, 4, 2, 0, 1, 168, PDL=1)), (64, _ovl(PGRID=1, PHG=2, PREG=168))]
 
 
 def run(D, cfg, shapes, prof=False):
@@ -169,9 +157,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None, help="write the fastest correct config per head dim as "
                                                  "QVDP_ATTN_CONFIG JSON")
-    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "v9", "ovl"], default="tiles")
+    ap.add_argument("--stage", choices=["tiles", "tma", "qtma", "cap", "v9"], default="tiles")
     args = ap.parse_args()
-    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "v9": STAGE_V9, "ovl": STAGE_OVL}[args.stage]
+    stage = {"tiles": STAGE1, "tma": STAGE_TMA, "qtma": STAGE_QTMA, "cap": STAGE_CAP, "v9": STAGE_V9}[args.stage]
     rows = []
 
     def emit(r):
@@ -179,7 +167,7 @@ def main():
         print(json.dumps(r), flush=True)
 
     for D, cfg in stage:
-        emit(run(D, cfg, ["4x3520"], prof=args.stage in ("v9", "ovl")))
+        emit(run(D, cfg, ["4x3520"], prof=args.stage == "v9"))
     best = {}
     for D in sorted({d for d, _ in stage}):
         mine = [r for r in rows if r["D"] == D]

@@ -46,7 +46,7 @@ if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader
 fi
 python3 -m qvdp.env
 if [ "$STAGE" = s16a ]; then  # session 16, one GPU: attention v11 (OVL, the D=64 default) against v9, tests, bench
-  T=120 TAILN=8 step diag_ovl python3 benchmarks/diag_attention.py --stage ovl --out logs/diag_ovl.jsonl
+  # (ran at commit of "attention v11 (OVL, PREG=168) the D=64 default": diag --stage ovl, since removed)
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "head_dims or tma_kernel or compile" -p no:cacheprovider --durations=5
   T=230 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
 elif [ "$STAGE" = s15a ]; then  # session 15, one GPU: attention v9 (D=64) tests + benchmark

@@ -26,7 +26,6 @@ built with a few device ops (searchsorted) - no host sync - and may be reused ac
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 from functools import lru_cache
@@ -128,86 +127,40 @@ if HAS_TRITON:
         return c1, c2, s1, s2
 
     @triton.jit
-    def _rot_store(dst, x1, x2, mask, c1, c2, s1, s2, HALF: tl.constexpr):
-        # rotate-half RoPE in fp32 of a tile's two halves x1, x2 (partners HALF elements apart), stored
-        # at dst (first-half pointers): out[:HALF] = x1 cos1 - x2 sin1, out[HALF:] = x2 cos2 + x1 sin2
-        x1 = x1.to(tl.float32)
-        x2 = x2.to(tl.float32)
+    def _rot_halves(src, dst, mask, c1, c2, s1, s2, HALF: tl.constexpr):
+        # rotate-half RoPE in fp32 on a tile of first-half pointers (partners HALF elements on), both
+        # halves from plain loads, no gathered partner column:
+        # out[:HALF] = x1 cos1 - x2 sin1, out[HALF:] = x2 cos2 + x1 sin2
+        x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
         tl.store(dst, (x1 * c1 - x2 * s1).to(dst.dtype.element_ty), mask=mask)
         tl.store(dst + HALF, (x2 * c2 + x1 * s2).to(dst.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rot_halves(src, dst, mask, c1, c2, s1, s2, HALF: tl.constexpr):
-        # _rot_store of a tile of first-half pointers src: both halves from plain loads, no gathered
-        # partner column
-        x1 = tl.load(src, mask=mask, other=0.0)
-        x2 = tl.load(src + HALF, mask=mask, other=0.0)
-        _rot_store(dst, x1, x2, mask, c1, c2, s1, s2, HALF)
+    def _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF: tl.constexpr):
+        # head h of X's rows, rotated, into the head-major [H, T, 2*HALF] buffer XP
+        c = tl.arange(0, HALF)
+        _rot_halves(X + h * stride_xh + rows[:, None] * stride_xt + c[None, :],
+                    XP + (h * T + rows)[:, None] * (2 * HALF) + c[None, :], m2, c1, c2, s1, s2, HALF)
 
     @triton.jit
-    def _proxy_fence(x):
-        # fence.proxy.async.global: this thread's generic-proxy global writes/reads ordered against the
-        # async proxy (TMA loads of another program); CUDA only (the interpreter has no inline asm)
-        return tl.inline_asm_elementwise("fence.proxy.async.global;\n mov.u32 $0, $1;", "=r,r", [x],
-                                         dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
-    def _rot_item(X, XP, X2, XP2, COS, SIN, T, H, tb, g, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
-                  HALF: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr, BLOCK_T: tl.constexpr):
-        # token block tb x head group g of X (K; and X2 = Q when TWO) rotated into head-major [H, T, 2*HALF]
-        # buffers, as [BLOCK_T, HG, HALF] half-tiles: cos/sin loaded once for the HG heads, and every load
-        # of the item issued before its first store (the resident OVL grid has few programs per SM)
-        rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-        rmask = rows < T
-        c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HALF)
-        hs = g * HG + tl.arange(0, HG)
-        r3 = rows[:, None, None]
-        h3 = hs.to(tl.int64)[None, :, None]
-        c3 = tl.arange(0, HALF)[None, None, :]
-        m3 = rmask[:, None, None] & (h3 < H)
-        src = X + r3 * stride_xt + h3 * stride_xh + c3
-        k1 = tl.load(src, mask=m3, other=0.0)
-        k2 = tl.load(src + HALF, mask=m3, other=0.0)
-        if TWO:
-            src2 = X2 + r3 * stride_x2t + h3 * stride_x2h + c3
-            q1 = tl.load(src2, mask=m3, other=0.0)
-            q2 = tl.load(src2 + HALF, mask=m3, other=0.0)
-        c1 = c1[:, None, :]
-        c2 = c2[:, None, :]
-        s1 = s1[:, None, :]
-        s2 = s2[:, None, :]
-        out = (h3 * T + r3) * (2 * HALF) + c3
-        _rot_store(XP + out, k1, k2, m3, c1, c2, s1, s2, HALF)
-        if TWO:
-            _rot_store(XP2 + out, q1, q2, m3, c1, c2, s1, s2, HALF)
-
-    @triton.jit
-    def _rot_pack(X, XP, X2, XP2, COS, SIN, CNT, T, H, NT, N_ITEMS,
-                  stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
+    def _rot_pack(X, XP, X2, XP2, COS, SIN, T, H, stride_xt, stride_xh, stride_x2t, stride_x2h, stride_ct,
                   HALF: tl.constexpr, TWO: tl.constexpr, HG: tl.constexpr, BLOCK_T: tl.constexpr,
-                  PDL: tl.constexpr = False, OVL: tl.constexpr = False, FENCE: tl.constexpr = False):
+                  PDL: tl.constexpr = False):
         # v9 pre-pass of the TMA kernel: X (K; and X2 = Q when TWO) rotated once into head-major buffers.
-        # One item = BLOCK_T tokens x HG heads. Without OVL: one program per item (grid NT x head groups).
-        # OVL (v11): a resident grid walks the items head group by head group (item = g * NT + token
-        # block) and publishes, per item, a release count CNT[g]; the attention launch behind it (PDL)
-        # starts while this runs and each of its programs waits only for its own head group's NT items,
-        # so the pre-pass's memory traffic runs under the first heads' tensor-core work. PDL: the
-        # dependent launch may start once every program here has started (all of them resident: no
-        # waiting attention program can keep a pre-pass program from running).
+        # One program = BLOCK_T tokens x HG heads, so cos/sin are loaded once per HG heads. PDL: the
+        # attention launch behind it may start once every program here has started.
         if PDL:
             gdc_launch_dependents()
-        if OVL:
-            for it in range(tl.program_id(0), N_ITEMS, tl.num_programs(0)):
-                g = it // NT
-                _rot_item(X, XP, X2, XP2, COS, SIN, T, H, it - g * NT, g, stride_xt, stride_xh, stride_x2t,
-                          stride_x2h, stride_ct, HALF, TWO, HG, BLOCK_T)
-                if FENCE:
-                    _proxy_fence(it)  # the rows just written are visible to the waiting programs' TMA loads
-                tl.debug_barrier()  # every thread's rows written before the count is published
-                tl.atomic_add(CNT + g, 1, sem="release")
-        else:
-            _rot_item(X, XP, X2, XP2, COS, SIN, T, H, tl.program_id(0), tl.program_id(1), stride_xt, stride_xh,
-                      stride_x2t, stride_x2h, stride_ct, HALF, TWO, HG, BLOCK_T)
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        rmask = rows < T
+        c1, c2, s1, s2 = _cos_sin_halves(COS, SIN, rows, rmask, stride_ct, HALF)
+        for i in tl.static_range(HG):
+            h = tl.program_id(1) * HG + i
+            m2 = (rmask & ((rows * 0 + h) < H))[:, None]
+            _rot_head(X, XP, c1, c2, s1, s2, T, rows, m2, h, stride_xt, stride_xh, HALF)
+            if TWO:
+                _rot_head(X2, XP2, c1, c2, s1, s2, T, rows, m2, h, stride_x2t, stride_x2h, HALF)
 
     @triton.jit
     def _rope_qk(Q, K, QO, KO, COS, SIN, T, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
@@ -500,29 +453,19 @@ if HAS_TRITON:
     @triton.jit
     def _varlen_attn_fwd_tma(Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS, T,
                              stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
-                             q_hr, q_hc, k_hr, k_hc, v_hr, v_hc, CNT, NT,
+                             q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
                              HEAD_DIM: tl.constexpr, DA: tl.constexpr, HAS_ROPE: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPE: tl.constexpr,
-                             QTMA: tl.constexpr, PDL: tl.constexpr = False, HG: tl.constexpr = 0,
-                             FENCE: tl.constexpr = False):
+                             QTMA: tl.constexpr, PDL: tl.constexpr = False):
         # one program = one (block map row, head); its pre-pass ran before as its own launch. PDL (v9, with
         # launch_pdl): this grid may start while the pre-pass finishes; it reads its block map row, then
         # waits for the pre-pass's writes (griddepcontrol.wait) before any load of the packed buffers.
-        # HG > 0 (v11, OVL): wait instead until the pre-pass has counted all NT items of this head's group
-        # (acquire), then order those writes before this program's TMA loads (proxy fence).
         pid = tl.program_id(0)
-        head = tl.program_id(1)
         seg = tl.load(BLOCKS + 2 * pid)
         if PDL:
             gdc_wait()
         if seg >= 0:
-            if HG > 0:
-                done = tl.atomic_add(CNT + head // HG, 0, sem="acquire")
-                while done < NT:
-                    done = tl.atomic_add(CNT + head // HG, 0, sem="acquire")
-                if FENCE:
-                    _proxy_fence(done)
-            _attn_tma_body(pid, head, seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
+            _attn_tma_body(pid, tl.program_id(1), seg, Q, Q_D, K_D, V_D, O, COS, SIN, CU, BLOCKS,
                            stride_qt, stride_qh, stride_ot, stride_oh, stride_ct, qk_scale,
                            q_hr, q_hc, k_hr, k_hc, v_hr, v_hc, HEAD_DIM, DA, HAS_ROPE, BLOCK_M, BLOCK_N, PIPE, QTMA)
 
@@ -543,10 +486,7 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     memory. maxnreg caps the registers per thread (more programs per SM). DIRECT=1 (v9, default with TMA):
     V, and without RoPE Q and K, come straight from the caller's [T, H, D] views by descriptor (no copy),
     with RoPE one pre-pass rotates K and Q into packed buffers; PDL=1 (default) launches the attention as
-    a programmatic dependent launch of that pre-pass. OVL=1 (v11, D=64 default): the pre-pass is a
-    resident grid (PGRID programs per SM, PW warps, register cap PREG) that counts each head group's
-    rotated items, and each attention program waits only for its own head group, so the two launches
-    run side by side.
+    a programmatic dependent launch of that pre-pass.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -566,9 +506,8 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64 and elem_bytes == 2:  # v6/v9/v11: Q, K, V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
-        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168,
-                    OVL=1, PREG=168)
+    if head_dim == 64 and elem_bytes == 2:  # v6/v9: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
+        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168)
     if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
@@ -694,27 +633,15 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
 
     v_d, v_hr, v_hc = view(v, bn)
     common = (q.stride(0), q.stride(1))
-    cuda = q.device.type == "cuda"
-    # PDL: the attention launch overlaps the pre-pass's last wave (CUDA only; not in the interpreter).
-    # OVL (v11): a resident pre-pass counts each head group's items, the attention waits per head group
-    # on those counts instead of on the whole pre-pass (with PDL the two launches run side by side where
-    # the registers allow: PREG caps the pre-pass's, PW its warps, PGRID its programs per SM)
-    pdl = has_rope and bool(cfg.get("PDL", 1)) and cuda and gdc_wait is not None
-    ovl = has_rope and qtma and bool(cfg.get("OVL", 0))
-    bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per item
-    nt, ng = triton.cdiv(T, bt), triton.cdiv(H, hg)
-    # per head group item counts (OVL only; otherwise never touched)
-    cnt = torch.zeros(ng, dtype=torch.int32, device=q.device) if ovl else cu_seqlens
+    # PDL: the attention launch overlaps the pre-pass's last wave (CUDA only; not in the interpreter)
+    pdl = has_rope and bool(cfg.get("PDL", 1)) and q.device.type == "cuda" and gdc_wait is not None
     if has_rope:
         kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
         qp = torch.empty((H * T, D), dtype=q.dtype, device=q.device) if qtma else kp
-        grid = (min(nt * ng, int(cfg.get("PGRID", 1)) * _sm_count(q.device)),) if ovl else (nt, ng)
-        kern = _rot_pack[grid](
-            k, kp, q, qp, cos, sin, cnt, T, H, nt, nt * ng, k.stride(0), k.stride(1), *common, cos.stride(0),
-            HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, OVL=ovl, FENCE=cuda, num_warps=int(cfg.get("PW", 4)),
-            **_reg_cap({"maxnreg": cfg.get("PREG")}), **FP_FUSION)
-        if ovl and cuda:
-            _prefer_shared(kern)
+        bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))  # pre-pass tokens x heads per program
+        _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
+            k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), *common, cos.stride(0),
+            HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, num_warps=4, **FP_FUSION)
         k_d, k_hr, k_hc = packed(kp, bn)
         q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
     else:
@@ -724,53 +651,11 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
     _varlen_attn_fwd_tma[grid](
         q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
         *common, out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
-        q_hr, q_hc, k_hr, k_hc, v_hr, v_hc, cnt, nt,
+        q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
         HEAD_DIM=D, DA=D, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
-        PDL=pdl and not ovl, HG=hg if ovl else 0, FENCE=cuda, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], **_reg_cap(cfg), **({"launch_pdl": True} if pdl else {}), **FP_FUSION)
+        PDL=pdl, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg),
+        **({"launch_pdl": True} if pdl else {}), **FP_FUSION)
     return out
-
-
-_CARVED: set = set()
-
-
-def _prefer_shared(kernel) -> None:
-    """Ask for the largest shared-memory carveout for a compiled kernel (once per function handle).
-
-    An SM runs programs of two kernels side by side only under one L1/shared split. Triton asks for the
-    shared-heavy split only for kernels using over 48 KB (the attention); the OVL pre-pass (4 KB) would
-    get another split, and the attention's programs could not start on an SM until its pre-pass
-    programs left (measured s16b: no overlap at all). No-op where the driver call is unavailable."""
-    fn = getattr(kernel, "function", None)
-    if not fn or fn in _CARVED:
-        return
-    _CARVED.add(fn)
-    lib = _libcuda()
-    if lib is not None:  # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9, 100 = max shared
-        lib.cuFuncSetAttribute(ctypes.c_void_p(fn), ctypes.c_int(9), ctypes.c_int(100))
-
-
-@lru_cache(maxsize=1)
-def _libcuda():
-    try:
-        return ctypes.CDLL("libcuda.so.1")
-    except OSError:  # pragma: no cover - no driver library
-        return None
-
-
-@lru_cache(maxsize=16)
-def _sm_count_cached(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (the OVL pre-pass's resident grid); a few on CPU
-    (interpreter), so the item loop still strides."""
-    if device.type != "cuda":
-        return 3
-    if not torch.cuda.is_available():  # fake CUDA tensors (tests/_compile_sm90.py): an H100's count
-        return 132
-    return _sm_count_cached(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, block_map=None, config=None):
@@ -824,7 +709,7 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
         _varlen_attn_fwd_tma[grid](
             q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
-            T, 0, T, 0, T, 0, cu_seqlens, 0,
+            T, 0, T, 0, T, 0,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
         return out
