@@ -75,8 +75,6 @@ def _worker(rank, world, port, q):
                 return f
             if _push._native() is not None and _push.use_relay(plan):  # the default is the pipelined relay
                 fns["qvdp push (relay in two stages)"] = with_setting("PIPELINED_RELAY", "0")
-            if _push._native() is not None and not _push.use_relay(plan):  # runs to peers by copy engines
-                fns["qvdp push (CE runs)"] = with_setting("CE_DIRECT", "1")
             fns["qvdp auto (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
             good = 1
             for k in [k for k in fns if k.startswith(("qvdp push", "qvdp auto"))]:

@@ -182,8 +182,7 @@ int64_t push_gather(const std::vector<at::Tensor>& srcs, const std::vector<at::T
                     const std::vector<int64_t>& dst_strides, const std::vector<int64_t>& dst_cols,
                     const at::Tensor& stage1, const std::vector<at::Tensor>& fwd_srcs,
                     const std::vector<at::Tensor>& fwd_tables, const at::Tensor& stage2, bool relay,
-                    const at::Tensor& ce_runs, const at::Tensor& ce_bases, const at::Tensor& flag_peers,
-                    const at::Tensor& errors, int64_t rank, int64_t world,
+                    const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                     int64_t epoch, int64_t timeout_ns);
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
                               int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,

@@ -196,23 +196,6 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
         std::string(name) + " must be a contiguous CUDA int64 [n, " + std::to_string(cols) + "] table");
 }
 
-// The copy-engine side stream of one device and its fork/join events (created once, kept).
-struct SideStream {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t fork = nullptr, join = nullptr;
-};
-
-SideStream& side_stream(int device) {
-  static std::vector<SideStream> all(64);
-  SideStream& s = all.at(device);
-  if (s.stream == nullptr) {
-    cuda_check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    cuda_check(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming), "cudaEventCreate");
-    cuda_check(cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming), "cudaEventCreate");
-  }
-  return s;
-}
-
 }  // namespace
 
 // The pipelined gather for one source and one destination buffer: entry barrier, one launch of the
@@ -276,16 +259,10 @@ void push_flag_barrier(const at::Tensor& flag_peers, const at::Tensor& errors, i
 //   dst_strides[i] bytes. stage1: int64 [n, 4] items for srcs. fwd_srcs / fwd_tables / fwd_strides: this
 //   rank's destination buffers (the sources of the relay's forwards), stage2 their items; with relay
 //   false there is no stage 2 and no third barrier.
-//   ce_runs: CPU int64 [m, 4] (dst rank, src row, dst row, rows), m may be 0: runs of this rank's rows
-//   copied to peers by the copy engines (cudaMemcpy2DAsync on a side stream, forked after the entry
-//   barrier and joined before the exit barrier) while the SM kernel copies the stage1 items (then only
-//   this rank's own rows); direct plans only. ce_bases: CPU int64 [outputs, world], output i's buffer
-//   base on every rank.
 int64_t push_gather(const std::vector<at::Tensor>& srcs, const std::vector<at::Tensor>& tables,
                     const std::vector<int64_t>& dst_strides, const std::vector<int64_t>& dst_cols,
                     const at::Tensor& stage1, const std::vector<at::Tensor>& fwd_srcs,
                     const std::vector<at::Tensor>& fwd_tables, const at::Tensor& stage2, bool relay,
-                    const at::Tensor& ce_runs, const at::Tensor& ce_bases,
                     const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                     int64_t epoch, int64_t timeout_ns) {
   check(srcs.size() == tables.size() && srcs.size() == dst_strides.size() && srcs.size() == dst_cols.size(),
@@ -302,55 +279,15 @@ int64_t push_gather(const std::vector<at::Tensor>& srcs, const std::vector<at::T
     check(tables[i].is_cuda() && tables[i].scalar_type() == at::kLong && tables[i].numel() == world,
           "tables[" + std::to_string(i) + "] must be a CUDA int64 [world] table");
   }
-  const int64_t m = ce_runs.numel() ? ce_runs.size(0) : 0;
-  const int64_t* cr = m ? ce_runs.data_ptr<int64_t>() : nullptr;
-  if (m > 0) {  // checked before anything is enqueued
-    check(!relay, "ce_runs are for direct plans (relay false)");
-    check(!ce_runs.is_cuda() && ce_runs.scalar_type() == at::kLong && ce_runs.is_contiguous() &&
-              ce_runs.dim() == 2 && ce_runs.size(1) == 4,
-          "ce_runs must be a contiguous CPU int64 [m, 4] table");
-    check(!ce_bases.is_cuda() && ce_bases.scalar_type() == at::kLong && ce_bases.is_contiguous() &&
-              ce_bases.numel() == static_cast<int64_t>(srcs.size()) * world,
-          "ce_bases must be a contiguous CPU int64 [outputs, world] table");
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t d = cr[4 * j], r0 = cr[4 * j + 1], d0 = cr[4 * j + 2], rows = cr[4 * j + 3];
-      bool ok = d >= 0 && d < world && d != rank && rows > 0 && r0 >= 0 && d0 >= 0;
-      for (const at::Tensor& s : srcs) ok = ok && r0 + rows <= s.size(0);
-      check(ok, "ce_runs: row " + std::to_string(j) + " is out of range");
-    }
-  }
   const c10::cuda::CUDAGuard guard(flag_peers.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);  // peers are past their earlier use
-  SideStream* side = nullptr;
-  if (m > 0) {  // the copy engines' runs, forked off after the entry barrier
-    side = &side_stream(flag_peers.device().index());
-    cuda_check(cudaEventRecord(side->fork, stream), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(side->stream, side->fork, 0), "cudaStreamWaitEvent");
-    const int64_t* bases = ce_bases.data_ptr<int64_t>();
-    for (size_t i = 0; i < srcs.size(); ++i) {
-      const at::Tensor& s = srcs[i];
-      const int64_t eb = s.element_size(), ss = s.stride(0) * eb;
-      if (s.size(0) == 0 || s.size(1) == 0) continue;
-      for (int64_t j = 0; j < m; ++j) {
-        const int64_t d = cr[4 * j], r0 = cr[4 * j + 1], d0 = cr[4 * j + 2], rows = cr[4 * j + 3];
-        char* to = reinterpret_cast<char*>(bases[i * world + d]) + d0 * dst_strides[i] + dst_cols[i];
-        cuda_check(cudaMemcpy2DAsync(to, dst_strides[i], static_cast<const char*>(s.data_ptr()) + r0 * ss, ss,
-                                     s.size(1) * eb, rows, cudaMemcpyDeviceToDevice, side->stream),
-                   "cudaMemcpy2DAsync");
-      }
-    }
-  }
   for (size_t i = 0; i < srcs.size(); ++i) {
     const at::Tensor& s = srcs[i];
     if (s.size(0) == 0) continue;
     const int64_t eb = s.element_size();
     copy_rows(static_cast<const char*>(s.data_ptr()), s.stride(0) * eb, tables[i], stage1, dst_strides[i],
               dst_cols[i], s.size(1) * eb, stream);
-  }
-  if (side != nullptr) {  // join: the exit barrier's signal follows the copy engines' stores
-    cuda_check(cudaEventRecord(side->join, side->stream), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(stream, side->join, 0), "cudaStreamWaitEvent");
   }
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);  // every row (or share) landed
   if (!relay) return epoch;

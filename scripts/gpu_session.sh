@@ -11,7 +11,6 @@
 #   bash scripts/gpu_session.sh s15a     # (1 GPU) attention GPU tests + bench (v9 D=64)
 #   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) attention v11 (OVL): diag against v9, D=64-path GPU tests, bench
-#   bash scripts/gpu_session.sh s16g     # (2 GPUs) push gather with copy-engine runs: push tests, bench_gather at 2
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
@@ -46,10 +45,7 @@ if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
-if [ "$STAGE" = s16g ]; then  # session 16, 2 GPUs: direct plans' runs to peers by copy engines (QVDP_PUSH_CE)
-  T=150 TAILN=12 step push_tests python3 -m pytest -q -s -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
-  T=170 TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
-elif [ "$STAGE" = s16a ]; then  # session 16, one GPU: attention v11 (OVL, the D=64 default) against v9, tests, bench
+if [ "$STAGE" = s16a ]; then  # session 16, one GPU: attention v11 (OVL, the D=64 default) against v9, tests, bench
   # (ran at commit of "attention v11 (OVL, PREG=168) the D=64 default": diag --stage ovl, since removed)
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "head_dims or tma_kernel or compile" -p no:cacheprovider --durations=5
   T=230 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --out logs/a

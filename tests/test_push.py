@@ -250,36 +250,3 @@ def _world_one_worker(rank, world):
 def test_push_world_one_copies_into_out():
     res = run_ranks(_world_one_worker, 1, backend="nccl", timeout_s=60, join_timeout_s=120)
     assert res[0]["ok"] and res[0]["result"] is True, res
-
-
-def test_ce_runs_cover_the_direct_items():
-    # QVDP_PUSH_CE: a rank's own rows stay SM items, its runs to peers become merged copy-engine runs; both
-    # together write exactly what the direct plan's stage-1 items write
-    rng = random.Random(11)
-    grids = list(GRIDS.values()) + [_random_grid(rng) for _ in range(30)]
-    for grid in grids:
-        for world in (2, 3, 4):
-            plan = plan_shards(grid, world, QWEN3_VL_8B)
-            for rank in range(world):
-                _, s1, _ = push.push_items(plan, rank, relay=False)
-                own, runs = push.ce_runs(plan, rank)
-                assert all(d == rank for d, *_ in own) and all(d != rank for d, *_ in runs)
-
-                def rows(items):
-                    return sorted((d, r0 + k, d0 + k) for d, r0, d0, n in items for k in range(n))
-                assert sorted(rows(own) + rows(runs)) == rows(s1)
-                assert len(rows(runs)) == len(set(rows(runs)))
-                for a, b in zip(runs, runs[1:]):  # merged: no two adjacent runs could be one
-                    assert not (a[0] == b[0] and a[1] + a[3] == b[1] and a[2] + a[3] == b[2])
-    one = plan_shards([[1, 44, 80]], 2, QWEN3_VL_8B)  # one image on 2 GPUs: the owner's rows are one copy
-    owner = next(r for r in range(2) if one.rows(r))
-    assert len(push.ce_runs(one, owner)[1]) == 1
-
-
-def test_ce_mode_setting(monkeypatch):
-    plan = plan_shards([[1, 44, 80]], 2, QWEN3_VL_8B)
-    assert not push.ce_mode(plan)
-    monkeypatch.setenv("QVDP_PUSH_CE", "1")
-    assert push.ce_mode(plan)
-    relay_plan = plan_shards([[1, 80, 80]] + [[1, 16, 16]] * 3, 4, QWEN3_VL_8B)
-    assert push.use_relay(relay_plan) and not push.ce_mode(relay_plan)

@@ -15,8 +15,7 @@ shares, one per other rank. The owner stores each share once, to its helper, and
 shares to the remaining peers. The owner's NVLink egress becomes the run's size instead of (W-1) times it.
 
 Barriers per call:
-- direct plan: 2 (entry, exit); with QVDP_PUSH_CE=1 (CUDA form) the runs to peers are copied by the copy
-  engines (cudaMemcpy2DAsync on a side stream) while the SM kernel copies the rank's own rows;
+- direct plan: 2 (entry, exit);
 - relay plan, several output buffers: 3 (entry, after the shares, exit);
 - relay plan, one output buffer: the pipelined relay (the default; QVDP_PUSH_PIPELINE=0 turns it off): 2.
   One launch of copy units: the owner's stores of each 16-row piece to its helper set the piece's ready
@@ -51,15 +50,11 @@ SPAN_BYTES = 4096       # csrc/push.cu kSpan
 # default since session 13: on 4 x H200 it took 130 / 223 us back to back for one image / skewed against the
 # two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
 PIPELINED_RELAY = "1"
-# Direct plans (no relay), CUDA form: this rank's runs to its peers copied by the copy engines (one
-# cudaMemcpy2DAsync per contiguous run, on a side stream) while the SM kernel copies its own rows
-# (QVDP_PUSH_CE=1). Off by default (session 16: opt-in until measured against the SM stores).
-CE_DIRECT = "0"
 
 
 def _settings():
     """The environment overrides that change what a call enqueues (part of the fast path's key)."""
-    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), os.environ.get("QVDP_PUSH_CE", CE_DIRECT))
+    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),)
 
 
 _STATES = {}        # group key -> _GroupState
@@ -100,7 +95,6 @@ class _GroupState:
         self.calls = {}     # validated calls of the CUDA form: key -> (plan, extension, arguments but the local
         #                     outputs, buffers); no local tensor is kept alive
         self.buffers = {}   # data_ptr -> (tensor, handle, peer base table int64 [W] on device)
-        self.host_tables = {}  # data_ptr -> the peer bases as a list (host)
         torch.cuda.synchronize(device)
         dist.barrier(group=group)  # every flag row is zero before anyone signals
 
@@ -147,7 +141,6 @@ def symmetric_empty(rows: int, width: int, dtype=torch.bfloat16, group=None, dev
     if ptrs[st.rank] != buf.data_ptr():
         raise RuntimeError("symmetric memory returned a different local address for this rank's buffer")
     st.buffers[buf.data_ptr()] = (buf, hdl, torch.tensor(ptrs, dtype=torch.int64, device=device))
-    st.host_tables[buf.data_ptr()] = ptrs  # the same peer bases on the host (copy-engine runs)
     return buf
 
 
@@ -307,38 +300,6 @@ def _pipelined_table(plan, rank, device, width_bytes):
         return None
     return plan.memo(("push-units-table", rank, str(device)),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
-
-
-def ce_mode(plan: ShardPlan) -> bool:
-    """Whether the CUDA push gather copies this plan's runs to peers by copy engines (direct plans only)."""
-    return _settings()[1] == "1" and not use_relay(plan)
-
-
-def ce_runs(plan: ShardPlan, rank: int):
-    """(own, runs): this rank's direct-plan stage-1 items split into its own rows (dst == rank) and its runs
-    to peers, adjacent runs (same peer, contiguous source and destination rows) merged: one copy-engine
-    copy each."""
-    _, s1, _ = push_items(plan, rank, relay=False)
-    own = [it for it in s1 if it[0] == rank]
-    runs = []
-    for d, r0, d0, n in sorted(it for it in s1 if it[0] != rank):
-        if runs and runs[-1][0] == d and runs[-1][1] + runs[-1][3] == r0 and runs[-1][2] + runs[-1][3] == d0:
-            runs[-1][3] += n
-        else:
-            runs.append([d, r0, d0, n])
-    return own, [tuple(r) for r in runs]
-
-
-def _device_items_ce(plan, rank, device):
-    """(own rows' chunks on the device, CPU int64 [m, 4] copy-engine runs) for ce_mode plans."""
-    def build():
-        own, runs = ce_runs(plan, rank)
-        return (_chunks(own, device, ROWS, rank, plan.world_size),
-                torch.tensor(runs, dtype=torch.int64).reshape(-1, 4))
-    return plan.memo(("push-ce", rank, str(device), ROWS), build)
-
-
-_NO_CE = (torch.empty(0, 4, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
 
 
 def _device_items(plan, rank, device):
@@ -562,13 +523,9 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
                   (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
         return result_views([b for b, _ in bufs], plan, layout)
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
-        ce = _NO_CE
-        if not relay and ce_mode(plan):  # runs to peers by copy engines, own rows by the SM kernel
-            s1, runs = _device_items_ce(plan, st.rank, bufs[0][0].device)
-            ce = (runs, torch.tensor([st.host_tables[b.data_ptr()] for _, b, _, _ in pairs], dtype=torch.int64))
         args = ([p for _, _, p, _ in pairs],
                 [b.stride(0) * eb for _, b, _, _ in pairs], [c * eb for _, _, _, c in pairs],
-                s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay, *ce,
+                s1, [b for b, _ in bufs], [p for _, p in bufs], s2, relay,
                 st.flag_peers, st.errors, st.rank, st.world, st.timeout_ns)
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
