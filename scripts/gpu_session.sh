@@ -45,6 +45,7 @@ if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader
   T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
 fi
 python3 -m qvdp.env
+# (s16g, 2 GPUs, ran at commit 4426f6a: push tests and bench_gather with copy-engine runs; reverted)
 if [ "$STAGE" = s16a ]; then  # session 16, one GPU: attention v11 (OVL, the D=64 default) against v9, tests, bench
   # (ran at commit of "attention v11 (OVL, PREG=168) the D=64 default": diag --stage ovl, since removed)
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "head_dims or tma_kernel or compile" -p no:cacheprovider --durations=5
