@@ -10,7 +10,7 @@
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64)
 #   bash scripts/gpu_session.sh s15a     # (1 GPU) attention GPU tests + bench (v9 D=64)
 #   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
-#   bash scripts/gpu_session.sh s16a     # (1 GPU) attention v11 (OVL): diag against v9, D=64-path GPU tests, bench
+#   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
 #   bash scripts/gpu_session.sh s13m     # (1 GPU, CUTLASS .so carried) merger tests, stream-K A/B, bench_merger ("auto" paths)
@@ -42,12 +42,12 @@ if { [ "$STAGE" = s14h ] || [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAG
   echo "not an H100: nothing run"; exit 0
 fi
 if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s14a ] && [ "$STAGE" != s15a ] && [ "$STAGE" != s16a ] && [ "$STAGE" != s15n ] && [ "$STAGE" != s13l ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
-  T=${BUILD_T:-60} TAILN=3 step build python3 setup.py build_ext --inplace
+  T=${BUILD_T:-200} TAILN=3 step build python3 setup.py build_ext --inplace  # (s16g: a cold build took > 60 s)
 fi
 python3 -m qvdp.env
 # (s16g, 2 GPUs, ran at commit 4426f6a: push tests and bench_gather with copy-engine runs; reverted)
-if [ "$STAGE" = s16a ]; then  # session 16, one GPU: attention v11 (OVL, the D=64 default) against v9, tests, bench
-  # (ran at commit of "attention v11 (OVL, PREG=168) the D=64 default": diag --stage ovl, since removed)
+if [ "$STAGE" = s16a ]; then  # session 16, one GPU: D=64-path attention GPU tests + bench
+  # (ran at commit 960098e with v11 OVL the D=64 default, after diag --stage ovl; both since removed)
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "head_dims or tma_kernel or compile" -p no:cacheprovider --durations=5
   T=230 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
 elif [ "$STAGE" = s15a ]; then  # session 15, one GPU: attention v9 (D=64) tests + benchmark
