@@ -38,10 +38,18 @@ step() {
   echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n "${TAILN:-25}" "logs/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -8
-if { [ "$STAGE" = s14h ] || [ "$STAGE" = s4z ] || [ "$STAGE" = s7f ] || [ "$STAGE" = s8f ] || [ "$STAGE" = s4w ] || [ "$STAGE" = s6d ]; } && ! nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; then
-  echo "not an H100: nothing run"; exit 0
-fi
-if { [ "$STAGE" != x4h100 ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; } && [ "$STAGE" != s5f ] && [ "$STAGE" != s7d ] && [ "$STAGE" != s7e ] && [ "$STAGE" != s8c ] && [ "$STAGE" != s8d ] && [ "$STAGE" != s8i ] && [ "$STAGE" != s9h ] && [ "$STAGE" != s10b ] && [ "$STAGE" != s10c ] && [ "$STAGE" != s10g ] && [ "$STAGE" != s11a ] && [ "$STAGE" != s12m ] && [ "$STAGE" != s12n ] && [ "$STAGE" != s13m ] && [ "$STAGE" != s13n ] && [ "$STAGE" != s14a ] && [ "$STAGE" != s15a ] && [ "$STAGE" != s16a ] && [ "$STAGE" != s15n ] && [ "$STAGE" != s13l ] && [ "$STAGE" != s11c ] && [ "$STAGE" != s11d ] && [ "$STAGE" != s11e ] && [ "$STAGE" != s6a ] && [ "$STAGE" != s6b ] && { [ "$STAGE" != s5e ] || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }; then
+on_h100() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H100; }
+case "$STAGE" in  # stages that need H100s and run nothing on other cards
+  s14h|s4z|s7f|s8f|s4w|s6d) if ! on_h100; then echo "not an H100: nothing run"; exit 0; fi ;;
+esac
+build=1
+case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
+  s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+    build=0 ;;
+  s5e) on_h100 || build=0 ;;
+  x4h100) on_h100 && build=1 || build=0 ;;
+esac
+if [ "$build" = 1 ]; then
   T=${BUILD_T:-200} TAILN=3 step build python3 setup.py build_ext --inplace  # (s16g: a cold build took > 60 s)
 fi
 python3 -m qvdp.env
