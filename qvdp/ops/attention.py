@@ -616,6 +616,12 @@ def _reg_cap(cfg: dict) -> dict:
     return {"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}
 
 
+def _packed_desc(x, H, T, D, box):
+    """TMA descriptor over a head-major packed [H*T, D] buffer (head h's token t at row h*T + t), with the
+    kernel's per-head row and column steps (T, 0)."""
+    return TensorDescriptor(x.view(H * T, D), [H * T, D], [D, 1], [box, D]), T, 0
+
+
 def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma):
     """v9: the TMA kernel reading the caller's [T, H, D] views through descriptors over [T, H*D] rows: V
     always, Q and K too without RoPE, so nothing is copied for them. With RoPE, K (and Q with QTMA) is
@@ -628,12 +634,11 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
     def view(x, box):  # rows t, columns h*D: rows per head 0, columns per head D
         return TensorDescriptor(x, [T, H * D], [x.stride(0), 1], [box, D]), 0, D
 
-    def packed(x, box):  # head-major [H*T, D]: rows per head T
-        return TensorDescriptor(x, [H * T, D], [D, 1], [box, D]), T, 0
-
     v_d, v_hr, v_hc = view(v, bn)
     common = (q.stride(0), q.stride(1))
-    # PDL: the attention launch overlaps the pre-pass's last wave (CUDA only; not in the interpreter)
+    # PDL: the attention launch is queued while the pre-pass runs, hiding the launch gap (CUDA only; not in
+    # the interpreter). Its programs still wait for the whole pre-pass: they cannot share an SM with it
+    # anyway (registers, L1/shared split; NOTES.md v11 OVL)
     pdl = has_rope and bool(cfg.get("PDL", 1)) and q.device.type == "cuda" and gdc_wait is not None
     if has_rope:
         kp = torch.empty((H * T, D), dtype=q.dtype, device=q.device)
@@ -642,8 +647,8 @@ def _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rop
         _rot_pack[(triton.cdiv(T, bt), triton.cdiv(H, hg))](
             k, kp, q, qp, cos, sin, T, H, k.stride(0), k.stride(1), *common, cos.stride(0),
             HALF=D // 2, TWO=qtma, HG=hg, BLOCK_T=bt, PDL=pdl, num_warps=4, **FP_FUSION)
-        k_d, k_hr, k_hc = packed(kp, bn)
-        q_d, q_hr, q_hc = packed(qp, bm) if qtma else (k_d, 0, 0)
+        k_d, k_hr, k_hc = _packed_desc(kp, H, T, D, bn)
+        q_d, q_hr, q_hc = _packed_desc(qp, H, T, D, bm) if qtma else (k_d, 0, 0)
     else:
         k_d, k_hr, k_hc = view(k, bn)
         q_d, q_hr, q_hc = view(q, bm)
@@ -703,13 +708,13 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     grid = (block_map.shape[0], H)
     bn = cfg["BLOCK_N"]
     if tma:
-        k_d = TensorDescriptor.from_tensor(kp.view(H * T, da), [bn, da])
-        v_d = TensorDescriptor.from_tensor(vp.view(H * T, da), [bn, da])
-        q_d = TensorDescriptor.from_tensor(qp.view(H * T, da), [bm, da]) if qtma else k_d
+        k_d, k_hr, k_hc = _packed_desc(kp, H, T, da, bn)
+        v_d, v_hr, v_hc = _packed_desc(vp, H, T, da, bn)
+        q_d, q_hr, q_hc = _packed_desc(qp, H, T, da, bm) if qtma else (k_d, k_hr, k_hc)
         _varlen_attn_fwd_tma[grid](
             q, q_d, k_d, v_d, out, cos, sin, cu_seqlens, block_map, T,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), cos.stride(0), float(scale) * 1.4426950408889634,
-            T, 0, T, 0, T, 0,
+            q_hr, q_hc, k_hr, k_hc, v_hr, v_hc,
             HEAD_DIM=D, DA=da, HAS_ROPE=has_rope, BLOCK_M=bm, BLOCK_N=bn, PIPE=int(cfg.get("PIPE", 1)), QTMA=qtma,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_reg_cap(cfg), **FP_FUSION)
         return out
