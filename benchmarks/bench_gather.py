@@ -76,6 +76,9 @@ def _worker(rank, world, port, q):
             if _push._native() is not None and _push.use_relay(plan):  # the default is the pipelined relay
                 fns["qvdp push (relay in two stages)"] = with_setting("PIPELINED_RELAY", "0")
             fns["qvdp auto (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
+            if native:  # "auto" measuring its choice on the first call of the plan's class (tune=True)
+                fns["qvdp auto tuned (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf,
+                                                                          tune=True)
             good = 1
             for k in [k for k in fns if k.startswith(("qvdp push", "qvdp auto"))]:
                 sbuf.fill_(float("nan"))
@@ -129,6 +132,9 @@ def _worker(rank, world, port, q):
         r = slowest_rank_us(fns, dev)  # systems timed in turn, 30 calls after 5 warm-ups
         r["_bytes"] = total * WIDTH * 2
         out[name] = r
+        if rank == 0 and native:
+            from qvdp.dist.gather import tuned_choices
+            print(world, name, "tuned choices so far:", list(tuned_choices().values()), flush=True)
         if rank == 0:
             print(world, name, "push exact on every rank:", exact, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
     finish_worker(rank, q, out)
@@ -144,7 +150,7 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows, groups, series = [], [], {}
-    shown = ("qvdp auto (out=)", "qvdp push", "qvdp native (auto)", "torch uneven all_gather", "SGLang/vLLM padded")
+    shown = ("qvdp auto (out=)", "qvdp auto tuned (out=)", "qvdp push", "qvdp native (auto)", "torch uneven all_gather", "SGLang/vLLM padded")
     for w in [w for w in args.worlds if w <= torch.cuda.device_count()]:
         res = run(w)
         for name, r in res.items():
@@ -166,7 +172,9 @@ def main():
                   "64 small and the video get such contiguous plans), else grouped broadcasts. qvdp push: "
                   "gather_rows(..., out=symmetric buffer), checked exact against the torch path on every rank before timing "
                   "(the pipelined relay on relay plans, 3+ GPUs; also the relay in two stages). qvdp auto (out=): the default "
-                  "gather_rows(..., out=) picks push or the native NCCL gather per plan (push.prefer_push).",
+                  "gather_rows(..., out=) picks push or the native NCCL gather per plan (push.prefer_push); qvdp auto tuned (out=): "
+                  "gather_rows(..., out=, tune=True) times push and the NCCL modes on the first call of the plan's class "
+                  "(slowest rank's median of 5 single calls each) and keeps the fastest.",
                   out_dir=args.out)
     if groups:
         bar_plot("gather", groups, series, "time / floor (equal all_gather_into_tensor)", out_dir=args.out)

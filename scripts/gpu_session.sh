@@ -10,6 +10,7 @@
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64)
 #   bash scripts/gpu_session.sh s15a     # (1 GPU) attention GPU tests + bench (v9 D=64)
 #   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
+#   bash scripts/gpu_session.sh s17g     # (2-4 GPUs) push/native multi-GPU tests incl. tuned "auto", bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
@@ -54,7 +55,10 @@ if [ "$build" = 1 ]; then
 fi
 python3 -m qvdp.env
 # (s16g, 2 GPUs, ran at commit 4426f6a: push tests and bench_gather with copy-engine runs; reverted)
-if [ "$STAGE" = s16a ]; then  # session 16, one GPU: D=64-path attention GPU tests + bench
+if [ "$STAGE" = s17g ]; then  # session 17, 2-4 GPUs: tuned "auto" gather: the push/native multi-GPU tests, bench_gather at 4 and 2
+  T=${TEST_T:-200} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests/test_multigpu.py -k "push_gather_exact or native_gather_exact" -p no:cacheprovider
+  T=${BENCH_T:-240} TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+elif [ "$STAGE" = s16a ]; then  # session 16, one GPU: D=64-path attention GPU tests + bench
   # (ran at commit 960098e with v11 OVL the D=64 default, after diag --stage ovl; both since removed)
   T=200 TAILN=8 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "head_dims or tma_kernel or compile" -p no:cacheprovider --durations=5
   T=230 TAILN=60 step bench_attention python3 benchmarks/bench_attention.py --out logs/a

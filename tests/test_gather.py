@@ -101,3 +101,43 @@ def test_gather_bad_options(kw, match):
     plan = plan_shards([[1, 4, 4]], 1, QWEN3_VL_8B)
     with pytest.raises(ValueError, match=match):
         qvdp.gather_rows([torch.randn(4, 3)], plan, **kw)
+
+
+def _tune_worker(rank, world):
+    import time
+
+    from qvdp.dist.gather import clear_tuning, tune_choice, tuned_choices
+    clear_tuning()
+    calls = []
+
+    def run(c):  # "a": fast on every rank but rank 0 (5 ms there); "b": 1 ms everywhere
+        calls.append(c)
+        time.sleep(0.005 if (c == "a" and rank == 0) else (0.001 if c == "b" else 0.0))
+    first = tune_choice(("k",), ["a", "b"], run, None, torch.device("cpu"), warm=1, reps=3)
+    n = len(calls)
+    again = tune_choice(("k",), ["a", "b"], run, None, torch.device("cpu"))
+    return first, again, n, len(calls), tuned_choices()
+
+
+def test_gather_tune_agrees_on_slowest_rank():
+    # per rank, ranks 1 and 2 would pick "a"; the slowest rank's median decides, so all pick "b", once
+    for rr in run_ranks(_tune_worker, 3):
+        assert rr["ok"], rr
+        first, again, n, n2, chosen = rr["result"]
+        assert first == again == "b" and n == 8 and n2 == 8 and chosen == {("k",): "b"}
+
+
+def _tuned_gather_worker(rank, world, grid, widths, seed):
+    plan = plan_shards(grid, world, QWEN3_VL_8B)
+    full = _full_outputs(grid, widths, seed, torch.float32)
+    local = [torch.cat([f[p.out_start:p.out_end] for p in plan.pieces[rank]]) if plan.pieces[rank]
+             else f.new_empty((0, f.shape[1])) for f in full]
+    return qvdp.gather_rows(local, plan, layout="concat", tune=True)  # gloo: no NCCL gather, the torch path
+
+
+def test_gather_tuned_auto_on_gloo_is_exact():
+    grid, widths = [[1, 4, 6], [2, 2, 2]], [6, 3]
+    expect = torch.cat(_full_outputs(grid, widths, 5, torch.float32), 1)
+    for rr in run_ranks(_tuned_gather_worker, 2, grid, widths, 5):
+        assert rr["ok"], rr
+        assert torch.equal(rr["result"], expect)

@@ -13,7 +13,9 @@ Backends behind one entry point (gather_rows):
 """
 from __future__ import annotations
 
+import math
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -70,7 +72,7 @@ def _native_available(group) -> bool:
 
 
 def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "list", backend: str = "auto",
-                out=None):
+                out=None, tune: bool | None = None):
     """Gather every rank's rows into original item order on every rank.
 
     Args:
@@ -84,10 +86,19 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         out: buffers from qvdp.dist.symmetric_empty (backends "push", "native", "auto"): one
             [>= total_rows, sum(width_i)] ("concat") or a list of k [>= total_rows, width_i] ("list");
             the result is views of their first total_rows rows.
+        tune: with backend "auto", measure instead of using the built-in rule (default: the environment
+            variable QVDP_GATHER_TUNE=1). The first call of each plan class (tuning_key: world size, output
+            count, total bytes within a factor sqrt(2), largest rank share in eighths, ...) times every
+            backend available for it (push, NCCL broadcasts / send-recv / all-gather, torch) a few times,
+            one call after a barrier each, takes the slowest rank's median per backend (all ranks agree:
+            one all-reduce) and remembers the fastest for the class (tuned_choices()). Every rank must pass
+            the same tune setting: the measurement is collective.
     """
+    tuned = backend == "auto" and (os.environ.get("QVDP_GATHER_TUNE", "0") == "1" if tune is None else bool(tune))
     if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton":
         from .push import push_fast_path
-        res = push_fast_path(local_outputs, plan, group, layout, out, backend)  # a repeat of a validated call
+        # a repeat of a validated call (tuned "auto" calls have their own key: the two may choose differently)
+        res = push_fast_path(local_outputs, plan, group, layout, out, "auto+tune" if tuned else backend)
         if res is not None:
             return res
     world, rank = group_info(group)
@@ -113,23 +124,107 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             for b, t in zip(bufs, srcs):
                 b[:plan.total_rows].copy_(t)
             return result_views(bufs, plan, layout)
-        asked = backend
-        if backend == "auto":  # the faster of the two for this plan (measured: qvdp/dist/push.py)
-            one = layout == "concat" or len(local_outputs) == 1
-            backend = "push" if prefer_push(plan, one) or not _native_available(group) else "native"
-        if backend == "push":
-            return gather_rows_push(local_outputs, plan, group, layout, out, asked)
-        views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
-        from .native import gather_rows_native
-        return gather_rows_native(local_outputs, plan, group, layout, outs=views)
+        asked = "auto+tune" if tuned else backend
+
+        def run(choice, asked=asked):  # both validate `out` before any communication
+            if choice == "push":
+                return gather_rows_push(local_outputs, plan, group, layout, out, asked)
+            views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
+            from .native import gather_rows_native
+            return gather_rows_native(local_outputs, plan, group, layout, mode=choice.partition(":")[2] or None,
+                                      outs=views)
+        if backend == "auto":
+            native = _native_available(group)
+            if tuned and native:
+                cands = ["push"] + _native_candidates(plan)
+                backend = tune_choice(tuning_key(plan, local_outputs, layout, group, True), cands,
+                                      lambda c: run(c, "push"), group, local_outputs[0].device)
+            else:  # the faster of the two for this plan (measured: qvdp/dist/push.py)
+                one = layout == "concat" or len(local_outputs) == 1
+                backend = "push" if prefer_push(plan, one) or not native else "native"
+        return run(backend)
     if world == 1:
         return list(local_outputs) if layout == "list" else torch.cat(list(local_outputs), 1)
+
+    def run_plain(choice):
+        if choice.startswith("native"):
+            from .native import gather_rows_native
+            return gather_rows_native(local_outputs, plan, group, layout, mode=choice.partition(":")[2] or None)
+        return _gather_rows_torch(local_outputs, plan, group, rank, layout)
     if backend == "auto":
-        backend = "native" if _native_available(group) else "torch"
-    if backend == "native":
-        from .native import gather_rows_native
-        return gather_rows_native(local_outputs, plan, group, layout)
-    return _gather_rows_torch(local_outputs, plan, group, rank, layout)
+        native = _native_available(group)
+        if tuned and native:
+            backend = tune_choice(tuning_key(plan, local_outputs, layout, group, False),
+                                  _native_candidates(plan) + ["torch"], run_plain, group, local_outputs[0].device)
+        else:
+            backend = "native" if native else "torch"
+    return run_plain(backend)
+
+
+_TUNED: dict = {}
+
+
+def _native_candidates(plan: ShardPlan) -> list:
+    """The NCCL gather's modes worth timing for a plan: its default (an all-gather for uniform plans, else
+    grouped broadcasts), grouped send/recv, and broadcasts where the default is the all-gather."""
+    return ["native:auto", "native:p2p"] + (["native:bcast"] if plan.uniform_block_rows() is not None else [])
+
+
+def tuning_key(plan: ShardPlan, local_outputs, layout: str, group=None, with_out: bool = False) -> tuple:
+    """The class of gathers a tuned "auto" choice is remembered for: group, world size, whether out= buffers
+    are given, layout and output count, element size, whether every rank owns one equal run in rank order,
+    total bytes (buckets of a factor sqrt(2)), the largest rank's share of the rows (eighths)."""
+    row_bytes = sum(int(t.shape[1]) for t in local_outputs) * local_outputs[0].element_size()
+    total = plan.total_rows * row_bytes
+    share8 = plan.memo("largest_share8", lambda: min(int(8 * max(plan.rows_per_rank) / max(plan.total_rows, 1)), 7))
+    gkey = "world" if group is None or group is dist.group.WORLD else id(group)
+    return (gkey, plan.world_size, with_out, layout, len(local_outputs), local_outputs[0].element_size(),
+            plan.uniform_block_rows() is not None, round(2 * math.log2(max(total, 1))), share8)
+
+
+def tuned_choices() -> dict:
+    """{tuning_key: backend} chosen so far in this process by tuned "auto" gathers."""
+    return dict(_TUNED)
+
+
+def clear_tuning():
+    _TUNED.clear()
+
+
+def tune_choice(key, cands: list, run, group, device, warm: int = 2, reps: int = 5) -> str:
+    """The fastest of `cands` for this key: each run(c) `warm` times, then `reps` single calls after a
+    barrier, timed on this rank (CUDA events, or the host clock on CPU); the slowest rank's median per
+    candidate decides (one all-reduce, so every rank picks the same). Remembered per key. Collective: every
+    rank of the group calls it with the same key and candidates."""
+    hit = _TUNED.get(key)
+    if hit is not None:
+        return hit
+    cuda = device.type == "cuda"
+    med = []
+    for c in cands:
+        for _ in range(warm):
+            run(c)
+        ts = []
+        for _ in range(reps):
+            dist.barrier(group=group)
+            if cuda:
+                torch.cuda.synchronize(device)
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                run(c)
+                e1.record()
+                e1.synchronize()
+                ts.append(e0.elapsed_time(e1) * 1e3)
+            else:
+                t0 = time.perf_counter()
+                run(c)
+                ts.append((time.perf_counter() - t0) * 1e6)
+        med.append(sorted(ts)[len(ts) // 2])
+    t = torch.tensor(med, dtype=torch.float64, device=device if cuda else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    best = cands[int(torch.argmin(t).item())]
+    _TUNED[key] = best
+    return best
 
 
 def _gather_rows_torch(local_outputs, plan, group, rank, layout):
