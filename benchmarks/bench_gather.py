@@ -76,6 +76,9 @@ def _worker(rank, world, port, q):
             if _push._native() is not None and _push.use_relay(plan):  # the default is the pipelined relay
                 fns["qvdp push (relay in two stages)"] = with_setting("PIPELINED_RELAY", "0")
             fns["qvdp auto (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf)
+            if native:  # NCCL straight into the symmetric buffer (what "auto" runs when it picks native)
+                fns["qvdp native (auto) into out="] = lambda: gather_rows_native([local], plan, None, "concat", "auto",
+                                                                                 outs=[sbuf[:plan.total_rows]])
             if native:  # "auto" measuring its choice on the first call of the plan's class (tune=True)
                 fns["qvdp auto tuned (out=)"] = lambda: qvdp.gather_rows([local], plan, layout="concat", out=sbuf,
                                                                           tune=True)
@@ -132,9 +135,20 @@ def _worker(rank, world, port, q):
         r = slowest_rank_us(fns, dev)  # systems timed in turn, 30 calls after 5 warm-ups
         r["_bytes"] = total * WIDTH * 2
         out[name] = r
-        if rank == 0 and native:
-            from qvdp.dist.gather import tuned_choices
-            print(world, name, "tuned choices so far:", list(tuned_choices().values()), flush=True)
+        if native and sbuf is not None:  # host time of one tuned call (python + launches), median of 10
+            import time
+            hs = []
+            for _ in range(10):
+                dist.barrier()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fns["qvdp auto tuned (out=)"]()
+                hs.append((time.perf_counter() - t0) * 1e6)
+            torch.cuda.synchronize()
+            from qvdp.dist.gather import TUNE_TIMES
+            if rank == 0:
+                print(world, name, "tuned: host us per call", round(sorted(hs)[5], 1), "; tuning runs (us):",
+                      list(TUNE_TIMES.values())[-1:], flush=True)
         if rank == 0:
             print(world, name, "push exact on every rank:", exact, {k: round(v, 1) for k, v in r.items() if not k.startswith("_")}, flush=True)
     finish_worker(rank, q, out)

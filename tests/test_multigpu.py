@@ -98,6 +98,17 @@ def _gather_worker(rank, world):
                 out[key] = all(torch.equal(a, b) for a, b in zip(got, full)) and torch.equal(gc, torch.cat(full, 1))
             except ImportError as e:
                 out[key] = f"unavailable: {e}"
+    os.environ.pop("QVDP_GATHER_MODE", None)
+    try:  # repeated calls with the same tensors take the fast path: new contents must be sent each time
+        for i in range(3):
+            got = qvdp.gather_rows(local, plan, backend="native", layout="concat")
+        for t in local:
+            t.mul_(-1)
+        again = qvdp.gather_rows(local, plan, backend="native", layout="concat")
+        out["native/repeat, new contents"] = torch.equal(again, -torch.cat(full, 1)) and \
+            torch.equal(got, torch.cat(full, 1))
+    except ImportError as e:
+        out["native/repeat, new contents"] = f"unavailable: {e}"
     return out
 
 

@@ -95,10 +95,14 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
             the same tune setting: the measurement is collective.
     """
     tuned = backend == "auto" and (os.environ.get("QVDP_GATHER_TUNE", "0") == "1" if tune is None else bool(tune))
+    asked = "auto+tune" if tuned else backend  # tuned and rule-based "auto" may choose differently: own keys
+    fkey = _fast_key(local_outputs, plan, group, layout, out, asked)
+    hit = _FAST.get(fkey) if fkey is not None else None
+    if hit is not None:  # a repeat of a validated call that ran the NCCL gather: enqueue it again
+        return hit[1]()
     if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton":
         from .push import push_fast_path
-        # a repeat of a validated call (tuned "auto" calls have their own key: the two may choose differently)
-        res = push_fast_path(local_outputs, plan, group, layout, out, "auto+tune" if tuned else backend)
+        res = push_fast_path(local_outputs, plan, group, layout, out, asked)  # a repeat of a validated push call
         if res is not None:
             return res
     world, rank = group_info(group)
@@ -111,57 +115,95 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         raise ValueError(f"backend must be 'auto', 'native', 'torch' or 'push', got {backend!r}")
     if backend == "push" and out is None:
         raise ValueError("backend 'push' needs out= buffers from qvdp.dist.symmetric_empty")
+    runners = {}
+
+    def native(choice, views=None):  # the NCCL gather for "native" or "native:<mode>", prepared once per call
+        if choice not in runners:
+            from .native import native_runner
+            runners[choice] = native_runner(local_outputs, plan, group, layout, choice.partition(":")[2] or None,
+                                            views)
+        return runners[choice]
+
+    def finish(choice, views=None):  # run the chosen NCCL gather; repeats of this call take it directly
+        r = native(choice, views)
+        if fkey is not None:
+            if len(_FAST) >= 64:
+                _FAST.clear()
+            _FAST[fkey] = (plan, r)  # (the plan is kept alive: its id is part of the key)
+        return r()
     if out is not None:
         if backend == "torch":
             raise ValueError("out= is for backends 'push', 'native' and 'auto' (symmetric buffers), not 'torch'")
         if group_backend(group) != "nccl":
             raise ValueError(f"out= (symmetric buffers) needs an NCCL group of GPUs of one host, got backend "
                              f"{group_backend(group)!r}")
-        from .push import check_push_out, gather_rows_push, prefer_push, result_views
+        from .push import check_push_out, gather_rows_push, prefer_push, push_fast_path, result_views
         if world == 1:  # nothing to exchange: the rows are copied into out
             bufs = [b for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
             srcs = [torch.cat(list(local_outputs), 1)] if layout == "concat" else list(local_outputs)
             for b, t in zip(bufs, srcs):
                 b[:plan.total_rows].copy_(t)
             return result_views(bufs, plan, layout)
-        asked = "auto+tune" if tuned else backend
-
-        def run(choice, asked=asked):  # both validate `out` before any communication
-            if choice == "push":
-                return gather_rows_push(local_outputs, plan, group, layout, out, asked)
+        if backend == "auto" or backend == "native":  # validated before any communication
             views = [b[:plan.total_rows] for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
-            from .native import gather_rows_native
-            return gather_rows_native(local_outputs, plan, group, layout, mode=choice.partition(":")[2] or None,
-                                      outs=views)
+
+        def trial(choice):  # one tuning run: repeated push calls take push's fast path, as users' calls do
+            if choice == "push":
+                res = push_fast_path(local_outputs, plan, group, layout, out, "push")
+                return res if res is not None else gather_rows_push(local_outputs, plan, group, layout, out, "push")
+            return native(choice, views)()
         if backend == "auto":
-            native = _native_available(group)
-            if tuned and native:
-                cands = ["push"] + _native_candidates(plan)
-                backend = tune_choice(tuning_key(plan, local_outputs, layout, group, True), cands,
-                                      lambda c: run(c, "push"), group, local_outputs[0].device)
+            nat = _native_available(group)
+            if tuned and nat:
+                backend = tune_choice(tuning_key(plan, local_outputs, layout, group, True),
+                                      ["push"] + _native_candidates(plan), trial, group, local_outputs[0].device)
             else:  # the faster of the two for this plan (measured: qvdp/dist/push.py)
                 one = layout == "concat" or len(local_outputs) == 1
-                backend = "push" if prefer_push(plan, one) or not native else "native"
-        return run(backend)
+                backend = "push" if prefer_push(plan, one) or not nat else "native"
+        if backend == "push":
+            return gather_rows_push(local_outputs, plan, group, layout, out, asked)
+        return finish(backend, views)
     if world == 1:
         return list(local_outputs) if layout == "list" else torch.cat(list(local_outputs), 1)
-
-    def run_plain(choice):
-        if choice.startswith("native"):
-            from .native import gather_rows_native
-            return gather_rows_native(local_outputs, plan, group, layout, mode=choice.partition(":")[2] or None)
-        return _gather_rows_torch(local_outputs, plan, group, rank, layout)
     if backend == "auto":
-        native = _native_available(group)
-        if tuned and native:
+        nat = _native_available(group)
+        if tuned and nat:
             backend = tune_choice(tuning_key(plan, local_outputs, layout, group, False),
-                                  _native_candidates(plan) + ["torch"], run_plain, group, local_outputs[0].device)
+                                  _native_candidates(plan) + ["torch"],
+                                  lambda c: (_gather_rows_torch(local_outputs, plan, group, rank, layout)
+                                             if c == "torch" else native(c)()), group, local_outputs[0].device)
         else:
-            backend = "native" if native else "torch"
-    return run_plain(backend)
+            backend = "native" if nat else "torch"
+    if backend.startswith("native"):
+        return finish(backend)
+    return _gather_rows_torch(local_outputs, plan, group, rank, layout)
+
+
+_FAST: dict = {}  # validated NCCL gathers by call signature (_fast_key) -> (plan, runner); at most 64
+
+
+def _sig(t):
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+
+
+def _fast_key(local_outputs, plan, group, layout, out, asked):
+    """The key of a call for the fast path: group, plan object, layout, backend asked, gather mode setting, and
+    the address, shape, strides, dtype and device of every local and out tensor. None when not hashable."""
+    if not isinstance(local_outputs, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in local_outputs):
+        return None
+    outs = () if out is None else ((out,) if isinstance(out, torch.Tensor) else out)
+    if not isinstance(outs, (list, tuple)) or not all(isinstance(o, torch.Tensor) for o in outs):
+        return None
+    gkey = "world" if group is None or group is dist.group.WORLD else id(group)
+    try:
+        return (gkey, id(plan), layout, asked, os.environ.get("QVDP_GATHER_MODE", "auto"),
+                tuple(_sig(t) for t in local_outputs), tuple(_sig(o) for o in outs))
+    except TypeError:
+        return None
 
 
 _TUNED: dict = {}
+TUNE_TIMES: dict = {}  # {tuning_key: {candidate: slowest rank's median us}} of each tuning run
 
 
 def _native_candidates(plan: ShardPlan) -> list:
@@ -189,23 +231,25 @@ def tuned_choices() -> dict:
 
 def clear_tuning():
     _TUNED.clear()
+    TUNE_TIMES.clear()
+    _FAST.clear()
 
 
-def tune_choice(key, cands: list, run, group, device, warm: int = 2, reps: int = 5) -> str:
-    """The fastest of `cands` for this key: each run(c) `warm` times, then `reps` single calls after a
-    barrier, timed on this rank (CUDA events, or the host clock on CPU); the slowest rank's median per
-    candidate decides (one all-reduce, so every rank picks the same). Remembered per key. Collective: every
-    rank of the group calls it with the same key and candidates."""
+def tune_choice(key, cands: list, run, group, device, warm: int = 2, reps: int = 7) -> str:
+    """The fastest of `cands` for this key: each run(c) `warm` times, then `reps` rounds of one call of each
+    candidate in turn, each after a barrier, timed on this rank (CUDA events, or the host clock on CPU); the
+    slowest rank's median per candidate decides (one all-reduce, so every rank picks the same). Remembered
+    per key. Collective: every rank of the group calls it with the same key and candidates."""
     hit = _TUNED.get(key)
     if hit is not None:
         return hit
     cuda = device.type == "cuda"
-    med = []
     for c in cands:
         for _ in range(warm):
             run(c)
-        ts = []
-        for _ in range(reps):
+    ts = {c: [] for c in cands}
+    for _ in range(reps):
+        for c in cands:
             dist.barrier(group=group)
             if cuda:
                 torch.cuda.synchronize(device)
@@ -214,16 +258,17 @@ def tune_choice(key, cands: list, run, group, device, warm: int = 2, reps: int =
                 run(c)
                 e1.record()
                 e1.synchronize()
-                ts.append(e0.elapsed_time(e1) * 1e3)
+                ts[c].append(e0.elapsed_time(e1) * 1e3)
             else:
                 t0 = time.perf_counter()
                 run(c)
-                ts.append((time.perf_counter() - t0) * 1e6)
-        med.append(sorted(ts)[len(ts) // 2])
+                ts[c].append((time.perf_counter() - t0) * 1e6)
+    med = [sorted(ts[c])[len(ts[c]) // 2] for c in cands]
     t = torch.tensor(med, dtype=torch.float64, device=device if cuda else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     best = cands[int(torch.argmin(t).item())]
     _TUNED[key] = best
+    TUNE_TIMES[key] = dict(zip(cands, (round(x, 1) for x in t.tolist())))
     return best
 
 

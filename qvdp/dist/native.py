@@ -40,6 +40,13 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
     broadcasts), "bcast", "p2p" (grouped send/recv), "allgather" (only for uniform plans).
     outs: validated contiguous [total_rows, width] destinations (one per output, or one for "concat");
     allocated when None."""
+    return native_runner(local_outputs, plan, group, layout, mode, outs)()
+
+
+def native_runner(local_outputs, plan: ShardPlan, group, layout: str, mode: str | None = None, outs=None):
+    """gather_rows_native's work as a function of no arguments, everything derivable from the arguments'
+    shapes prepared once: calling it enqueues the gather of the local tensors' current contents (new outputs
+    each call when `outs` is None). For repeated calls with the same tensors (gather_rows' fast path)."""
     mode = mode or os.environ.get("QVDP_GATHER_MODE", "auto")
     if mode not in ("auto", "bcast", "p2p", "allgather"):
         raise ValueError(f"gather mode must be 'auto', 'bcast', 'p2p' or 'allgather', got {mode!r}")
@@ -48,15 +55,20 @@ def gather_rows_native(local_outputs, plan: ShardPlan, group, layout: str, mode:
         raise ValueError("gather mode 'allgather' needs a plan where every rank owns one equal run in rank order")
     comm = _comm_for(group)
     ref = local_outputs[0]
-    if layout == "concat":
-        local = [torch.cat(list(local_outputs), 1) if len(local_outputs) > 1 else local_outputs[0].contiguous()]
-    else:
-        local = [t.contiguous() for t in local_outputs]
-    if outs is None:
-        outs = [torch.empty((plan.total_rows, t.shape[1]), dtype=ref.dtype, device=ref.device) for t in local]
-    if uniform is not None and mode in ("auto", "allgather"):
-        comm.all_gather(local, outs)
-        return outs if layout == "list" else outs[0]
-    runs = plan.memo("runs_tensor", lambda: torch.tensor(plan.all_runs(), dtype=torch.int64).reshape(-1, 4))
-    comm.gather_runs(local, outs, runs, mode == "p2p")
-    return outs if layout == "list" else outs[0]
+    srcs = list(local_outputs)
+    cat = layout == "concat" and len(srcs) > 1
+    widths = [sum(t.shape[1] for t in srcs)] if layout == "concat" else [t.shape[1] for t in srcs]
+    runs = None if uniform is not None and mode in ("auto", "allgather") else \
+        plan.memo("runs_tensor", lambda: torch.tensor(plan.all_runs(), dtype=torch.int64).reshape(-1, 4))
+    p2p = mode == "p2p"
+
+    def run():
+        local = [torch.cat(srcs, 1)] if cat else [t.contiguous() for t in srcs]
+        dst = outs if outs is not None else \
+            [torch.empty((plan.total_rows, w), dtype=ref.dtype, device=ref.device) for w in widths]
+        if runs is None:
+            comm.all_gather(local, dst)
+        else:
+            comm.gather_runs(local, dst, runs, p2p)
+        return dst if layout == "list" else dst[0]
+    return run
