@@ -140,6 +140,11 @@ def systems(fa3):
         bm4 = build_block_map(cu, q.shape[0], cfg["BLOCK_M"])
         return lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, q.shape[-1] ** -0.5, bm4, cfg)
 
+    def qvdp_v9_sys(qkv, cu, cos, sin, lens, bm):  # the Triton kernel the Gluon one (v13) replaced at D=64
+        q, k, v = qkv.unbind(1)
+        cfg = dict(attention_config(q.shape[-1], max(lens), "cuda"), GLUON=0)
+        return lambda: _varlen_attention_triton(q, k, v, cu, max(lens), cos, sin, q.shape[-1] ** -0.5, bm, cfg)
+
     def qvdp_only(qkv, cu, cos, sin, lens, bm):
         # the attention alone on q, k rotated before (as the tower's qkv GEMM leaves them when it applies the
         # rotary in its epilogue): the counterpart of 'FA3 attn only'
@@ -151,6 +156,8 @@ def systems(fa3):
     out = {"qvdp (RoPE fused)": qvdp_sys, "qvdp attn only": qvdp_only}
     if any(attention_config(D, max(lens), "cuda").get("TMA") for _, lens, _, D in SHAPES):
         out["qvdp v4 pointer loads"] = qvdp_v4_sys
+    if any(attention_config(D, max(lens), "cuda").get("GLUON") for _, lens, _, D in SHAPES):
+        out["qvdp v9 Triton kernel"] = qvdp_v9_sys
     if flash_attn_available():  # the optional flash-attn package (FA2): qvdp's RoPE pass + its varlen kernel
         out["qvdp RoPE pass + flash-attn"] = qvdp_fa2_sys
     else:

@@ -10,6 +10,7 @@
 #   bash scripts/gpu_session.sh s14a     # (1 GPU) attention GPU tests + bench (v6 D=64)
 #   bash scripts/gpu_session.sh s15a     # (1 GPU) attention GPU tests + bench (v9 D=64)
 #   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
+#   bash scripts/gpu_session.sh s17a     # (1 GPU) attention v13 (Gluon D=64) GPU tests + bench
 #   bash scripts/gpu_session.sh s17g     # (2-4 GPUs) push/native multi-GPU tests incl. tuned "auto", bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -45,7 +46,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -55,7 +56,10 @@ if [ "$build" = 1 ]; then
 fi
 python3 -m qvdp.env
 # (s16g, 2 GPUs, ran at commit 4426f6a: push tests and bench_gather with copy-engine runs; reverted)
-if [ "$STAGE" = s17g ]; then  # session 17, 2-4 GPUs: tuned "auto" gather: the push/native multi-GPU tests, bench_gather at 4 and 2
+if [ "$STAGE" = s17a ]; then  # session 17, one GPU: attention v13 (Gluon, D=64) GPU tests, then the attention benchmark
+  T=${ATT_T:-260} TAILN=10 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "${ATT_K:-gluon or tma_kernel or head_dims or compile}" -p no:cacheprovider --durations=6
+  T=${BENCH_T:-260} TAILN=70 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
+elif [ "$STAGE" = s17g ]; then  # session 17, 2-4 GPUs: tuned "auto" gather: the push/native multi-GPU tests, bench_gather at 4 and 2
   T=${TEST_T:-200} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests/test_multigpu.py -k "push_gather_exact or native_gather_exact" -p no:cacheprovider
   T=${BENCH_T:-240} TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
 elif [ "$STAGE" = s16a ]; then  # session 16, one GPU: D=64-path attention GPU tests + bench

@@ -39,8 +39,9 @@ def _capture(self, *args, grid, warmup, **kwargs):
 def _type(v):
     if isinstance(v, torch.Tensor):
         return "*" + _DT[v.dtype]
-    if type(v).__name__ == "TensorDescriptor":
-        return f"tensordesc<{_DT[v.base.dtype]}[{', '.join(str(b) for b in v.block_shape)}]>"
+    if type(v).__name__ == "TensorDescriptor":  # Gluon's carries its shared-memory layout
+        lay = f",{v.layout!r}" if getattr(v, "layout", None) is not None else ""
+        return f"tensordesc<{_DT[v.base.dtype]}[{', '.join(str(b) for b in v.block_shape)}]{lay}>"
     if isinstance(v, bool):
         return "i1"
     if isinstance(v, int):
@@ -56,12 +57,15 @@ def source(fn, args, kwargs):
     values = dict(zip([p.name for p in fn.params], args))
     values.update({k: v for k, v in kwargs.items() if k not in _OPTIONS})
     for p in fn.params:
-        v = values[p.name]
+        v = values[p.name] if p.name in values else p.default  # a parameter left at its default
         if p.is_constexpr:
             sig[p.name], const[p.name] = "constexpr", v
         else:
             sig[p.name] = _type(v)
     opts = {k: kwargs[k] for k in _OPTIONS if k in kwargs and kwargs[k] is not None}
+    if type(fn).__name__ == "GluonJITFunction":  # a Gluon kernel (attention v13)
+        from triton.experimental.gluon._runtime import GluonASTSource
+        return GluonASTSource(fn, sig, dict(const)), opts, sig, const
     return ASTSource(fn, sig, dict(const)), opts, sig, const
 
 

@@ -245,13 +245,33 @@ def test_gpu_tma_kernel(D, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_gluon_kernel(dtype):
+    # v13 (Gluon, D=64): Q rotated in the kernel, K by the K-only pre-pass; ring depths 2 and 3, the loads
+    # issued early or behind P V, a register cap; segment edge cases incl. 65536 tokens and 3000 segments
+    from qvdp.ops.attention_gluon import HAS_GLUON
+    if not HAS_GLUON:
+        pytest.skip("this Triton has no Gluon Hopper API")
+    base = attention_config(64, 4096, "cuda")
+    assert base.get("GLUON") == 1
+    for i, extra in enumerate([{}, {"STAGES": 3}, {"LATE": 1}, {"GREG": 168}, {"BLOCK_N": 64}]):
+        cfg = dict(base, **extra)
+        for rope in (True, False):
+            _check([1, 300, 1000, 77, 64, 129, 128, 127], 3, 64, dtype, "cuda", rope=rope, seed=i, cfg=cfg)
+    for lens in ([65536], [1] * 3000, [7] * 2000 + [4000], [63, 65, 191]):
+        for rope in (True, False):
+            _check(lens, 2, 64, dtype, "cuda", rope=rope, seed=len(lens), cfg=base)
+
+
+@pytest.mark.gpu
 def test_gpu_fp32_inputs():
     _check([100, 900], 2, 72, torch.float32, "cuda")
 
 
 @pytest.mark.gpu
-def test_gpu_torch_compile_no_graph_break():
-    q, k, v, cu, cos, sin = make([128, 64], 2, 72, torch.bfloat16, "cuda")
+@pytest.mark.parametrize("D", [72, 64])
+def test_gpu_torch_compile_no_graph_break(D):
+    q, k, v, cu, cos, sin = make([128, 64], 2, D, torch.bfloat16, "cuda")
 
     def f(q, k, v, cu, cos, sin):
         return varlen_attention(q, k, v, cu, 128, cos=cos, sin=sin, validate=False) * 2

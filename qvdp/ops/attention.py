@@ -486,7 +486,9 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
     memory. maxnreg caps the registers per thread (more programs per SM). DIRECT=1 (v9, default with TMA):
     V, and without RoPE Q and K, come straight from the caller's [T, H, D] views by descriptor (no copy),
     with RoPE one pre-pass rotates K and Q into packed buffers; PDL=1 (default) launches the attention as
-    a programmatic dependent launch of that pre-pass.
+    a programmatic dependent launch of that pre-pass. GLUON=1 (v13, the D=64 default where Triton has Gluon's
+    Hopper API; qvdp/ops/attention_gluon.py): Q rotated inside the kernel into its shared-memory MMA tile, K
+    by a pre-pass of half v9's bytes; without RoPE nothing is copied.
     Set QVDP_ATTN_CONFIG to override (see _config_override)."""
     if device_type != "cuda":  # interpreter: big tiles = fewer numpy calls
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -506,8 +508,8 @@ def attention_config(head_dim: int, max_seqlen: int, device_type: str, elem_byte
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, LAYOUT=1)
     if db:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-    if head_dim == 64 and elem_bytes == 2:  # v6/v9: Q, K and V by TMA, 64x128 tiles, 3 programs per SM (NOTES.md)
-        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168)
+    if head_dim == 64 and elem_bytes == 2:  # v13 (Gluon, where available), else v9: 64x128 tiles, 3 programs per SM
+        return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, PIPE=0, TMA=1, QTMA=1, maxnreg=168, GLUON=1)
     if head_dim <= 64:  # (fp32 inputs at D=64 keep the pointer kernel: the TMA form is measured in bf16 only)
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
@@ -691,6 +693,10 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     else:
         cos = sin = q  # never read
     qtma = tma and bool(cfg.get("QTMA", 0))
+    if tma and cfg.get("GLUON") and all(_tma_view_ok(x) for x in (q, k, v)):
+        from .attention_gluon import attention_gluon, gluon_ok
+        if gluon_ok(q, k, v, cfg):  # v13: Q rotated inside the kernel (Gluon), K by a half-size pre-pass
+            return attention_gluon(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, _rot_pack)
     if tma and cfg.get("DIRECT", 1) and all(_tma_view_ok(x) for x in (q, k, v)):
         return _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma)
     # 1) K rotated once + V, packed head-major [H, T, DP] (zero columns past D)
