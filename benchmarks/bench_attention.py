@@ -176,12 +176,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--shapes", nargs="*", default=None, help="only shapes whose name contains one of these")
     args = ap.parse_args()
     fa3 = try_import_fa3()
     sysd = {k: v for k, v in systems(fa3).items() if not any(s in k for s in args.skip)}
     names = list(sysd)
     table, tflops = [], {n: [] for n in names}
-    for sname, lens, H, D in SHAPES:
+    shapes = [x for x in SHAPES if args.shapes is None or any(k in x[0] for k in args.shapes)]
+    for sname, lens, H, D in shapes:
         qkv, cu, cos, sin = make(lens, H, D)
         fl = 4.0 * sum(s * s for s in lens) * H * D
         bm = build_block_map(cu, qkv.shape[0], attention_config(D, max(lens), "cuda")["BLOCK_M"])
@@ -216,7 +218,7 @@ def main():
              "reference, ‖out−ref‖/‖ref‖.")
     write_results("attention", "Varlen vision attention with 2D RoPE (bf16, fwd)",
                   ["shape", "system", "ms", "TFLOP/s", "time / qvdp", "err"], table, notes, out_dir=args.out)
-    bar_plot("attention", [s[0] for s in SHAPES], tflops, "TFLOP/s (attention FLOPs)", out_dir=args.out)
+    bar_plot("attention", [s[0] for s in shapes], tflops, "TFLOP/s (attention FLOPs)", out_dir=args.out)
 
 
 if __name__ == "__main__":

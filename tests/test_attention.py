@@ -193,6 +193,28 @@ def test_interpreter_tma_direct(interpreter, D, qmode, rope, pipe):
 
 
 @interp
+def test_fast_launch_matches_the_jit_launch(interpreter):
+    # _triton_utils.fast_launch (the v13 launches): the same result as kernel[grid](...); on a GPU the second
+    # call of a specialization goes through the cached compiled kernel, in the interpreter never
+    from qvdp.ops.attention import _rot_pack
+    q, k, v, cu, cos, sin = make([5, 40, 19], 3, 64, torch.float16, interpreter)
+    T, H, D = k.shape
+    outs = []
+    for launch in ("jit", "fast", "fast"):
+        kp = torch.full((H * T, D), float("nan"), dtype=k.dtype, device=k.device)
+        args = (k, kp, k, kp, cos, sin, T, H, k.stride(0), k.stride(1), k.stride(0), k.stride(1), cos.stride(0))
+        consts = dict(HALF=32, TWO=False, HG=2, BLOCK_T=16, PDL=False)
+        grid = ((T + 15) // 16, (H + 1) // 2)
+        if launch == "jit":
+            _rot_pack[grid](*args, **consts, num_warps=4)
+        else:
+            _triton_utils.fast_launch(_rot_pack, grid, args, consts, num_warps=4)
+        outs.append(kp)
+    assert not torch.isnan(outs[0]).any()
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@interp
 def test_interpreter_tma_views_not_describable_fall_back(interpreter):
     # heads not side by side in a row (a [H, T, D] tensor permuted): no descriptor covers the view, so
     # the packed (v6) path runs
