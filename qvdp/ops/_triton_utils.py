@@ -87,7 +87,7 @@ def fast_launch(fn, grid, args: tuple, consts: dict, **opts):
         key = None
     k = _LAUNCHES.get(key) if key is not None else None
     if k is not None:
-        k[grid](*args, *consts.values())
+        k[tuple(grid) + (1,) * (3 - len(grid))](*args, *consts.values())  # (the compiled kernel wants 3 dims)
         return
     k = fn[grid](*args, **consts, **opts)
     names = [p.name for p in getattr(fn, "params", [])]
