@@ -88,8 +88,11 @@ def launches():
             cfg = A.attention_config(D, 4096, "cuda", q.element_size())
             bmap = torch.empty(T // cfg["BLOCK_M"] + 2, 2, dtype=torch.int32, **cuda)
             A._varlen_attention_triton(q, k, v, cu, 4096, cos, sin, D ** -0.5, bmap)
-            if D == 64:  # no RoPE (the tower's qkv GEMM rotated q, k): v9 reads the views, no pre-pass
+            if D == 64:  # no RoPE (the tower's qkv GEMM rotated q, k): the views are read, no pre-pass
                 A._varlen_attention_triton(q, k, v, cu, 4096, None, None, D ** -0.5, bmap)
+                if cfg.get("GLUON"):  # v9, the Triton kernel taken where Triton lacks Gluon's Hopper API
+                    for c, s in ((cos, sin), (None, None)):
+                        A._varlen_attention_triton(q, k, v, cu, 4096, c, s, D ** -0.5, bmap, dict(cfg, GLUON=0))
         for impl in ("lanes", "tile"):  # the RoPE pass in front of FA3
             qkv = torch.empty(512, 3, 16, 72, dtype=torch.bfloat16, **cuda)
             q, k, _ = qkv.unbind(1)
