@@ -28,6 +28,31 @@ def bench(fn, warmup=25, rep=100) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
+def attention_inputs(lens, H: int, D: int, dtype=torch.bfloat16, seed: int = 0):
+    """(qkv [T, 3, H, D], cu_seqlens, cos, sin) on the GPU: random packed qkv, segments `lens`, 2-D-RoPE-like
+    rotate-half tables (angles up to 50 rad)."""
+    torch.manual_seed(seed)
+    T = sum(lens)
+    qkv = torch.randn(T, 3, H, D, device="cuda", dtype=dtype)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lens).cumsum(0)
+    ang = torch.rand(T, D // 2, device="cuda") * 50
+    ang = torch.cat([ang, ang], -1)
+    return qkv, cu.cuda(), ang.cos().contiguous(), ang.sin().contiguous()
+
+
+def kernel_us(fn, n: int = 20, width: int = 40) -> dict:
+    """{kernel name[:width]: GPU us per call of fn} from the torch profiler (fn called once before)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key[:width]: round(e.device_time_total / n, 1) for e in prof.key_averages() if e.device_time_total > 0}
+
+
 def try_import_fa3():
     """FlashAttention-3 forward from the PyPI wheel fa3-fwd (its interface imports flash_attn_config,
     shipped as fa3_fwd_config)."""

@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import bar_plot, bench, try_import_fa3, write_results
+from _common import attention_inputs, bar_plot, bench, try_import_fa3, write_results
 
 import os
 
@@ -32,16 +32,7 @@ SHAPES = [  # (name, segment lengths, heads, head dim)
 ]
 
 
-def make(lens, H, D, dtype=torch.bfloat16, seed=0):
-    torch.manual_seed(seed)
-    T = sum(lens)
-    qkv = torch.randn(T, 3, H, D, device="cuda", dtype=dtype)
-    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lens).cumsum(0)
-    ang = torch.rand(T, D // 2, device="cuda") * 50
-    cos = torch.cat([ang, ang], -1).cos().contiguous()
-    sin = torch.cat([ang, ang], -1).sin().contiguous()
-    return qkv, cu.cuda(), cos, sin
+make = attention_inputs  # (lens, H, D, dtype, seed) -> qkv, cu_seqlens, cos, sin
 
 
 def pointer_config(D, max_seqlen):

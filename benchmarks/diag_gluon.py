@@ -9,31 +9,10 @@ import torch
 import triton
 
 sys.path.insert(0, ".")
-from benchmarks._common import try_import_fa3  # noqa: E402
+from benchmarks._common import attention_inputs as mk, kernel_us, try_import_fa3  # noqa: E402
+from benchmarks.diag_host import timings  # noqa: E402
 from qvdp.ops.attention import _varlen_attention_triton, attention_config, build_block_map  # noqa: E402
 from qvdp.reference import attention_reference  # noqa: E402
-
-
-def mk(lens, H, D, dt, seed=0):
-    torch.manual_seed(seed)
-    T = sum(lens)
-    qkv = torch.randn(T, 3, H, D, device="cuda", dtype=dt)
-    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lens).cumsum(0)
-    ang = torch.rand(T, D // 2, device="cuda") * 40
-    ang = torch.cat([ang, ang], -1)
-    return qkv, cu.cuda(), ang.cos().contiguous(), ang.sin().contiguous()
-
-
-def kernels(fn, n=20):
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    return {e.key[:28]: round(e.device_time_total / n, 1) for e in prof.key_averages() if e.device_time_total > 0}
 
 
 def main():
@@ -76,7 +55,7 @@ def main():
                 fn = lambda: _varlen_attention_triton(q, k, v, cu, max(lens), c, s_, D ** -0.5, bm, cfg)  # noqa: E731
                 ms = triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
                 res["TFLOP/s" + ("" if rope else " no RoPE")] = round(fl / ms / 1e9, 1)
-                res["us" + ("" if rope else " no RoPE")] = kernels(fn)
+                res["us" + ("" if rope else " no RoPE")] = kernel_us(fn, width=28)
         except Exception as e:  # noqa: BLE001
             res["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         emit(res)
@@ -86,12 +65,11 @@ def main():
     q, k, v = qkv.unbind(1)
     bm = build_block_map(cu, q.shape[0], base["BLOCK_M"])
     fn = lambda: varlen_attention(q, k, v, cu, max(lens), cos=cos, sin=sin, validate=False, block_map=bm)  # noqa: E731
-    from benchmarks.diag_host import timings
     for rep in range(2):
         t = timings(fn)
         emit({"public varlen_attention TFLOP/s": round(4.0 * sum(s * s for s in lens) * 16 * D / t["do_bench"] / 1e6, 1),
               **t, "rep": rep})
-    emit({"public us": kernels(fn)})
+    emit({"public us": kernel_us(fn, width=28)})
     fa3 = try_import_fa3()
     if fa3 is not None:
         lens = [3520] * 4
@@ -100,7 +78,7 @@ def main():
         fn = lambda: fa3(q, k, v, cu, cu, max(lens), max(lens))  # noqa: E731
         t = timings(fn)
         emit({"FA3 attn only TFLOP/s": round(4.0 * sum(s * s for s in lens) * 16 * D / t["do_bench"] / 1e6, 1), **t,
-              "us": kernels(fn)})
+              "us": kernel_us(fn, width=28)})
     if args.out:
         with open(args.out, "w") as f:
             f.write("".join(json.dumps(d) + "\n" for d in lines))

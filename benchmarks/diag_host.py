@@ -12,7 +12,7 @@ import torch
 import triton
 
 sys.path.insert(0, ".")
-from benchmarks._common import try_import_fa3  # noqa: E402
+from benchmarks._common import kernel_us as kernels, try_import_fa3  # noqa: E402
 from qvdp.ops.attention import attention_config, build_block_map, varlen_attention  # noqa: E402
 
 
@@ -64,17 +64,6 @@ def timings(fn, n=30):
     except Exception as e:  # noqa: BLE001
         res["graph"] = f"{type(e).__name__}: {str(e)[:120]}"
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in res.items()}
-
-
-def kernels(fn, n=20):
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    return {e.key[:40]: round(e.device_time_total / n, 1) for e in prof.key_averages() if e.device_time_total > 0}
 
 
 def main():

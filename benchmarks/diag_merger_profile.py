@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from _common import best_event_ms
+from _common import best_event_ms, kernel_us
 from bench_merger import eager, make_inputs
 
 from qvdp.ops import merger_gemm
@@ -36,17 +34,7 @@ def host_ms(fn, n=20):
 
 
 def kernels(fn, n=10):
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    per = defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            per[ev.name[:90]] += ev.time_range.elapsed_us() / n
-    return per
+    return kernel_us(fn, n, width=90)
 
 
 def main():
