@@ -21,6 +21,9 @@ Two launches per call (one at D=64 without RoPE):
      K's without RoPE (no pre-pass at all); with RoPE the pre-pass `_rot_pack` rotates only K and Q
      into packed [H*T, D] buffers, and the attention is a programmatic dependent launch of it.
      Views no descriptor can cover take v6 (`_pack_kv` packs K, V and Q). Tails stay on 1.
+  1''. v13, the D=64 default for 16-bit inputs where Triton has Gluon's Hopper API
+     (`attention_gluon.py`): v9's loop written in Gluon, Q rotated inside the kernel straight into its
+     shared-memory MMA tile, so the pre-pass rotates K only; v9 is the fallback.
 A CPU-side-free "block map" (segment, q offset) per program, longest segments first, is
 built with a few device ops (searchsorted) - no host sync - and may be reused across layers.
 """

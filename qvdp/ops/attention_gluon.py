@@ -22,9 +22,9 @@ try:
                                                                   warpgroup_mma, warpgroup_mma_init,
                                                                   warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-    # the TMA load builtin: async_load from Triton 3.7 on, async_copy_global_to_shared before (3.6)
+    # the TMA load builtin: async_load in Triton 3.9, async_copy_global_to_shared in 3.6
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # renamed after 3.6
+    _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # barrier in 3.9, thread_barrier in 3.6
     _SMEM_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)  # 128-byte rows
     HAS_GLUON = True
 except Exception:  # pragma: no cover - Triton without Gluon's Hopper API
@@ -161,7 +161,7 @@ if HAS_GLUON:
 
 def gluon_ok(q, k, v, cfg) -> bool:
     """Whether the v13 Gluon kernel takes this call: Gluon's Hopper API, config GLUON=1, 16-bit q/k/v of
-    head dim 64 whose [T, H*D] views TMA can read (unit last stride, 16-byte aligned rows)."""
+    head dim 64 (the caller has checked that TMA can read their [T, H*D] views: _tma_view_ok)."""
     return (HAS_GLUON and bool(cfg.get("GLUON")) and q.dtype in (torch.float16, torch.bfloat16)
             and q.shape[-1] == 64)
 
