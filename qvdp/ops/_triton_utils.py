@@ -67,32 +67,42 @@ def _spec(a):
     if isinstance(a, torch.Tensor):
         return ("t", a.dtype, a.device, a.data_ptr() % 16 == 0)
     if type(a).__name__ == "TensorDescriptor":
-        return ("d", a.base.dtype, tuple(a.block_shape), repr(getattr(a, "layout", None)), a.base.data_ptr() % 16 == 0,
+        return ("d", a.base.dtype, tuple(a.block_shape), getattr(a, "layout", None), a.base.data_ptr() % 16 == 0,
                 tuple(int(s) % 16 == 0 for s in a.shape), tuple(int(s) % 16 == 0 for s in a.strides))
     raise TypeError(type(a).__name__)
 
 
-def fast_launch(fn, grid, args: tuple, consts: dict, **opts):
-    """fn[grid](*args, **consts, **opts), where `args` are the kernel's runtime parameters and `consts` its
-    constexpr parameters, both in signature order (constexprs last). The first launch of a specialization
-    goes through Triton's JIT; its compiled kernel is then launched directly (CompiledKernel[grid]), which
-    skips the JIT's per-argument specialization and cache lookup: ~20-40 us less host time per launch on the
-    GPU machine, which matters where a short launch (the attention's RoPE pre-pass, ~21 us of GPU time) must
-    be followed by the next before the GPU runs dry."""
+def prepared_launch(fn, grid, args: tuple, consts: dict, **opts):
+    """fn[grid](*args, **consts, **opts) as a function of no arguments, with the host work that does not
+    launch done now: `args` are the kernel's runtime parameters and `consts` its constexpr parameters, both
+    in signature order (constexprs last). The first launch of a specialization goes through Triton's JIT;
+    its compiled kernel is then launched directly (CompiledKernel[grid]), which skips the JIT's
+    per-argument specialization and cache lookup (~20-40 us of host time per launch on the GPU machine).
+    For a launch that must follow a short one (the attention behind its ~21 us RoPE pre-pass) before the
+    GPU runs dry: prepare it, launch the short one, then call it."""
     try:
         import torch
         key = (fn, tuple(_spec(a) for a in args), tuple(consts.items()), tuple(sorted(opts.items())),
                torch.cuda.current_device() if torch.cuda.is_available() else -1)
+        k = _LAUNCHES.get(key)
     except TypeError:
-        key = None
-    k = _LAUNCHES.get(key) if key is not None else None
+        key = k = None
     if k is not None:
-        k[tuple(grid) + (1,) * (3 - len(grid))](*args, *consts.values())  # (the compiled kernel wants 3 dims)
-        return
-    k = fn[grid](*args, **consts, **opts)
-    names = [p.name for p in getattr(fn, "params", [])]
-    if (key is not None and k is not None and not interpreter_on() and callable(getattr(k, "__getitem__", None))
-            and names == names[:len(args)] + list(consts) and len(names) == len(args) + len(consts)):
-        if len(_LAUNCHES) >= 256:
-            _LAUNCHES.clear()
-        _LAUNCHES[key] = k
+        runner = k[tuple(grid) + (1,) * (3 - len(grid))]  # (the compiled kernel wants 3 grid dims)
+        vals = (*args, *consts.values())
+        return lambda: runner(*vals)
+
+    def first():
+        k = fn[grid](*args, **consts, **opts)
+        names = [p.name for p in getattr(fn, "params", [])]
+        if (key is not None and k is not None and not interpreter_on() and callable(getattr(k, "__getitem__", None))
+                and names == names[:len(args)] + list(consts) and len(names) == len(args) + len(consts)):
+            if len(_LAUNCHES) >= 256:
+                _LAUNCHES.clear()
+            _LAUNCHES[key] = k
+    return first
+
+
+def fast_launch(fn, grid, args: tuple, consts: dict, **opts):
+    """prepared_launch(...) launched at once."""
+    prepared_launch(fn, grid, args, consts, **opts)()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton_utils import fast_launch
+from ._triton_utils import fast_launch, prepared_launch
 
 try:
     from triton.experimental import gluon
@@ -189,10 +189,11 @@ def attention_gluon(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, sca
     consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=int(cfg.get("STAGES", 2)), ROT_Q=has_rope,
                   LATE=bool(cfg.get("LATE", 0)))
     opts = dict(num_warps=4, **({"maxnreg": int(cfg["GREG"])} if cfg.get("GREG") else {}))
+    attend = prepared_launch(_attn_fwd_gluon, grid, args, consts, **opts)
     if has_rope:
         bt, hg = int(cfg.get("PBT", 32)), int(cfg.get("PHG", 4))
         fast_launch(rot_pack, ((T + bt - 1) // bt, (H + hg - 1) // hg),
                     (k, kp, k, kp, cos, sin, T, H, k.stride(0), k.stride(1), k.stride(0), k.stride(1), cos.stride(0)),
                     dict(HALF=D // 2, TWO=False, HG=hg, BLOCK_T=bt, PDL=False), num_warps=4)
-    fast_launch(_attn_fwd_gluon, grid, args, consts, **opts)
+    attend()
     return out
