@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .plan import ShardPlan
+from .push import _group_key, _sig  # (push.py is plain Python; its CUDA pieces load on first use)
 
 
 def group_info(group=None) -> tuple:
@@ -182,10 +183,6 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
 _FAST: dict = {}  # validated NCCL gathers by call signature (_fast_key) -> (plan, runner); at most 64
 
 
-def _sig(t):
-    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
-
-
 def _fast_key(local_outputs, plan, group, layout, out, asked):
     """The key of a call for the fast path: group, plan object, layout, backend asked, gather mode setting, and
     the address, shape, strides, dtype and device of every local and out tensor. None when not hashable."""
@@ -194,9 +191,8 @@ def _fast_key(local_outputs, plan, group, layout, out, asked):
     outs = () if out is None else ((out,) if isinstance(out, torch.Tensor) else out)
     if not isinstance(outs, (list, tuple)) or not all(isinstance(o, torch.Tensor) for o in outs):
         return None
-    gkey = "world" if group is None or group is dist.group.WORLD else id(group)
     try:
-        return (gkey, id(plan), layout, asked, os.environ.get("QVDP_GATHER_MODE", "auto"),
+        return (_group_key(group), id(plan), layout, asked, os.environ.get("QVDP_GATHER_MODE", "auto"),
                 tuple(_sig(t) for t in local_outputs), tuple(_sig(o) for o in outs))
     except TypeError:
         return None
@@ -219,8 +215,7 @@ def tuning_key(plan: ShardPlan, local_outputs, layout: str, group=None, with_out
     row_bytes = sum(int(t.shape[1]) for t in local_outputs) * local_outputs[0].element_size()
     total = plan.total_rows * row_bytes
     share8 = plan.memo("largest_share8", lambda: min(int(8 * max(plan.rows_per_rank) / max(plan.total_rows, 1)), 7))
-    gkey = "world" if group is None or group is dist.group.WORLD else id(group)
-    return (gkey, plan.world_size, with_out, layout, len(local_outputs), local_outputs[0].element_size(),
+    return (_group_key(group), plan.world_size, with_out, layout, len(local_outputs), local_outputs[0].element_size(),
             plan.uniform_block_rows() is not None, round(2 * math.log2(max(total, 1))), share8)
 
 

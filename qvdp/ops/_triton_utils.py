@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 try:  # triton is a hard dependency, but keep import errors readable on odd machines
     import triton  # noqa: F401
     import triton.language as tl  # noqa: F401
@@ -57,7 +59,6 @@ def _spec(a):
     """What Triton's JIT specializes an argument on, or finer: dtype and 16-byte alignment of tensors,
     divisibility by 16 / equality to 1 / width of ints, a TMA descriptor's dtype, block, layout and the
     alignment of its base, shape and strides."""
-    import torch
     if isinstance(a, bool):
         return ("b", a)
     if isinstance(a, int):
@@ -81,7 +82,6 @@ def prepared_launch(fn, grid, args: tuple, consts: dict, **opts):
     For a launch that must follow a short one (the attention behind its ~21 us RoPE pre-pass) before the
     GPU runs dry: prepare it, launch the short one, then call it."""
     try:
-        import torch
         key = (fn, tuple(_spec(a) for a in args), tuple(consts.items()), tuple(sorted(opts.items())),
                torch.cuda.current_device() if torch.cuda.is_available() else -1)
         k = _LAUNCHES.get(key)

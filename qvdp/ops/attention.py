@@ -37,6 +37,7 @@ from typing import Optional
 import torch
 
 from ._direct import call_direct
+from .attention_gluon import attention_gluon, gluon_ok
 from ._triton_utils import FP_FUSION, HAS_TRITON, next_pow2, split_head_dim, triton_usable
 from .. import reference as _ref
 
@@ -696,11 +697,10 @@ def _varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, cos, sin, scale, b
     else:
         cos = sin = q  # never read
     qtma = tma and bool(cfg.get("QTMA", 0))
-    if tma and cfg.get("GLUON") and all(_tma_view_ok(x) for x in (q, k, v)):
-        from .attention_gluon import attention_gluon, gluon_ok
-        if gluon_ok(q, k, v, cfg):  # v13: Q rotated inside the kernel (Gluon), K by a half-size pre-pass
-            return attention_gluon(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, _rot_pack)
-    if tma and cfg.get("DIRECT", 1) and all(_tma_view_ok(x) for x in (q, k, v)):
+    views = tma and all(_tma_view_ok(x) for x in (q, k, v))  # descriptors can read the caller's views
+    if views and gluon_ok(q, k, v, cfg):  # v13: Q rotated inside the kernel (Gluon), K by a half-size pre-pass
+        return attention_gluon(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, _rot_pack)
+    if views and cfg.get("DIRECT", 1):
         return _attention_tma_direct(q, k, v, out, cu_seqlens, block_map, cos, sin, has_rope, scale, cfg, qtma)
     # 1) K rotated once + V, packed head-major [H, T, DP] (zero columns past D)
     nbuf = H * (T * da + tp * db) if db else H * T * da
