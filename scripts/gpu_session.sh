@@ -12,6 +12,7 @@
 #   bash scripts/gpu_session.sh s15n     # (1 GPU, CUTLASS .so carried) every single-GPU test, the attention file first
 #   bash scripts/gpu_session.sh s17a     # (1 GPU) attention v13 (Gluon D=64) GPU tests + bench
 #   bash scripts/gpu_session.sh s17g     # (2-4 GPUs) push/native multi-GPU tests incl. tuned "auto", bench_gather at 4 and 2
+#   bash scripts/gpu_session.sh s18g     # (2 GPUs, asked as H100s) every multi-GPU test, bench_gather and diag_link at 2
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
@@ -59,6 +60,10 @@ python3 -m qvdp.env
 if [ "$STAGE" = s17a ]; then  # session 17, one GPU: attention v13 (Gluon, D=64) GPU tests, then the attention benchmark
   T=${ATT_T:-260} TAILN=10 step attention_tests python3 -m pytest -q -m gpu tests/test_attention.py -k "${ATT_K:-gluon or tma_kernel or head_dims or compile}" -p no:cacheprovider --durations=6
   T=${BENCH_T:-260} TAILN=70 step bench_attention python3 benchmarks/bench_attention.py --out logs/a
+elif [ "$STAGE" = s18g ]; then  # session 18, 2 GPUs (asked as 2 x H100): every multi-GPU test, the gather at 2, link rates
+  T=${TEST_T:-240} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=${BENCH_T:-200} TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+  T=${LINK_T:-90} TAILN=20 step diag_link python3 benchmarks/diag_link.py --worlds 2
 elif [ "$STAGE" = s17g ]; then  # session 17, 2-4 GPUs: tuned "auto" gather: the push/native multi-GPU tests, bench_gather at 4 and 2
   T=${TEST_T:-200} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests/test_multigpu.py -k "push_gather_exact or native_gather_exact" -p no:cacheprovider
   T=${BENCH_T:-240} TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
