@@ -2,8 +2,10 @@
 kernels of csrc/merger_gemm.cu (every configuration; D = acc for the mainloop alone; tile order sweep).
 Systems timed in turn, CUDA events around 20 calls, best of 5 rounds. TFLOP/s = 2*M*N*K / time.
 
-    python benchmarks/diag_merger_gemm.py
+    python benchmarks/diag_merger_gemm.py [--no-sweep]
 """
+import argparse
+
 import torch
 
 from _common import event_ms
@@ -14,6 +16,9 @@ SHAPES = [(3520, 4608, 4608), (14080, 4608, 4608), (3520, 4096, 4096), (14080, 4
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-sweep", action="store_true", help="skip the tile-order sweep of v1 / v4")
+    a = ap.parse_args()
     why = mg.unavailable_reason()
     if why:
         print("not available:", why)
@@ -35,7 +40,7 @@ def main():
         for v in sorted({**mg.VARIANTS, **mg.DIAG_VARIANTS}):
             fns[f"CUTLASS v{v} bias+GELU"] = (lambda v=v: mg.fc1_gelu(x, w, c=c, out=out, variant=v))
         fns["CUTLASS v1 fold epilogue"] = lambda: mg.fc1_gelu(x, w, rstd=rstd, negm=negm, s=s, c=c, out=out, variant=1)
-        for sw in (1, 2, 4, 8):
+        for sw in (() if a.no_sweep else (1, 2, 4, 8)):
             for ra in (0, 1, 2):
                 if sw == 1 and ra == 0:
                     continue
