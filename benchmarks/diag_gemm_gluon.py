@@ -217,6 +217,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one shape, the default configuration only")
     ap.add_argument("--configs", default=None, help="comma-separated names of CONFIGS")
     a = ap.parse_args()
+    if not HAS_GLUON:
+        print("this Triton has no Gluon Hopper API: nothing to time")
+        return
     shapes = [(3520, 4608), (6400, 4608), (14080, 4608), (3520, 4096)]
     cfgs = CONFIGS if a.configs is None else {k: CONFIGS[k] for k in a.configs.split(",")}
     if a.quick:
