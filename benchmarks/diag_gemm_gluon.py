@@ -1,5 +1,5 @@
 """Could a Gluon GEMM give the merger's fc1 its bias + exact-erf GELU epilogue at cuBLAS speed? (diagnostics,
-one Hopper GPU; session 18 measured no: 0.68-0.80x cuBLAS, benchmarks/NOTES.md)
+one Hopper GPU; session 18 measured no: 0.69-0.77x cuBLAS at the best configuration per shape, benchmarks/NOTES.md)
 
 The kernel under test, written here and used nowhere else: a persistent Hopper GEMM in Gluon,
 
