@@ -66,6 +66,14 @@ def try_import_fa3():
         return None
 
 
+def append_jsonl(path, rows):
+    """Append each dict of `rows` as one JSON line to `path` (diagnostics' --out)."""
+    import json
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
 def write_results(name: str, title: str, header: list, rows: list, notes: str = "", out_dir: str | None = None):
     c = card()
     os.makedirs(RESULTS, exist_ok=True)

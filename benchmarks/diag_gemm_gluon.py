@@ -19,12 +19,11 @@ best of 5; TFLOP/s; ||out - ref|| / ||ref|| against fp32.
     python benchmarks/diag_gemm_gluon.py [--out results.jsonl] [--quick] [--configs NAME,NAME]
 """
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
 
-from _common import best_event_ms, card
+from _common import append_jsonl, best_event_ms, card
 from qvdp.ops._triton_utils import fast_launch
 
 try:
@@ -136,17 +135,9 @@ if HAS_GLUON:
             mbarrier.invalidate(bars.index(i))
 
 
-_SM_COUNT: dict = {}
 _GL_DTYPE = {}
 if HAS_GLUON:
     _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-
-
-def _sm_count(dev) -> int:
-    idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def _layout(block, dtype):
@@ -173,7 +164,7 @@ def linear_epilogue_gluon(x, w, c=None, *, rstd=None, negm=None, s=None, gelu=Tr
     tiles = -(-M // BM) * -(-N // BN)
     dummy = out  # never read: its flag is off
     shift = negm is not None
-    grid = (min(tiles, _sm_count(x.device)),)
+    grid = (min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count),)
     fast_launch(_gemm_epi_kernel, grid,
                 (a_d, b_d, c_d, out, rstd if rstd is not None else dummy, negm if shift else dummy,
                  s if shift else dummy, c if c is not None else dummy, M, N, K, out.stride(0)),
@@ -264,9 +255,7 @@ def main():
         print(f"  eager err {res['err eager']:.2e}")
         rows.append(res)
     if a.out:
-        with open(a.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        append_jsonl(a.out, rows)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ in turn (CUDA events around 10 calls, median of 20); ||form - cur|| / ||cur||.
     python benchmarks/diag_merger_bias.py [--out results.jsonl] [--quick]
 """
 import argparse
-import json
 
 import torch
 
 import triton
 import triton.language as tl
 
-from _common import card, event_ms, time_interleaved
+from _common import append_jsonl, card, event_ms, time_interleaved
 from qvdp.ops._triton_utils import FP_FUSION
 from qvdp.ops.patch_merger import row_norm
 
@@ -122,8 +121,7 @@ def main():
                   f"bias_gelu {r['bias_gelu']:.1f} | err A/B/C {err['A']:.1e}/{err['B']:.1e}/{err['C']:.1e}",
                   flush=True)
             if a.out:
-                with open(a.out, "a") as fh:
-                    fh.write(json.dumps(r) + "\n")
+                append_jsonl(a.out, [r])
             forms = None  # (the closures hold this shape's tensors)
             torch.cuda.empty_cache()
 
