@@ -212,10 +212,14 @@ def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
 
 def slowest_rank_us(fns: dict, dev, warm: int = 5, rep: int = 30) -> dict:
     """Median µs per system of one call after a barrier, timed by CUDA events on each rank, the systems
-    timed in turn (time_interleaved); the slowest rank's median (every rank gets the same dict)."""
+    timed in turn (time_interleaved); the slowest rank's median (every rank gets the same dict). A system
+    function with a `pre` attribute has pre() run, untimed, before each timed call's barrier."""
     import torch.distributed as dist
 
     def event_us(fn):
+        pre = getattr(fn, "pre", None)  # untimed work before the barrier (e.g. evicting L2), if any
+        if pre is not None:
+            pre()
         dist.barrier()
         torch.cuda.synchronize()
         return event_ms(fn, inner=1) * 1e3

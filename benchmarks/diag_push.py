@@ -26,7 +26,7 @@ WORKLOADS = [("one 720p image", [[1, 44, 80]]), ("skewed 1280^2+3x256^2", [[1, 8
              ("4x720p", [[1, 44, 80]] * 4)]
 
 
-def _worker(rank, world, port, q):
+def _worker(rank, world, port, variants, flush, names, q):
     import torch.distributed as dist
     import torch.distributed._symmetric_memory as symm_mem
     import qvdp
@@ -72,7 +72,7 @@ def _worker(rank, world, port, q):
         from qvdp.dist.native import gather_rows_native
     except Exception:  # noqa: BLE001
         gather_rows_native = None
-    for wname, grid in WORKLOADS:
+    for wname, grid in [w for w in WORKLOADS if not names or w[0] in names]:
         plan = plan_shards(grid, world)
         local = torch.randn(plan.rows(rank), WIDTH, device=dev).to(torch.bfloat16)
         per = -(-plan.total_rows // world)
@@ -94,8 +94,22 @@ def _worker(rank, world, port, q):
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
+        if push._native() is not None and push.pipelined_mode(plan):  # --variants: pieces x resident blocks
+            for v in variants:
+                r, b = v.split(":")
+                fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
+                    "auto", QVDP_PUSH_PIECE_ROWS=r, QVDP_PUSH_BPS=b or "0")
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
+            fns["qvdp native (auto) into out="] = lambda: gather_rows_native(
+                [local], plan, None, "concat", "auto", outs=[buf[:plan.total_rows]])
+        if flush:  # one-call figures with the L2 evicted before each call (the source rows cold)
+            scratch = torch.empty(128 << 20, dtype=torch.uint8, device=dev)
+            for k in [k for k in fns if k.startswith(("push (CUDA)", "qvdp native (auto) into"))]:
+                def cold(f=fns[k]):
+                    return f()
+                cold.pre = scratch.zero_
+                fns[k + ", L2 evicted"] = cold
         fns["floor (equal all_gather_into_tensor)"] = lambda: dist.all_gather_into_tensor(fl_out, fl_in)
         one = slowest_rank_us(fns, dev)
         host = {}
@@ -110,7 +124,7 @@ def _worker(rank, world, port, q):
 
         def twenty(fn):
             return lambda: [fn() for _ in range(20)]
-        steady = slowest_rank_us({k: twenty(f) for k, f in fns.items()}, dev, warm=2, rep=7)
+        steady = slowest_rank_us({k: twenty(f) for k, f in fns.items()}, dev, warm=2, rep=7)  # (pre dropped)
         res[wname] = {k: (one[k], steady[k] / 20) for k in fns}
         if rank == 0:
             fl = one["floor (equal all_gather_into_tensor)"]
@@ -126,9 +140,14 @@ def _worker(rank, world, port, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="pipelined relay variants ROWS:BLOCKS_PER_SM (rows per piece 1-16, resident blocks per SM, "
+                         "empty = as many as fit), e.g. 16: 4: 1: 4:2")
+    ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
+    ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()
     for w in gpu_worlds(a.worlds):
-        spawn_ranks(_worker, w, timeout_s=600)
+        spawn_ranks(_worker, w, tuple(a.variants), a.flush, tuple(a.workloads or ()), timeout_s=600)
 
 
 if __name__ == "__main__":

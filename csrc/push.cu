@@ -56,18 +56,18 @@ __global__ void flag_barrier_kernel(const int64_t* __restrict__ flag_peers, int3
 // of `from`, stored at column `off` of rows d0 .. of `to`. All n loads are issued before the first store
 // (up to kRows loads in flight per thread); stores go over NVLink to a peer or to local memory. CG: load
 // through L2 only (rows another GPU wrote during this call).
-template <typename V, bool CG>
+template <typename V, bool CG, int MR = kRows>
 __device__ __forceinline__ void copy_piece(const char* from, int64_t from_stride, char* to, int64_t to_stride,
                                            int64_t r0, int64_t d0, int64_t n, int64_t off) {
-  V buf[kRows];
+  V buf[MR];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < MR; ++r)
     if (r < n) {
       const V* p = reinterpret_cast<const V*>(from + (r0 + r) * from_stride + off);
       buf[r] = CG ? __ldcg(p) : *p;
     }
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < MR; ++r)
     if (r < n) *reinterpret_cast<V*>(to + (d0 + r) * to_stride + off) = buf[r];
 }
 
@@ -97,8 +97,9 @@ __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __
 // depth (on any rank). Blocks are dispatched in index order, so every waiting block's producer has been
 // dispatched (on its own GPU) before it, and producers of depth 0 never wait: no deadlock.
 constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the ready marks
+// MR: the most rows of any unit (the relay's piece size, 1-16): fewer registers per thread for small pieces.
 constexpr int kUnitCols = 8;
-template <typename V>
+template <typename V, int MR>
 __global__ void push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
                                   const int64_t* __restrict__ units, int64_t spans, int64_t src_stride,
                                   int64_t dst_stride, int64_t row_bytes, const int64_t* __restrict__ ready_peers,
@@ -120,9 +121,9 @@ __global__ void push_units_kernel(const char* __restrict__ src, const int64_t* _
   for (int64_t off = y * kSpan + threadIdx.x * static_cast<int64_t>(sizeof(V)); off < end;
        off += static_cast<int64_t>(kThreads) * sizeof(V)) {
     if (out_src)
-      copy_piece<V, true>(from, from_stride, dst, dst_stride, r0, d0, n, off);
+      copy_piece<V, true, MR>(from, from_stride, dst, dst_stride, r0, d0, n, off);
     else
-      copy_piece<V, false>(from, from_stride, dst, dst_stride, r0, d0, n, off);
+      copy_piece<V, false, MR>(from, from_stride, dst, dst_stride, r0, d0, n, off);
   }
   if (mask != 0) {
     __syncthreads();
@@ -198,12 +199,40 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
 
 }  // namespace
 
+// Launches push_units_kernel<V, MR> with MR the smallest of 1, 2, 4, 8, 16 that is >= piece_rows (16 for
+// vectors narrower than 16 bytes); MR=16 takes 230 registers per thread (one 256-thread block per SM), MR=4 55;
+// blocks_per_sm > 0 caps the resident blocks per SM through dynamic shared memory (diagnostics).
+template <typename V>
+void launch_units(dim3 grid, int64_t piece_rows, int64_t blocks_per_sm, cudaStream_t stream, const char* s,
+                  const int64_t* p, const int64_t* u, int64_t spans, int64_t ss, int64_t dst_stride,
+                  int64_t row_bytes, const int64_t* rp, int r, int64_t epoch, int64_t timeout_ns, int32_t* e) {
+  auto go = [&](auto kernel) {
+    size_t smem = 0;
+    if (blocks_per_sm > 0) {
+      int dev = 0, per_sm = 0;
+      cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+      cuda_check(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev), "smem per SM");
+      smem = static_cast<size_t>(per_sm / blocks_per_sm) - 1024;  // the runtime reserves 1 KB per block
+      cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                 "cudaFuncSetAttribute");
+    }
+    kernel<<<grid, kThreads, smem, stream>>>(s, p, u, spans, ss, dst_stride, row_bytes, rp, r, epoch, timeout_ns, e);
+  };
+  if constexpr (sizeof(V) == 16) {  // addresses and strides all 16-byte multiples: the small-piece forms
+    if (piece_rows <= 1) return go(push_units_kernel<V, 1>);
+    if (piece_rows <= 2) return go(push_units_kernel<V, 2>);
+    if (piece_rows <= 4) return go(push_units_kernel<V, 4>);
+    if (piece_rows <= 8) return go(push_units_kernel<V, 8>);
+  }
+  go(push_units_kernel<V, kRows>);
+}
+
 // The pipelined gather for one source and one destination buffer: entry barrier, one launch of the
-// units (push_units_kernel), exit barrier. Returns the last epoch used.
+// units (push_units_kernel; every unit has <= piece_rows rows), exit barrier. Returns the last epoch used.
 int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, const at::Tensor& own,
                               int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
                               const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
-                              int64_t epoch, int64_t timeout_ns) {
+                              int64_t epoch, int64_t timeout_ns, int64_t piece_rows, int64_t blocks_per_sm) {
   check_table(units, kUnitCols, "units");
   check(src.is_cuda() && src.dim() == 2 && (src.size(0) == 0 || src.stride(1) == 1) && own.is_cuda() &&
             own.dim() == 2 && own.stride(1) == 1 && own.size(1) == src.size(1) && own.dtype() == src.dtype(),
@@ -216,6 +245,8 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
   const int64_t spans = (row_bytes + kSpan - 1) / kSpan;
   const int64_t n = units.size(0);
   check(dst_stride == own.stride(0) * eb, "dst_stride must be the output buffer's row stride in bytes");
+  check(piece_rows >= 1 && piece_rows <= kRows, "piece_rows must be in 1..16");
+  check(blocks_per_sm >= 0 && blocks_per_sm <= 32, "blocks_per_sm must be in 0..32");
   const c10::cuda::CUDAGuard guard(flag_peers.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
@@ -233,8 +264,8 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     const int r = static_cast<int>(rank);
     const int64_t ss = src.stride(0) * eb;
     with_vector(vb, [&](auto v) {
-      push_units_kernel<decltype(v)><<<grid, kThreads, 0, stream>>>(s, p, u, spans, ss, dst_stride, row_bytes, rp,
-                                                                    r, mark_epoch, timeout_ns, e);
+      launch_units<decltype(v)>(grid, piece_rows, blocks_per_sm, stream, s, p, u, spans, ss, dst_stride, row_bytes,
+                                rp, r, mark_epoch, timeout_ns, e);
     });
     cuda_check(cudaGetLastError(), "push_units_kernel");
   }

@@ -199,15 +199,18 @@ def _push_worker(rank, world):
                     gl = qvdp.gather_rows(local, plan, layout="list", tune=True)  # no out=: NCCL modes, torch
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
-            for pipe in ("1", "0"):  # one output: the pipelined relay on 3+ GPUs (relay plans), and without it
-                os.environ["QVDP_PUSH_PIPELINE"] = pipe
+            # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, and 2
+            # resident blocks per SM), and without it
+            for pipe, rows, bps in (("1", "16", "0"), ("1", "4", "0"), ("1", "1", "2"), ("0", "16", "0")):
+                os.environ.update(QVDP_PUSH_PIPELINE=pipe, QVDP_PUSH_PIECE_ROWS=rows, QVDP_PUSH_BPS=bps)
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
                 if pipe == "1" and push.pipelined_mode(plan):
                     relays.add("pipelined")
-            os.environ.pop("QVDP_PUSH_PIPELINE")
+            for k in ("QVDP_PUSH_PIPELINE", "QVDP_PUSH_PIECE_ROWS", "QVDP_PUSH_BPS"):
+                os.environ.pop(k)
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     os.environ.pop("QVDP_PUSH_IMPL")
     # the same gather called back to back without host syncs (epochs advance on the GPU only)

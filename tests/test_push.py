@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan):
+def _replay_units(plan, rows=push.ROWS):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
@@ -84,7 +84,7 @@ def _replay_units(plan):
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
-    units = push.pipelined_units(plan)
+    units = push.pipelined_units(plan, rows)
     producer = {}  # (rank notified, slot) -> depth of the unit that sets it
     depth = {}
     for r in range(w):
@@ -114,7 +114,7 @@ def _replay_units(plan):
             for i, (d, r0, d0, n, src, wait, mask, slot) in enumerate(units[r]):
                 if done[r][i] or (wait >= 0 and wait not in marks[r]):
                     continue
-                assert 0 < n <= push.ROWS
+                assert 0 < n <= rows
                 if src < 0:
                     vals = local[r][r0:r0 + n]
                 else:
@@ -131,11 +131,12 @@ def _replay_units(plan):
     return outs, writes, full
 
 
+@pytest.mark.parametrize("rows", [16, 4, 1])
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_pipelined_relay_replay(world, name):
+def test_pipelined_relay_replay(world, name, rows):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan)
+    outs, writes, full = _replay_units(plan, rows)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())

@@ -50,11 +50,20 @@ SPAN_BYTES = 4096       # csrc/push.cu kSpan
 # default since session 13: on 4 x H200 it took 130 / 223 us back to back for one image / skewed against the
 # two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
 PIPELINED_RELAY = "1"
+# Rows per piece of the pipelined relay (1-16; QVDP_PUSH_PIECE_ROWS overrides): the unit of its ready marks.
+PIECE_ROWS = 16
+# Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS overrides).
+BLOCKS_PER_SM = 0
 
 
 def _settings():
-    """The environment overrides that change what a call enqueues (part of the fast path's key)."""
-    return (os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY),)
+    """The environment overrides that change what a call enqueues (part of the fast path's key):
+    (pipelined relay on, rows per piece, resident blocks per SM)."""
+    rows = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", PIECE_ROWS))
+    bps = int(os.environ.get("QVDP_PUSH_BPS", BLOCKS_PER_SM))
+    if not 1 <= rows <= ROWS or not 0 <= bps <= 32:
+        raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got {rows}, {bps}")
+    return os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), rows, bps
 
 
 _STATES = {}        # group key -> _GroupState
@@ -234,8 +243,8 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def pipelined_units(plan: ShardPlan) -> dict:
-    """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= ROWS,
+def pipelined_units(plan: ShardPlan, rows: int = ROWS) -> dict:
+    """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= `rows`,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
     relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
@@ -246,16 +255,16 @@ def pipelined_units(plan: ShardPlan) -> dict:
     slots = iter(range(1 << 30))
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
         peers = [r for r in range(w) if r != s]
-        for k in range(0, n, ROWS):  # the owner's own copy
-            depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(ROWS, n - k), -1, -1, 0, -1)))
+        for k in range(0, n, rows):  # the owner's own copy
+            depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
         if shares is None:  # sent whole: a store to every peer
-            for k in range(0, n, ROWS):
+            for k in range(0, n, rows):
                 for d in peers:
-                    depth[s][0].append(((1, os_ + k, d), (d, ls + k, os_ + k, min(ROWS, n - k), -1, -1, 0, -1)))
+                    depth[s][0].append(((1, os_ + k, d), (d, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
             continue
         for i, (h, o, cnt) in enumerate(shares):
-            for k in range(0, cnt, ROWS):
-                c, lr, oo, sl = min(ROWS, cnt - k), ls + (o - os_) + k, o + k, next(slots)
+            for k in range(0, cnt, rows):
+                c, lr, oo, sl = min(rows, cnt - k), ls + (o - os_) + k, o + k, next(slots)
                 depth[s][0].append(((0, k, i), (h, lr, oo, c, -1, -1, 1 << h, sl)))
                 for d in peers:
                     if d != h:
@@ -290,15 +299,15 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes):
-    """int64 [n, 8] units of this rank (pipelined_units), or None when the call's ready marks do not fit
-    READY_SLOTS."""
+def _pipelined_table(plan, rank, device, width_bytes, rows):
+    """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows), or None when the
+    call's ready marks do not fit READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    units = plan.memo("push-units", lambda: pipelined_units(plan))
+    units = plan.memo(("push-units", rows), lambda: pipelined_units(plan, rows))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    return plan.memo(("push-units-table", rank, str(device)),
+    return plan.memo(("push-units-table", rank, str(device), rows),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
@@ -478,7 +487,7 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     _plan, nat, args, bufs = hit
     if args[0] == "pipelined":
         a = args[1]
-        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-1], st.epoch, a[-1])
+        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-3], st.epoch, *a[-3:])
     else:
         st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
     return result_views(bufs, plan, layout)
@@ -513,12 +522,13 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     eb = local_outputs[0].element_size()
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
-    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb) if pipelined else None
+    _, rows, bps = _settings()
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows) if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
         args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
-                st.timeout_ns)
-        st.epoch = nat.push_gather_pipelined(t, *args[:-1], st.epoch, args[-1])
+                st.timeout_ns, rows, bps)
+        st.epoch = nat.push_gather_pipelined(t, *args[:-3], st.epoch, *args[-3:])
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                   (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
         return result_views([b for b, _ in bufs], plan, layout)
