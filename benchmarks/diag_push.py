@@ -94,11 +94,13 @@ def _worker(rank, world, port, variants, flush, names, q):
             fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
-        if push._native() is not None and push.pipelined_mode(plan):  # --variants: pieces x resident blocks
-            for v in variants:
-                r, b = v.split(":")
-                fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
-                    "auto", QVDP_PUSH_PIECE_ROWS=r, QVDP_PUSH_BPS=b or "0")
+        for v in variants if push._native() is not None else ():  # --variants ROWS:BLOCKS[:MODE]
+            r, b, mode = (v.split(":") + ["1"])[:3]
+            if mode == "1" and not push.use_relay(plan):
+                continue
+            what = "pipelined relay" if mode == "1" else "units (every plan)"
+            fns[f"{what}, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
+                "auto", QVDP_PUSH_PIECE_ROWS=r, QVDP_PUSH_BPS=b or "0", QVDP_PUSH_PIPELINE=mode)
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (auto) into out="] = lambda: gather_rows_native(
@@ -141,8 +143,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--variants", nargs="*", default=[],
-                    help="pipelined relay variants ROWS:BLOCKS_PER_SM (rows per piece 1-16, resident blocks per SM, "
-                         "empty = as many as fit), e.g. 16: 4: 1: 4:2")
+                    help="push variants ROWS:BLOCKS_PER_SM[:MODE] (rows per piece 1-16, resident blocks per SM, "
+                         "empty = as many as fit; MODE QVDP_PUSH_PIPELINE, 1 = the pipelined relay on relay "
+                         "plans (default), 2 = one launch of units for every plan), e.g. 16: 4: 1: 4:2 4::2")
     ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
     ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()

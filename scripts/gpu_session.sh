@@ -14,7 +14,7 @@
 #   bash scripts/gpu_session.sh s17g     # (2-4 GPUs) push/native multi-GPU tests incl. tuned "auto", bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s18g     # (2 GPUs, asked as H100s) every multi-GPU test, bench_gather and diag_link at 2
 #   bash scripts/gpu_session.sh s19v     # (4 GPUs) the pipelined relay's piece size x resident blocks (diag_push), L2 check at 2, every multi-GPU test
-#   bash scripts/gpu_session.sh s19b     # (4 GPUs) bench_gather at 4 and 2
+#   bash scripts/gpu_session.sh s19b     # (4 GPUs) push tests, diag_push variants at 4 and 2, bench_gather at 4 and 2
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -68,7 +68,9 @@ elif [ "$STAGE" = s19v ]; then  # session 19, 4 GPUs: relay piece size / occupan
     --workloads "one 720p image" "skewed 1280^2+3x256^2" --variants ${VARIANTS:-16: 8: 4: 2: 1: 16:1 4:2 4:1 1:4 1:2}
   T=${DIAG2_T:-90} TAILN=20 step diag_push2 python3 benchmarks/diag_push.py --worlds 2 --flush --workloads "one 720p image" "skewed 1280^2+3x256^2"
   T=${TEST_T:-300} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
-elif [ "$STAGE" = s19b ]; then  # session 19, 4 GPUs: the gather benchmark at 4 and 2
+elif [ "$STAGE" = s19b ]; then  # session 19, 4 GPUs: 4-row relay pieces + NCCL for small relay plans: push tests, units for every plan, bench_gather at 4 and 2
+  T=${TEST_T:-150} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
+  T=${DIAG_T:-120} TAILN=70 step diag_push python3 benchmarks/diag_push.py --worlds 4 2 --variants 16: 4::2 8::2
   T=${BENCH_T:-260} TAILN=100 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
 elif [ "$STAGE" = s18g ]; then  # session 18, 2 GPUs (asked as 2 x H100): every multi-GPU test, the gather at 2, link rates
   T=${TEST_T:-240} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider

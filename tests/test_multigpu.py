@@ -200,8 +200,8 @@ def _push_worker(rank, world):
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
             # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, and 2
-            # resident blocks per SM), and without it
-            for pipe, rows, bps in (("1", "16", "0"), ("1", "4", "0"), ("1", "1", "2"), ("0", "16", "0")):
+            # resident blocks per SM), without it, and one launch of units for every plan (mode 2)
+            for pipe, rows, bps in (("1", "16", "0"), ("1", "4", "0"), ("1", "1", "2"), ("0", "16", "0"), ("2", "4", "0")):
                 os.environ.update(QVDP_PUSH_PIPELINE=pipe, QVDP_PUSH_PIECE_ROWS=rows, QVDP_PUSH_BPS=bps)
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])

@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan, rows=push.ROWS):
+def _replay_units(plan, rows=push.ROWS, relay=None):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
@@ -84,7 +84,7 @@ def _replay_units(plan, rows=push.ROWS):
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
-    units = push.pipelined_units(plan, rows)
+    units = push.pipelined_units(plan, rows, relay)
     producer = {}  # (rank notified, slot) -> depth of the unit that sets it
     depth = {}
     for r in range(w):
@@ -132,11 +132,12 @@ def _replay_units(plan, rows=push.ROWS):
 
 
 @pytest.mark.parametrize("rows", [16, 4, 1])
-@pytest.mark.parametrize("world", [3, 4, 8])
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_pipelined_relay_replay(world, name, rows):
+@pytest.mark.parametrize("relay", [None, False])
+def test_pipelined_relay_replay(world, name, rows, relay):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan, rows)
+    outs, writes, full = _replay_units(plan, rows, relay)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())
@@ -158,8 +159,15 @@ def test_pipelined_choice(monkeypatch):
     assert not push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))  # direct plan
     # "auto" with out=: relay plans -> the pipelined relay (one buffer only), else NCCL
     assert push.prefer_push(one4) and push.prefer_push(skew4) and not push.prefer_push(skew4, False)
+    # ... unless the gather moves fewer than RELAY_PUSH_MIN_BYTES (16384-wide bf16 rows: one image 28.8 MB
+    # -> NCCL, skewed 58.7 MB -> the relay)
+    nb = 16384 * 2
+    assert not push.prefer_push(one4, True, one4.total_rows * nb) and push.prefer_push(skew4, True, skew4.total_rows * nb)
+    assert push.prefer_push(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B), True, 880 * nb)  # 2 GPUs: push
     monkeypatch.setenv("QVDP_PUSH_PIPELINE", "0")
     assert not push.pipelined_mode(one4) and not push.prefer_push(skew4)
+    monkeypatch.setenv("QVDP_PUSH_PIPELINE", "2")  # every plan as one launch of units (diagnostics)
+    assert push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
 
 
 def test_push_relay_choice():

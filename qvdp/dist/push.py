@@ -51,7 +51,10 @@ SPAN_BYTES = 4096       # csrc/push.cu kSpan
 # two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
 PIPELINED_RELAY = "1"
 # Rows per piece of the pipelined relay (1-16; QVDP_PUSH_PIECE_ROWS overrides): the unit of its ready marks.
-PIECE_ROWS = 16
+# 4 since session 19: on 4 x H100 (diag_push, back to back) one image 142.7 us at 4 rows against 156.0 at 16,
+# 145.7 at 8, 147.3 at 2, 150.0 at 1; skewed 225.0 against 268.1 / 233.6 / 248.7 / 250.2. A 16-row unit takes
+# 230 registers per thread (one 256-thread block per SM), a 4-row unit 55 (four blocks per SM).
+PIECE_ROWS = 4
 # Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS overrides).
 BLOCKS_PER_SM = 0
 
@@ -205,7 +208,10 @@ def use_relay(plan: ShardPlan) -> bool:
     return max(egress) <= 0.75 * direct
 
 
-def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
+RELAY_PUSH_MIN_BYTES = 48 << 20  # relay plans gathering fewer bytes go to NCCL's broadcasts (prefer_push)
+
+
+def prefer_push(plan: ShardPlan, one_buffer: bool = True, total_bytes: int | None = None) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
     diag_push; benchmarks/NOTES.md, sessions 9 and 13, 2 and 4 x H200):
     - on 2 GPUs push runs 16-25% under the floor on balanced plans, and at the link's one-way rate where one
@@ -216,8 +222,14 @@ def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
       one call (as bench_gather times it) it took 1.19-1.25x the floor for one image and 1.23-1.32x for
       skewed in four runs, against NCCL's grouped broadcasts' 1.00-1.39x and 1.25-1.58x (session 13). Back to
       back NCCL's single broadcast is faster for one image (110 vs 130 us), the pipelined relay for skewed
-      (223-230 vs 233-237 us)."""
-    return plan.world_size == 2 or not use_relay(plan) or (one_buffer and pipelined_mode(plan))
+      (223-230 vs 233-237 us). Session 19, 4 x H100, back to back, with 4-row pieces: one image (28.8 MB)
+      NCCL 108.3 us against the relay's 142.7, skewed (58.7 MB) 236.8 against 225.0. A line through each
+      system's two points crosses at ~51 MB on 4 x H100 and on 4 x H200 (session 14's figures), so relay
+      plans of fewer than RELAY_PUSH_MIN_BYTES (total_bytes, when given) go to NCCL."""
+    if plan.world_size == 2 or not use_relay(plan):
+        return True
+    small = total_bytes is not None and total_bytes < RELAY_PUSH_MIN_BYTES
+    return one_buffer and pipelined_mode(plan) and not small
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
@@ -243,17 +255,20 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def pipelined_units(plan: ShardPlan, rows: int = ROWS) -> dict:
+def pipelined_units(plan: ShardPlan, rows: int = ROWS, relay: bool | None = None) -> dict:
     """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= `rows`,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
     relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
     the other ranks (each waits for its piece's mark). Slots are unique within the call. Relayed pieces are
-    interleaved over the helpers in piece order, forwards over their destinations."""
+    interleaved over the helpers in piece order, forwards over their destinations. relay False (default:
+    use_relay(plan)): every run is sent whole (one launch of units that never wait)."""
     w = plan.world_size
+    relay = use_relay(plan) if relay is None else relay
     depth = {r: ([], []) for r in range(w)}
     slots = iter(range(1 << 30))
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
+        shares = shares if relay else None
         peers = [r for r in range(w) if r != s]
         for k in range(0, n, rows):  # the owner's own copy
             depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
@@ -273,8 +288,10 @@ def pipelined_units(plan: ShardPlan, rows: int = ROWS) -> dict:
 
 
 def pipelined_mode(plan: ShardPlan) -> bool:
-    """Whether the push gather runs this plan as the pipelined relay (relay plans, unless QVDP_PUSH_PIPELINE=0)."""
-    return _settings()[0] != "0" and use_relay(plan)
+    """Whether the push gather runs this plan as one launch of copy units (pipelined_units): relay plans,
+    unless QVDP_PUSH_PIPELINE=0; every plan with QVDP_PUSH_PIPELINE=2 (diagnostics)."""
+    mode = _settings()[0]
+    return mode == "2" or (mode != "0" and use_relay(plan))
 
 
 def _round_robin(per: dict, rank: int, world: int) -> list:
@@ -303,11 +320,12 @@ def _pipelined_table(plan, rank, device, width_bytes, rows):
     """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows), or None when the
     call's ready marks do not fit READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    units = plan.memo(("push-units", rows), lambda: pipelined_units(plan, rows))
+    relay = use_relay(plan)
+    units = plan.memo(("push-units", rows, relay), lambda: pipelined_units(plan, rows, relay))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    return plan.memo(("push-units-table", rank, str(device), rows),
+    return plan.memo(("push-units-table", rank, str(device), rows, relay),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
