@@ -14,7 +14,6 @@ library: results/logs/h200x*-s9/diag_push-*.log.)
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -79,28 +78,27 @@ def _worker(rank, world, port, variants, flush, names, q):
         fl_in = torch.randn(per, WIDTH, device=dev).to(torch.bfloat16)
         fl_out = torch.empty(world * per, WIDTH, dtype=torch.bfloat16, device=dev)
 
-        def with_impl(impl, **env):
-            def f():  # env: diagnostic overrides (part of the fast path's key)
-                os.environ["QVDP_PUSH_IMPL"] = impl
-                os.environ.update(env)
+        def with_impl(impl, **attrs):
+            def f():  # push module settings for this call only (part of the fast paths' keys)
+                old = {k: getattr(push, k) for k in ["IMPL", *attrs]}
+                push.IMPL = impl
+                for k, v in attrs.items():
+                    setattr(push, k, v)
                 try:
                     return qvdp.gather_rows([local], plan, layout="concat", backend="push", out=buf)
                 finally:
-                    for k in ["QVDP_PUSH_IMPL", *env]:
-                        os.environ.pop(k, None)
+                    for k, v in old.items():
+                        setattr(push, k, v)
             return f
         fns = {"push (CUDA)": with_impl("auto"), "push (Triton)": with_impl("triton")}
         if push.use_relay(plan):
-            fns["push (CUDA, relay in two stages)"] = with_impl("auto", QVDP_PUSH_PIPELINE="0")
+            fns["push (CUDA, relay in two stages)"] = with_impl("auto", PIPELINED_RELAY="0")
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
-        for v in variants if push._native() is not None else ():  # --variants ROWS:BLOCKS[:MODE]
-            r, b, mode = (v.split(":") + ["1"])[:3]
-            if mode == "1" and not push.use_relay(plan):
-                continue
-            what = "pipelined relay" if mode == "1" else "units (every plan)"
-            fns[f"{what}, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
-                "auto", QVDP_PUSH_PIECE_ROWS=r, QVDP_PUSH_BPS=b or "0", QVDP_PUSH_PIPELINE=mode)
+        for v in variants if push._native() is not None and push.pipelined_mode(plan) else ():
+            r, b = v.split(":")  # --variants ROWS:BLOCKS_PER_SM
+            fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
+                "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0))
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (auto) into out="] = lambda: gather_rows_native(
@@ -143,9 +141,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--variants", nargs="*", default=[],
-                    help="push variants ROWS:BLOCKS_PER_SM[:MODE] (rows per piece 1-16, resident blocks per SM, "
-                         "empty = as many as fit; MODE QVDP_PUSH_PIPELINE, 1 = the pipelined relay on relay "
-                         "plans (default), 2 = one launch of units for every plan), e.g. 16: 4: 1: 4:2 4::2")
+                    help="pipelined relay variants ROWS:BLOCKS_PER_SM (rows per piece 1-16, resident blocks per SM, "
+                         "empty = as many as fit), e.g. 16: 4: 1: 4:2")
     ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
     ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()

@@ -169,10 +169,9 @@ def _push_worker(rank, world):
                for _ in range(rng.randint(1, 7))] for _ in range(6)]
     widths = (256, 130, 64)  # 130: rows of 260 bytes, not 16-byte multiples
     cap = max(plan_shards(g, world, QWEN3_VL_8B).total_rows for g in grids) + 5
-    import os
     res, relays = {"impls": [push._native() is not None]}, set()
     for impl, dtype in [(i, d) for i in ("auto", "triton") for d in (torch.bfloat16, torch.float16, torch.float32)]:
-        os.environ["QVDP_PUSH_IMPL"] = impl  # auto: the CUDA form when the extension is built
+        push.IMPL = impl  # auto: the CUDA form when the extension is built
         bufc = push.symmetric_empty(cap, sum(widths), dtype)
         bufl = [push.symmetric_empty(cap, w, dtype) for w in widths]
         for gi, grid in enumerate(grids):
@@ -200,19 +199,19 @@ def _push_worker(rank, world):
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
             # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, and 2
-            # resident blocks per SM), without it, and one launch of units for every plan (mode 2)
-            for pipe, rows, bps in (("1", "16", "0"), ("1", "4", "0"), ("1", "1", "2"), ("0", "16", "0"), ("2", "4", "0")):
-                os.environ.update(QVDP_PUSH_PIPELINE=pipe, QVDP_PUSH_PIECE_ROWS=rows, QVDP_PUSH_BPS=bps)
+            # resident blocks per SM), and without it
+            settings = push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM
+            for pipe, rows, bps in (("1", 16, 0), ("1", 4, 0), ("1", 1, 2), ("0", 4, 0)):
+                push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM = pipe, rows, bps
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
                 if pipe == "1" and push.pipelined_mode(plan):
                     relays.add("pipelined")
-            for k in ("QVDP_PUSH_PIPELINE", "QVDP_PUSH_PIECE_ROWS", "QVDP_PUSH_BPS"):
-                os.environ.pop(k)
+            push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM = settings
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
-    os.environ.pop("QVDP_PUSH_IMPL")
+    push.IMPL = "auto"
     # the same gather called back to back without host syncs (epochs advance on the GPU only)
     plan = plan_shards(grids[0], world, QWEN3_VL_8B)
     full = [torch.randn(plan.total_rows, w, device="cuda").to(torch.float32) for w in widths]

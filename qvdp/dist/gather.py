@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .plan import ShardPlan
+from . import push as _push
 from .push import _group_key, _sig  # (push.py is plain Python; its CUDA pieces load on first use)
 
 
@@ -99,9 +100,9 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     asked = "auto+tune" if tuned else backend  # tuned and rule-based "auto" may choose differently: own keys
     fkey = _fast_key(local_outputs, plan, group, layout, out, asked)
     hit = _FAST.get(fkey) if fkey is not None else None
-    if hit is not None:  # a repeat of a validated call that ran the NCCL gather: enqueue it again
-        return hit[1]()
-    if out is not None and backend in ("auto", "push") and os.environ.get("QVDP_PUSH_IMPL", "auto") != "triton":
+    if hit is not None:  # a repeat of a validated call (NCCL or the push gather's CUDA form): enqueue it again
+        return hit[1](local_outputs)
+    if out is not None and backend in ("auto", "push") and _push.IMPL != "triton":
         from .push import push_fast_path
         res = push_fast_path(local_outputs, plan, group, layout, out, asked)  # a repeat of a validated push call
         if res is not None:
@@ -125,12 +126,15 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
                                             views)
         return runners[choice]
 
-    def finish(choice, views=None):  # run the chosen NCCL gather; repeats of this call take it directly
-        r = native(choice, views)
-        if fkey is not None:
+    def remember(runner):  # repeats of this call (same fkey) run runner(local_outputs) directly
+        if fkey is not None and runner is not None:
             if len(_FAST) >= 64:
                 _FAST.clear()
-            _FAST[fkey] = (plan, r)  # (the plan is kept alive: its id is part of the key)
+            _FAST[fkey] = (plan, runner)  # (the plan is kept alive: its id is part of the key)
+
+    def finish(choice, views=None):  # run the chosen NCCL gather
+        r = native(choice, views)
+        remember(lambda _local: r())
         return r()
     if out is not None:
         if backend == "torch":
@@ -138,7 +142,7 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
         if group_backend(group) != "nccl":
             raise ValueError(f"out= (symmetric buffers) needs an NCCL group of GPUs of one host, got backend "
                              f"{group_backend(group)!r}")
-        from .push import check_push_out, gather_rows_push, prefer_push, push_fast_path, result_views
+        from .push import check_push_out, gather_rows_push, prefer_push, push_fast_path, push_runner, result_views
         if world == 1:  # nothing to exchange: the rows are copied into out
             bufs = [b for b, _ in check_push_out(out, local_outputs, plan, group, layout)]
             srcs = [torch.cat(list(local_outputs), 1)] if layout == "concat" else list(local_outputs)
@@ -163,7 +167,9 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
                 nbytes = plan.total_rows * sum(int(t.shape[1]) for t in local_outputs) * local_outputs[0].element_size()
                 backend = "push" if prefer_push(plan, one, nbytes) or not nat else "native"
         if backend == "push":
-            return gather_rows_push(local_outputs, plan, group, layout, out, asked)
+            res = gather_rows_push(local_outputs, plan, group, layout, out, asked)
+            remember(push_runner(local_outputs, plan, group, layout, out, asked))
+            return res
         return finish(backend, views)
     if world == 1:
         return list(local_outputs) if layout == "list" else torch.cat(list(local_outputs), 1)
@@ -181,20 +187,24 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     return _gather_rows_torch(local_outputs, plan, group, rank, layout)
 
 
-_FAST: dict = {}  # validated NCCL gathers by call signature (_fast_key) -> (plan, runner); at most 64
+_FAST: dict = {}  # validated gathers by call signature (_fast_key) -> (plan, runner(local_outputs)); at most 64
 
 
 def _fast_key(local_outputs, plan, group, layout, out, asked):
-    """The key of a call for the fast path: group, plan object, layout, backend asked, gather mode setting, and
-    the address, shape, strides, dtype and device of every local and out tensor. None when not hashable."""
+    """The key of a call for the fast path: group, plan object, layout, backend asked, gather mode setting, the
+    push gather's settings (with out=), and the address, shape, strides, dtype and device of every local and
+    out tensor. None when not hashable."""
     if not isinstance(local_outputs, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in local_outputs):
         return None
     outs = () if out is None else ((out,) if isinstance(out, torch.Tensor) else out)
     if not isinstance(outs, (list, tuple)) or not all(isinstance(o, torch.Tensor) for o in outs):
         return None
     try:
-        return (_group_key(group), id(plan), layout, asked, os.environ.get("QVDP_GATHER_MODE", "auto"),
-                tuple(_sig(t) for t in local_outputs), tuple(_sig(o) for o in outs))
+        mode = os.environ.get("QVDP_GATHER_MODE", "auto")
+        if outs:
+            mode = (mode, _push._settings())
+        return (_group_key(group), id(plan), layout, asked, mode, tuple(_sig(t) for t in local_outputs),
+                tuple(_sig(o) for o in outs))
     except TypeError:
         return None
 

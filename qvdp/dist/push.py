@@ -45,28 +45,32 @@ WARPS = 4
 _DTYPES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 READY_SLOTS = 1 << 16   # ready marks per rank for the pipelined relay (pieces x 4 KB column spans)
 SPAN_BYTES = 4096       # csrc/push.cu kSpan
+# The settings below are read from the environment once, at import; tests and diagnostics change the module
+# attributes. They are part of the fast paths' keys (_settings).
 # The pipelined relay (csrc/push.cu push_gather_pipelined: one launch of copy units ordered by ready marks)
 # for relay plans; QVDP_PUSH_PIPELINE=0 gives the relay in two barrier-separated stages instead. On by
 # default since session 13: on 4 x H200 it took 130 / 223 us back to back for one image / skewed against the
 # two-stage relay's 161 / 288 (benchmarks/NOTES.md, session 13).
-PIPELINED_RELAY = "1"
-# Rows per piece of the pipelined relay (1-16; QVDP_PUSH_PIECE_ROWS overrides): the unit of its ready marks.
-# 4 since session 19: on 4 x H100 (diag_push, back to back) one image 142.7 us at 4 rows against 156.0 at 16,
-# 145.7 at 8, 147.3 at 2, 150.0 at 1; skewed 225.0 against 268.1 / 233.6 / 248.7 / 250.2. A 16-row unit takes
-# 230 registers per thread (one 256-thread block per SM), a 4-row unit 55 (four blocks per SM).
-PIECE_ROWS = 4
-# Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS overrides).
-BLOCKS_PER_SM = 0
+PIPELINED_RELAY = os.environ.get("QVDP_PUSH_PIPELINE", "1")
+# Rows per piece of the pipelined relay (1-16; QVDP_PUSH_PIECE_ROWS): the unit of its ready marks. 4 since
+# session 19: on 4 x H100 (diag_push, back to back) one image 142.7 us at 4 rows against 156.0 at 16, 145.7 at
+# 8, 147.3 at 2, 150.0 at 1; skewed 225.0 against 268.1 / 233.6 / 248.7 / 250.2. A 16-row unit takes 230
+# registers per thread (one 256-thread block per SM), a 4-row unit 55 (four blocks per SM).
+PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "4"))
+# Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS; diagnostics:
+# capping them made the relay slower, session 19).
+BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
+# "triton": the Triton kernels even where the CUDA form is built (QVDP_PUSH_IMPL).
+IMPL = os.environ.get("QVDP_PUSH_IMPL", "auto")
 
 
 def _settings():
-    """The environment overrides that change what a call enqueues (part of the fast path's key):
-    (pipelined relay on, rows per piece, resident blocks per SM)."""
-    rows = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", PIECE_ROWS))
-    bps = int(os.environ.get("QVDP_PUSH_BPS", BLOCKS_PER_SM))
-    if not 1 <= rows <= ROWS or not 0 <= bps <= 32:
-        raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got {rows}, {bps}")
-    return os.environ.get("QVDP_PUSH_PIPELINE", PIPELINED_RELAY), rows, bps
+    """What changes what a call enqueues, part of the fast paths' keys: (pipelined relay on, rows per piece,
+    resident blocks per SM, implementation)."""
+    if not 1 <= PIECE_ROWS <= ROWS or not 0 <= BLOCKS_PER_SM <= 32:
+        raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got "
+                         f"{PIECE_ROWS}, {BLOCKS_PER_SM}")
+    return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL
 
 
 _STATES = {}        # group key -> _GroupState
@@ -255,20 +259,17 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def pipelined_units(plan: ShardPlan, rows: int = ROWS, relay: bool | None = None) -> dict:
+def pipelined_units(plan: ShardPlan, rows: int = ROWS) -> dict:
     """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= `rows`,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
     relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
     the other ranks (each waits for its piece's mark). Slots are unique within the call. Relayed pieces are
-    interleaved over the helpers in piece order, forwards over their destinations. relay False (default:
-    use_relay(plan)): every run is sent whole (one launch of units that never wait)."""
+    interleaved over the helpers in piece order, forwards over their destinations."""
     w = plan.world_size
-    relay = use_relay(plan) if relay is None else relay
     depth = {r: ([], []) for r in range(w)}
     slots = iter(range(1 << 30))
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
-        shares = shares if relay else None
         peers = [r for r in range(w) if r != s]
         for k in range(0, n, rows):  # the owner's own copy
             depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
@@ -288,10 +289,8 @@ def pipelined_units(plan: ShardPlan, rows: int = ROWS, relay: bool | None = None
 
 
 def pipelined_mode(plan: ShardPlan) -> bool:
-    """Whether the push gather runs this plan as one launch of copy units (pipelined_units): relay plans,
-    unless QVDP_PUSH_PIPELINE=0; every plan with QVDP_PUSH_PIPELINE=2 (diagnostics)."""
-    mode = _settings()[0]
-    return mode == "2" or (mode != "0" and use_relay(plan))
+    """Whether the push gather runs this plan as the pipelined relay (relay plans, unless QVDP_PUSH_PIPELINE=0)."""
+    return PIPELINED_RELAY != "0" and use_relay(plan)
 
 
 def _round_robin(per: dict, rank: int, world: int) -> list:
@@ -320,12 +319,11 @@ def _pipelined_table(plan, rank, device, width_bytes, rows):
     """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows), or None when the
     call's ready marks do not fit READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES)
-    relay = use_relay(plan)
-    units = plan.memo(("push-units", rows, relay), lambda: pipelined_units(plan, rows, relay))
+    units = plan.memo(("push-units", rows), lambda: pipelined_units(plan, rows))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    return plan.memo(("push-units-table", rank, str(device), rows, relay),
+    return plan.memo(("push-units-table", rank, str(device), rows),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
@@ -414,7 +412,7 @@ def _timeout_ns():
 
 def _native():
     """The CUDA form from csrc/push.cu when the extension is built (one host call per gather), else None."""
-    if os.environ.get("QVDP_PUSH_IMPL", "auto") == "triton":
+    if IMPL == "triton":
         return None
     try:
         from .. import _C
@@ -511,6 +509,31 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     return result_views(bufs, plan, layout)
 
 
+def push_runner(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
+    """For gather_rows' fast path, after a validated call of the CUDA form with these arguments: a function
+    runner(local_outputs) that enqueues the same call for local tensors of the same address, shape, strides,
+    dtype and device, and returns the same result views; None when there is no such call."""
+    st = _STATES.get(_group_key(group))
+    hit = None if st is None else st.calls.get(_call_key(local_outputs, plan, group, layout, out, backend))
+    if hit is None:
+        return None
+    _plan, nat, args, bufs = hit
+    views = result_views(bufs, plan, layout)
+    if args[0] == "pipelined":
+        a, tail = args[1][:-3], args[1][-3:]
+
+        def run(local):
+            st.epoch = nat.push_gather_pipelined(local[0], *a, st.epoch, *tail)
+            return views
+        return run
+    b, timeout = args[:-1], args[-1]
+
+    def run_items(local):
+        st.epoch = nat.push_gather(list(local), *b, st.epoch, timeout)
+        return views
+    return run_items
+
+
 def result_views(bufs, plan: ShardPlan, layout: str):
     """The gather's result: views [total_rows, width] of the output buffers (one tensor for "concat")."""
     views = [b[:plan.total_rows] for b in bufs]
@@ -540,7 +563,7 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     eb = local_outputs[0].element_size()
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
-    _, rows, bps = _settings()
+    _, rows, bps, _ = _settings()
     table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows) if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
