@@ -164,8 +164,7 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
                                       ["push"] + _native_candidates(plan), trial, group, local_outputs[0].device)
             else:  # the faster of the two for this plan (measured: qvdp/dist/push.py)
                 one = layout == "concat" or len(local_outputs) == 1
-                nbytes = plan.total_rows * sum(int(t.shape[1]) for t in local_outputs) * local_outputs[0].element_size()
-                backend = "push" if prefer_push(plan, one, nbytes) or not nat else "native"
+                backend = "push" if prefer_push(plan, one) or not nat else "native"
         if backend == "push":
             res = gather_rows_push(local_outputs, plan, group, layout, out, asked)
             remember(push_runner(local_outputs, plan, group, layout, out, asked))

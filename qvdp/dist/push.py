@@ -212,28 +212,21 @@ def use_relay(plan: ShardPlan) -> bool:
     return max(egress) <= 0.75 * direct
 
 
-RELAY_PUSH_MIN_BYTES = 48 << 20  # relay plans gathering fewer bytes go to NCCL's broadcasts (prefer_push)
-
-
-def prefer_push(plan: ShardPlan, one_buffer: bool = True, total_bytes: int | None = None) -> bool:
+def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
-    diag_push; benchmarks/NOTES.md, sessions 9 and 13, 2 and 4 x H200):
+    diag_push; benchmarks/NOTES.md, sessions 9, 13 and 19, 2 and 4 x H200, 2 and 4 x H100):
     - on 2 GPUs push runs 16-25% under the floor on balanced plans, and at the link's one-way rate where one
       rank owns most rows (NCCL's broadcast is no faster);
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
-    - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one). In
-      one call (as bench_gather times it) it took 1.19-1.25x the floor for one image and 1.23-1.32x for
-      skewed in four runs, against NCCL's grouped broadcasts' 1.00-1.39x and 1.25-1.58x (session 13). Back to
-      back NCCL's single broadcast is faster for one image (110 vs 130 us), the pipelined relay for skewed
-      (223-230 vs 233-237 us). Session 19, 4 x H100, back to back, with 4-row pieces: one image (28.8 MB)
-      NCCL 108.3 us against the relay's 142.7, skewed (58.7 MB) 236.8 against 225.0. A line through each
-      system's two points crosses at ~51 MB on 4 x H100 and on 4 x H200 (session 14's figures), so relay
-      plans of fewer than RELAY_PUSH_MIN_BYTES (total_bytes, when given) go to NCCL."""
-    if plan.world_size == 2 or not use_relay(plan):
-        return True
-    small = total_bytes is not None and total_bytes < RELAY_PUSH_MIN_BYTES
-    return one_buffer and pipelined_mode(plan) and not small
+    - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one).
+      Session 19 (4-row pieces, push in gather_rows' fast path), 4 x H200, one call as bench_gather times
+      it, two runs: one image 1.19x / 1.06x the floor against NCCL's grouped broadcasts' 1.46x / 1.28x,
+      skewed 1.17x / 1.20x against 1.37x / 1.50x. Back to back NCCL's single broadcast is faster for one
+      image (110 vs 137-145 us on 4 x H200 and 4 x H100), the relay for skewed (212-226 vs 237-239 us); on
+      one 4 x H100 box (before the fast path) NCCL also won one image in one call (1.02x against 1.34x).
+      tune=True measures the choice on the machine at hand."""
+    return plan.world_size == 2 or not use_relay(plan) or (one_buffer and pipelined_mode(plan))
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
