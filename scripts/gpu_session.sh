@@ -17,7 +17,7 @@
 #   bash scripts/gpu_session.sh s19b     # (4 GPUs) push tests, diag_push variants at 4 and 2, bench_gather at 4 and 2
 #   (s19b ran at commit 43dad40, with a diagnostic QVDP_PUSH_PIPELINE=2 "units for every plan", since removed)
 #   bash scripts/gpu_session.sh s19c     # (4 GPUs) push/gather GPU tests + multi-GPU tests, diag_push and bench_gather at 4 and 2
-#   bash scripts/gpu_session.sh s19d     # (4 GPUs, asked as H100s) diag_push and bench_gather at 4 (ran at commit 9f0b1c4-era code: auto sent relay plans under 48 MB to NCCL)
+#   bash scripts/gpu_session.sh s19d     # (4 GPUs, asked as H100s) diag_push and bench_gather at 4 (ran at commit 107ae53: auto then sent relay plans under 48 MB to NCCL)
 #   bash scripts/gpu_session.sh s19e     # (4 GPUs) final gather code: bench_gather at 4 and 2, push tests
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
