@@ -482,32 +482,23 @@ def push_fast_path(local_outputs, plan: ShardPlan, group, layout: str, out, back
     """The same call as an earlier, validated one (same group, plan object, layout, and local and out
     tensors with the same address, shape, strides, dtype and device): enqueue it again without
     re-validating or re-planning (~10-20 µs less host time per call). None when there is no such call."""
+    run = push_runner(local_outputs, plan, group, layout, out, backend)
+    return None if run is None else run(local_outputs)
+
+
+def push_runner(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
+    """After a validated call of the CUDA form with these arguments: a function runner(local_outputs) that
+    enqueues the same call for local tensors of the same address, shape, strides, dtype and device, and
+    returns the same result views (gather_rows keeps it for repeats of the call); None when there is no such
+    call."""
     st = _STATES.get(_group_key(group))
     if st is None or not st.calls or not isinstance(local_outputs, (list, tuple)) \
             or not all(isinstance(t, torch.Tensor) for t in local_outputs):
         return None
     try:
-        key = _call_key(local_outputs, plan, group, layout, out, backend)
+        hit = st.calls.get(_call_key(local_outputs, plan, group, layout, out, backend))
     except TypeError:
         return None
-    hit = st.calls.get(key)
-    if hit is None:
-        return None
-    _plan, nat, args, bufs = hit
-    if args[0] == "pipelined":
-        a = args[1]
-        st.epoch = nat.push_gather_pipelined(local_outputs[0], *a[:-3], st.epoch, *a[-3:])
-    else:
-        st.epoch = nat.push_gather(list(local_outputs), *args[:-1], st.epoch, args[-1])
-    return result_views(bufs, plan, layout)
-
-
-def push_runner(local_outputs, plan: ShardPlan, group, layout: str, out, backend: str = "push"):
-    """For gather_rows' fast path, after a validated call of the CUDA form with these arguments: a function
-    runner(local_outputs) that enqueues the same call for local tensors of the same address, shape, strides,
-    dtype and device, and returns the same result views; None when there is no such call."""
-    st = _STATES.get(_group_key(group))
-    hit = None if st is None else st.calls.get(_call_key(local_outputs, plan, group, layout, out, backend))
     if hit is None:
         return None
     _plan, nat, args, bufs = hit
