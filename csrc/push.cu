@@ -98,9 +98,13 @@ __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __
 // dispatched (on its own GPU) before it, and producers of depth 0 never wait: no deadlock.
 constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the ready marks
 // MR: the most rows of any unit (the relay's piece size, 1-16): fewer registers per thread for small pieces.
+// The stores are bound by how many blocks each SM keeps issuing (benchmarks/NOTES.md, session 19), so the small
+// forms ask for more resident blocks: MR=4 at most 40 registers (6 blocks per SM, no spills; 55 unbounded),
+// MR<=2 at most 32 (8 blocks per SM; MR=2 spills 28 bytes).
 constexpr int kUnitCols = 8;
+constexpr int units_min_blocks(int mr) { return mr == 4 ? 6 : (mr < 4 ? 8 : 1); }
 template <typename V, int MR>
-__global__ void push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
+__global__ void __launch_bounds__(kThreads, units_min_blocks(MR)) push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
                                   const int64_t* __restrict__ units, int64_t spans, int64_t src_stride,
                                   int64_t dst_stride, int64_t row_bytes, const int64_t* __restrict__ ready_peers,
                                   int rank, int64_t epoch, int64_t timeout_ns, int32_t* errors) {
@@ -200,7 +204,7 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
 }  // namespace
 
 // Launches push_units_kernel<V, MR> with MR the smallest of 1, 2, 4, 8, 16 that is >= piece_rows (16 for
-// vectors narrower than 16 bytes); MR=16 takes 230 registers per thread (one 256-thread block per SM), MR=4 55;
+// vectors narrower than 16 bytes); MR=16 takes 213-230 registers per thread (one 256-thread block per SM);
 // blocks_per_sm > 0 caps the resident blocks per SM through dynamic shared memory (diagnostics).
 template <typename V>
 void launch_units(dim3 grid, int64_t piece_rows, int64_t blocks_per_sm, cudaStream_t stream, const char* s,
