@@ -5,7 +5,8 @@ The outputs live in torch symmetric memory. Allocate them once, collectively, wi
 pass them as `out=` on every call. Each rank stores its rows straight into their final rows of every
 peer's output: no NCCL, no padding, no staging copy, no second pass. One host call enqueues the whole
 gather (csrc/push.cu, when the extension is built); otherwise (or with QVDP_PUSH_IMPL=triton) the same
-steps run as Triton kernels, one launch each.
+steps run as Triton kernels, one launch each. The QVDP_PUSH_* settings are read once, when this module is
+imported (module attributes IMPL, PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM after that).
 
 Flag barriers order the steps: each rank stores the call's epoch into its slot of every peer's flag row
 (system-scope release), then spins on its own row (system-scope acquire).
