@@ -1,6 +1,6 @@
 """Diagnostic: NVLink store rate per SM, SM stores against bulk (TMA) stores from shared memory.
 
-    python benchmarks/diag_tma_link.py [--mb 52] [--grids 8 16 33 66 132 264]
+    python benchmarks/diag_tma_link.py [--mb 52] [--grids 16 33 66 132 264]
 
 Session 19 found the push gather's relay bound by how many blocks each SM keeps issuing stores (capping the
 resident blocks per SM made it 1.4-3.7x slower). Bulk copies (cp.async.bulk) move a whole shared-memory
@@ -145,7 +145,7 @@ def _worker(rank, world, port, mb, grids, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=52)
-    ap.add_argument("--grids", nargs="*", type=int, default=[8, 16, 33, 66, 132, 264])
+    ap.add_argument("--grids", nargs="*", type=int, default=[16, 33, 66, 132, 264])
     a = ap.parse_args()
     if torch.cuda.device_count() < 2:
         print("needs 2 GPUs")
