@@ -4,8 +4,8 @@
 
 Session 19 found the push gather's relay bound by how many blocks each SM keeps issuing stores (capping the
 resident blocks per SM made it 1.4-3.7x slower). Bulk copies (cp.async.bulk) move a whole shared-memory
-buffer with one instruction, off the SM's load/store path. This times rank 0 pushing `--mb` MB into rank 1's
-symmetric buffer (MiB) with a grid of G blocks, for several G (µs per copy, GB/s, median of 7 samples of 10
+buffer with one instruction, off the SM's load/store path. This times rank 0 pushing `--mb` MiB into rank 1's
+symmetric buffer with a grid of G blocks, for several G (µs per copy, GB/s, median of 7 samples of 10
 copies back to back; rank 1 checks every byte after each grid):
 - sm: 256 threads per block, 16-byte vector loads and stores, 4 in flight per thread, grid-stride;
 - tma: one issuing thread per block, 4 shared-memory stages of 8 KB: bulk load (global -> shared,
