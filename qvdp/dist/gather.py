@@ -102,11 +102,6 @@ def gather_rows(local_outputs, plan: ShardPlan, group=None, *, layout: str = "li
     hit = _FAST.get(fkey) if fkey is not None else None
     if hit is not None:  # a repeat of a validated call (NCCL or the push gather's CUDA form): enqueue it again
         return hit[1](local_outputs)
-    if out is not None and backend in ("auto", "push") and _push.IMPL != "triton":
-        from .push import push_fast_path
-        res = push_fast_path(local_outputs, plan, group, layout, out, asked)  # a repeat of a validated push call
-        if res is not None:
-            return res
     world, rank = group_info(group)
     if world != plan.world_size:
         raise ValueError(f"plan was made for world_size {plan.world_size} but the group has {world} ranks")
