@@ -96,9 +96,9 @@ def _worker(rank, world, port, variants, flush, names, q):
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         for v in variants if push._native() is not None and push.pipelined_mode(plan) else ():
-            r, b = v.split(":")  # --variants ROWS:BLOCKS_PER_SM
-            fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}"] = with_impl(
-                "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0))
+            r, b, m = (v.split(":") + ["fence"])[:3]  # --variants ROWS:BLOCKS_PER_SM[:MARK]
+            fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}, mark {m}"] = with_impl(
+                "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0), MARK=m)
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (auto) into out="] = lambda: gather_rows_native(
@@ -141,8 +141,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--variants", nargs="*", default=[],
-                    help="pipelined relay variants ROWS:BLOCKS_PER_SM (rows per piece 1-16, resident blocks per SM, "
-                         "empty = as many as fit), e.g. 16: 4: 1: 4:2")
+                    help="pipelined relay variants ROWS:BLOCKS_PER_SM[:MARK] (rows per piece 1-16, resident blocks "
+                         "per SM, empty = as many as fit; MARK fence, release or warp: push.MARK), e.g. 16: 4: 4::warp")
     ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
     ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()

@@ -198,18 +198,20 @@ def _push_worker(rank, world):
                     gl = qvdp.gather_rows(local, plan, layout="list", tune=True)  # no out=: NCCL modes, torch
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
-            # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, and 2
-            # resident blocks per SM), and without it
-            settings = push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM
-            for pipe, rows, bps in (("1", 16, 0), ("1", 4, 0), ("1", 1, 2), ("0", 4, 0)):
-                push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM = pipe, rows, bps
+            # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, 2 resident
+            # blocks per SM, each way of marking a piece ready), and without it
+            settings = push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK
+            for pipe, rows, bps, mark in (("1", 16, 0, "fence"), ("1", 4, 0, "fence"), ("1", 1, 2, "fence"),
+                                          ("1", 4, 0, "release"), ("1", 4, 0, "warp"), ("1", 1, 2, "warp"),
+                                          ("0", 4, 0, "fence")):
+                push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK = pipe, rows, bps, mark
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
                 if pipe == "1" and push.pipelined_mode(plan):
                     relays.add("pipelined")
-            push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM = settings
+            push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK = settings
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     push.IMPL = "auto"
     # the same gather called back to back without host syncs (epochs advance on the GPU only)

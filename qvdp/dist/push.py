@@ -6,7 +6,7 @@ pass them as `out=` on every call. Each rank stores its rows straight into their
 peer's output: no NCCL, no padding, no staging copy, no second pass. One host call enqueues the whole
 gather (csrc/push.cu, when the extension is built); otherwise (or with QVDP_PUSH_IMPL=triton) the same
 steps run as Triton kernels, one launch each. The QVDP_PUSH_* settings are read once, when this module is
-imported (module attributes IMPL, PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM after that).
+imported (module attributes IMPL, PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, MARK after that).
 
 Flag barriers order the steps: each rank stores the call's epoch into its slot of every peer's flag row
 (system-scope release), then spins on its own row (system-scope acquire).
@@ -62,17 +62,25 @@ PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "4"))
 # Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS; diagnostics:
 # capping them made the relay slower, session 19).
 BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
+# How the pipelined relay marks a piece ready (QVDP_PUSH_MARK; csrc/push.cu kMark*): "fence" (a block barrier,
+# then one thread's system fence and release store), "release" (the release store alone) or "warp" (every
+# warp releases its own mark; the forwarder waits for all of them).
+MARK = os.environ.get("QVDP_PUSH_MARK", "fence")
+MARK_MODES = {"fence": 0, "release": 1, "warp": 2}
+WARPS_PER_UNIT = 8      # csrc/push.cu kWarps: marks per piece and span with MARK "warp"
 # "triton": the Triton kernels even where the CUDA form is built (QVDP_PUSH_IMPL).
 IMPL = os.environ.get("QVDP_PUSH_IMPL", "auto")
 
 
 def _settings():
     """What changes what a call enqueues, part of the fast paths' keys: (pipelined relay on, rows per piece,
-    resident blocks per SM, implementation)."""
+    resident blocks per SM, implementation, mark mode)."""
     if not 1 <= PIECE_ROWS <= ROWS or not 0 <= BLOCKS_PER_SM <= 32:
         raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got "
                          f"{PIECE_ROWS}, {BLOCKS_PER_SM}")
-    return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL
+    if MARK not in MARK_MODES:
+        raise ValueError(f"QVDP_PUSH_MARK must be one of {sorted(MARK_MODES)}, got {MARK!r}")
+    return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL, MARK
 
 
 _STATES = {}        # group key -> _GroupState
@@ -310,10 +318,10 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes, rows):
+def _pipelined_table(plan, rank, device, width_bytes, rows, mark="fence"):
     """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows), or None when the
-    call's ready marks do not fit READY_SLOTS."""
-    spans = -(-width_bytes // SPAN_BYTES)
+    call's ready marks (one per piece and span, WARPS_PER_UNIT with `mark` "warp") do not fit READY_SLOTS."""
+    spans = -(-width_bytes // SPAN_BYTES) * (WARPS_PER_UNIT if mark == "warp" else 1)
     units = plan.memo(("push-units", rows), lambda: pipelined_units(plan, rows))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
@@ -506,7 +514,7 @@ def push_runner(local_outputs, plan: ShardPlan, group, layout: str, out, backend
     _plan, nat, args, bufs = hit
     views = result_views(bufs, plan, layout)
     if args[0] == "pipelined":
-        a, tail = args[1][:-3], args[1][-3:]
+        a, tail = args[1][:-4], args[1][-4:]
 
         def run(local):
             st.epoch = nat.push_gather_pipelined(local[0], *a, st.epoch, *tail)
@@ -549,13 +557,14 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     eb = local_outputs[0].element_size()
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
-    _, rows, bps, _ = _settings()
-    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows) if pipelined else None
+    _, rows, bps, _, mark = _settings()
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows, mark) \
+        if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
         args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
-                st.timeout_ns, rows, bps)
-        st.epoch = nat.push_gather_pipelined(t, *args[:-3], st.epoch, *args[-3:])
+                st.timeout_ns, rows, bps, MARK_MODES[mark])
+        st.epoch = nat.push_gather_pipelined(t, *args[:-4], st.epoch, *args[-4:])
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                   (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
         return result_views([b for b, _ in bufs], plan, layout)
