@@ -96,9 +96,10 @@ def _worker(rank, world, port, variants, flush, names, q):
         if push._native() is None:
             fns = {k: v for k, v in fns.items() if "CUDA" not in k}
         for v in variants if push._native() is not None and push.pipelined_mode(plan) else ():
-            r, b, m = (v.split(":") + ["fence"])[:3]  # --variants ROWS:BLOCKS_PER_SM[:MARK]
-            fns[f"pipelined relay, rows {r}, blocks/SM {b or 'max'}, mark {m}"] = with_impl(
-                "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0), MARK=m)
+            r, b, m, o = (v.split(":") + ["", "", ""])[:4]  # --variants ROWS:BLOCKS_PER_SM[:MARK[:OWN]]
+            m, o = m or push.MARK, o or push.OWN_COPY
+            fns[f"relay {r} rows, {b or 'max'}/SM, {m}, own {o}"] = with_impl(
+                "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0), MARK=m, OWN_COPY=o)
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")
             fns["qvdp native (auto) into out="] = lambda: gather_rows_native(
@@ -141,8 +142,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--variants", nargs="*", default=[],
-                    help="pipelined relay variants ROWS:BLOCKS_PER_SM[:MARK] (rows per piece 1-16, resident blocks "
-                         "per SM, empty = as many as fit; MARK fence, release or warp: push.MARK), e.g. 16: 4: 4::warp")
+                    help="pipelined relay variants ROWS:BLOCKS_PER_SM[:MARK[:OWN]] (rows per piece 1-16, resident "
+                         "blocks per SM, empty = as many as fit; MARK fence, release or warp: push.MARK; OWN last or "
+                         "mixed: push.OWN_COPY), e.g. 16: 4: 4::warp 4::release:mixed")
     ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
     ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()

@@ -199,19 +199,23 @@ def _push_worker(rank, world):
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
             # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, 2 resident
-            # blocks per SM, each way of marking a piece ready), and without it
-            settings = push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK
-            for pipe, rows, bps, mark in (("1", 16, 0, "fence"), ("1", 4, 0, "fence"), ("1", 1, 2, "fence"),
-                                          ("1", 4, 0, "release"), ("1", 4, 0, "warp"), ("1", 1, 2, "warp"),
-                                          ("0", 4, 0, "fence")):
-                push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK = pipe, rows, bps, mark
+            # blocks per SM, each way of marking a piece ready, the owner's copy last or mixed in), and without it
+            names = ("PIPELINED_RELAY", "PIECE_ROWS", "BLOCKS_PER_SM", "MARK", "OWN_COPY")
+            settings = [getattr(push, k) for k in names]
+            for pipe, rows, bps, mark, own in (
+                    ("1", 16, 0, "fence", "last"), ("1", 4, 0, "fence", "last"), ("1", 1, 2, "fence", "mixed"),
+                    ("1", 4, 0, "release", "last"), ("1", 4, 0, "release", "mixed"), ("1", 4, 0, "warp", "mixed"),
+                    ("1", 1, 2, "warp", "last"), ("0", 4, 0, "release", "last")):
+                for k, v in zip(names, (pipe, rows, bps, mark, own)):
+                    setattr(push, k, v)
                 bufl[0].fill_(float("nan"))
                 g1 = qvdp.gather_rows(local[:1], plan, layout="list", backend="push", out=bufl[:1])
                 torch.cuda.synchronize()
                 ok = ok and torch.equal(g1[0], full[0])
                 if pipe == "1" and push.pipelined_mode(plan):
                     relays.add("pipelined")
-            push.PIPELINED_RELAY, push.PIECE_ROWS, push.BLOCKS_PER_SM, push.MARK = settings
+            for k, v in zip(names, settings):
+                setattr(push, k, v)
             res[f"{impl}/{str(dtype)[6:]}/{gi}"] = ok
     push.IMPL = "auto"
     # the same gather called back to back without host syncs (epochs advance on the GPU only)

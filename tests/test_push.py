@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan, rows=push.ROWS):
+def _replay_units(plan, rows=push.ROWS, own="last"):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""
@@ -84,7 +84,7 @@ def _replay_units(plan, rows=push.ROWS):
              else full[:0] for r in range(w)]
     outs = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
     writes = [torch.zeros(total, dtype=torch.int64) for _ in range(w)]
-    units = push.pipelined_units(plan, rows)
+    units = push.pipelined_units(plan, rows, own)
     producer = {}  # (rank notified, slot) -> depth of the unit that sets it
     depth = {}
     for r in range(w):
@@ -131,12 +131,12 @@ def _replay_units(plan, rows=push.ROWS):
     return outs, writes, full
 
 
-@pytest.mark.parametrize("rows", [16, 4, 1])
+@pytest.mark.parametrize("rows,own", [(16, "last"), (4, "last"), (1, "last"), (4, "mixed"), (1, "mixed")])
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_pipelined_relay_replay(world, name, rows):
+def test_pipelined_relay_replay(world, name, rows, own):
     plan = plan_shards(GRIDS[name], world, QWEN3_VL_8B)
-    outs, writes, full = _replay_units(plan, rows)
+    outs, writes, full = _replay_units(plan, rows, own)
     for r in range(world):
         assert torch.equal(outs[r], full), (name, world, r)
         assert bool((writes[r] == 1).all())
@@ -147,7 +147,7 @@ def test_pipelined_relay_replay_random():
     for _ in range(30):
         world = rng.randint(2, 6)
         plan = plan_shards(_random_grid(rng), world, QWEN3_VL_8B)
-        outs, writes, full = _replay_units(plan)
+        outs, writes, full = _replay_units(plan, 4, rng.choice(["last", "mixed"]))
         assert all(torch.equal(o, full) for o in outs) and all(bool((c == 1).all()) for c in writes)
 
 

@@ -6,7 +6,7 @@ pass them as `out=` on every call. Each rank stores its rows straight into their
 peer's output: no NCCL, no padding, no staging copy, no second pass. One host call enqueues the whole
 gather (csrc/push.cu, when the extension is built); otherwise (or with QVDP_PUSH_IMPL=triton) the same
 steps run as Triton kernels, one launch each. The QVDP_PUSH_* settings are read once, when this module is
-imported (module attributes IMPL, PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, MARK after that).
+imported (module attributes IMPL, PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, MARK, OWN_COPY after that).
 
 Flag barriers order the steps: each rank stores the call's epoch into its slot of every peer's flag row
 (system-scope release), then spins on its own row (system-scope acquire).
@@ -64,9 +64,13 @@ PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "4"))
 BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
 # How the pipelined relay marks a piece ready (QVDP_PUSH_MARK; csrc/push.cu kMark*): "fence" (a block barrier,
 # then one thread's system fence and release store), "release" (the release store alone) or "warp" (every
-# warp releases its own mark; the forwarder waits for all of them).
-MARK = os.environ.get("QVDP_PUSH_MARK", "fence")
+# warp releases its own mark; the forwarder waits for all of them). "release" since session 20: on 4 x H200
+# (s20a, diag_push back to back) one image 124.9 us against "fence" 132.4 and "warp" 123.7, skewed 203.1
+# against 216.3 and 204.8 (benchmarks/NOTES.md).
+MARK = os.environ.get("QVDP_PUSH_MARK", "release")
 MARK_MODES = {"fence": 0, "release": 1, "warp": 2}
+# Where the owner's copy into its own output goes among its relay units (QVDP_PUSH_OWN; pipelined_units).
+OWN_COPY = os.environ.get("QVDP_PUSH_OWN", "last")
 WARPS_PER_UNIT = 8      # csrc/push.cu kWarps: marks per piece and span with MARK "warp"
 # "triton": the Triton kernels even where the CUDA form is built (QVDP_PUSH_IMPL).
 IMPL = os.environ.get("QVDP_PUSH_IMPL", "auto")
@@ -78,9 +82,10 @@ def _settings():
     if not 1 <= PIECE_ROWS <= ROWS or not 0 <= BLOCKS_PER_SM <= 32:
         raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got "
                          f"{PIECE_ROWS}, {BLOCKS_PER_SM}")
-    if MARK not in MARK_MODES:
-        raise ValueError(f"QVDP_PUSH_MARK must be one of {sorted(MARK_MODES)}, got {MARK!r}")
-    return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL, MARK
+    if MARK not in MARK_MODES or OWN_COPY not in ("last", "mixed"):
+        raise ValueError(f"QVDP_PUSH_MARK must be one of {sorted(MARK_MODES)} and QVDP_PUSH_OWN 'last' or "
+                         f"'mixed', got {MARK!r}, {OWN_COPY!r}")
+    return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL, MARK, OWN_COPY
 
 
 _STATES = {}        # group key -> _GroupState
@@ -262,20 +267,24 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def pipelined_units(plan: ShardPlan, rows: int = ROWS) -> dict:
+def pipelined_units(plan: ShardPlan, rows: int = ROWS, own: str = "last") -> dict:
     """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= `rows`,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
     relayed piece stored to its helper, which is notified), then the helper's forwards of those pieces to
     the other ranks (each waits for its piece's mark). Slots are unique within the call. Relayed pieces are
-    interleaved over the helpers in piece order, forwards over their destinations."""
+    interleaved over the helpers in piece order, forwards over their destinations. own: where the owner's
+    copy of a relayed run into its own output goes among its units: "last" (after every relayed piece) or
+    "mixed" (its pieces interleaved with the relayed ones, one per relayed piece)."""
     w = plan.world_size
     depth = {r: ([], []) for r in range(w)}
     slots = iter(range(1 << 30))
     for s, ls, os_, n, shares in relay_shares(plan.all_runs(), w):
         peers = [r for r in range(w) if r != s]
         for k in range(0, n, rows):  # the owner's own copy
-            depth[s][0].append(((1, os_ + k), (s, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
+            p = k // rows
+            key = (0, p // (w - 1) * rows, w - 1 + p % (w - 1)) if own == "mixed" and shares else (1, os_ + k)
+            depth[s][0].append((key, (s, ls + k, os_ + k, min(rows, n - k), -1, -1, 0, -1)))
         if shares is None:  # sent whole: a store to every peer
             for k in range(0, n, rows):
                 for d in peers:
@@ -318,15 +327,16 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes, rows, mark="fence"):
-    """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows), or None when the
-    call's ready marks (one per piece and span, WARPS_PER_UNIT with `mark` "warp") do not fit READY_SLOTS."""
+def _pipelined_table(plan, rank, device, width_bytes, rows, mark="fence", own="last"):
+    """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows, the owner's copy placed
+    as `own` says), or None when the call's ready marks (one per piece and span, WARPS_PER_UNIT with `mark`
+    "warp") do not fit READY_SLOTS."""
     spans = -(-width_bytes // SPAN_BYTES) * (WARPS_PER_UNIT if mark == "warp" else 1)
-    units = plan.memo(("push-units", rows), lambda: pipelined_units(plan, rows))
+    units = plan.memo(("push-units", rows, own), lambda: pipelined_units(plan, rows, own))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
         return None
-    return plan.memo(("push-units-table", rank, str(device), rows),
+    return plan.memo(("push-units-table", rank, str(device), rows, own),
                      lambda: torch.tensor(units[rank], dtype=torch.int64, device=device).reshape(-1, 8))
 
 
@@ -557,8 +567,8 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     eb = local_outputs[0].element_size()
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
-    _, rows, bps, _, mark = _settings()
-    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows, mark) \
+    _, rows, bps, _, mark, own = _settings()
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows, mark, own) \
         if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
