@@ -98,7 +98,9 @@ def _worker(rank, world, port, variants, flush, names, q):
         for v in variants if push._native() is not None and push.pipelined_mode(plan) else ():
             r, b, m, o = (v.split(":") + ["", "", ""])[:4]  # --variants ROWS:BLOCKS_PER_SM[:MARK[:OWN]]
             m, o = m or push.MARK, o or push.OWN_COPY
-            fns[f"relay {r} rows, {b or 'max'}/SM, {m}, own {o}"] = with_impl(
+            name = f"relay {r} rows, {b or 'max'}/SM, {m}, own {o}"
+            name += f" #{sum(k.startswith(name) for k in fns) + 1}" if name in fns else ""  # a repeat, timed again
+            fns[name] = with_impl(
                 "auto", PIECE_ROWS=int(r), BLOCKS_PER_SM=int(b or 0), MARK=m, OWN_COPY=o)
         if gather_rows_native is not None:
             fns["qvdp native (auto)"] = lambda: gather_rows_native([local], plan, None, "concat", "auto")

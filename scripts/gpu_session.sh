@@ -22,6 +22,7 @@
 #   bash scripts/gpu_session.sh s19f     # (4 GPUs) launch bounds for the 4-row units (A/B against 4 blocks/SM), push tests, bench at 4
 #   bash scripts/gpu_session.sh s20a     # (4 GPUs) ways of marking a relay piece ready (push.MARK): push tests, diag_push variants, bench_gather at 4
 #   bash scripts/gpu_session.sh s20b     # (4 GPUs) the owner's copy mixed into the relay units (push.OWN_COPY) x marks: push tests, diag_push, bench_gather at 4 (last, mixed)
+#   bash scripts/gpu_session.sh s20c     # (4 GPUs) defaults release + mixed: every multi-GPU test, diag_push piece rows (twice), bench_gather at 4 and 2
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -104,6 +105,11 @@ elif [ "$STAGE" = s20b ]; then  # session 20, 4 GPUs: owner's copy mixed into th
     --variants ${VARIANTS:-4::fence:last 4::release:last 4::release:mixed 4::warp:mixed 8::release:mixed 2::release:mixed 16::release:mixed 4:2:release:mixed}
   QVDP_PUSH_OWN=last T=${BENCH_T:-120} TAILN=30 step bench_gather_last python3 benchmarks/bench_gather.py --worlds 4 --out logs/g_last
   QVDP_PUSH_OWN=mixed T=${BENCH_T:-120} TAILN=30 step bench_gather_mixed python3 benchmarks/bench_gather.py --worlds 4 --out logs/g_mixed
+elif [ "$STAGE" = s20c ]; then  # session 20, 4 GPUs: release marks + owner's copy mixed by default: all multi-GPU tests, piece rows, bench at 4 and 2
+  T=${TEST_T:-260} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
+  T=${DIAG_T:-150} TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --workloads "one 720p image" "skewed 1280^2+3x256^2" \
+    --variants ${VARIANTS:-2: 4: 8: 16: 4::fence:last 2: 4: 8:}
+  T=${BENCH_T:-150} TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
 elif [ "$STAGE" = s18g ]; then  # session 18, 2 GPUs (asked as 2 x H100): every multi-GPU test, the gather at 2, link rates
   T=${TEST_T:-240} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g

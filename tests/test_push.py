@@ -74,7 +74,7 @@ def test_push_plan_replay_random():
         assert all(bool((c == 1).all()) for c in writes)
 
 
-def _replay_units(plan, rows=push.ROWS, own="last"):
+def _replay_units(plan, rows=push.ROWS, own="mixed"):
     """The pipelined gather's units on simulated buffers, run in any order the ready marks allow: a unit
     runs once the mark it waits for is set; a unit that reads an output buffer reads only rows already
     written there; units on each rank come in depth order (a waiting unit's producer has a lower depth)."""

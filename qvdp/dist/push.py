@@ -69,8 +69,11 @@ BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
 # against 216.3 and 204.8 (benchmarks/NOTES.md).
 MARK = os.environ.get("QVDP_PUSH_MARK", "release")
 MARK_MODES = {"fence": 0, "release": 1, "warp": 2}
-# Where the owner's copy into its own output goes among its relay units (QVDP_PUSH_OWN; pipelined_units).
-OWN_COPY = os.environ.get("QVDP_PUSH_OWN", "last")
+# Where the owner's copy into its own output goes among its relay units (QVDP_PUSH_OWN; pipelined_units):
+# "mixed" since session 20: on 4 x H200 (s20b, diag_push back to back, "release" marks) one image 119.8 us
+# against 124.8 with the copy last, skewed 193.4 against 202.0; bench_gather one call 1.03x / 1.10x the floor
+# against 1.11x / 1.10x (benchmarks/NOTES.md).
+OWN_COPY = os.environ.get("QVDP_PUSH_OWN", "mixed")
 WARPS_PER_UNIT = 8      # csrc/push.cu kWarps: marks per piece and span with MARK "warp"
 # "triton": the Triton kernels even where the CUDA form is built (QVDP_PUSH_IMPL).
 IMPL = os.environ.get("QVDP_PUSH_IMPL", "auto")
@@ -267,7 +270,7 @@ def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
     return relay, s1, s2
 
 
-def pipelined_units(plan: ShardPlan, rows: int = ROWS, own: str = "last") -> dict:
+def pipelined_units(plan: ShardPlan, rows: int = ROWS, own: str = "mixed") -> dict:
     """{rank: [unit]} of the pipelined relay, every unit (dst rank, src row, dst row, rows <= `rows`,
     src (-1: the rank's local rows, else that rank's output buffer), wait slot (-1: none), notify mask,
     notify slot); each rank's list in depth order: units that never wait (its own rows, whole runs, and each
@@ -327,7 +330,7 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes, rows, mark="fence", own="last"):
+def _pipelined_table(plan, rank, device, width_bytes, rows, mark="release", own="mixed"):
     """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows, the owner's copy placed
     as `own` says), or None when the call's ready marks (one per piece and span, WARPS_PER_UNIT with `mark`
     "warp") do not fit READY_SLOTS."""
