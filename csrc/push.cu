@@ -99,8 +99,8 @@ __global__ void push_rows_kernel(const char* __restrict__ src, const int64_t* __
 constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the ready marks
 // MR: the most rows of any unit (the relay's piece size, 1-16): fewer registers per thread for small pieces.
 // The stores are bound by how many blocks each SM keeps issuing (benchmarks/NOTES.md, session 19), so the small
-// forms ask for more resident blocks: MR=4 at most 40 registers (6 blocks per SM, no spills; 55 unbounded),
-// MR<=2 at most 32 (8 blocks per SM; MR=2 spills 28 bytes).
+// forms ask for more resident blocks: MR=8 at most 64 registers (4 blocks per SM, no spills; 114 unbounded),
+// MR=4 at most 40 (6 blocks per SM; 55 unbounded), MR<=2 at most 32 (8 blocks per SM; MR=2 spills 28 bytes).
 constexpr int kUnitCols = 8;
 constexpr int kWarps = kThreads / 32;
 // How a piece's producer marks it ready (QVDP_PUSH_MARK, qvdp/dist/push.py): kMarkFence, a block barrier, then
@@ -111,7 +111,7 @@ constexpr int kMarkFence = 0, kMarkRelease = 1, kMarkWarp = 2;
 __device__ __forceinline__ void release_mark(int64_t* mark, int64_t epoch) {
   asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
 }
-constexpr int units_min_blocks(int mr) { return mr == 4 ? 6 : (mr < 4 ? 8 : 1); }
+constexpr int units_min_blocks(int mr) { return mr == 8 ? 4 : (mr == 4 ? 6 : (mr < 4 ? 8 : 1)); }
 template <typename V, int MR>
 __global__ void __launch_bounds__(kThreads, units_min_blocks(MR)) push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
                                   const int64_t* __restrict__ units, int64_t spans, int64_t src_stride,

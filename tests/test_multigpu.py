@@ -198,13 +198,13 @@ def _push_worker(rank, world):
                     gl = qvdp.gather_rows(local, plan, layout="list", tune=True)  # no out=: NCCL modes, torch
                     torch.cuda.synchronize()
                     ok = ok and torch.equal(gt, torch.cat(full, 1)) and all(torch.equal(a, b) for a, b in zip(gl, full))
-            # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 4 and 1 rows, 2 resident
+            # one output: the pipelined relay on 3+ GPUs (relay plans; pieces of 16, 8, 4 and 1 rows, 2 resident
             # blocks per SM, each way of marking a piece ready, the owner's copy last or mixed in), and without it
             names = ("PIPELINED_RELAY", "PIECE_ROWS", "BLOCKS_PER_SM", "MARK", "OWN_COPY")
             settings = [getattr(push, k) for k in names]
             for pipe, rows, bps, mark, own in (
                     ("1", 16, 0, "fence", "last"), ("1", 4, 0, "fence", "last"), ("1", 1, 2, "fence", "mixed"),
-                    ("1", 4, 0, "release", "last"), ("1", 4, 0, "release", "mixed"), ("1", 4, 0, "warp", "mixed"),
+                    ("1", 4, 0, "release", "last"), ("1", 8, 0, "release", "mixed"), ("1", 4, 0, "warp", "mixed"),
                     ("1", 1, 2, "warp", "last"), ("0", 4, 0, "release", "last")):
                 for k, v in zip(names, (pipe, rows, bps, mark, own)):
                     setattr(push, k, v)

@@ -57,8 +57,11 @@ PIPELINED_RELAY = os.environ.get("QVDP_PUSH_PIPELINE", "1")
 # session 19: on 4 x H100 (diag_push, back to back) one image 142.7 us at 4 rows against 156.0 at 16, 145.7 at
 # 8, 147.3 at 2, 150.0 at 1; skewed 225.0 against 268.1 / 233.6 / 248.7 / 250.2. A 16-row unit takes 230
 # registers per thread (one 256-thread block per SM), a 4-row unit 55 (four blocks per SM; 40 and six since
-# the launch bounds of csrc/push.cu, s19f: 142.1 / 219.1 us).
-PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "4"))
+# the launch bounds of csrc/push.cu, s19f: 142.1 / 219.1 us). 8 since session 20 (with "release" marks and the
+# owner's copy mixed in, 4 x H200, s20c: one image 113.6 / 114.0 us at 8 rows against 120.9 / 119.7 at 4 and
+# 116.2 / 115.6 at 2, skewed 192.0 / 192.0 against 193.9 / 194.4 and 192.7 / 190.9), with launch bounds for 8
+# rows (64 registers, four blocks per SM).
+PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "8"))
 # Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS; diagnostics:
 # capping them made the relay slower, session 19).
 BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
