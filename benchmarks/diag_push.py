@@ -145,8 +145,8 @@ def main():
     ap.add_argument("--worlds", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--variants", nargs="*", default=[],
                     help="pipelined relay variants ROWS:BLOCKS_PER_SM[:MARK[:OWN]] (rows per piece 1-16, resident "
-                         "blocks per SM, empty = as many as fit; MARK fence, release or warp: push.MARK; OWN last or "
-                         "mixed: push.OWN_COPY), e.g. 16: 4: 4::warp 4::release:mixed")
+                         "blocks per SM, empty = as many as fit; MARK release or fence: push.MARK; OWN last or "
+                         "mixed: push.OWN_COPY), e.g. 16: 4: 4::fence 4::release:last")
     ap.add_argument("--flush", action="store_true", help="also time push and NCCL-into-out with L2 evicted")
     ap.add_argument("--workloads", nargs="*", default=None, help="names of WORKLOADS to run (default all)")
     a = ap.parse_args()

@@ -188,7 +188,7 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
                               int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
                               const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                               int64_t epoch, int64_t timeout_ns, int64_t piece_rows, int64_t blocks_per_sm,
-                              int64_t mark_mode);
+                              bool fence_sc);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "qvdp native NCCL all-gather-with-reorder";
   m.def("nccl_unique_id", &unique_id, "a new NCCL unique id (bytes)");

@@ -102,21 +102,15 @@ constexpr int64_t kSpan = 4096;  // bytes of a row per block: the unit of the re
 // forms ask for more resident blocks: MR=8 at most 64 registers (4 blocks per SM, no spills; 114 unbounded),
 // MR=4 at most 40 (6 blocks per SM; 55 unbounded), MR<=2 at most 32 (8 blocks per SM; MR=2 spills 28 bytes).
 constexpr int kUnitCols = 8;
-constexpr int kWarps = kThreads / 32;
-// How a piece's producer marks it ready (QVDP_PUSH_MARK, qvdp/dist/push.py): kMarkFence, a block barrier, then
-// thread 0's __threadfence_system() (fence.sc.sys: MEMBAR.SC.SYS) and st.release.sys (itself MEMBAR.ALL.SYS +
-// a strong store); kMarkRelease, the same without the fence.sc; kMarkWarp, every warp releases its own mark
-// (no block barrier) and the consumer waits for all kWarps marks of the piece's span.
-constexpr int kMarkFence = 0, kMarkRelease = 1, kMarkWarp = 2;
-__device__ __forceinline__ void release_mark(int64_t* mark, int64_t epoch) {
-  asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
-}
+// A piece's producer marks it ready with a block barrier, then thread 0's st.release.sys (SASS: MEMBAR.ALL.SYS +
+// a strong store). fence_sc (QVDP_PUSH_MARK=fence, diagnostics) adds __threadfence_system() before it, i.e.
+// fence.sc.sys (MEMBAR.SC.SYS): 6% slower back to back on 4 x H200 (benchmarks/NOTES.md, session 20).
 constexpr int units_min_blocks(int mr) { return mr == 8 ? 4 : (mr == 4 ? 6 : (mr < 4 ? 8 : 1)); }
 template <typename V, int MR>
 __global__ void __launch_bounds__(kThreads, units_min_blocks(MR)) push_units_kernel(const char* __restrict__ src, const int64_t* __restrict__ peers,
                                   const int64_t* __restrict__ units, int64_t spans, int64_t src_stride,
                                   int64_t dst_stride, int64_t row_bytes, const int64_t* __restrict__ ready_peers,
-                                  int rank, int64_t epoch, int64_t timeout_ns, int32_t* errors, int mark_mode) {
+                                  int rank, int64_t epoch, int64_t timeout_ns, int32_t* errors, bool fence_sc) {
   const int64_t b = blockIdx.x;
   const int64_t c = b / spans, y = b % spans;
   const int64_t* u = units + kUnitCols * c;
@@ -126,12 +120,8 @@ __global__ void __launch_bounds__(kThreads, units_min_blocks(MR)) push_units_ker
   const int64_t from_stride = out_src ? dst_stride : src_stride;
   char* dst = reinterpret_cast<char*>(peers[d]);
   if (wait >= 0) {
-    const int64_t* marks = reinterpret_cast<const int64_t*>(ready_peers[rank]);
-    if (mark_mode == kMarkWarp) {  // one mark per producing warp: threads 0..7 wait on one each
-      if (threadIdx.x < kWarps) wait_mark(marks + (wait * spans + y) * kWarps + threadIdx.x, epoch, timeout_ns, errors);
-    } else if (threadIdx.x == 0) {
-      wait_mark(marks + wait * spans + y, epoch, timeout_ns, errors);
-    }
+    if (threadIdx.x == 0)
+      wait_mark(reinterpret_cast<const int64_t*>(ready_peers[rank]) + wait * spans + y, epoch, timeout_ns, errors);
     __syncthreads();
   }
   const int64_t end = min(row_bytes, (y + 1) * kSpan);
@@ -143,19 +133,13 @@ __global__ void __launch_bounds__(kThreads, units_min_blocks(MR)) push_units_ker
       copy_piece<V, false, MR>(from, from_stride, dst, dst_stride, r0, d0, n, off);
   }
   if (mask != 0) {
-    if (mark_mode == kMarkWarp) {  // each warp marks its own slice: no block barrier, one release per warp
-      __syncwarp();
-      if ((threadIdx.x & 31) == 0) {
-        const int64_t m = (slot * spans + y) * kWarps + threadIdx.x / 32;
-        for (int t = 0; t < 64; ++t)
-          if ((mask >> t) & 1) release_mark(reinterpret_cast<int64_t*>(ready_peers[t]) + m, epoch);
-      }
-    } else {
-      __syncthreads();  // orders the block's stores before thread 0's release (cumulative)
-      if (threadIdx.x == 0) {
-        if (mark_mode == kMarkFence) __threadfence_system();  // fence.sc.sys (MEMBAR.SC.SYS) as well
-        for (int t = 0; t < 64; ++t)
-          if ((mask >> t) & 1) release_mark(reinterpret_cast<int64_t*>(ready_peers[t]) + slot * spans + y, epoch);
+    __syncthreads();  // orders the block's stores before thread 0's release (a release is cumulative)
+    if (threadIdx.x == 0) {
+      if (fence_sc) __threadfence_system();  // fence.sc.sys (MEMBAR.SC.SYS) before the release as well
+      for (int t = 0; t < 64; ++t) {
+        if (!((mask >> t) & 1)) continue;
+        int64_t* mark = reinterpret_cast<int64_t*>(ready_peers[t]) + slot * spans + y;
+        asm volatile("st.release.sys.global.b64 [%0], %1;" ::"l"(mark), "l"(epoch) : "memory");
       }
     }
   }
@@ -229,7 +213,7 @@ template <typename V>
 void launch_units(dim3 grid, int64_t piece_rows, int64_t blocks_per_sm, cudaStream_t stream, const char* s,
                   const int64_t* p, const int64_t* u, int64_t spans, int64_t ss, int64_t dst_stride,
                   int64_t row_bytes, const int64_t* rp, int r, int64_t epoch, int64_t timeout_ns, int32_t* e,
-                  int mark_mode) {
+                  bool fence_sc) {
   auto go = [&](auto kernel) {
     size_t smem = 0;
     if (blocks_per_sm > 0) {
@@ -241,7 +225,7 @@ void launch_units(dim3 grid, int64_t piece_rows, int64_t blocks_per_sm, cudaStre
                  "cudaFuncSetAttribute");
     }
     kernel<<<grid, kThreads, smem, stream>>>(s, p, u, spans, ss, dst_stride, row_bytes, rp, r, epoch, timeout_ns, e,
-                                             mark_mode);
+                                             fence_sc);
   };
   if constexpr (sizeof(V) == 16) {  // addresses and strides all 16-byte multiples: the small-piece forms
     if (piece_rows <= 1) return go(push_units_kernel<V, 1>);
@@ -258,7 +242,7 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
                               int64_t dst_stride, const at::Tensor& units, const at::Tensor& ready_peers,
                               const at::Tensor& flag_peers, const at::Tensor& errors, int64_t rank, int64_t world,
                               int64_t epoch, int64_t timeout_ns, int64_t piece_rows, int64_t blocks_per_sm,
-                              int64_t mark_mode) {
+                              bool fence_sc) {
   check_table(units, kUnitCols, "units");
   check(src.is_cuda() && src.dim() == 2 && (src.size(0) == 0 || src.stride(1) == 1) && own.is_cuda() &&
             own.dim() == 2 && own.stride(1) == 1 && own.size(1) == src.size(1) && own.dtype() == src.dtype(),
@@ -273,7 +257,6 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
   check(dst_stride == own.stride(0) * eb, "dst_stride must be the output buffer's row stride in bytes");
   check(piece_rows >= 1 && piece_rows <= kRows, "piece_rows must be in 1..16");
   check(blocks_per_sm >= 0 && blocks_per_sm <= 32, "blocks_per_sm must be in 0..32");
-  check(mark_mode >= kMarkFence && mark_mode <= kMarkWarp, "mark_mode must be 0 (fence), 1 (release) or 2 (warp)");
   const c10::cuda::CUDAGuard guard(flag_peers.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   barrier(flag_peers, errors, rank, world, ++epoch, timeout_ns, stream);
@@ -292,7 +275,7 @@ int64_t push_gather_pipelined(const at::Tensor& src, const at::Tensor& table, co
     const int64_t ss = src.stride(0) * eb;
     with_vector(vb, [&](auto v) {
       launch_units<decltype(v)>(grid, piece_rows, blocks_per_sm, stream, s, p, u, spans, ss, dst_stride, row_bytes,
-                                rp, r, mark_epoch, timeout_ns, e, static_cast<int>(mark_mode));
+                                rp, r, mark_epoch, timeout_ns, e, fence_sc);
     });
     cuda_check(cudaGetLastError(), "push_units_kernel");
   }

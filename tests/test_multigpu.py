@@ -204,8 +204,8 @@ def _push_worker(rank, world):
             settings = [getattr(push, k) for k in names]
             for pipe, rows, bps, mark, own in (
                     ("1", 16, 0, "fence", "last"), ("1", 4, 0, "fence", "last"), ("1", 1, 2, "fence", "mixed"),
-                    ("1", 4, 0, "release", "last"), ("1", 8, 0, "release", "mixed"), ("1", 4, 0, "warp", "mixed"),
-                    ("1", 1, 2, "warp", "last"), ("0", 4, 0, "release", "last")):
+                    ("1", 4, 0, "release", "last"), ("1", 8, 0, "release", "mixed"), ("1", 1, 2, "release", "last"),
+                    ("0", 4, 0, "release", "last")):
                 for k, v in zip(names, (pipe, rows, bps, mark, own)):
                     setattr(push, k, v)
                 bufl[0].fill_(float("nan"))

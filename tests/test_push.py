@@ -263,7 +263,7 @@ def test_push_runner_replays_the_validated_call(monkeypatch):
     class Nat:
         def push_gather_pipelined(self, *a):
             calls.append(("pipelined", a))
-            return a[-5] + 2  # the epoch argument sits before (timeout, rows, blocks per SM, mark mode)
+            return a[-5] + 2  # the epoch argument sits before (timeout, rows, blocks per SM, fence_sc)
 
         def push_gather(self, *a):
             calls.append(("items", a))
@@ -274,9 +274,9 @@ def test_push_runner_replays_the_validated_call(monkeypatch):
     local, out = [torch.randn(plan.rows(0), 8)], torch.randn(plan.total_rows + 3, 8)
     assert push.push_runner(local, plan, None, "concat", out, "push") is None  # nothing validated yet
     key = push._call_key(local, plan, None, "concat", out, "push")
-    st.calls[key] = (plan, Nat(), ("pipelined", tuple(range(10, 20)) + (4, 0, 1)), [out])
+    st.calls[key] = (plan, Nat(), ("pipelined", tuple(range(10, 20)) + (4, 0, False)), [out])
     res = push.push_runner(local, plan, None, "concat", out, "push")(local)
-    assert calls[-1] == ("pipelined", (local[0], *range(10, 19), 5, 19, 4, 0, 1)) and st.epoch == 7
+    assert calls[-1] == ("pipelined", (local[0], *range(10, 19), 5, 19, 4, 0, False)) and st.epoch == 7
     assert res.shape == (plan.total_rows, 8) and res.data_ptr() == out.data_ptr()
     st.calls[key] = (plan, Nat(), tuple(range(30, 43)), [out])
     push.push_runner(local, plan, None, "concat", out, "push")(local)

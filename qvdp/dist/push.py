@@ -19,8 +19,9 @@ Barriers per call:
 - direct plan: 2 (entry, exit);
 - relay plan, several output buffers: 3 (entry, after the shares, exit);
 - relay plan, one output buffer: the pipelined relay (the default; QVDP_PUSH_PIPELINE=0 turns it off): 2.
-  One launch of copy units: the owner's stores of each 16-row piece to its helper set the piece's ready
-  mark there, and the helper's forwards of the piece wait for that mark.
+  One launch of copy units: the owner's stores of each piece (8 rows by default) to its helper set the
+  piece's ready mark there (a release store after the block's barrier), and the helper's forwards of the
+  piece wait for that mark. The owner's copy into its own output is interleaved with its relayed pieces.
 
 The entry barrier orders the call after every rank's earlier work on its current stream. A caller that
 reads the previous result on another stream must order that read before the next gather.
@@ -65,32 +66,29 @@ PIECE_ROWS = int(os.environ.get("QVDP_PUSH_PIECE_ROWS", "8"))
 # Resident blocks per SM of the pipelined relay's launch (0: as many as fit; QVDP_PUSH_BPS; diagnostics:
 # capping them made the relay slower, session 19).
 BLOCKS_PER_SM = int(os.environ.get("QVDP_PUSH_BPS", "0"))
-# How the pipelined relay marks a piece ready (QVDP_PUSH_MARK; csrc/push.cu kMark*): "fence" (a block barrier,
-# then one thread's system fence and release store), "release" (the release store alone) or "warp" (every
-# warp releases its own mark; the forwarder waits for all of them). "release" since session 20: on 4 x H200
-# (s20a, diag_push back to back) one image 124.9 us against "fence" 132.4 and "warp" 123.7, skewed 203.1
-# against 216.3 and 204.8 (benchmarks/NOTES.md).
+# How the pipelined relay marks a piece ready (QVDP_PUSH_MARK; csrc/push.cu push_units_kernel): "release" (a
+# block barrier, then one thread's release store) or "fence" (a sequentially consistent system fence before
+# it, as before session 20; diagnostics). On 4 x H200 (s20a, diag_push back to back) one image 124.9 us
+# against 132.4, skewed 203.1 against 216.3 (benchmarks/NOTES.md; a mark per warp, also tried, was level).
 MARK = os.environ.get("QVDP_PUSH_MARK", "release")
-MARK_MODES = {"fence": 0, "release": 1, "warp": 2}
 # Where the owner's copy into its own output goes among its relay units (QVDP_PUSH_OWN; pipelined_units):
 # "mixed" since session 20: on 4 x H200 (s20b, diag_push back to back, "release" marks) one image 119.8 us
 # against 124.8 with the copy last, skewed 193.4 against 202.0; bench_gather one call 1.03x / 1.10x the floor
 # against 1.11x / 1.10x (benchmarks/NOTES.md).
 OWN_COPY = os.environ.get("QVDP_PUSH_OWN", "mixed")
-WARPS_PER_UNIT = 8      # csrc/push.cu kWarps: marks per piece and span with MARK "warp"
 # "triton": the Triton kernels even where the CUDA form is built (QVDP_PUSH_IMPL).
 IMPL = os.environ.get("QVDP_PUSH_IMPL", "auto")
 
 
 def _settings():
     """What changes what a call enqueues, part of the fast paths' keys: (pipelined relay on, rows per piece,
-    resident blocks per SM, implementation, mark mode)."""
+    resident blocks per SM, implementation, ready-mark kind, owner's copy placement)."""
     if not 1 <= PIECE_ROWS <= ROWS or not 0 <= BLOCKS_PER_SM <= 32:
         raise ValueError(f"QVDP_PUSH_PIECE_ROWS must be in 1..{ROWS} and QVDP_PUSH_BPS in 0..32, got "
                          f"{PIECE_ROWS}, {BLOCKS_PER_SM}")
-    if MARK not in MARK_MODES or OWN_COPY not in ("last", "mixed"):
-        raise ValueError(f"QVDP_PUSH_MARK must be one of {sorted(MARK_MODES)} and QVDP_PUSH_OWN 'last' or "
-                         f"'mixed', got {MARK!r}, {OWN_COPY!r}")
+    if MARK not in ("release", "fence") or OWN_COPY not in ("last", "mixed"):
+        raise ValueError(f"QVDP_PUSH_MARK must be 'release' or 'fence' and QVDP_PUSH_OWN 'last' or 'mixed', got "
+                         f"{MARK!r}, {OWN_COPY!r}")
     return PIPELINED_RELAY, PIECE_ROWS, BLOCKS_PER_SM, IMPL, MARK, OWN_COPY
 
 
@@ -333,11 +331,10 @@ def _chunks(items, device, rows=ROWS, rank=0, world=1):
     return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 4)
 
 
-def _pipelined_table(plan, rank, device, width_bytes, rows, mark="release", own="mixed"):
+def _pipelined_table(plan, rank, device, width_bytes, rows, own="mixed"):
     """int64 [n, 8] units of this rank (pipelined_units with pieces of `rows` rows, the owner's copy placed
-    as `own` says), or None when the call's ready marks (one per piece and span, WARPS_PER_UNIT with `mark`
-    "warp") do not fit READY_SLOTS."""
-    spans = -(-width_bytes // SPAN_BYTES) * (WARPS_PER_UNIT if mark == "warp" else 1)
+    as `own` says), or None when the call's ready marks (one per piece and span) do not fit READY_SLOTS."""
+    spans = -(-width_bytes // SPAN_BYTES)
     units = plan.memo(("push-units", rows, own), lambda: pipelined_units(plan, rows, own))
     nslots = 1 + max((u[7] for us in units.values() for u in us), default=-1)
     if nslots * spans > READY_SLOTS or plan.world_size > 63:
@@ -574,12 +571,12 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
     pipelined = nat is not None and len(pairs) == 1 and pairs[0][3] == 0 and \
         pairs[0][0].shape[1] == bufs[0][0].shape[1] and pipelined_mode(plan)
     _, rows, bps, _, mark, own = _settings()
-    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows, mark, own) \
+    table = _pipelined_table(plan, st.rank, bufs[0][0].device, bufs[0][0].shape[1] * eb, rows, own) \
         if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
         args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
-                st.timeout_ns, rows, bps, MARK_MODES[mark])
+                st.timeout_ns, rows, bps, mark == "fence")
         st.epoch = nat.push_gather_pipelined(t, *args[:-4], st.epoch, *args[-4:])
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
                   (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
