@@ -23,7 +23,7 @@
 #   bash scripts/gpu_session.sh s20a     # (4 GPUs) ways of marking a relay piece ready (push.MARK): push tests, diag_push variants, bench_gather at 4
 #   bash scripts/gpu_session.sh s20b     # (4 GPUs) the owner's copy mixed into the relay units (push.OWN_COPY) x marks: push tests, diag_push, bench_gather at 4 (last, mixed)
 #   bash scripts/gpu_session.sh s20c     # (4 GPUs) defaults release + mixed: every multi-GPU test, diag_push piece rows (twice), bench_gather at 4 and 2
-#   bash scripts/gpu_session.sh s20d     # (4 GPUs) 8-row pieces by default (launch bounds): push tests, diag_push 4 vs 8 rows, bench_gather at 4 and 2
+#   bash scripts/gpu_session.sh s20d     # (4 GPUs) 8-row pieces by default (launch bounds): every multi-GPU test, diag_push 4 vs 8 rows, bench_gather at 4 and 2
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -111,8 +111,8 @@ elif [ "$STAGE" = s20c ]; then  # session 20, 4 GPUs: release marks + owner's co
   T=${DIAG_T:-150} TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 --workloads "one 720p image" "skewed 1280^2+3x256^2" \
     --variants ${VARIANTS:-2: 4: 8: 16: 4::fence:last 2: 4: 8:}
   T=${BENCH_T:-150} TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
-elif [ "$STAGE" = s20d ]; then  # session 20, 4 GPUs: 8-row relay pieces with launch bounds: push tests, diag_push 4 vs 8 rows, bench at 4 and 2
-  T=${TEST_T:-150} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
+elif [ "$STAGE" = s20d ]; then  # session 20, 4 GPUs: 8-row relay pieces with launch bounds: every multi-GPU test, diag_push 4 vs 8 rows, bench at 4 and 2
+  T=${TEST_T:-260} TAILN=6 step multigpu_tests python3 -m pytest -q -m multigpu tests -p no:cacheprovider
   T=${DIAG_T:-150} TAILN=60 step diag_push python3 benchmarks/diag_push.py --worlds 4 2 --workloads "one 720p image" "skewed 1280^2+3x256^2" \
     --variants ${VARIANTS:-4: 8: 2: 4: 8: 4::fence:last}
   T=${BENCH_T:-150} TAILN=70 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
