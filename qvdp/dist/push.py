@@ -239,11 +239,11 @@ def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
     - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one).
-      Session 19 (4-row pieces, push in gather_rows' fast path), 4 x H200, one call as bench_gather times
-      it, two runs: one image 1.19x / 1.06x the floor against NCCL's grouped broadcasts' 1.46x / 1.28x,
-      skewed 1.17x / 1.20x against 1.37x / 1.50x. Back to back NCCL's single broadcast is faster for one
-      image (110 vs 137-145 us on 4 x H200 and 4 x H100), the relay for skewed (212-226 vs 237-239 us); on
-      one 4 x H100 box (before the fast path) NCCL also won one image in one call (1.02x against 1.34x).
+      Session 20 (release marks, the owner's copy mixed in, 8-row pieces), 4 x H200, one call as
+      bench_gather times it, two runs (s20d / s20e): one image 1.09x / 1.09x the floor against NCCL's
+      grouped broadcasts' 1.52x / 1.45x, skewed 1.10x / 1.15x against 1.48x / 1.41x; back to back the relay
+      is level with NCCL's single broadcast for one image (115-127 vs 112 us) and ahead for skewed (193-208
+      vs 239 us; diag_push s20d).
       tune=True measures the choice on the machine at hand."""
     return plan.world_size == 2 or not use_relay(plan) or (one_buffer and pipelined_mode(plan))
 
