@@ -131,7 +131,7 @@ def _replay_units(plan, rows=push.ROWS, own="mixed"):
     return outs, writes, full
 
 
-@pytest.mark.parametrize("rows,own", [(16, "last"), (4, "last"), (1, "last"), (4, "mixed"), (1, "mixed")])
+@pytest.mark.parametrize("rows,own", [(16, "last"), (4, "last"), (1, "last"), (8, "mixed"), (4, "mixed"), (1, "mixed")])
 @pytest.mark.parametrize("world", [3, 4, 8])
 @pytest.mark.parametrize("name", sorted(GRIDS))
 def test_pipelined_relay_replay(world, name, rows, own):
