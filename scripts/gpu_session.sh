@@ -25,6 +25,7 @@
 #   bash scripts/gpu_session.sh s20c     # (4 GPUs) defaults release + mixed: every multi-GPU test, diag_push piece rows (twice), bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s20d     # (4 GPUs) 8-row pieces by default (launch bounds): every multi-GPU test, diag_push 4 vs 8 rows, bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s20e     # (4 GPUs, asked as H100s) final code: push tests, bench_gather at 4 and 2
+#   bash scripts/gpu_session.sh s20f     # (2 GPUs) "auto" takes NCCL for one-owner plans at 2 GPUs: bench_gather at 2, push tests
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -120,6 +121,9 @@ elif [ "$STAGE" = s20d ]; then  # session 20, 4 GPUs: 8-row relay pieces with la
 elif [ "$STAGE" = s20e ]; then  # session 20, 4 GPUs (asked as H100s): the final code's push tests and bench_gather at 4 and 2
   T=${TEST_T:-100} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
   T=${BENCH_T:-100} TAILN=8 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
+  T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
+  T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
 elif [ "$STAGE" = s18g ]; then  # session 18, 2 GPUs (asked as 2 x H100): every multi-GPU test, the gather at 2, link rates
   T=${TEST_T:-240} TAILN=12 step multigpu_tests python3 -m pytest -q -s -m multigpu tests -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g

@@ -158,6 +158,9 @@ def test_pipelined_choice(monkeypatch):
     assert not push.pipelined_mode(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))  # direct plan
     # "auto" with out=: relay plans -> the pipelined relay (one buffer only), else NCCL
     assert push.prefer_push(one4) and push.prefer_push(skew4) and not push.prefer_push(skew4, False)
+    # 2 GPUs: push, except where one rank owns every row (NCCL's single broadcast)
+    assert push.prefer_push(plan_shards(GRIDS["skewed"], 2, QWEN3_VL_8B))
+    assert not push.prefer_push(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
     monkeypatch.setattr(push, "PIPELINED_RELAY", "0")
     assert not push.pipelined_mode(one4) and not push.prefer_push(skew4)
 
@@ -170,8 +173,9 @@ def test_push_relay_choice():
     assert not push.use_relay(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["video"], 4, QWEN3_VL_8B))
     assert not push.use_relay(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
-    # "auto" with out=: push on 2 GPUs and for direct plans; relay plans: the pipelined relay (session 13)
-    assert push.prefer_push(plan_shards(GRIDS["one image"], 2, QWEN3_VL_8B))
+    # "auto" with out=: push on 2 GPUs (unless one rank owns every row: session 20) and for direct plans;
+    # relay plans: the pipelined relay (session 13)
+    assert push.prefer_push(plan_shards(GRIDS["4x720p"], 2, QWEN3_VL_8B))
     assert push.prefer_push(plan_shards(GRIDS["4x720p"], 4, QWEN3_VL_8B))
     assert push.prefer_push(plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B))
     plan = plan_shards(GRIDS["one image"], 4, QWEN3_VL_8B)

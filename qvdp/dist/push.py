@@ -235,7 +235,9 @@ def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
     diag_push; benchmarks/NOTES.md, sessions 9, 13 and 19, 2 and 4 x H200, 2 and 4 x H100):
     - on 2 GPUs push runs 16-25% under the floor on balanced plans, and at the link's one-way rate where one
-      rank owns most rows (NCCL's broadcast is no faster);
+      rank owns most rows; where one rank owns every row (one image), NCCL's single broadcast into `out` won
+      in one call in five of six runs (sessions 18-20, 2 x H100 and 2 of 4 x H100 / H200: 0.91-1.07x the floor
+      against push's 1.12-1.21x; push won once, 1.12x against 1.32x, s19c), so "auto" takes NCCL there;
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
     - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one).
@@ -245,7 +247,9 @@ def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
       is level with NCCL's single broadcast for one image (115-127 vs 112 us) and ahead for skewed (193-208
       vs 239 us; diag_push s20d).
       tune=True measures the choice on the machine at hand."""
-    return plan.world_size == 2 or not use_relay(plan) or (one_buffer and pipelined_mode(plan))
+    if plan.world_size == 2:
+        return min(plan.rows(0), plan.rows(1)) > 0
+    return not use_relay(plan) or (one_buffer and pipelined_mode(plan))
 
 
 def push_items(plan: ShardPlan, rank: int, relay: bool | None = None):
