@@ -233,11 +233,12 @@ def use_relay(plan: ShardPlan) -> bool:
 
 def prefer_push(plan: ShardPlan, one_buffer: bool = True) -> bool:
     """Whether "auto" (with out=) takes the push gather over NCCL for this plan. Measured (bench_gather,
-    diag_push; benchmarks/NOTES.md, sessions 9, 13 and 19, 2 and 4 x H200, 2 and 4 x H100):
+    diag_push; benchmarks/NOTES.md, sessions 9, 13, 19 and 20, 2 and 4 x H200, 2 and 4 x H100):
     - on 2 GPUs push runs 16-25% under the floor on balanced plans, and at the link's one-way rate where one
       rank owns most rows; where one rank owns every row (one image), NCCL's single broadcast into `out` won
-      in one call in five of six runs (sessions 18-20, 2 x H100 and 2 of 4 x H100 / H200: 0.91-1.07x the floor
-      against push's 1.12-1.21x; push won once, 1.12x against 1.32x, s19c), so "auto" takes NCCL there;
+      in one call in five of six runs (sessions 18-20, on 2 x H100 and on two GPUs of 4 x H100 and 4 x H200
+      boxes: 0.91-1.07x the floor against push's 1.12-1.21x; push won once, 1.12x against 1.32x, s19c), so
+      "auto" takes NCCL there (s20f, 2 x H200: 0.81x against push's 1.13x);
     - on 4 GPUs it wins on the direct (non-relay) plans: 4 x 720p at 0.86x the floor back to back,
       against NCCL's 1.00x;
     - relay plans on 3+ GPUs: the pipelined relay (one output buffer: layout "concat", or a list of one).
