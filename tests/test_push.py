@@ -278,7 +278,7 @@ def test_push_runner_replays_the_validated_call(monkeypatch):
     local, out = [torch.randn(plan.rows(0), 8)], torch.randn(plan.total_rows + 3, 8)
     assert push.push_runner(local, plan, None, "concat", out, "push") is None  # nothing validated yet
     key = push._call_key(local, plan, None, "concat", out, "push")
-    st.calls[key] = (plan, Nat(), ("pipelined", tuple(range(10, 20)) + (4, 0, False)), [out])
+    st.calls[key] = (plan, Nat(), ("pipelined", tuple(range(10, 19)), (19, 4, 0, False)), [out])
     res = push.push_runner(local, plan, None, "concat", out, "push")(local)
     assert calls[-1] == ("pipelined", (local[0], *range(10, 19), 5, 19, 4, 0, False)) and st.epoch == 7
     assert res.shape == (plan.total_rows, 8) and res.data_ptr() == out.data_ptr()

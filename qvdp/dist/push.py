@@ -532,7 +532,7 @@ def push_runner(local_outputs, plan: ShardPlan, group, layout: str, out, backend
     _plan, nat, args, bufs = hit
     views = result_views(bufs, plan, layout)
     if args[0] == "pipelined":
-        a, tail = args[1][:-4], args[1][-4:]
+        _, a, tail = args
 
         def run(local):
             st.epoch = nat.push_gather_pipelined(local[0], *a, st.epoch, *tail)
@@ -580,11 +580,11 @@ def gather_rows_push(local_outputs, plan: ShardPlan, group, layout: str, out, ba
         if pipelined else None
     if table is not None:  # the pipelined relay: 2 barriers, copy units ordered by ready marks
         t, b, peers, _ = pairs[0]
-        args = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world,
-                st.timeout_ns, rows, bps, mark == "fence")
-        st.epoch = nat.push_gather_pipelined(t, *args[:-4], st.epoch, *args[-4:])
+        head = (peers, b, b.stride(0) * eb, table, st.ready_peers, st.flag_peers, st.errors, st.rank, st.world)
+        tail = (st.timeout_ns, rows, bps, mark == "fence")  # the arguments after the epoch
+        st.epoch = nat.push_gather_pipelined(t, *head, st.epoch, *tail)
         _remember(st, _call_key(local_outputs, plan, group, layout, out, backend),
-                  (plan, nat, ("pipelined", args), [b for b, _ in bufs]))
+                  (plan, nat, ("pipelined", head, tail), [b for b, _ in bufs]))
         return result_views([b for b, _ in bufs], plan, layout)
     if nat is not None:  # one host call enqueues the barriers and copies (csrc/push.cu)
         args = ([p for _, _, p, _ in pairs],
