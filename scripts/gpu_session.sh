@@ -26,6 +26,7 @@
 #   bash scripts/gpu_session.sh s20d     # (4 GPUs) 8-row pieces by default (launch bounds): every multi-GPU test, diag_push 4 vs 8 rows, bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s20e     # (4 GPUs, asked as H100s) final code: push tests, bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s20f     # (2 GPUs) "auto" takes NCCL for one-owner plans at 2 GPUs: bench_gather at 2, push tests
+#   bash scripts/gpu_session.sh s21a     # (1 GPU, CUTLASS .so carried) merger: fc1 forms x CUTLASS tiles x tile orders, merger tests, bench_merger
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -61,7 +62,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s21a|s21b|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -121,6 +122,12 @@ elif [ "$STAGE" = s20d ]; then  # session 20, 4 GPUs: 8-row relay pieces with la
 elif [ "$STAGE" = s20e ]; then  # session 20, 4 GPUs (asked as H100s): the final code's push tests and bench_gather at 4 and 2
   T=${TEST_T:-100} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
   T=${BENCH_T:-100} TAILN=8 step bench_gather python3 benchmarks/bench_gather.py --worlds 4 2 --out logs/g
+elif [ "$STAGE" = s21a ]; then  # session 21, one GPU: the merger's fc1 forms and CUTLASS tiles / tile orders, tests, bench
+  python3 -c "from qvdp.ops import merger_gemm as m; print('cutlass merger:', m.unavailable_reason() or 'available')"
+  T=${DIAG_T:-150} TAILN=200 step diag_merger_gemm python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --nk 4608 4096 \
+    --variants ${VARIANTS:-0 1 3 4 8 9 10 11 12 13} --rasters 0 1 2
+  T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "${TEST_K:-fc1_gelu or bias_gelu or cublas or auto or graph}" -p no:cacheprovider
+  T=${BENCH_T:-240} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
   T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider

@@ -68,10 +68,40 @@ def test_gpu(norm, post, dtype, n, H, out, backend):
 @pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
 @pytest.mark.parametrize("norm,post", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cublas_backend(norm, post, dtype):
-    """qvdp's one-pass norm + cuBLAS GEMMs + GELU in place (interpreter on CPU; any GPU)"""
+@pytest.mark.parametrize("fc1", ["mm", "addmm"])
+def test_cublas_backend(norm, post, dtype, fc1, monkeypatch):
+    """qvdp's one-pass norm + cuBLAS GEMMs + GELU in place, fc1 in both forms (interpreter on CPU; any GPU)"""
+    monkeypatch.setenv("QVDP_MERGER_CUBLAS_FC1", fc1)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     _check(4 * 37, 64, 48, norm, post, dtype, dev, "cublas")
+
+
+def _bias_gelu_case(M, N, dtype, dev, bias, reverse, seed):
+    from qvdp.ops.patch_merger import bias_gelu_
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(M, N, generator=g) * 3).to(dev, dtype)
+    c = (torch.randn(N, generator=g)).to(dev) if bias else None
+    want = torch.nn.functional.gelu(y.double().cpu() + (c.double().cpu() if bias else 0))
+    got = bias_gelu_(y, c, reverse=reverse)
+    assert got.data_ptr() == y.data_ptr() and got.dtype == dtype
+    assert torch.isfinite(got).all()
+    assert rel(got.cpu(), want) < TOL[dtype] / 3
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("M,N", [(1, 8), (37, 200), (9, 1030)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias,reverse", [(True, True), (True, False), (False, True)])
+def test_bias_gelu(M, N, dtype, bias, reverse):
+    """the cublas path's fc1 epilogue pass: GELU(y + c) in place vs fp64 torch; ragged rows and columns"""
+    _bias_gelu_case(M, N, dtype, "cuda" if torch.cuda.is_available() else "cpu", bias, reverse, M + N)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,N", [(3520, 4608), (1001, 5120), (3, 264)])
+@pytest.mark.parametrize("reverse", [True, False])
+def test_gpu_bias_gelu(M, N, reverse):
+    _bias_gelu_case(M, N, torch.bfloat16, "cuda", True, reverse, M)
 
 
 def test_auto_backend_choice(monkeypatch):

@@ -28,10 +28,19 @@ VARIANTS = {
     5: "ping-pong 64x256x64, cluster 1x2",
     6: "cooperative 128x256x64, no cluster",
     7: "cooperative 128x256x64, cluster 1x2, stream-K",
+    8: "cooperative 128x192x64, cluster 2x1",
+    9: "cooperative 128x192x64, cluster 1x2",
+    10: "cooperative 256x128x64, cluster 2x1",
+    12: "ping-pong 128x128x64, cluster 1x2",
+    13: "ping-pong 128x192x64, cluster 1x2",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
-DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)"}
+DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
+                 11: "ping-pong 128x128x64, cluster 1x2, D = acc (no epilogue work)"}
 DEFAULT_VARIANT = 1
+# the persistent scheduler's tile order when the caller gives none (QVDP_MERGER_RASTER overrides): 0 heuristic,
+# 1 along M, 2 along N
+DEFAULT_RASTER = 0
 
 
 def selected_variant(variant: Optional[int] = None) -> int:
@@ -93,7 +102,7 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
     if v not in VARIANTS and v not in DIAG_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
     sw = 1 if swizzle is None else int(swizzle)
-    ra = 0 if raster is None else int(raster)
+    ra = int(os.environ.get("QVDP_MERGER_RASTER", DEFAULT_RASTER)) if raster is None else int(raster)
     if sw not in (1, 2, 4, 8) or ra not in (0, 1, 2):
         raise ValueError(f"swizzle must be 1, 2, 4 or 8 and raster 0, 1 or 2, got {sw} and {ra}")
     why = unavailable_reason(x.device)

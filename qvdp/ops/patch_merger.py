@@ -42,6 +42,26 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
+    def _bias_gelu_rows(Y, C, n_rows, width, HAS_C: tl.constexpr, REVERSE: tl.constexpr, ROWS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        # in place on fc1's output: y = GELU(y + c) (exact erf), fp32 math, ROWS x BLOCK tile per program.
+        # REVERSE walks the row blocks from the end: the rows cuBLAS wrote last are the likeliest to be in L2,
+        # and the rows this pass writes last (the first ones) are the ones fc2 reads first.
+        pid = tl.program_id(0)
+        if REVERSE:
+            pid = tl.num_programs(0) - 1 - pid
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        cm = cols < width
+        m = (rows < n_rows)[:, None] & cm[None, :]
+        offs = rows.to(tl.int64)[:, None] * width + cols[None, :]
+        y = tl.load(Y + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_C:
+            y += tl.load(C + cols, mask=cm, other=0.0)[None, :]
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _centred_rstd(x, m, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr):
         # fp32 rows x (masked lanes 0): (mean, x - mean with masked lanes 0, 1 / sqrt(var + eps)); RMSNorm:
         # mean 0, x itself, 1 / sqrt(mean(x^2) + eps)
@@ -283,6 +303,22 @@ def row_norm(x, weight, bias, width, eps, rms):
     return y
 
 
+def bias_gelu_(y, c=None, reverse=None):
+    """y = GELU(y + c) in place (exact erf, fp32 math), one Triton pass; y [M, N] contiguous, c fp32 [N] or None.
+    reverse: walk the rows from the end (default QVDP_MERGER_GELU_REVERSE, else on)."""
+    M, N = y.shape
+    if M == 0 or N == 0:
+        return y
+    if reverse is None:
+        reverse = os.environ.get("QVDP_MERGER_GELU_REVERSE", "1") != "0"
+    block = min(1024, triton.next_power_of_2(N))
+    rows = 8 if y.device.type == "cuda" else 2
+    _bias_gelu_rows[(triton.cdiv(M, rows), triton.cdiv(N, block))](
+        y, c if c is not None else y, M, N, HAS_C=c is not None, REVERSE=bool(reverse), ROWS=rows, BLOCK=block,
+        num_warps=8 if rows * block >= 8192 else 4, **FP_FUSION)
+    return y
+
+
 def config_from_tuple(c):
     keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
     return dict(zip(keys, c))
@@ -461,12 +497,21 @@ def _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     return F.linear(y, fc2_weight, fc2_bias)
 
 
+# How the "cublas" path runs fc1 + GELU: "mm" (cuBLAS mm without bias, then one Triton pass adding the bias and
+# applying GELU in place) or "addmm" (cuBLAS addmm with the bias in its epilogue, then torch's GELU in place).
+CUBLAS_FC1 = "mm"
+
+
 def _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                          postshuffle_norm, norm, eps):
     """qvdp's one-pass Triton norm (row_norm: 24-26 us against torch's LayerNorm kernel's 38-39 us at
-    14080 x 1152 on an H100), then cuBLAS fc1 with its bias, GELU in place, cuBLAS fc2 with its bias."""
+    14080 x 1152 on an H100), then cuBLAS fc1 and GELU (see CUBLAS_FC1), cuBLAS fc2 with its bias."""
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
-    return _linear(torch.ops.aten.gelu_(_linear(xn, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)
+    if os.environ.get("QVDP_MERGER_CUBLAS_FC1", CUBLAS_FC1) == "addmm":
+        h = torch.ops.aten.gelu_(_linear(xn, fc1_weight, fc1_bias))
+    else:
+        h = bias_gelu_(xn @ fc1_weight.t(), _f32(fc1_bias) if fc1_bias is not None else None)
+    return _linear(h, fc2_weight, fc2_bias)
 
 
 # "auto" on CUDA: the CUTLASS path (where built) from this many merged rows up, else the cuBLAS path with
