@@ -49,7 +49,9 @@ def main():
         post, N, H, O = place == "post", NAMED[nname], int(H), int(O)
         x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(N, H, O, post)
         fns = {"floor": lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t()),
-               "eager": lambda: eager(x, nw, nb, w1, b1, w2, b2, post)}
+               "eager": lambda: eager(x, nw, nb, w1, b1, w2, b2, post),
+               "qvdp cublas": lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
+                                                   backend="cublas")}
         if not why:
             fns["qvdp cutlass"] = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
                                                        backend="cutlass")

@@ -24,9 +24,11 @@ using namespace cute;
 namespace {
 
 using namespace qvdp_cutlass;
+using cutlass::epilogue::thread::Identity;
 
+// Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null)
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
-          class Scheduler = void>
+          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU>
 struct Fc1Gelu {
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
@@ -34,7 +36,7 @@ struct Fc1Gelu {
   // acc * rstd[m] + shift
   using Pre = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
-  using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::GELU, ElementD, float, kRound>, Pre>;
+  using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
                                cute::conditional_t<Plain, PlainTree, GeluTree>, Scheduler>;
   using Gemm = typename G::Op;
@@ -94,6 +96,21 @@ using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, Ping
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #elif QVDP_MERGER_VARIANT == 13
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
+// 14-20: the same kernels with no activation (fc2: D = acc + c[n])
+#elif QVDP_MERGER_VARIANT == 14
+using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 15
+using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 16
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 17
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 18
+using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 19
+using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 20
+using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

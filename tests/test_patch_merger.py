@@ -68,40 +68,10 @@ def test_gpu(norm, post, dtype, n, H, out, backend):
 @pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
 @pytest.mark.parametrize("norm,post", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("fc1", ["mm", "addmm"])
-def test_cublas_backend(norm, post, dtype, fc1, monkeypatch):
-    """qvdp's one-pass norm + cuBLAS GEMMs + GELU in place, fc1 in both forms (interpreter on CPU; any GPU)"""
-    monkeypatch.setenv("QVDP_MERGER_CUBLAS_FC1", fc1)
+def test_cublas_backend(norm, post, dtype):
+    """qvdp's one-pass norm + cuBLAS GEMMs + GELU in place (interpreter on CPU; any GPU)"""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     _check(4 * 37, 64, 48, norm, post, dtype, dev, "cublas")
-
-
-def _bias_gelu_case(M, N, dtype, dev, bias, reverse, seed):
-    from qvdp.ops.patch_merger import bias_gelu_
-    g = torch.Generator().manual_seed(seed)
-    y = (torch.randn(M, N, generator=g) * 3).to(dev, dtype)
-    c = (torch.randn(N, generator=g)).to(dev) if bias else None
-    want = torch.nn.functional.gelu(y.double().cpu() + (c.double().cpu() if bias else 0))
-    got = bias_gelu_(y, c, reverse=reverse)
-    assert got.data_ptr() == y.data_ptr() and got.dtype == dtype
-    assert torch.isfinite(got).all()
-    assert rel(got.cpu(), want) < TOL[dtype] / 3
-
-
-@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
-@pytest.mark.parametrize("M,N", [(1, 8), (37, 200), (9, 1030)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("bias,reverse", [(True, True), (True, False), (False, True)])
-def test_bias_gelu(M, N, dtype, bias, reverse):
-    """the cublas path's fc1 epilogue pass: GELU(y + c) in place vs fp64 torch; ragged rows and columns"""
-    _bias_gelu_case(M, N, dtype, "cuda" if torch.cuda.is_available() else "cpu", bias, reverse, M + N)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("M,N", [(3520, 4608), (1001, 5120), (3, 264)])
-@pytest.mark.parametrize("reverse", [True, False])
-def test_gpu_bias_gelu(M, N, reverse):
-    _bias_gelu_case(M, N, torch.bfloat16, "cuda", True, reverse, M)
 
 
 def test_auto_backend_choice(monkeypatch):
@@ -109,10 +79,35 @@ def test_auto_backend_choice(monkeypatch):
     x = torch.randn(8, 16)
     monkeypatch.delenv("QVDP_MERGER_AUTO", raising=False)
     assert pm.auto_backend(x, 64, 64) == "torch"  # CPU: the torch path
-    monkeypatch.setenv("QVDP_MERGER_AUTO", "cutlass")
-    assert pm.auto_backend(x, 64, 64) == "torch"  # the CUTLASS path cannot run on CPU: falls back
+    for forced in ("cutlass", "tuned"):
+        monkeypatch.setenv("QVDP_MERGER_AUTO", forced)
+        assert pm.auto_backend(x, 64, 64) == "torch"  # the CUTLASS paths cannot run on CPU: falls back
     monkeypatch.setenv("QVDP_MERGER_AUTO", "torch")
     assert pm.auto_backend(x, 64, 64) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        patch_merger(torch.randn(8, 16), torch.ones(16), torch.zeros(16), torch.ones(64, 64), None,
+                     torch.ones(8, 64), None, backend="fastest")
+
+
+def test_tune_pick(monkeypatch):
+    """ops._tune: the fastest candidate is chosen once per key and kept; QVDP_TUNE=0 and a single candidate
+    give the default without timing"""
+    from qvdp.ops import _tune
+    _tune.clear()
+    cost = {"a": 3.0, "b": 1.0, "c": 2.0}
+    calls = []
+    monkeypatch.setattr(_tune, "_ms", lambda fn, reps: (calls.append(fn()), cost[calls[-1]])[1])
+    cands = {k: (lambda k=k: k) for k in cost}
+    assert _tune.pick("k1", cands, "a") == "b"
+    assert _tune.timings("k1") == cost
+    n = len(calls)
+    cost["b"] = 9.0
+    assert _tune.pick("k1", cands, "a") == "b" and len(calls) == n  # cached: not timed again
+    monkeypatch.setenv("QVDP_TUNE", "0")
+    assert _tune.pick("k2", cands, "c") == "c" and _tune.timings("k2") == {}
+    monkeypatch.delenv("QVDP_TUNE")
+    assert _tune.pick("k3", {"only": lambda: 0}, "only") == "only"
+    _tune.clear()
 
 
 @pytest.mark.gpu
@@ -121,9 +116,10 @@ def test_gpu_auto(norm, post, monkeypatch):
     """"auto" on both sides of the CUTLASS threshold (the CUTLASS side where the library is built)"""
     from qvdp.ops import patch_merger as pm
     monkeypatch.delenv("QVDP_MERGER_AUTO", raising=False)
+    monkeypatch.delenv("QVDP_TUNE", raising=False)
     for m in (pm.CUTLASS_AUTO_MIN_ROWS - 1, pm.CUTLASS_AUTO_MIN_ROWS):
         x, p = make(4 * m, 1152, 2048, norm, post, torch.bfloat16, "cuda", seed=m)
-        want = "cutlass" if m >= pm.CUTLASS_AUTO_MIN_ROWS and pm.cutlass_ok(x, 4608, 4608) else "cublas"
+        want = "tuned" if pm.cutlass_ok(x, 4608, 4608) else "cublas"
         assert pm.auto_backend(x, 4608, 4608) == want
         got = patch_merger(x, **p, postshuffle_norm=post, norm=norm)
         assert torch.equal(got, patch_merger(x, **p, postshuffle_norm=post, norm=norm, backend=want))
@@ -205,13 +201,56 @@ def test_gpu_fc1_gelu_variants(M, N, K, vectors):
 
 
 @pytest.mark.gpu
-def test_gpu_cutlass_cuda_graph():
-    """the ctypes launch is captured into a CUDA graph (the tower replays its mergers in graphs)"""
+@pytest.mark.parametrize("M,N,K", [(3520, 2048, 4608), (1001, 2560, 4096), (1, 4096, 4608), (129, 264, 72)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gpu_linear_variants(M, N, K, bias):
+    """merger_gemm.linear (fc2: x @ w.T + c, no activation), every compiled configuration vs fp64, output
+    poisoned, rows/columns that are not tile multiples"""
+    mg = _cutlass_or_skip()
+    g = torch.Generator(device="cuda").manual_seed(M + N)
+    x = (torch.randn(M, K, device="cuda", generator=g) * 2 + 0.3).bfloat16()
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
+    c = torch.randn(N, device="cuda", generator=g) if bias else None
+    ref = x.double() @ w.double().t() + (c.double()[None, :] if bias else 0)
+    for v in sorted(mg.LINEAR_VARIANTS):
+        out = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+        got = mg.linear(x, w, c, out=out, variant=v)
+        torch.cuda.synchronize()
+        assert got.data_ptr() == out.data_ptr() and torch.isfinite(got).all(), f"variant {v}: unwritten outputs"
+        e = rel(got, ref)
+        assert e < 1e-2, f"variant {v} ({mg.LINEAR_VARIANTS[v]}): rel err {e:.2e}"
+    with pytest.raises(ValueError, match="variant must be one of"):
+        mg.linear(x, w, c, variant=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,post", VARIANTS)
+@pytest.mark.parametrize("n,H,out", [(4 * 3520, 1152, 2048), (4 * 1001, 1024, 2560), (4, 1152, 2048)])
+def test_gpu_tuned(norm, post, n, H, out):
+    """the "tuned" path against fp64, and every candidate it may pick for this shape agrees with it"""
+    from qvdp.ops import _tune
+    from qvdp.ops import patch_merger as pm
+    _cutlass_or_skip()
+    _check(n, H, out, norm, post, torch.bfloat16, "cuda", "tuned")
+    x, p = make(n, H, out, norm, post, torch.bfloat16, "cuda")
+    a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, post, norm, 1e-6)
+    ref = pm._fc1_cublas(*a)
+    for v in pm.TUNE_FC1:
+        assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2
+    keys = [k for k in _tune._CHOICES if k[0].startswith("merger.")]
+    assert keys, "nothing was tuned"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cutlass", "tuned"])
+def test_gpu_cutlass_cuda_graph(backend):
+    """the ctypes launch is captured into a CUDA graph (the tower replays its mergers in graphs); "tuned" tunes
+    in the warm call and keeps its choice under capture"""
     _cutlass_or_skip()
     for post in (False, True):
         x, p = make(4 * 300, 1152, 2048, "layernorm", post, torch.bfloat16, "cuda")
         static_x = x.clone()
-        f = lambda: patch_merger(static_x, **p, postshuffle_norm=post, backend="cutlass")
+        f = lambda: patch_merger(static_x, **p, postshuffle_norm=post, backend=backend)
         f()  # warm: caches (folded weights, fp32 bias) filled outside the capture
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
@@ -222,7 +261,7 @@ def test_gpu_cutlass_cuda_graph():
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        want = patch_merger(x2, **p, postshuffle_norm=post, backend="cutlass")
+        want = patch_merger(x2, **p, postshuffle_norm=post, backend=backend)
         assert torch.equal(out, want)
 
 

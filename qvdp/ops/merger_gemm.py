@@ -37,6 +37,16 @@ VARIANTS = {
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
                  11: "ping-pong 128x128x64, cluster 1x2, D = acc (no epilogue work)"}
+# the same kernels without the activation: D = x @ w.T + c[n] (the merger's fc2), for `linear`
+LINEAR_VARIANTS = {
+    14: "ping-pong 128x128x64, cluster 1x2",
+    15: "ping-pong 128x128x64, cluster 2x1",
+    16: "cooperative 128x256x64, cluster 1x2",
+    17: "cooperative 128x256x64, cluster 2x1",
+    18: "cooperative 256x128x64, cluster 1x2",
+    19: "ping-pong 128x192x64, cluster 1x2",
+    20: "cooperative 128x192x64, cluster 2x1",
+}
 DEFAULT_VARIANT = 1
 # the persistent scheduler's tile order when the caller gives none (QVDP_MERGER_RASTER overrides): 0 heuristic,
 # 1 along M, 2 along N
@@ -52,7 +62,7 @@ _P, _I = ctypes.c_void_p, ctypes.c_int
 _LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel",
                   {"qvdp_fc1_gelu": (_I, [_P] * 3 + [_I] * 3 + [_P] * 5 + [_I] * 3 + [_P]),
                    "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [_I] * 6)},
-                  (*VARIANTS, *DIAG_VARIANTS))
+                  (*VARIANTS, *DIAG_VARIANTS, *LINEAR_VARIANTS))
 
 
 unavailable_reason = _LIB.unavailable_reason  # None when fc1_gelu can run on a device (default: current)
@@ -74,8 +84,23 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
              ) -> torch.Tensor:
     """GELU(rstd[m] * (x @ w.T)[m, n] + negm[m] * s[n] + c[n]) in one kernel; x [M, K], w [N, K] bf16.
     variant: a key of VARIANTS (default DEFAULT_VARIANT or QVDP_MERGER_GEMM_VARIANT), or of DIAG_VARIANTS;
-    swizzle (1, 2, 4, 8) and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order
-    (diagnostics: no setting beat the default on an H100)."""
+    swizzle (1, 2, 4, 8) and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order."""
+    v = selected_variant(variant)
+    if v not in VARIANTS and v not in DIAG_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
+    return _run(x, w, rstd, negm, s, c, out, v, swizzle, raster)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, c: Optional[torch.Tensor] = None, *, out=None, variant: int = 14,
+           swizzle: Optional[int] = None, raster: Optional[int] = None) -> torch.Tensor:
+    """x @ w.T + c[n] in one kernel (no activation; c fp32 [N] or None); x [M, K], w [N, K] bf16.
+    variant: a key of LINEAR_VARIANTS."""
+    if variant not in LINEAR_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(LINEAR_VARIANTS)}, got {variant}")
+    return _run(x, w, None, None, None, c, out, variant, swizzle, raster)
+
+
+def _run(x, w, rstd, negm, s, c, out, v, swizzle, raster):
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         raise TypeError("x and w must be tensors")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
@@ -98,9 +123,6 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     elif out.shape != (M, N) or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor [{M}, {N}] on {x.device}")
-    v = selected_variant(variant)
-    if v not in VARIANTS and v not in DIAG_VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
     sw = 1 if swizzle is None else int(swizzle)
     ra = int(os.environ.get("QVDP_MERGER_RASTER", DEFAULT_RASTER)) if raster is None else int(raster)
     if sw not in (1, 2, 4, 8) or ra not in (0, 1, 2):

@@ -42,26 +42,6 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
-    def _bias_gelu_rows(Y, C, n_rows, width, HAS_C: tl.constexpr, REVERSE: tl.constexpr, ROWS: tl.constexpr,
-                        BLOCK: tl.constexpr):
-        # in place on fc1's output: y = GELU(y + c) (exact erf), fp32 math, ROWS x BLOCK tile per program.
-        # REVERSE walks the row blocks from the end: the rows cuBLAS wrote last are the likeliest to be in L2,
-        # and the rows this pass writes last (the first ones) are the ones fc2 reads first.
-        pid = tl.program_id(0)
-        if REVERSE:
-            pid = tl.num_programs(0) - 1 - pid
-        rows = pid * ROWS + tl.arange(0, ROWS)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        cm = cols < width
-        m = (rows < n_rows)[:, None] & cm[None, :]
-        offs = rows.to(tl.int64)[:, None] * width + cols[None, :]
-        y = tl.load(Y + offs, mask=m, other=0.0).to(tl.float32)
-        if HAS_C:
-            y += tl.load(C + cols, mask=cm, other=0.0)[None, :]
-        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
-
-    @triton.jit
     def _centred_rstd(x, m, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr):
         # fp32 rows x (masked lanes 0): (mean, x - mean with masked lanes 0, 1 / sqrt(var + eps)); RMSNorm:
         # mean 0, x itself, 1 / sqrt(mean(x^2) + eps)
@@ -303,22 +283,6 @@ def row_norm(x, weight, bias, width, eps, rms):
     return y
 
 
-def bias_gelu_(y, c=None, reverse=None):
-    """y = GELU(y + c) in place (exact erf, fp32 math), one Triton pass; y [M, N] contiguous, c fp32 [N] or None.
-    reverse: walk the rows from the end (default QVDP_MERGER_GELU_REVERSE, else on)."""
-    M, N = y.shape
-    if M == 0 or N == 0:
-        return y
-    if reverse is None:
-        reverse = os.environ.get("QVDP_MERGER_GELU_REVERSE", "1") != "0"
-    block = min(1024, triton.next_power_of_2(N))
-    rows = 8 if y.device.type == "cuda" else 2
-    _bias_gelu_rows[(triton.cdiv(M, rows), triton.cdiv(N, block))](
-        y, c if c is not None else y, M, N, HAS_C=c is not None, REVERSE=bool(reverse), ROWS=rows, BLOCK=block,
-        num_warps=8 if rows * block >= 8192 else 4, **FP_FUSION)
-    return y
-
-
 def config_from_tuple(c):
     keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
     return dict(zip(keys, c))
@@ -424,7 +388,14 @@ def cutlass_ok(x, K, N1):
 
 def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                           postshuffle_norm, norm, eps):
-    """fc1 + its epilogue in one CUTLASS kernel (csrc/merger_gemm.cu), fc2 by cuBLAS.
+    """fc1 + its epilogue in one CUTLASS kernel (csrc/merger_gemm.cu, the default configuration), fc2 by cuBLAS."""
+    y = _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
+    return _linear(y, fc2_weight, fc2_bias)
+
+
+def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps,
+                 variant=None):
+    """The norm and fc1 + GELU by a CUTLASS kernel: GELU(norm(x) @ W1^T + b1), [N / mu, mu * H].
     Post-shuffle LayerNorm ("fold"): one stats pass over the merged rows, the norm folded into fc1
     (WG = W1 * gamma, cached; rstd, -mean * rstd, rowsum(WG), b1 + W1 @ beta in the epilogue): the
     normalised tensor is never written. Per-patch norms and RMSNorm ("prenorm"): qvdp's one-pass Triton
@@ -440,11 +411,49 @@ def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_w
         if M:
             row_stats(x, negm, rstd, K, eps, False, negm=True)
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
-        y = merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_)
-    else:  # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
-        xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
-        y = merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None)
-    return _linear(y, fc2_weight, fc2_bias)
+        return merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_, variant=variant)
+    # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
+    xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
+    return merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None,
+                                variant=variant)
+
+
+def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps):
+    """qvdp's one-pass Triton norm, cuBLAS fc1 with its bias, GELU in place."""
+    xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
+    return torch.ops.aten.gelu_(_linear(xn, fc1_weight, fc1_bias))
+
+
+# The "tuned" path's candidates besides cuBLAS: CUTLASS configurations (qvdp.ops.merger_gemm) for fc1 + GELU
+# (VARIANTS) and for fc2 (LINEAR_VARIANTS), timed once per (shape, rows rounded up to TUNE_ROWS) by ops._tune
+TUNE_FC1 = (0, 1, 12)
+TUNE_FC2 = (14, 16, 17)
+TUNE_ROWS = 256
+
+
+def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
+                        postshuffle_norm, norm, eps):
+    """fc1 + GELU and fc2 each by whichever of cuBLAS and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest
+    for this shape when first seen (ops._tune); untuned (CUDA graph capture, QVDP_TUNE=0): the "auto" rule
+    for fc1, cuBLAS for fc2."""
+    from . import _tune, merger_gemm
+    mu = merge_size * merge_size
+    M, K = x.shape[0] // mu, mu * x.shape[1]
+    N1, N2 = fc1_weight.shape[0], fc2_weight.shape[0]
+    rows = -(-M // TUNE_ROWS) * TUNE_ROWS
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
+    fc1 = {"cublas": lambda: _fc1_cublas(*args)}
+    fc1.update({f"cutlass v{v}": (lambda v=v: _fc1_cutlass(*args, variant=v)) for v in TUNE_FC1})
+    default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
+    if default not in fc1:
+        default = "cublas"
+    h = fc1[_tune.pick(("merger.fc1", dev, postshuffle_norm, norm, rows, N1, K), fc1, default)]()
+    fc2 = {"cublas": lambda: _linear(h, fc2_weight, fc2_bias)}
+    if N2 % 8 == 0 and fc2_weight.dtype == torch.bfloat16:
+        w2, b2 = fc2_weight.contiguous(), (_f32(fc2_bias) if fc2_bias is not None else None)
+        fc2.update({f"cutlass v{v}": (lambda v=v: merger_gemm.linear(h, w2, b2, variant=v)) for v in TUNE_FC2})
+    return fc2[_tune.pick(("merger.fc2", dev, rows, N2, N1), fc2, "cublas")]()
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
@@ -466,6 +475,7 @@ def _triton_ok(x, H, K, cfg_bk=64):
     return H % bk == 0 and K % bk == 0 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 NORMS = ("layernorm", "rmsnorm")
+BACKENDS = ("auto", "cublas", "cutlass", "tuned", "triton", "torch")
 
 
 def _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
@@ -497,21 +507,12 @@ def _patch_merger_torch(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     return F.linear(y, fc2_weight, fc2_bias)
 
 
-# How the "cublas" path runs fc1 + GELU: "mm" (cuBLAS mm without bias, then one Triton pass adding the bias and
-# applying GELU in place) or "addmm" (cuBLAS addmm with the bias in its epilogue, then torch's GELU in place).
-CUBLAS_FC1 = "mm"
-
-
 def _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                          postshuffle_norm, norm, eps):
     """qvdp's one-pass Triton norm (row_norm: 24-26 us against torch's LayerNorm kernel's 38-39 us at
-    14080 x 1152 on an H100), then cuBLAS fc1 and GELU (see CUBLAS_FC1), cuBLAS fc2 with its bias."""
-    xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
-    if os.environ.get("QVDP_MERGER_CUBLAS_FC1", CUBLAS_FC1) == "addmm":
-        h = torch.ops.aten.gelu_(_linear(xn, fc1_weight, fc1_bias))
-    else:
-        h = bias_gelu_(xn @ fc1_weight.t(), _f32(fc1_bias) if fc1_bias is not None else None)
-    return _linear(h, fc2_weight, fc2_bias)
+    14080 x 1152 on an H100), then cuBLAS fc1 with its bias, GELU in place, cuBLAS fc2 with its bias."""
+    return _linear(_fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm,
+                               eps), fc2_weight, fc2_bias)
 
 
 # "auto" on CUDA: the CUTLASS path (where built) from this many merged rows up, else the cuBLAS path with
@@ -520,16 +521,19 @@ CUTLASS_AUTO_MIN_ROWS = 6400
 
 
 def auto_backend(x, K: int, N1: int) -> str:
-    """The path "auto" takes for this input: QVDP_MERGER_AUTO (torch / cublas / cutlass) when set, else
-    "cutlass" on Hopper bf16 with the library built and at least CUTLASS_AUTO_MIN_ROWS merged rows, else
-    "cublas" on CUDA (fp16 / bf16 / fp32), else "torch" (CPU)."""
+    """The path "auto" takes for this input: QVDP_MERGER_AUTO (torch / cublas / cutlass / tuned) when set, else
+    "tuned" on Hopper bf16 with the library built (unless QVDP_TUNE=0: then "cutlass" from
+    CUTLASS_AUTO_MIN_ROWS merged rows up), else "cublas" on CUDA (fp16 / bf16 / fp32), else "torch" (CPU)."""
+    from . import _tune
     forced = os.environ.get("QVDP_MERGER_AUTO")
-    if forced in ("torch", "cublas", "cutlass"):
+    if forced in ("torch", "cublas", "cutlass", "tuned"):
         want = forced
+    elif _tune.enabled():
+        want = "tuned" if x.is_cuda else "cublas"
     else:
         merged_rows = x.shape[0] * x.shape[1] // K
         want = "cutlass" if x.is_cuda and merged_rows >= CUTLASS_AUTO_MIN_ROWS else "cublas"
-    if want == "cutlass" and not cutlass_ok(x, K, N1):
+    if want in ("cutlass", "tuned") and not cutlass_ok(x, K, N1):
         want = "cublas"
     if want == "cublas" and not (x.is_cuda and cublas_ok(x)):
         want = "torch"
@@ -553,13 +557,13 @@ def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weig
                              f"bfloat16 or float32, got {x.dtype} on {x.device}")
         return _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                     merge_size, postshuffle_norm, norm, eps)
-    if backend == "cutlass":
+    if backend in ("cutlass", "tuned"):
         if cutlass_ok(x, K, fc1_weight.shape[0]):
-            return _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+            return (_patch_merger_cutlass if backend == "cutlass" else _patch_merger_tuned)(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                          merge_size, postshuffle_norm, norm, eps)
         from . import merger_gemm
         why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
-        raise ValueError(f"backend='cutlass' needs bf16 CUDA input on Hopper with 4H and the fc1 width "
+        raise ValueError(f"backend={backend!r} needs bf16 CUDA input on Hopper with 4H and the fc1 width "
                          f"multiples of 8 and the library built ({why or 'dtype ' + str(x.dtype)})")
     use_triton = backend == "triton"
     if use_triton and triton_usable(x) and _triton_ok(x, H, K):
@@ -593,18 +597,19 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
 
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
-    backend: "auto" (on CUDA: "cutlass" from CUTLASS_AUTO_MIN_ROWS merged rows up where it is built, else
-    "cublas"; on CPU: "torch"), "cublas" (qvdp's one-pass Triton norm, then cuBLAS fc1 + bias, GELU in
+    backend: "auto" (on CUDA: "tuned" where the CUTLASS library is built and runs, else "cublas"; on CPU:
+    "torch"; see auto_backend), "cublas" (qvdp's one-pass Triton norm, then cuBLAS fc1 + bias, GELU in
     place, cuBLAS fc2 + bias), "cutlass" (fc1 and its norm fold / bias /
     GELU epilogue as one CUTLASS Hopper kernel, bf16, sm_90, built with QVDP_BUILD_CUTLASS=1; fc2 by
-    cuBLAS), "triton" (the fused Triton
+    cuBLAS), "tuned" (fc1 + GELU and fc2 each by the fastest of cuBLAS and a few CUTLASS kernels for the
+    shape, timed the first time a shape is seen), "triton" (the fused Triton
     kernels: norm statistics in one pass, the norm folded into fc1's weights, TMA GEMM with bias + GELU
     epilogue, then cuBLAS fc2; 1.22-1.55x the two-GEMM floor on an H100) or "torch" (cuBLAS, eager).
     """
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size, postshuffle_norm,
            norm)
-    if backend not in ("auto", "cublas", "cutlass", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'cublas', 'cutlass', 'triton' or 'torch', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, int(merge_size),
             bool(postshuffle_norm), norm, float(eps), backend)
     # eager inference skips the custom op's dispatch (~0.14 ms of host time); torch.compile and autograd keep it

@@ -1,0 +1,67 @@
+"""Pick the fastest of a few interchangeable implementations by timing them once per problem key, as an
+autotuner does (Triton's autotune, cuBLASLt's heuristic + timing): the merger's GEMMs have no single best
+kernel on Hopper (cuBLAS's own choice is 610-800 TFLOP/s across the merger's shapes, and the CUTLASS
+configurations beat it on some and lose on others; benchmarks/NOTES.md session 21).
+
+`pick(key, candidates, default)` returns the name of the fastest candidate for `key`, timing every candidate
+on the caller's own inputs the first time a key is seen (CUDA events, candidates interleaved, best of a few
+rounds). While a CUDA graph is being captured nothing is timed: a key seen before keeps its choice, a new one
+gets `default` (not cached). QVDP_TUNE=0 turns timing off (always `default`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Hashable
+
+import torch
+
+_CHOICES: Dict[Hashable, str] = {}
+_TIMES: Dict[Hashable, Dict[str, float]] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("QVDP_TUNE", "1") != "0"
+
+
+def _ms(fn: Callable[[], object], reps: int) -> float:
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 3,
+         reps: int = 3) -> str:
+    """The name of the fastest candidate for key (see the module docstring). Every candidate must be
+    side-effect free apart from its result (each runs 1 + rounds * reps times while tuning)."""
+    hit = _CHOICES.get(key)
+    if hit is not None and hit in candidates:
+        return hit
+    if len(candidates) == 1 or not enabled() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        return default
+    best = {}
+    for fn in candidates.values():  # warm: JIT compiles, cuBLAS handles, workspaces
+        fn()
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t = _ms(fn, reps)
+            best[name] = min(best.get(name, t), t)
+    choice = min(best, key=best.get)
+    if len(_CHOICES) > 4096:
+        _CHOICES.clear()
+        _TIMES.clear()
+    _CHOICES[key], _TIMES[key] = choice, best
+    return choice
+
+
+def timings(key: Hashable) -> Dict[str, float]:
+    """The ms per call measured for key's candidates (empty when key was not tuned)."""
+    return dict(_TIMES.get(key, {}))
+
+
+def clear() -> None:
+    _CHOICES.clear()
+    _TIMES.clear()
