@@ -28,7 +28,7 @@
 #   bash scripts/gpu_session.sh s20f     # (2 GPUs) "auto" takes NCCL for one-owner plans at 2 GPUs: bench_gather at 2, push tests
 #   bash scripts/gpu_session.sh s21a     # (1 GPU, CUTLASS .so carried) merger: fc1 forms x CUTLASS tiles x tile orders, merger tests, bench_merger
 #     (s21a ran at commit 5ae1d9b, with a Triton bias+GELU pass for the cublas path, since removed)
-#   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, the CUTLASS path's profile
+#   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, profile, tests, bench ("tuned")
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -134,6 +134,8 @@ elif [ "$STAGE" = s21b ]; then  # session 21, one GPU: fc2 by CUTLASS (no activa
   T=${DIAG_T:-150} TAILN=250 step diag_merger_fc2 python3 benchmarks/diag_merger_gemm.py --fc2 --m 3520 6400 14080 --rasters 0 2
   T=${DIAG_T:-150} TAILN=100 step diag_merger_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --variants 0 1 8 12 13 --rasters 0 2
   T=${PROF_T:-100} TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:2048 pre:4x3520:1024:2048
+  T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "${TEST_K:-linear or tuned or graph or auto or fc1_gelu}" -p no:cacheprovider
+  T=${BENCH_T:-240} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
   T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider
