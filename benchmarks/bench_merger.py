@@ -1,6 +1,7 @@
-"""Patch merger: qvdp (backend "auto": "cutlass" from CUTLASS_AUTO_MIN_ROWS merged rows up where the library
-is built, else "cublas"; both paths also timed on their own) vs eager HF-style vs torch.compile, and the
-floor = the two cuBLAS GEMMs with bias (torch.addmm) on pre-normalised input.
+"""Patch merger: qvdp (backend "auto": "tuned" where the CUTLASS library is built, i.e. fc1 + GELU and fc2 each
+by the fastest of cuBLAS and a few CUTLASS kernels for the shape; else "cublas"; the "cublas" and "cutlass"
+paths also timed on their own) vs eager HF-style vs torch.compile, and the floor = the two cuBLAS GEMMs with
+bias (torch.addmm) on pre-normalised input.
 
     python benchmarks/bench_merger.py [--out DIR]
 """
@@ -57,10 +58,11 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
-    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS
+    from qvdp.ops.patch_merger import TUNE_FC1, TUNE_FC2
     has_cutlass = merger_gemm.available()
     cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
-    print("qvdp backend: auto; CUTLASS", cfg or "not built", "from", CUTLASS_AUTO_MIN_ROWS, "merged rows")
+    print("qvdp backend: auto;", f"tuned over CUTLASS fc1 variants {TUNE_FC1}, fc2 variants {TUNE_FC2}"
+          if has_cutlass else "CUTLASS not built")
     rows, plot = [], {"qvdp": [], "eager": [], "torch.compile": [], "floor (2 addmm)": []}
     labels = []
     ns = NS[:1] if args.quick else NS
@@ -107,10 +109,12 @@ def main():
     write_results("merger", "Patch merger (bf16): LN + 2x2 merge + fc1 + GELU + fc2",
                   ["shape", "auto path", "qvdp ms", "cublas ms", "cutlass ms", "eager ms", "compile ms", "floor ms",
                    "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"], rows,
-                  f"qvdp = patch_merger(backend='auto'): 'cutlass' from {CUTLASS_AUTO_MIN_ROWS} merged rows up"
-                  + (f" (CUTLASS configuration {cfg})" if cfg else " (not built here)")
-                  + ", else 'cublas' (qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias); "
-                  "the cublas and cutlass columns time those paths on their own. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
+                  "qvdp = patch_merger(backend='auto'): "
+                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
+                     f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "
+                     "call of each shape, i.e. in the warm-up)" if has_cutlass else "'cublas' (CUTLASS not built here)")
+                  + "; cublas column: qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias; "
+                  f"cutlass column: fc1 + GELU by CUTLASS ({cfg}), fc2 by cuBLAS. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",
                   out_dir=args.out)
     bar_plot("merger", labels, plot, "TFLOP/s", out_dir=args.out)

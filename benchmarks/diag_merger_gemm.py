@@ -8,6 +8,10 @@ tile orders). Systems timed in turn, CUDA events around 20 calls, best of 5 roun
                                             fc2 (K -> N): cuBLAS addmm vs CUTLASS linear (LINEAR_VARIANTS)
 """
 import argparse
+import statistics
+import subprocess
+import threading
+import time
 
 import torch
 
@@ -50,6 +54,38 @@ def fc2_systems(M, N, K, variants, swizzles, rasters, g):
     return fns
 
 
+def clocks_under_load(fn, seconds=1.0):
+    """(median SM clock MHz, median board power W) from nvidia-smi while fn runs back to back for `seconds`."""
+    samples, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            r = subprocess.run(["nvidia-smi", "-i", str(torch.cuda.current_device()), "--query-gpu=clocks.sm,power.draw",
+                                "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            try:
+                mhz, watts = (float(v) for v in r.stdout.strip().split(","))
+                samples.append((mhz, watts))
+            except ValueError:
+                pass
+            time.sleep(0.05)
+
+    for _ in range(20):  # reach steady state first
+        fn()
+    torch.cuda.synchronize()
+    th = threading.Thread(target=poll)
+    th.start()
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+    stop.set()
+    th.join()
+    if not samples:
+        return float("nan"), float("nan")
+    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fc2", action="store_true", help="time fc2 (bias, no activation) instead of fc1")
@@ -60,6 +96,9 @@ def main():
     ap.add_argument("--variants", type=int, nargs="+", default=None, help="default: every compiled one")
     ap.add_argument("--rasters", type=int, nargs="+", default=[0], help="0 heuristic, 1 along M, 2 along N")
     ap.add_argument("--swizzles", type=int, nargs="+", default=[1])
+    ap.add_argument("--clocks", nargs="*", default=None,
+                    help="also report the SM clock and board power under a 1 s loop of the systems whose names "
+                         "contain one of these strings (no strings: every system)")
     a = ap.parse_args()
     why = mg.unavailable_reason()
     print(torch.cuda.get_device_name(), "CUTLASS:", why or "available")
@@ -77,7 +116,11 @@ def main():
                     best[k] = min(best[k], event_ms(f, inner=20))
             fl = 2.0 * M * N * K
             for k, t in best.items():
-                print(f"M={M} N={N} K={K} {k:42s} {t * 1e3:8.1f} us {fl / t / 1e9:7.1f} TFLOP/s", flush=True)
+                extra = ""
+                if a.clocks is not None and (not a.clocks or any(c in k for c in a.clocks)):
+                    mhz, watts = clocks_under_load(fns[k])
+                    extra = f"  {mhz:6.0f} MHz {watts:6.0f} W"
+                print(f"M={M} N={N} K={K} {k:42s} {t * 1e3:8.1f} us {fl / t / 1e9:7.1f} TFLOP/s{extra}", flush=True)
 
 
 if __name__ == "__main__":

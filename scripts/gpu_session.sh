@@ -29,6 +29,7 @@
 #   bash scripts/gpu_session.sh s21a     # (1 GPU, CUTLASS .so carried) merger: fc1 forms x CUTLASS tiles x tile orders, merger tests, bench_merger
 #     (s21a ran at commit 5ae1d9b, with a Triton bias+GELU pass for the cublas path, since removed)
 #   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, profile, tests, bench ("tuned")
+#   bash scripts/gpu_session.sh s21c     # (1 GPU, CUTLASS .so carried) merger: GELU through erfc vs erff in the fc1 epilogue (+ SM clock / power), merger tests
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -64,7 +65,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s21a|s21b|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s21a|s21b|s21c|s21d|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -136,6 +137,10 @@ elif [ "$STAGE" = s21b ]; then  # session 21, one GPU: fc2 by CUTLASS (no activa
   T=${PROF_T:-100} TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:2048 pre:4x3520:1024:2048
   T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "${TEST_K:-linear or tuned or graph or auto or fc1_gelu}" -p no:cacheprovider
   T=${BENCH_T:-240} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s21c ]; then  # session 21, one GPU: fc1 epilogue GELU erff vs erfc, clocks under load; every merger GPU test
+  T=${DIAG_T:-200} TAILN=100 step diag_merger_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 \
+    --variants 0 1 12 13 21 22 23 24 4 11 --clocks "addmm (bias)" "v1 " "v22 " "v4 " "v12 " "v23 "
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
 elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
   T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider

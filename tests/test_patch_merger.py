@@ -201,6 +201,25 @@ def test_gpu_fc1_gelu_variants(M, N, K, vectors):
 
 
 @pytest.mark.gpu
+def test_gpu_fc1_gelu_epilogue_exact():
+    """The epilogue's GELU alone, to the last bf16 bit: with w = I the GEMM is exact (one product per output), so
+    every configuration's output must be GELU(x) (exact erf) rounded to bf16: within half a bf16 ulp of the fp64
+    value plus the fp32 GELU's own error (<= 4.3e-7 for the erfc form, <= 1.3e-6 for erff's)."""
+    mg = _cutlass_or_skip()
+    g = torch.Generator(device="cuda").manual_seed(11)
+    n = 512
+    x = (torch.randn(n, n, device="cuda", generator=g) * 3).bfloat16()
+    x[0, :8] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 6.0, -6.0, 12.0, -12.0], device="cuda").bfloat16()
+    w = torch.eye(n, device="cuda").bfloat16()
+    c = torch.zeros(n, device="cuda")
+    ref = torch.nn.functional.gelu(x.double())
+    for v in sorted(mg.VARIANTS):
+        got = mg.fc1_gelu(x, w, c=c, variant=v).double()
+        bad = (got - ref).abs() > ref.abs() * 2.0 ** -8 + 2e-6
+        assert not bad.any(), f"variant {v}: {int(bad.sum())} outputs off by more than half a bf16 ulp"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("M,N,K", [(3520, 2048, 4608), (1001, 2560, 4096), (1, 4096, 4608), (129, 264, 72)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gpu_linear_variants(M, N, K, bias):

@@ -34,7 +34,7 @@ def _ms(fn: Callable[[], object], reps: int) -> float:
 
 
 def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 3,
-         reps: int = 3) -> str:
+         reps: int = 5) -> str:
     """The name of the fastest candidate for key (see the module docstring). Every candidate must be
     side-effect free apart from its result (each runs 1 + rounds * reps times while tuning)."""
     hit = _CHOICES.get(key)

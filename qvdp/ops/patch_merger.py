@@ -426,8 +426,10 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 
 # The "tuned" path's candidates besides cuBLAS: CUTLASS configurations (qvdp.ops.merger_gemm) for fc1 + GELU
 # (VARIANTS) and for fc2 (LINEAR_VARIANTS), timed once per (shape, rows rounded up to TUNE_ROWS) by ops._tune
-TUNE_FC1 = (0, 1, 12)
-TUNE_FC2 = (14, 16, 17)
+# (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
+# for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
+TUNE_FC1 = (0, 1, 12, 13)
+TUNE_FC2 = (14, 15, 19)
 TUNE_ROWS = 256
 
 
