@@ -26,49 +26,6 @@ namespace {
 using namespace qvdp_cutlass;
 using cutlass::epilogue::thread::Identity;
 
-// Exact-erf GELU, x * Phi(x), through erfc in the Abramowitz-Stegun 7.1.26 form
-//   erfc(z) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-z^2),  t = 1 / (1 + p z),  z = |x| / sqrt(2)
-// (|error| <= 1.5e-7), so 1 + erf(x / sqrt 2) = x >= 0 ? 2 - erfc : erfc. Branch-free: one reciprocal and one
-// exp2 on the SFU and ~14 FP32 instructions, against erff's ~24 plus one exp2; and no cancellation for x < 0
-// (1 + erff(z) there loses the relative precision erfc keeps). In fp32: |GELU - exact| <= 4.3e-7 on [-12, 12],
-// against 1.3e-6 for 0.5 x (1 + erff(x / sqrt 2)) (benchmarks/NOTES.md session 21).
-CUTLASS_HOST_DEVICE float gelu_erfc(float x) {
-  constexpr float kP = 0.3275911f * 0.70710678118654752f;  // p / sqrt(2): t from |x| directly
-  constexpr float kE = -0.5f * 1.4426950408889634f;        // exp(-x^2 / 2) = exp2(kE * x^2)
-  float d = fmaf(kP, fabsf(x), 1.0f);
-  float t, ex;
-#if defined(__CUDA_ARCH__)
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(d));
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(ex) : "f"(kE * x * x));
-#else
-  t = 1.0f / d;
-  ex = exp2f(kE * x * x);
-#endif
-  float poly = fmaf(t, 1.061405429f, -1.453152027f);
-  poly = fmaf(t, poly, 1.421413741f);
-  poly = fmaf(t, poly, -0.284496736f);
-  poly = fmaf(t, poly, 0.254829592f);
-  float e = poly * t * ex;  // erfc(|x| / sqrt 2)
-  return 0.5f * x * (x >= 0.0f ? 2.0f - e : e);
-}
-
-template <class T>
-struct GeluErfc {
-  static const bool kIsHeavy = true;
-  CUTLASS_HOST_DEVICE T operator()(T const& v) const { return T(gelu_erfc(float(v))); }
-};
-
-template <class T, int N>
-struct GeluErfc<cutlass::Array<T, N>> {
-  static const bool kIsHeavy = true;
-  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& v) const {
-    cutlass::Array<T, N> y;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) y[i] = T(gelu_erfc(float(v[i])));
-    return y;
-  }
-};
-
 // Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null)
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
           class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU>
@@ -154,15 +111,6 @@ using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 20
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
-// 21-24: variants 0, 1, 12, 13 with GELU through erfc (GeluErfc) instead of erff
-#elif QVDP_MERGER_VARIANT == 21
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, GeluErfc>;
-#elif QVDP_MERGER_VARIANT == 22
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, GeluErfc>;
-#elif QVDP_MERGER_VARIANT == 23
-using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
-#elif QVDP_MERGER_VARIANT == 24
-using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -30,6 +30,8 @@
 #     (s21a ran at commit 5ae1d9b, with a Triton bias+GELU pass for the cublas path, since removed)
 #   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, profile, tests, bench ("tuned")
 #   bash scripts/gpu_session.sh s21c     # (1 GPU, CUTLASS .so carried) merger: GELU through erfc vs erff in the fc1 epilogue (+ SM clock / power), merger tests
+#     (s21c ran at commit 9c1f1cb, with the erfc GELU as variants 21-24, since removed)
+#   bash scripts/gpu_session.sh s21d     # (1 GPU, CUTLASS .so carried) final merger code: bench_merger, the tower A/B tuned vs cublas, every single-GPU test but attention
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -141,6 +143,10 @@ elif [ "$STAGE" = s21c ]; then  # session 21, one GPU: fc1 epilogue GELU erff vs
   T=${DIAG_T:-200} TAILN=100 step diag_merger_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 \
     --variants 0 1 12 13 21 22 23 24 4 11 --clocks "addmm (bias)" "v1 " "v22 " "v4 " "v12 " "v23 "
   T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+elif [ "$STAGE" = s21d ]; then  # session 21, one GPU: the final merger code ("auto" = "tuned"): bench, tower A/B, tests
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=${TOWER_T:-150} TAILN=20 step diag_tower_merger python3 benchmarks/diag_tower_merger.py --workloads 4x720p "16 mixed" --forms tuned cublas
+  T=${REST_T:-340} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
 elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
   T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider

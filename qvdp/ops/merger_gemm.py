@@ -33,10 +33,6 @@ VARIANTS = {
     10: "cooperative 256x128x64, cluster 2x1",
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
-    21: "cooperative 128x256x64, cluster 2x1, GELU through erfc",
-    22: "cooperative 128x256x64, cluster 1x2, GELU through erfc",
-    23: "ping-pong 128x128x64, cluster 1x2, GELU through erfc",
-    24: "ping-pong 128x192x64, cluster 1x2, GELU through erfc",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
