@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
-    from qvdp.ops.patch_merger import TUNE_FC1, TUNE_FC2
+    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS, TUNE_FC1, TUNE_FC2, TUNE_ROWS
     has_cutlass = merger_gemm.available()
     cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
     print("qvdp backend: auto;", f"tuned over CUTLASS fc1 variants {TUNE_FC1}, fc2 variants {TUNE_FC2}"
@@ -97,8 +97,15 @@ def main():
                 labels.append(lab)
                 for name in plot:
                     plot[name].append(fl / t[name] / 1e9 if t[name] else None)
+                from qvdp.ops import _tune
                 from qvdp.ops.patch_merger import auto_backend
                 path = auto_backend(x, K, K)
+                if path == "tuned":  # what the tuner chose for this shape (the warm-up call tuned it)
+                    rows = -(-(N // 4) // TUNE_ROWS) * TUNE_ROWS
+                    dev = torch.cuda.current_device()
+                    picks = (_tune.choice(("merger.fc1", dev, post, "layernorm", rows, K, K)),
+                             _tune.choice(("merger.fc2", dev, rows, O, K)))
+                    path += f" ({picks[0]}, {picks[1]})"
                 ms = lambda v: v if v is not None else "n/a"
                 rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
                              t["torch.compile"], t["floor (2 addmm)"],
@@ -110,9 +117,9 @@ def main():
                   ["shape", "auto path", "qvdp ms", "cublas ms", "cutlass ms", "eager ms", "compile ms", "floor ms",
                    "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"], rows,
                   "qvdp = patch_merger(backend='auto'): "
-                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
+                  + (f"'cublas' below {CUTLASS_AUTO_MIN_ROWS} merged rows, from there 'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
                      f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "
-                     "call of each shape, i.e. in the warm-up)" if has_cutlass else "'cublas' (CUTLASS not built here)")
+                     "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2)" if has_cutlass else "'cublas' (CUTLASS not built here)")
                   + "; cublas column: qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias; "
                   f"cutlass column: fc1 + GELU by CUTLASS ({cfg}), fc2 by cuBLAS. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",

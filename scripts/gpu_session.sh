@@ -31,7 +31,8 @@
 #   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, profile, tests, bench ("tuned")
 #   bash scripts/gpu_session.sh s21c     # (1 GPU, CUTLASS .so carried) merger: GELU through erfc vs erff in the fc1 epilogue (+ SM clock / power), merger tests
 #     (s21c ran at commit 9c1f1cb, with the erfc GELU as variants 21-24, since removed)
-#   bash scripts/gpu_session.sh s21d     # (1 GPU, CUTLASS .so carried) final merger code: bench_merger, the tower A/B tuned vs cublas, every single-GPU test but attention
+#   bash scripts/gpu_session.sh s21d     # (1 GPU, CUTLASS .so carried) merger "auto" = "tuned" at every size: bench_merger, the tower A/B tuned vs cublas, every single-GPU test but attention
+#   bash scripts/gpu_session.sh s21e     # (1 GPU, CUTLASS .so carried) final merger code ("tuned" from 6400 merged rows): merger auto/tuned tests, bench_merger twice
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -67,7 +68,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s21a|s21b|s21c|s21d|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -147,6 +148,10 @@ elif [ "$STAGE" = s21d ]; then  # session 21, one GPU: the final merger code ("a
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
   T=${TOWER_T:-150} TAILN=20 step diag_tower_merger python3 benchmarks/diag_tower_merger.py --workloads 4x720p "16 mixed" --forms tuned cublas
   T=${REST_T:-340} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
+elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
+  T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=${BENCH_T:-200} TAILN=40 step bench_merger2 python3 benchmarks/bench_merger.py --out logs/m2
 elif [ "$STAGE" = s20f ]; then  # session 20, 2 GPUs: "auto" routing for one-owner plans: bench_gather at 2, then the push tests
   T=${BENCH_T:-45} TAILN=16 step bench_gather python3 benchmarks/bench_gather.py --worlds 2 --out logs/g
   T=${TEST_T:-80} TAILN=6 step push_tests python3 -m pytest -q -m multigpu tests/test_multigpu.py -k push_gather_exact -p no:cacheprovider

@@ -57,6 +57,11 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
     return choice
 
 
+def choice(key: Hashable):
+    """The cached choice for key, or None."""
+    return _CHOICES.get(key)
+
+
 def timings(key: Hashable) -> Dict[str, float]:
     """The ms per call measured for key's candidates (empty when key was not tuned)."""
     return dict(_TIMES.get(key, {}))
