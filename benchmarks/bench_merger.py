@@ -101,10 +101,10 @@ def main():
                 from qvdp.ops.patch_merger import auto_backend
                 path = auto_backend(x, K, K)
                 if path == "tuned":  # what the tuner chose for this shape (the warm-up call tuned it)
-                    rows = -(-(N // 4) // TUNE_ROWS) * TUNE_ROWS
+                    trows = -(-(N // 4) // TUNE_ROWS) * TUNE_ROWS
                     dev = torch.cuda.current_device()
-                    picks = (_tune.choice(("merger.fc1", dev, post, "layernorm", rows, K, K)),
-                             _tune.choice(("merger.fc2", dev, rows, O, K)))
+                    picks = (_tune.choice(("merger.fc1", dev, post, "layernorm", trows, K, K)),
+                             _tune.choice(("merger.fc2", dev, trows, O, K)))
                     path += f" ({picks[0]}, {picks[1]})"
                 ms = lambda v: v if v is not None else "n/a"
                 rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
