@@ -4,13 +4,14 @@ kernel on Hopper (cuBLAS's own choice is 610-800 TFLOP/s across the merger's sha
 configurations beat it on some and lose on others; benchmarks/NOTES.md session 21).
 
 `pick(key, candidates, default)` returns the name of the fastest candidate for `key`, timing every candidate
-on the caller's own inputs the first time a key is seen (CUDA events, candidates interleaved, best of a few
-rounds). While a CUDA graph is being captured nothing is timed: a key seen before keeps its choice, a new one
-gets `default` (not cached). QVDP_TUNE=0 turns timing off (always `default`).
+on the caller's own inputs the first time a key is seen (CUDA events; a few rounds, each timing every
+candidate in a rotated order; the median round counts). While a CUDA graph is being captured nothing is timed:
+a key seen before keeps its choice, a new one gets `default` (not cached). QVDP_TUNE=0 turns timing off (always `default`).
 """
 from __future__ import annotations
 
 import os
+import statistics
 from typing import Callable, Dict, Hashable
 
 import torch
@@ -33,8 +34,8 @@ def _ms(fn: Callable[[], object], reps: int) -> float:
     return a.elapsed_time(b) / reps
 
 
-def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 3,
-         reps: int = 5) -> str:
+def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 5,
+         reps: int = 3) -> str:
     """The name of the fastest candidate for key (see the module docstring). Every candidate must be
     side-effect free apart from its result (each runs 1 + rounds * reps times while tuning)."""
     hit = _CHOICES.get(key)
@@ -42,13 +43,17 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
         return hit
     if len(candidates) == 1 or not enabled() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         return default
-    best = {}
     for fn in candidates.values():  # warm: JIT compiles, cuBLAS handles, workspaces
         fn()
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            t = _ms(fn, reps)
-            best[name] = min(best.get(name, t), t)
+    # Each round starts at a different candidate and the median round counts: a sustained GEMM load lowers an
+    # H100's clock within a second (power cap), so a fixed order with the best round would favour the first
+    # candidates (s21e: the same shape tuned twice picked a kernel 7% slower the second time).
+    names = list(candidates)
+    ts = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            ts[n].append(_ms(candidates[n], reps))
+    best = {n: statistics.median(v) for n, v in ts.items()}
     choice = min(best, key=best.get)
     if len(_CHOICES) > 4096:
         _CHOICES.clear()
