@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
-    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS, TUNE_FC1, TUNE_FC2, TUNE_ROWS
+    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS, TUNE_FC1, TUNE_FC2
     has_cutlass = merger_gemm.available()
     cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
     print("qvdp backend: auto;", f"tuned over CUTLASS fc1 variants {TUNE_FC1}, fc2 variants {TUNE_FC2}"
@@ -98,14 +98,11 @@ def main():
                 for name in plot:
                     plot[name].append(fl / t[name] / 1e9 if t[name] else None)
                 from qvdp.ops import _tune
-                from qvdp.ops.patch_merger import auto_backend
+                from qvdp.ops.patch_merger import auto_backend, tune_keys
                 path = auto_backend(x, K, K)
                 if path == "tuned":  # what the tuner chose for this shape (the warm-up call tuned it)
-                    trows = -(-(N // 4) // TUNE_ROWS) * TUNE_ROWS
-                    dev = torch.cuda.current_device()
-                    picks = (_tune.choice(("merger.fc1", dev, post, "layernorm", trows, K, K)),
-                             _tune.choice(("merger.fc2", dev, trows, O, K)))
-                    path += f" ({picks[0]}, {picks[1]})"
+                    k1, k2 = tune_keys(x.device, N // 4, K, K, O, post, "layernorm")
+                    path += f" ({_tune.choice(k1)}, {_tune.choice(k2)})"
                 ms = lambda v: v if v is not None else "n/a"
                 rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
                              t["torch.compile"], t["floor (2 addmm)"],

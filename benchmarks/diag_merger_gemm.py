@@ -20,12 +20,16 @@ from _common import event_ms
 from qvdp.ops import merger_gemm as mg
 
 
-def fc1_systems(M, N, K, variants, swizzles, rasters, g):
+def operands(M, N, K, g):
+    """x [M, K], w [N, K], bias b [N] (bf16) and its fp32 copy c, an output buffer [M, N]"""
     x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
     w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
     b = torch.randn(N, device="cuda", generator=g).bfloat16()
-    c = b.float()
-    out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+    return x, w, b, b.float(), torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+
+
+def fc1_systems(M, N, K, variants, swizzles, rasters, g):
+    x, w, b, c, out = operands(M, N, K, g)
     fns = {"cuBLAS mm": lambda: torch.mm(x, w.t(), out=out),
            "cuBLAS addmm (bias)": lambda: torch.addmm(b, x, w.t(), out=out),
            "cuBLASLt addmm bias+GELU(tanh)": lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True),
@@ -39,11 +43,7 @@ def fc1_systems(M, N, K, variants, swizzles, rasters, g):
 
 
 def fc2_systems(M, N, K, variants, swizzles, rasters, g):
-    x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
-    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
-    b = torch.randn(N, device="cuda", generator=g).bfloat16()
-    c = b.float()
-    out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+    x, w, b, c, out = operands(M, N, K, g)
     fns = {"cuBLAS addmm (bias)": lambda: torch.addmm(b, x, w.t(), out=out),
            "cuBLAS addmm (bias), fresh out": lambda: torch.addmm(b, x, w.t())}
     for v in variants:

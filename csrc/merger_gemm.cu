@@ -84,33 +84,20 @@ using Config = Fc1Gelu<Shape<_64, _256, _64>, Shape<_1, _2, _1>, PingPong, PingP
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi>;
 #elif QVDP_MERGER_VARIANT == 7  // variant 1 with the stream-K scheduler (M=3520, N=4608: 3.8 waves of tiles)
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler>;
-#elif QVDP_MERGER_VARIANT == 8  // cuBLAS's pick for fc1 at M=3520 (nvjet 128x192, 5 stages, cluster 2x1)
-using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 9
-using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 10
-using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
 #elif QVDP_MERGER_VARIANT == 11  // diagnostics: variant 12's mainloop, D = acc
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, true>;
-#elif QVDP_MERGER_VARIANT == 12  // ping-pong: one consumer's epilogue runs under the other's mainloop
+#elif QVDP_MERGER_VARIANT == 12  // ping-pong: the two consumers alternate tiles (the epilogue still cost as much, s21c)
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #elif QVDP_MERGER_VARIANT == 13
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
-// 14-20: the same kernels with no activation (fc2: D = acc + c[n])
+// 14, 15, 19: ping-pong kernels with no activation (fc2: D = acc + c[n]); 8-10, 16-18 and 20 were measured
+// in session 21 and dropped (never the fastest)
 #elif QVDP_MERGER_VARIANT == 14
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 15
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, Identity>;
-#elif QVDP_MERGER_VARIANT == 16
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
-#elif QVDP_MERGER_VARIANT == 17
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
-#elif QVDP_MERGER_VARIANT == 18
-using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 19
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
-#elif QVDP_MERGER_VARIANT == 20
-using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

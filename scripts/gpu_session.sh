@@ -27,12 +27,14 @@
 #   bash scripts/gpu_session.sh s20e     # (4 GPUs, asked as H100s) final code: push tests, bench_gather at 4 and 2
 #   bash scripts/gpu_session.sh s20f     # (2 GPUs) "auto" takes NCCL for one-owner plans at 2 GPUs: bench_gather at 2, push tests
 #   bash scripts/gpu_session.sh s21a     # (1 GPU, CUTLASS .so carried) merger: fc1 forms x CUTLASS tiles x tile orders, merger tests, bench_merger
-#     (s21a ran at commit 5ae1d9b, with a Triton bias+GELU pass for the cublas path, since removed)
+#     (s21a ran at commit 95f8162, with a Triton bias+GELU pass for the cublas path, since removed)
 #   bash scripts/gpu_session.sh s21b     # (1 GPU, CUTLASS .so carried) merger: fc2 cuBLAS vs CUTLASS linear, fc1 again, profile, tests, bench ("tuned")
+#     (s21a-s21c name CUTLASS configurations 8-10, 16-18, 20, dropped after session 21: rerun them at their commits; s21b ran at 00908da)
 #   bash scripts/gpu_session.sh s21c     # (1 GPU, CUTLASS .so carried) merger: GELU through erfc vs erff in the fc1 epilogue (+ SM clock / power), merger tests
-#     (s21c ran at commit 9c1f1cb, with the erfc GELU as variants 21-24, since removed)
-#   bash scripts/gpu_session.sh s21d     # (1 GPU, CUTLASS .so carried) merger "auto" = "tuned" at every size: bench_merger, the tower A/B tuned vs cublas, every single-GPU test but attention
+#     (s21c ran at commit f78936e, with the erfc GELU as variants 21-24, since removed)
+#   bash scripts/gpu_session.sh s21d     # (1 GPU, CUTLASS .so carried) merger "auto" = "tuned" at every size: bench_merger, the tower A/B tuned vs cublas, every single-GPU test but attention (ran at ba58efe)
 #   bash scripts/gpu_session.sh s21e     # (1 GPU, CUTLASS .so carried) final merger code ("tuned" from 6400 merged rows): merger auto/tuned tests, bench_merger twice
+#     (ran three times: af13850 (tests passed, the bench hit a typo), 0c06bfe (fixed-order tuner), 04ed011 (final; TEST_T=1 skipped the tests))
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push

@@ -6,7 +6,8 @@ configurations beat it on some and lose on others; benchmarks/NOTES.md session 2
 `pick(key, candidates, default)` returns the name of the fastest candidate for `key`, timing every candidate
 on the caller's own inputs the first time a key is seen (CUDA events; a few rounds, each timing every
 candidate in a rotated order; the median round counts). While a CUDA graph is being captured nothing is timed:
-a key seen before keeps its choice, a new one gets `default` (not cached). QVDP_TUNE=0 turns timing off (always `default`).
+a key seen before keeps its choice, a new one gets `default` (not cached). QVDP_TUNE=0 turns timing off
+(always `default`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
     hit = _CHOICES.get(key)
     if hit is not None and hit in candidates:
         return hit
-    if len(candidates) == 1 or not enabled() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    if len(candidates) == 1 or not enabled() or capturing:
         return default
     for fn in candidates.values():  # warm: JIT compiles, cuBLAS handles, workspaces
         fn()

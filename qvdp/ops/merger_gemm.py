@@ -28,9 +28,6 @@ VARIANTS = {
     5: "ping-pong 64x256x64, cluster 1x2",
     6: "cooperative 128x256x64, no cluster",
     7: "cooperative 128x256x64, cluster 1x2, stream-K",
-    8: "cooperative 128x192x64, cluster 2x1",
-    9: "cooperative 128x192x64, cluster 1x2",
-    10: "cooperative 256x128x64, cluster 2x1",
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
 }
@@ -41,16 +38,10 @@ DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue w
 LINEAR_VARIANTS = {
     14: "ping-pong 128x128x64, cluster 1x2",
     15: "ping-pong 128x128x64, cluster 2x1",
-    16: "cooperative 128x256x64, cluster 1x2",
-    17: "cooperative 128x256x64, cluster 2x1",
-    18: "cooperative 256x128x64, cluster 1x2",
     19: "ping-pong 128x192x64, cluster 1x2",
-    20: "cooperative 128x192x64, cluster 2x1",
 }
+# (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest)
 DEFAULT_VARIANT = 1
-# the persistent scheduler's tile order when the caller gives none (QVDP_MERGER_RASTER overrides): 0 heuristic,
-# 1 along M, 2 along N
-DEFAULT_RASTER = 0
 
 
 def selected_variant(variant: Optional[int] = None) -> int:
@@ -124,7 +115,7 @@ def _run(x, w, rstd, negm, s, c, out, v, swizzle, raster):
     elif out.shape != (M, N) or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor [{M}, {N}] on {x.device}")
     sw = 1 if swizzle is None else int(swizzle)
-    ra = int(os.environ.get("QVDP_MERGER_RASTER", DEFAULT_RASTER)) if raster is None else int(raster)
+    ra = 0 if raster is None else int(raster)
     if sw not in (1, 2, 4, 8) or ra not in (0, 1, 2):
         raise ValueError(f"swizzle must be 1, 2, 4 or 8 and raster 0, 1 or 2, got {sw} and {ra}")
     why = unavailable_reason(x.device)

@@ -433,6 +433,13 @@ TUNE_FC2 = (14, 15, 19)
 TUNE_ROWS = 256
 
 
+def tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
+    """The ops._tune keys of the "tuned" path's two stages (fc1 + GELU, fc2) for this shape."""
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    rows = -(-merged_rows // TUNE_ROWS) * TUNE_ROWS
+    return ("merger.fc1", dev, postshuffle_norm, norm, rows, N1, K), ("merger.fc2", dev, rows, N2, N1)
+
+
 def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps):
     """fc1 + GELU and fc2 each by whichever of cuBLAS and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest
@@ -442,20 +449,19 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     mu = merge_size * merge_size
     M, K = x.shape[0] // mu, mu * x.shape[1]
     N1, N2 = fc1_weight.shape[0], fc2_weight.shape[0]
-    rows = -(-M // TUNE_ROWS) * TUNE_ROWS
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    key1, key2 = tune_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
     fc1 = {"cublas": lambda: _fc1_cublas(*args)}
     fc1.update({f"cutlass v{v}": (lambda v=v: _fc1_cutlass(*args, variant=v)) for v in TUNE_FC1})
     default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if default not in fc1:
         default = "cublas"
-    h = fc1[_tune.pick(("merger.fc1", dev, postshuffle_norm, norm, rows, N1, K), fc1, default)]()
+    h = fc1[_tune.pick(key1, fc1, default)]()
     fc2 = {"cublas": lambda: _linear(h, fc2_weight, fc2_bias)}
     if N2 % 8 == 0 and fc2_weight.dtype == torch.bfloat16:
         w2, b2 = fc2_weight.contiguous(), (_f32(fc2_bias) if fc2_bias is not None else None)
         fc2.update({f"cutlass v{v}": (lambda v=v: merger_gemm.linear(h, w2, b2, variant=v)) for v in TUNE_FC2})
-    return fc2[_tune.pick(("merger.fc2", dev, rows, N2, N1), fc2, "cublas")]()
+    return fc2[_tune.pick(key2, fc2, "cublas")]()
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
@@ -561,8 +567,9 @@ def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weig
                                     merge_size, postshuffle_norm, norm, eps)
     if backend in ("cutlass", "tuned"):
         if cutlass_ok(x, K, fc1_weight.shape[0]):
-            return (_patch_merger_cutlass if backend == "cutlass" else _patch_merger_tuned)(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                                         merge_size, postshuffle_norm, norm, eps)
+            path = _patch_merger_cutlass if backend == "cutlass" else _patch_merger_tuned
+            return path(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
+                        postshuffle_norm, norm, eps)
         from . import merger_gemm
         why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
         raise ValueError(f"backend={backend!r} needs bf16 CUDA input on Hopper with 4H and the fc1 width "
@@ -600,8 +607,8 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
     backend: "auto" (on CUDA: "tuned" from CUTLASS_AUTO_MIN_ROWS merged rows up where the CUTLASS library is
-    built and runs, else "cublas"; on CPU: "torch"; see auto_backend), "cublas" (qvdp's one-pass Triton norm, then cuBLAS fc1 + bias, GELU in
-    place, cuBLAS fc2 + bias), "cutlass" (fc1 and its norm fold / bias /
+    built and runs, else "cublas"; on CPU: "torch"; see auto_backend), "cublas" (qvdp's one-pass Triton norm,
+    then cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias), "cutlass" (fc1 and its norm fold / bias /
     GELU epilogue as one CUTLASS Hopper kernel, bf16, sm_90, built with QVDP_BUILD_CUTLASS=1; fc2 by
     cuBLAS), "tuned" (fc1 + GELU and fc2 each by the fastest of cuBLAS and a few CUTLASS kernels for the
     shape, timed the first time a shape is seen), "triton" (the fused Triton
