@@ -56,6 +56,8 @@ def main():
             fns["qvdp cutlass"] = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
                                                        backend="cutlass")
             fns["qvdp cutlass (no custom op)"] = lambda: _direct(x, nw, nb, w1, b1, w2, b2, post)
+            fns["qvdp tuned"] = lambda: patch_merger(x, nw, nb, w1, b1, w2, b2, postshuffle_norm=post,
+                                                     backend="tuned")
         print(f"\n== {spec}")
         for name, fn in fns.items():
             for _ in range(3):
@@ -68,6 +70,12 @@ def main():
                   f"(idle {ev - tot:+.3f})", flush=True)
             for k, us in sorted(ks.items(), key=lambda kv: -kv[1]):
                 print(f"    {us:8.1f} us  {k}")
+            if name == "qvdp tuned":
+                from qvdp.ops import _tune
+                from qvdp.ops.patch_merger import tune_keys
+                k1, k2 = tune_keys(x.device, N // 4, 4 * H, 4 * H, O, post, "layernorm")
+                print(f"    picks: fc1 {_tune.choice(k1)} {_tune.timings(k1)}; fc2 {_tune.choice(k2)} "
+                      f"{_tune.timings(k2)}")
 
 
 def _direct(x, nw, nb, w1, b1, w2, b2, post):
