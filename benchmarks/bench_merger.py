@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
-    from qvdp.ops.patch_merger import CUTLASS_AUTO_MIN_ROWS, TUNE_FC1, TUNE_FC2
+    from qvdp.ops.patch_merger import TUNE_FC1, TUNE_FC2
     has_cutlass = merger_gemm.available()
     cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
     print("qvdp backend: auto;", f"tuned over CUTLASS fc1 variants {TUNE_FC1}, fc2 variants {TUNE_FC2}"
@@ -114,7 +114,7 @@ def main():
                   ["shape", "auto path", "qvdp ms", "cublas ms", "cutlass ms", "eager ms", "compile ms", "floor ms",
                    "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"], rows,
                   "qvdp = patch_merger(backend='auto'): "
-                  + (f"'cublas' below {CUTLASS_AUTO_MIN_ROWS} merged rows, from there 'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
+                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
                      f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "
                      "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2)" if has_cutlass else "'cublas' (CUTLASS not built here)")
                   + "; cublas column: qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias; "

@@ -84,6 +84,9 @@ def test_auto_backend_choice(monkeypatch):
         assert pm.auto_backend(x, 64, 64) == "torch"  # the CUTLASS paths cannot run on CPU: falls back
     monkeypatch.setenv("QVDP_MERGER_AUTO", "torch")
     assert pm.auto_backend(x, 64, 64) == "torch"
+    monkeypatch.delenv("QVDP_MERGER_AUTO")
+    monkeypatch.setenv("QVDP_TUNE", "0")
+    assert pm.auto_backend(x, 64, 64) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         patch_merger(torch.randn(8, 16), torch.ones(16), torch.zeros(16), torch.ones(64, 64), None,
                      torch.ones(8, 64), None, backend="fastest")
@@ -113,13 +116,13 @@ def test_tune_pick(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("norm,post", VARIANTS)
 def test_gpu_auto(norm, post, monkeypatch):
-    """"auto" on both sides of the CUTLASS threshold (the CUTLASS side where the library is built)"""
+    """"auto" on both sides of the QVDP_TUNE=0 threshold: "tuned" where the CUTLASS library is built"""
     from qvdp.ops import patch_merger as pm
     monkeypatch.delenv("QVDP_MERGER_AUTO", raising=False)
     monkeypatch.delenv("QVDP_TUNE", raising=False)
     for m in (pm.CUTLASS_AUTO_MIN_ROWS - 1, pm.CUTLASS_AUTO_MIN_ROWS):
         x, p = make(4 * m, 1152, 2048, norm, post, torch.bfloat16, "cuda", seed=m)
-        want = "tuned" if m >= pm.CUTLASS_AUTO_MIN_ROWS and pm.cutlass_ok(x, 4608, 4608) else "cublas"
+        want = "tuned" if pm.cutlass_ok(x, 4608, 4608) else "cublas"
         assert pm.auto_backend(x, 4608, 4608) == want
         got = patch_merger(x, **p, postshuffle_norm=post, norm=norm)
         assert torch.equal(got, patch_merger(x, **p, postshuffle_norm=post, norm=norm, backend=want))

@@ -523,24 +523,25 @@ def _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_we
                                eps), fc2_weight, fc2_bias)
 
 
-# "auto" on CUDA: the tuned path (or, with QVDP_TUNE=0, the CUTLASS path) where the library is built, from this
-# many merged rows up, else the cuBLAS path with qvdp's norm (benchmarks/results/merger-h100.md, sessions 13, 21:
-# at 3520 merged rows the cublas path was the fastest qvdp path in every run; from 6400 up "tuned")
+# "auto" on CUDA where the CUTLASS library is built: "tuned" at every size; with QVDP_TUNE=0 the CUTLASS path from
+# this many merged rows up and the cuBLAS path with qvdp's norm below (benchmarks/results/merger-h100.md, sessions
+# 13 and 21)
 CUTLASS_AUTO_MIN_ROWS = 6400
 
 
 def auto_backend(x, K: int, N1: int) -> str:
     """The path "auto" takes for this input: QVDP_MERGER_AUTO (torch / cublas / cutlass / tuned) when set, else
-    from CUTLASS_AUTO_MIN_ROWS merged rows up on Hopper bf16 with the library built "tuned" ("cutlass" with
-    QVDP_TUNE=0), else "cublas" on CUDA (fp16 / bf16 / fp32), else "torch" (CPU)."""
+    on Hopper bf16 with the CUTLASS library built "tuned" (with QVDP_TUNE=0: "cutlass" from CUTLASS_AUTO_MIN_ROWS
+    merged rows up, "cublas" below), else "cublas" on CUDA (fp16 / bf16 / fp32), else "torch" (CPU)."""
     from . import _tune
     forced = os.environ.get("QVDP_MERGER_AUTO")
     if forced in ("torch", "cublas", "cutlass", "tuned"):
         want = forced
+    elif _tune.enabled():
+        want = "tuned" if x.is_cuda else "cublas"
     else:
         merged_rows = x.shape[0] * x.shape[1] // K
-        big = x.is_cuda and merged_rows >= CUTLASS_AUTO_MIN_ROWS
-        want = ("tuned" if _tune.enabled() else "cutlass") if big else "cublas"
+        want = "cutlass" if x.is_cuda and merged_rows >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if want in ("cutlass", "tuned") and not cutlass_ok(x, K, N1):
         want = "cublas"
     if want == "cublas" and not (x.is_cuda and cublas_ok(x)):
@@ -606,8 +607,8 @@ def patch_merger(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc
 
     norm="layernorm" (Qwen3-VL; postshuffle_norm=True for the deepstack mergers, LayerNorm over
     4H after the 2x2 view) or "rmsnorm" (Qwen2.5-VL, norm_bias None). GELU is the exact erf form.
-    backend: "auto" (on CUDA: "tuned" from CUTLASS_AUTO_MIN_ROWS merged rows up where the CUTLASS library is
-    built and runs, else "cublas"; on CPU: "torch"; see auto_backend), "cublas" (qvdp's one-pass Triton norm,
+    backend: "auto" (on CUDA: "tuned" where the CUTLASS library is built and runs, else "cublas"; on CPU:
+    "torch"; see auto_backend), "cublas" (qvdp's one-pass Triton norm,
     then cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias), "cutlass" (fc1 and its norm fold / bias /
     GELU epilogue as one CUTLASS Hopper kernel, bf16, sm_90, built with QVDP_BUILD_CUTLASS=1; fc2 by
     cuBLAS), "tuned" (fc1 + GELU and fc2 each by the fastest of cuBLAS and a few CUTLASS kernels for the
