@@ -172,14 +172,10 @@ def wall_ms(fn) -> float:
 
 
 def event_ms(fn, inner: int = 10) -> float:
-    """GPU ms per call, CUDA events around `inner` back-to-back calls (host launch gaps amortised)."""
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(inner):
-        fn()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / inner
+    """GPU ms per call, CUDA events around `inner` back-to-back calls (host launch gaps amortised); the same
+    timer the merger's tuner uses (qvdp.ops._tune)."""
+    from qvdp.ops._tune import event_ms as timer
+    return timer(fn, inner)
 
 
 def best_event_ms(fn, inner: int = 20, rounds: int = 3) -> float:

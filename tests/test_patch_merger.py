@@ -99,7 +99,7 @@ def test_tune_pick(monkeypatch):
     _tune.clear()
     cost = {"a": 3.0, "b": 1.0, "c": 2.0}
     calls = []
-    monkeypatch.setattr(_tune, "_ms", lambda fn, reps: (calls.append(fn()), cost[calls[-1]])[1])
+    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: (calls.append(fn()), cost[calls[-1]])[1])
     cands = {k: (lambda k=k: k) for k in cost}
     assert _tune.pick("k1", cands, "a") == "b"
     assert _tune.timings("k1") == cost

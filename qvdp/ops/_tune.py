@@ -25,7 +25,8 @@ def enabled() -> bool:
     return os.environ.get("QVDP_TUNE", "1") != "0"
 
 
-def _ms(fn: Callable[[], object], reps: int) -> float:
+def event_ms(fn: Callable[[], object], reps: int) -> float:
+    """GPU ms per call: CUDA events around `reps` back-to-back calls on the current stream."""
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
     for _ in range(reps):
@@ -54,7 +55,7 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
     ts = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            ts[n].append(_ms(candidates[n], reps))
+            ts[n].append(event_ms(candidates[n], reps))
     best = {n: statistics.median(v) for n, v in ts.items()}
     choice = min(best, key=best.get)
     if len(_CHOICES) > 4096:
