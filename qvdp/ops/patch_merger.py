@@ -461,9 +461,10 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
         default = "cublas"
     h = fc1[_tune.pick(key1, fc1, default)]()
     fc2 = {"cublas": lambda: _linear(h, fc2_weight, fc2_bias)}
-    if N2 % 8 == 0 and fc2_weight.dtype == torch.bfloat16:
-        w2, b2 = fc2_weight.contiguous(), (_f32(fc2_bias) if fc2_bias is not None else None)
-        fc2.update({f"cutlass v{v}": (lambda v=v: merger_gemm.linear(h, w2, b2, variant=v)) for v in TUNE_FC2})
+    if N2 % 8 == 0 and fc2_weight.dtype == torch.bfloat16:  # (the fp32 bias only where a CUTLASS kernel runs)
+        fc2.update({f"cutlass v{v}": (lambda v=v: merger_gemm.linear(
+            h, fc2_weight.contiguous(), _f32(fc2_bias) if fc2_bias is not None else None, variant=v))
+            for v in TUNE_FC2})
     return fc2[_tune.pick(key2, fc2, "cublas")]()
 
 
