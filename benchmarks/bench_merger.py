@@ -8,6 +8,7 @@ bias (torch.addmm) on pre-normalised input.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +53,21 @@ def eager(x, nw, nb, w1, b1, w2, b2, post):
     return F.linear(F.gelu(F.linear(y, w1, b1)), w2, b2)
 
 
+def _stage_tuned(fn):
+    """fn with the "tuned" path's whole-merger round off (each stage by its own pick)."""
+    os.environ["QVDP_TUNE_CONTEXT"] = "0"
+    try:
+        return fn()
+    finally:
+        del os.environ["QVDP_TUNE_CONTEXT"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pairs-ab", action="store_true",
+                    help="also time 'tuned' without its whole-merger round (QVDP_TUNE_CONTEXT=0): column 'qvdp alone'")
     args = ap.parse_args()
     compiled = torch.compile(eager, dynamic=True)
     from qvdp.ops.patch_merger import TUNE_FC1, TUNE_FC2
@@ -83,6 +95,8 @@ def main():
                 err = ((got[:1024].float() - ref).norm() / ref.norm()).item()
                 fns = {}
                 systems = [("qvdp", fq), ("qvdp cublas", fcb)] + ([("qvdp cutlass", fcu)] if has_cutlass else [])
+                if args.pairs_ab:
+                    systems.append(("qvdp alone", lambda: _stage_tuned(fq)))
                 for name, fn in systems + [("eager", fe), ("torch.compile", fc), ("floor (2 addmm)", ff)]:
                     try:
                         fn()
@@ -90,29 +104,35 @@ def main():
                     except Exception as e:  # noqa: BLE001
                         print(f"[{name}] {type(e).__name__}: {str(e)[:200]}")
                 # systems timed in turn (CUDA events around 10 calls), so clock drift hits all alike
-                t = dict.fromkeys(("qvdp", "qvdp cublas", "qvdp cutlass", "eager", "torch.compile", "floor (2 addmm)"))
+                t = dict.fromkeys(("qvdp", "qvdp cublas", "qvdp cutlass", "qvdp alone", "eager", "torch.compile",
+                                   "floor (2 addmm)"))
                 t.update(time_interleaved(fns, warm=3, rep=20, timer=event_ms))
                 fl = 2.0 * (N // 4) * K * K + 2.0 * (N // 4) * K * O
                 lab = f"{'post' if post else 'pre'} N={nname} H={H} O={O}"
                 labels.append(lab)
                 for name in plot:
                     plot[name].append(fl / t[name] / 1e9 if t[name] else None)
-                from qvdp.ops import _tune
-                from qvdp.ops.patch_merger import auto_backend, tune_keys
+                from qvdp.ops.patch_merger import auto_backend, tuned_picks
                 path = auto_backend(x, K, K)
                 if path == "tuned":  # what the tuner chose for this shape (the warm-up call tuned it)
-                    k1, k2 = tune_keys(x.device, N // 4, K, K, O, post, "layernorm")
-                    path += f" ({_tune.choice(k1)}, {_tune.choice(k2)})"
+                    path += " ({}, {})".format(*tuned_picks(x.device, N // 4, K, K, O, post, "layernorm"))
                 ms = lambda v: v if v is not None else "n/a"
                 rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
                              t["torch.compile"], t["floor (2 addmm)"],
                              fl / t["qvdp"] / 1e9, f"{t['qvdp'] / t['floor (2 addmm)']:.3f}x",
                              f"{t['eager'] / t['qvdp']:.2f}x", f"{t['torch.compile'] / t['qvdp']:.2f}x" if t["torch.compile"] else "n/a",
                              f"{err:.1e}"])
+                if args.pairs_ab:
+                    from qvdp.ops import _tune
+                    from qvdp.ops.patch_merger import tune_keys
+                    k1, k2 = tune_keys(x.device, N // 4, K, K, O, post, "layernorm")
+                    rows[-1] += [f"{_tune.choice(k1)}, {_tune.choice(k2)}", ms(t["qvdp alone"]),
+                                 f"{t['qvdp alone'] / t['qvdp']:.3f}x" if t["qvdp alone"] else "n/a"]
                 print(rows[-1], flush=True)
     write_results("merger", "Patch merger (bf16): LN + 2x2 merge + fc1 + GELU + fc2",
                   ["shape", "auto path", "qvdp ms", "cublas ms", "cutlass ms", "eager ms", "compile ms", "floor ms",
-                   "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"], rows,
+                   "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"]
+                  + (["alone picks", "alone ms", "alone / qvdp"] if args.pairs_ab else []), rows,
                   "qvdp = patch_merger(backend='auto'): "
                   + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
                      f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "

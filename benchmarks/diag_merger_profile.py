@@ -72,10 +72,10 @@ def main():
                 print(f"    {us:8.1f} us  {k}")
             if name == "qvdp tuned":
                 from qvdp.ops import _tune
-                from qvdp.ops.patch_merger import tune_keys
+                from qvdp.ops.patch_merger import _pair_key, tune_keys, tuned_picks
                 k1, k2 = tune_keys(x.device, N // 4, 4 * H, 4 * H, O, post, "layernorm")
-                print(f"    picks: fc1 {_tune.choice(k1)} {_tune.timings(k1)}; fc2 {_tune.choice(k2)} "
-                      f"{_tune.timings(k2)}")
+                print(f"    picks: {tuned_picks(x.device, N // 4, 4 * H, 4 * H, O, post, 'layernorm')}; alone: fc1 "
+                      f"{_tune.timings(k1)}; fc2 {_tune.timings(k2)}; pairs {_tune.timings(_pair_key(k1, O))}")
 
 
 def _direct(x, nw, nb, w1, b1, w2, b2, post):

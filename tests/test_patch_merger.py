@@ -113,6 +113,71 @@ def test_tune_pick(monkeypatch):
     _tune.clear()
 
 
+def test_tune_near():
+    from qvdp.ops import _tune
+    _tune.clear()
+    _tune._TIMES["k"] = {"a": 1.0, "b": 1.07, "c": 1.2, "d": 1.05, "e": 1.01}
+    assert _tune.near("k", 0.08) == ["a", "e", "d"]
+    assert _tune.near("k", 0.08, most=5) == ["a", "e", "d", "b"]
+    assert _tune.near("k", 0.0) == ["a"] and _tune.near("unknown", 0.5) == []
+    _tune.clear()
+
+
+def test_tuned_pairs(monkeypatch):
+    """"tuned" (CPU, the CUTLASS kernels faked by torch): each stage is tuned alone, then the pairs of near
+    candidates as whole mergers; a pair that wins only in context is chosen, its result returned, and the
+    choice kept without timing again"""
+    from qvdp.ops import _tune, merger_gemm
+    from qvdp.ops import patch_merger as pm
+    _tune.clear()
+    trace = []
+    x, p = make(4 * 6, 32, 24, "layernorm", False, torch.float32, "cpu")
+    x, p = x.to(torch.float64), {k: (v.to(torch.float64) if v is not None else None) for k, v in p.items()}
+
+    def fc1_ref(x, nw, nb, w1, b1, ms, post, norm, eps):
+        y = pm._normalised(x, nw, nb, ms, post, norm, eps)
+        return torch.nn.functional.gelu(torch.nn.functional.linear(y, w1, b1))
+
+    def fake_fc1(*a, variant=None):
+        trace.append(f"v{variant}" if variant is not None else "c1")
+        return fc1_ref(*a)
+
+    def fake_linear(h, w, c, variant):
+        trace.append(f"l{variant}")
+        return torch.nn.functional.linear(h, w, c.to(h.dtype) if c is not None else None)
+
+    real_linear = pm._linear
+    monkeypatch.setattr(pm, "_fc1_cublas", fake_fc1)
+    monkeypatch.setattr(pm, "_fc1_cutlass", fake_fc1)
+    monkeypatch.setattr(merger_gemm, "linear", fake_linear)
+    monkeypatch.setattr(pm, "_linear", lambda h, w, b: (trace.append("c2"), real_linear(h, w, b))[1])
+    monkeypatch.setattr(pm, "TUNE_FC2", (14, 15))
+    # alone: cublas best on both stages, v0 / v12 and v14 near it; together v12 + v14 wins
+    cost = {"c1": 1.0, "v0": 1.05, "v1": 2.0, "v12": 1.06, "v13": 3.0, "c2": 1.0, "l14": 1.02, "l15": 3.0}
+
+    def timed(fn, reps):
+        trace.clear()
+        fn()
+        t = sum(cost[s] for s in trace)
+        return t - 0.5 if trace == ["v12", "l14"] else t
+
+    monkeypatch.setattr(_tune, "event_ms", timed)
+    monkeypatch.setattr(pm, "_f32", lambda t: t)
+    monkeypatch.setattr(pm, "_fc2_cutlass_ok", lambda w: True)
+    args = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"],
+            2, False, "layernorm", 1e-6)
+    out = pm._patch_merger_tuned(*args)
+    ref = patch_merger_reference(x, **p, postshuffle_norm=False, norm="layernorm", dtype=torch.float64)
+    assert rel(out, ref) < 1e-12
+    key1, key2 = pm.tune_keys(x.device, 6, 128, 128, 24, False, "layernorm")
+    assert _tune.choice(key1) == "cublas" and _tune.choice(key2) == "cublas"
+    assert pm.tuned_picks(x.device, 6, 128, 128, 24, False, "layernorm") == ("cutlass v12", "cutlass v14")
+    trace.clear()
+    out2 = pm._patch_merger_tuned(*args)
+    assert trace == ["v12", "l14"] and torch.equal(out, out2)  # the pair kept, nothing timed
+    _tune.clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("norm,post", VARIANTS)
 def test_gpu_auto(norm, post, monkeypatch):

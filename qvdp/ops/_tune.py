@@ -75,6 +75,16 @@ def timings(key: Hashable) -> Dict[str, float]:
     return dict(_TIMES.get(key, {}))
 
 
+def near(key: Hashable, within: float, most: int = 3):
+    """The names of key's candidates timed within `within` (a fraction) of its fastest, fastest first, at most
+    `most` of them (empty when key was not tuned)."""
+    t = _TIMES.get(key, {})
+    if not t:
+        return []
+    best = min(t.values())
+    return sorted((n for n in t if t[n] <= best * (1.0 + within)), key=t.get)[:most]
+
+
 def clear() -> None:
     _CHOICES.clear()
     _TIMES.clear()

@@ -435,16 +435,31 @@ TUNE_ROWS = 256
 
 def tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
     """The ops._tune keys of the "tuned" path's two stages (fc1 + GELU, fc2) for this shape."""
-    dev = device.index if device.index is not None else torch.cuda.current_device()
+    dev = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else -1)
     rows = -(-merged_rows // TUNE_ROWS) * TUNE_ROWS
     return ("merger.fc1", dev, postshuffle_norm, norm, rows, N1, K), ("merger.fc2", dev, rows, N2, N1)
+
+
+def _pair_key(key1, N2):
+    """The ops._tune key of the "tuned" path's whole-merger round (fc1 + fc2 pairs)."""
+    return ("merger.pair",) + key1[1:] + (N2,)
+
+
+def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
+    """(fc1, fc2): the candidates the "tuned" path runs for this shape (None where not tuned yet)."""
+    from . import _tune
+    key1, key2 = tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm)
+    pair = _tune.choice(_pair_key(key1, N2))
+    return tuple(pair.split(" + ")) if pair else (_tune.choice(key1), _tune.choice(key2))
 
 
 def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps):
     """fc1 + GELU and fc2 each by whichever of cuBLAS and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest
-    for this shape when first seen (ops._tune); untuned (CUDA graph capture, QVDP_TUNE=0): the "auto" rule
-    for fc1, cuBLAS for fc2."""
+    for this shape when first seen (ops._tune); then, where more than one candidate of a stage came within
+    TUNE_CONTEXT of that stage's best, those pairs timed as whole mergers (the stage run alone is not the stage
+    run in context: the L2 holds the other stage's operands, the clock depends on the load before). Untuned
+    (CUDA graph capture, QVDP_TUNE=0): the "auto" rule for fc1, cuBLAS for fc2."""
     from . import _tune, merger_gemm
     mu = merge_size * merge_size
     M, K = x.shape[0] // mu, mu * x.shape[1]
@@ -453,19 +468,43 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
                                     merge_size, postshuffle_norm, norm, eps)
     N1, N2 = fc1_weight.shape[0], fc2_weight.shape[0]
     key1, key2 = tune_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
+    keyc = _pair_key(key1, N2)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
     fc1 = {"cublas": lambda: _fc1_cublas(*args)}
     fc1.update({f"cutlass v{v}": (lambda v=v: _fc1_cutlass(*args, variant=v)) for v in TUNE_FC1})
+    fc2 = {"cublas": lambda h: _linear(h, fc2_weight, fc2_bias)}
+    if _fc2_cutlass_ok(fc2_weight):  # (the fp32 bias only where a CUTLASS kernel runs)
+        fc2.update({f"cutlass v{v}": (lambda h, v=v: merger_gemm.linear(
+            h, fc2_weight.contiguous(), _f32(fc2_bias) if fc2_bias is not None else None, variant=v))
+            for v in TUNE_FC2})
+    within = float(os.environ.get("QVDP_TUNE_CONTEXT", TUNE_CONTEXT))
+    pair = _tune.choice(keyc) if within > 0 else None
+    if pair is not None:
+        a, b = pair.split(" + ")
+        return fc2[b](fc1[a]())
     default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if default not in fc1:
         default = "cublas"
-    h = fc1[_tune.pick(key1, fc1, default)]()
-    fc2 = {"cublas": lambda: _linear(h, fc2_weight, fc2_bias)}
-    if N2 % 8 == 0 and fc2_weight.dtype == torch.bfloat16:  # (the fp32 bias only where a CUTLASS kernel runs)
-        fc2.update({f"cutlass v{v}": (lambda v=v: merger_gemm.linear(
-            h, fc2_weight.contiguous(), _f32(fc2_bias) if fc2_bias is not None else None, variant=v))
-            for v in TUNE_FC2})
-    return fc2[_tune.pick(key2, fc2, "cublas")]()
+    a = _tune.pick(key1, fc1, default)
+    h = fc1[a]()
+    b = _tune.pick(key2, {n: (lambda f=f: f(h)) for n, f in fc2.items()}, "cublas")
+    near1, near2 = _tune.near(key1, within), _tune.near(key2, within)
+    if len(near1) * len(near2) > 1:
+        pairs = {f"{p} + {q}": (lambda p=p, q=q: fc2[q](fc1[p]())) for p in near1 for q in near2}
+        a, b = _tune.pick(keyc, pairs, f"{a} + {b}").split(" + ")
+        h = fc1[a]()
+    return fc2[b](h)
+
+
+def _fc2_cutlass_ok(fc2_weight):
+    """The CUTLASS fc2 kernels (merger_gemm.linear) take this weight: bf16, out a multiple of 8."""
+    return fc2_weight.shape[0] % 8 == 0 and fc2_weight.dtype == torch.bfloat16
+
+
+# the "tuned" path's second round: the candidates of a stage within this fraction of the stage's best (at most
+# three per stage) are timed again as whole mergers, in pairs (s21: picks 6% apart flipped between runs);
+# QVDP_TUNE_CONTEXT overrides it (0: no second round)
+TUNE_CONTEXT = 0.08
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
