@@ -37,6 +37,7 @@
 #     (ran three times: af13850 (tests passed, the bench hit a typo), 0c06bfe (fixed-order tuner), 04ed011 (final; TEST_T=1 skipped the tests))
 #   bash scripts/gpu_session.sh s22a     # (1 GPU, CUTLASS .so carried) "tuned" + whole-merger pair round: single-GPU tests but attention, bench_merger --pairs-ab
 #   bash scripts/gpu_session.sh s22b     # (1 GPU, CUTLASS .so carried) bench_merger --pairs-ab again, merger profile with the picks
+#   bash scripts/gpu_session.sh s22c     # (1 GPU, CUTLASS .so carried) final merger code: merger GPU tests, bench_merger --pairs-ab, profile (tuning time), tower tuned vs cublas
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -72,7 +73,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s22a|s22b|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s22a|s22b|s22c|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -158,6 +159,11 @@ elif [ "$STAGE" = s22a ]; then  # session 22, one GPU: "tuned" with its whole-me
 elif [ "$STAGE" = s22b ]; then  # session 22, one GPU: bench A/B again (run-to-run spread), profile with the picks
   T=${BENCH_T:-300} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --pairs-ab --out logs/m
   T=${PROF_T:-120} TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:2048 post:4x6400:1024:2048
+elif [ "$STAGE" = s22c ]; then  # session 22, one GPU: final merger code (pairs, row buckets, cache file): merger tests, bench, profile, tower
+  T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --pairs-ab --out logs/m
+  T=${PROF_T:-120} TAILN=80 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:56320:1152:4096
+  T=${TOWER_T:-120} TAILN=20 step diag_tower_merger python3 benchmarks/diag_tower_merger.py --workloads 4x720p --forms tuned cublas
 elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
   T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m

@@ -96,6 +96,7 @@ def test_tune_pick(monkeypatch):
     """ops._tune: the fastest candidate is chosen once per key and kept; QVDP_TUNE=0 and a single candidate
     give the default without timing"""
     from qvdp.ops import _tune
+    monkeypatch.delenv("QVDP_TUNE_CACHE", raising=False)
     _tune.clear()
     cost = {"a": 3.0, "b": 1.0, "c": 2.0}
     calls = []
@@ -123,12 +124,54 @@ def test_tune_near():
     _tune.clear()
 
 
+def test_tune_rows():
+    """row buckets: every 256 rows up to 2048, then 4 per doubling; each bucket's edge covers its rows"""
+    from qvdp.ops.patch_merger import tune_rows
+    got = [tune_rows(m) for m in range(1, 70000)]
+    assert all(b >= m for m, b in zip(range(1, 70000), got)) and got == sorted(got)
+    assert tune_rows(1) == 256 and tune_rows(2048) == 2048 and tune_rows(3520) == tune_rows(3584) == 3584
+    assert len({b for b in got if 4096 < b <= 8192}) == 4 and len({b for b in got if 32768 < b <= 65536}) == 4
+
+
+def test_tune_cache_file(monkeypatch, tmp_path):
+    """QVDP_TUNE_CACHE: a choice is written to the file, a fresh process state reads it back without timing;
+    a file from other torch / CUDA versions, or an unreadable one, is ignored"""
+    from qvdp.ops import _tune
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("QVDP_TUNE_CACHE", str(path))
+    _tune.clear()
+    cost = {"a": 3.0, "b": 1.0}
+    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: cost[fn()])
+    cands = {k: (lambda k=k: k) for k in cost}
+    key = ("merger.fc1", "NVIDIA H100 80GB HBM3 sm90", True, "layernorm", 3584, 4608, 4608)
+    assert _tune.pick(key, cands, "a") == "b" and path.exists()
+    _tune.clear()  # as a new process: nothing in memory
+
+    def no_timing(fn, reps):
+        raise AssertionError("timed although the cache file has the key")
+    monkeypatch.setattr(_tune, "event_ms", no_timing)
+    assert _tune.choice(key) == "b" and _tune.pick(key, cands, "a") == "b"
+    _tune.clear()
+    data = path.read_text().replace(torch.__version__, "0.0.0")
+    path.write_text(data)
+    assert _tune.choice(key) is None
+    path.write_text("{not json")
+    _tune.clear()
+    assert _tune.choice(key) is None
+    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: cost[fn()])
+    assert _tune.pick(key, cands, "a") == "b"  # re-tuned, and the broken file replaced
+    _tune.clear()
+    assert _tune.choice(key) == "b"
+    _tune.clear()
+
+
 def test_tuned_pairs(monkeypatch):
     """"tuned" (CPU, the CUTLASS kernels faked by torch): each stage is tuned alone, then the pairs of near
     candidates as whole mergers; a pair that wins only in context is chosen, its result returned, and the
     choice kept without timing again"""
     from qvdp.ops import _tune, merger_gemm
     from qvdp.ops import patch_merger as pm
+    monkeypatch.delenv("QVDP_TUNE_CACHE", raising=False)
     _tune.clear()
     trace = []
     x, p = make(4 * 6, 32, 24, "layernorm", False, torch.float32, "cpu")

@@ -8,9 +8,16 @@ on the caller's own inputs the first time a key is seen (CUDA events; a few roun
 candidate in a rotated order; the median round counts). While a CUDA graph is being captured nothing is timed:
 a key seen before keeps its choice, a new one gets `default` (not cached). QVDP_TUNE=0 turns timing off
 (always `default`).
+
+QVDP_TUNE_CACHE=<file.json> keeps the choices across processes: they are read from the file on the first pick
+and every new choice is added to it (written to a temporary file, then renamed over it). The file records
+torch's and CUDA's versions and is ignored under other versions (cuBLAS's kernels change with them). Keys must
+be tuples of str / int / float / bool / None, and should name the device model rather than its index.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 import statistics
 from typing import Callable, Dict, Hashable
@@ -19,6 +26,46 @@ import torch
 
 _CHOICES: Dict[Hashable, str] = {}
 _TIMES: Dict[Hashable, Dict[str, float]] = {}
+_LOADED = {"path": None}  # the cache file read into _CHOICES (None: none yet)
+
+
+def _versions() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def _read(path: str) -> Dict[Hashable, str]:
+    """The choices stored in a cache file written under these versions ({} if none, unreadable or other)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("versions") != _versions():
+            return {}
+        return {ast.literal_eval(k): v for k, v in data["choices"].items()}
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError, AttributeError):
+        return {}
+
+
+def _load() -> None:
+    path = os.environ.get("QVDP_TUNE_CACHE")
+    if path and _LOADED["path"] != path:
+        for k, v in _read(path).items():
+            _CHOICES.setdefault(k, v)
+        _LOADED["path"] = path
+
+
+def _save(key: Hashable, name: str) -> None:
+    path = os.environ.get("QVDP_TUNE_CACHE")
+    if not path:
+        return
+    merged = _read(path)  # other processes (DP ranks) may have added keys since this one read it
+    merged[key] = name
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"versions": _versions(), "choices": {repr(k): v for k, v in merged.items()}}, f, indent=0)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or missing directory: tuning still works, it just is not kept
+        pass
 
 
 def enabled() -> bool:
@@ -40,6 +87,7 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
          reps: int = 3) -> str:
     """The name of the fastest candidate for key (see the module docstring). Every candidate must be
     side-effect free apart from its result (each runs 1 + rounds * reps times while tuning)."""
+    _load()
     hit = _CHOICES.get(key)
     if hit is not None and hit in candidates:
         return hit
@@ -62,11 +110,13 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
         _CHOICES.clear()
         _TIMES.clear()
     _CHOICES[key], _TIMES[key] = choice, best
+    _save(key, choice)
     return choice
 
 
 def choice(key: Hashable):
     """The cached choice for key, or None."""
+    _load()
     return _CHOICES.get(key)
 
 
@@ -86,5 +136,7 @@ def near(key: Hashable, within: float, most: int = 3):
 
 
 def clear() -> None:
+    """Forget every choice in this process (the cache file, if any, is read again on the next pick)."""
     _CHOICES.clear()
     _TIMES.clear()
+    _LOADED["path"] = None

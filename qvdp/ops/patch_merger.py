@@ -18,6 +18,7 @@ The torch path (CPU and CUDA default, reference) runs norm -> view -> addmm -> g
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -425,18 +426,47 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 
 
 # The "tuned" path's candidates besides cuBLAS: CUTLASS configurations (qvdp.ops.merger_gemm) for fc1 + GELU
-# (VARIANTS) and for fc2 (LINEAR_VARIANTS), timed once per (shape, rows rounded up to TUNE_ROWS) by ops._tune
+# (VARIANTS) and for fc2 (LINEAR_VARIANTS), timed once per (device model, shape, row bucket) by ops._tune
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
 TUNE_FC1 = (0, 1, 12, 13)
 TUNE_FC2 = (14, 15, 19)
 TUNE_ROWS = 256
+# row buckets: multiples of TUNE_ROWS up to TUNE_FINE_ROWS merged rows, then TUNE_PER_OCTAVE per doubling (each
+# bucket ~19% wide), so a serving process meeting every image size tunes ~4 buckets per doubling, not one per
+# 256 rows (the picks at 3520 / 6400 / 14080 rows stay the same within such a bucket in sessions 21-22)
+TUNE_FINE_ROWS = 2048
+TUNE_PER_OCTAVE = 4
+
+
+def tune_rows(merged_rows: int) -> int:
+    """The row bucket a merged-row count is tuned under (its upper edge)."""
+    up = lambda r: -(-int(math.ceil(r)) // TUNE_ROWS) * TUNE_ROWS
+    edge, k = up(merged_rows), 0
+    if edge <= TUNE_FINE_ROWS:
+        return edge
+    while edge > up(TUNE_FINE_ROWS * 2.0 ** (k / TUNE_PER_OCTAVE)):
+        k += 1
+    return up(TUNE_FINE_ROWS * 2.0 ** (k / TUNE_PER_OCTAVE))
+
+
+_DEVICE_MODELS: dict = {}
+
+
+def _device_model(device) -> str:
+    """The device's model and compute capability (a tuning key part that a cache file can carry over)."""
+    if device.type != "cuda":
+        return device.type
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _DEVICE_MODELS:
+        cc = torch.cuda.get_device_capability(idx)
+        _DEVICE_MODELS[idx] = f"{torch.cuda.get_device_name(idx)} sm{cc[0]}{cc[1]}"
+    return _DEVICE_MODELS[idx]
 
 
 def tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
     """The ops._tune keys of the "tuned" path's two stages (fc1 + GELU, fc2) for this shape."""
-    dev = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else -1)
-    rows = -(-merged_rows // TUNE_ROWS) * TUNE_ROWS
+    dev, rows = _device_model(device), tune_rows(merged_rows)
     return ("merger.fc1", dev, postshuffle_norm, norm, rows, N1, K), ("merger.fc2", dev, rows, N2, N1)
 
 
