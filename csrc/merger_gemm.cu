@@ -26,9 +26,11 @@ namespace {
 using namespace qvdp_cutlass;
 using cutlass::epilogue::thread::Identity;
 
-// Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null)
+// Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null).
+// StreamK: with cutlass::gemm::StreamKScheduler, force the stream-K decomposition (CUTLASS's heuristic keeps
+// data-parallel tiles whenever the last wave is at least half full, e.g. 224 tiles on 132 SMs).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
-          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU>
+          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false>
 struct Fc1Gelu {
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
@@ -48,6 +50,9 @@ struct Fc1Gelu {
     using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
     args.scheduler.max_swizzle_size = swizzle;
     args.scheduler.raster_order = raster == 1 ? Raster::AlongM : raster == 2 ? Raster::AlongN : Raster::Heuristic;
+    if constexpr (StreamK) {
+      args.scheduler.decomposition_mode = cutlass::gemm::kernel::detail::DecompositionMode::StreamK;
+    }
     if constexpr (Plain) {
       args.epilogue.thread = {{}, {}};
     } else {
@@ -98,6 +103,17 @@ using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, Ping
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 19
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
+// 21-23: the stream-K decomposition forced (session 22): fc2 at M=3520, N=2048 is 224 tiles of 128x256 on 132
+// SMs, 1.7 waves, which data-parallel tiles run in two
+#elif QVDP_MERGER_VARIANT == 21
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
+                       Identity, true>;
+#elif QVDP_MERGER_VARIANT == 22
+using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
+                       Identity, true>;
+#elif QVDP_MERGER_VARIANT == 23
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
+                       cutlass::epilogue::thread::GELU, true>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

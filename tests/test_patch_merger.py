@@ -194,6 +194,7 @@ def test_tuned_pairs(monkeypatch):
     monkeypatch.setattr(pm, "_fc1_cutlass", fake_fc1)
     monkeypatch.setattr(merger_gemm, "linear", fake_linear)
     monkeypatch.setattr(pm, "_linear", lambda h, w, b: (trace.append("c2"), real_linear(h, w, b))[1])
+    monkeypatch.setattr(pm, "TUNE_FC1", (0, 1, 12, 13))
     monkeypatch.setattr(pm, "TUNE_FC2", (14, 15))
     # alone: cublas best on both stages, v0 / v12 and v14 near it; together v12 + v14 wins
     cost = {"c1": 1.0, "v0": 1.05, "v1": 2.0, "v12": 1.06, "v13": 3.0, "c2": 1.0, "l14": 1.02, "l15": 3.0}
@@ -328,6 +329,33 @@ def test_gpu_fc1_gelu_epilogue_exact():
         got = mg.fc1_gelu(x, w, c=c, variant=v).double()
         bad = (got - ref).abs() > ref.abs() * 2.0 ** -8 + 2e-6
         assert not bad.any(), f"variant {v}: {int(bad.sum())} outputs off by more than half a bf16 ulp"
+
+
+@pytest.mark.gpu
+def test_gpu_stream_k_deterministic_and_graph():
+    """the forced stream-K kernels (21-23) reduce a tile's partial sums in a fixed order through their workspace:
+    repeated calls are bit-identical, and CUDA-graph replays (the workspace's flags reset inside the graph) match
+    the eager call"""
+    mg = _cutlass_or_skip()
+    M, N, K = 3520, 2048, 4608  # 224 tiles of 128x256 on 132 SMs: a partial second wave, split by stream-K
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x = (torch.randn(M, K, device="cuda", generator=g) * 2 + 0.3).bfloat16()
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
+    c = torch.randn(N, device="cuda", generator=g)
+    runs = [(v, lambda v=v: mg.linear(x, w, c, variant=v)) for v in (21, 22) if v in mg.LINEAR_VARIANTS]
+    runs += [(v, lambda v=v: mg.fc1_gelu(x, w, c=c, variant=v)) for v in (23,) if v in mg.VARIANTS]
+    assert runs, "no stream-K configuration compiled"
+    for v, f in runs:
+        want = f()
+        assert torch.equal(f(), want), f"variant {v}: two calls differ"
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = f()
+        for _ in range(2):
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, want), f"variant {v}: graph replay differs"
 
 
 @pytest.mark.gpu

@@ -30,6 +30,7 @@ VARIANTS = {
     7: "cooperative 128x256x64, cluster 1x2, stream-K",
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
+    23: "cooperative 128x256x64, cluster 1x2, stream-K forced",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
@@ -39,6 +40,8 @@ LINEAR_VARIANTS = {
     14: "ping-pong 128x128x64, cluster 1x2",
     15: "ping-pong 128x128x64, cluster 2x1",
     19: "ping-pong 128x192x64, cluster 1x2",
+    21: "cooperative 128x256x64, cluster 1x2, stream-K forced",
+    22: "cooperative 256x128x64, cluster 1x2, stream-K forced",
 }
 # (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest)
 DEFAULT_VARIANT = 1
