@@ -87,7 +87,8 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 using Config = Fc1Gelu<Shape<_64, _256, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #elif QVDP_MERGER_VARIANT == 6
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 7  // variant 1 with the stream-K scheduler (M=3520, N=4608: 3.8 waves of tiles)
+#elif QVDP_MERGER_VARIANT == 7  // variant 1 with the stream-K scheduler, heuristic decomposition (which keeps
+                                // data-parallel tiles when the last wave is at least half full: M=3520, N=4608)
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler>;
 #elif QVDP_MERGER_VARIANT == 11  // diagnostics: variant 12's mainloop, D = acc
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, true>;
@@ -103,17 +104,15 @@ using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, Ping
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 19
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
-// 21-23: the stream-K decomposition forced (session 22): fc2 at M=3520, N=2048 is 224 tiles of 128x256 on 132
-// SMs, 1.7 waves, which data-parallel tiles run in two
+// 21, 22: fc2 with the stream-K decomposition forced (session 22: 2-6% ahead of cuBLAS on some 6400-row fc2
+// shapes, behind at 3520 x 2048 where the 1.7-wave tail was the reason to try it; fc1 in this form, measured as
+// variant 23, was 2-12% behind variant 1 and dropped)
 #elif QVDP_MERGER_VARIANT == 21
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
                        Identity, true>;
 #elif QVDP_MERGER_VARIANT == 22
 using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
                        Identity, true>;
-#elif QVDP_MERGER_VARIANT == 23
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
-                       cutlass::epilogue::thread::GELU, true>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

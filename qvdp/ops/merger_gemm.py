@@ -27,10 +27,9 @@ VARIANTS = {
     3: "cooperative 256x128x64, cluster 1x2",
     5: "ping-pong 64x256x64, cluster 1x2",
     6: "cooperative 128x256x64, no cluster",
-    7: "cooperative 128x256x64, cluster 1x2, stream-K",
+    7: "cooperative 128x256x64, cluster 1x2, stream-K scheduler (heuristic decomposition)",
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
-    23: "cooperative 128x256x64, cluster 1x2, stream-K forced",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
@@ -43,7 +42,8 @@ LINEAR_VARIANTS = {
     21: "cooperative 128x256x64, cluster 1x2, stream-K forced",
     22: "cooperative 256x128x64, cluster 1x2, stream-K forced",
 }
-# (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest)
+# (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest; 23, fc1
+# with stream-K forced, in session 22)
 DEFAULT_VARIANT = 1
 
 
