@@ -203,6 +203,9 @@ def time_interleaved(fns: dict, warm: int, rep: int, timer=wall_ms) -> dict:
         # NCCL communicator) and came out 3-10% faster in every gather run of session 5
         for n in order.sample(names, len(names)):
             ts[n].append(timer(fns[n]))
+    if os.environ.get("QVDP_BENCH_SPREAD"):  # diagnostics: each system's samples, sorted
+        for n, v in ts.items():
+            print(f"    {n:24s} " + " ".join(f"{t:.3f}" for t in sorted(v)), flush=True)
     return {n: statistics.median(v) for n, v in ts.items()}
 
 
