@@ -430,7 +430,9 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
 TUNE_FC1 = (0, 1, 12, 13)
-TUNE_FC2 = (14, 15, 19, 21, 22)
+# (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
+# their launch costs ~0.1 ms more host time per call, which made the merger host-bound at 3520 rows in s22g)
+TUNE_FC2 = (14, 15, 19)
 TUNE_ROWS = 256
 # row buckets: multiples of TUNE_ROWS up to TUNE_FINE_ROWS merged rows, then TUNE_PER_OCTAVE per doubling (each
 # bucket ~19% wide), so a serving process meeting every image size tunes ~4 buckets per doubling, not one per
