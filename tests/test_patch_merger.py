@@ -219,6 +219,10 @@ def test_tuned_pairs(monkeypatch):
     trace.clear()
     out2 = pm._patch_merger_tuned(*args)
     assert trace == ["v12", "l14"] and torch.equal(out, out2)  # the pair kept, nothing timed
+    monkeypatch.setenv("QVDP_TUNE_CONTEXT", "eight percent")
+    with pytest.raises(ValueError, match="QVDP_TUNE_CONTEXT"):
+        pm._patch_merger_tuned(*args)
+    monkeypatch.delenv("QVDP_TUNE_CONTEXT")
     _tune._CHOICES[("merger.pair",) + key1[1:] + (24,)] = "cutlass v99 + cublas"  # e.g. from an older cache file
     assert rel(pm._patch_merger_tuned(*args), ref) < 1e-12  # not run: the pairs are timed again
     assert pm.tuned_picks(x.device, 6, 128, 128, 24, False, "layernorm") == ("cutlass v12", "cutlass v14")

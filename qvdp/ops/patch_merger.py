@@ -506,7 +506,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
-    within = float(os.environ.get("QVDP_TUNE_CONTEXT", TUNE_CONTEXT))
+    within = _tune_context()
     pair = _tune.choice(keyc) if within > 0 else None
     if pair is not None:  # the common call: the shape was tuned, nothing else to look up
         a, b = pair.split(" + ")
@@ -552,6 +552,17 @@ def _fc2_cutlass_ok(fc2_weight):
 # three per stage) are timed again as whole mergers, in pairs (s21: picks 6% apart flipped between runs);
 # QVDP_TUNE_CONTEXT overrides it (0: no second round)
 TUNE_CONTEXT = 0.08
+
+
+def _tune_context() -> float:
+    raw = os.environ.get("QVDP_TUNE_CONTEXT")
+    if raw is None:
+        return TUNE_CONTEXT
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"QVDP_TUNE_CONTEXT must be a number (a fraction, 0 turns the pair round off), "
+                         f"got {raw!r}") from None
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
