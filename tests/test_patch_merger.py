@@ -229,6 +229,31 @@ def test_tuned_pairs(monkeypatch):
     _tune.clear()
 
 
+def test_tuned_no_pair_round(monkeypatch):
+    """"tuned" where no stage has a near second: the stage picks are recorded as the pair, so later calls take
+    the fast path (nothing looked up or timed again)"""
+    from qvdp.ops import _tune
+    from qvdp.ops import patch_merger as pm
+    monkeypatch.delenv("QVDP_TUNE_CACHE", raising=False)
+    _tune.clear()
+    x, p = make(4 * 6, 32, 24, "layernorm", False, torch.float64, "cpu")
+    trace = []
+    monkeypatch.setattr(pm, "TUNE_FC1", (1,))
+    monkeypatch.setattr(pm, "_fc2_cutlass_ok", lambda w: False)
+    monkeypatch.setattr(pm, "_fc1_cublas", lambda *a: (trace.append("c1"), pm._normalised(*a[:3], *a[5:]))[1])
+    monkeypatch.setattr(pm, "_fc1_cutlass", lambda *a, variant: (trace.append("v1"), pm._normalised(*a[:3], *a[5:]))[1])
+    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: (trace.clear(), fn(), 2.0 if "v1" in trace else 1.0)[2])
+    args = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"],
+            2, False, "layernorm", 1e-6)
+    pm._patch_merger_tuned(*args)
+    assert pm.tuned_picks(x.device, 6, 128, 128, 24, False, "layernorm") == ("cublas", "cublas")
+    monkeypatch.setattr(_tune, "pick", lambda *a, **k: pytest.fail("the tuned shape went through pick again"))
+    trace.clear()
+    pm._patch_merger_tuned(*args)
+    assert trace == ["c1"]
+    _tune.clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("norm,post", VARIANTS)
 def test_gpu_auto(norm, post, monkeypatch):

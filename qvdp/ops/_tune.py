@@ -114,6 +114,12 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
     return choice
 
 
+def remember(key: Hashable, name: str) -> None:
+    """Record `name` as key's choice without timing (a choice derived from other keys' timings)."""
+    _CHOICES[key] = name
+    _save(key, name)
+
+
 def choice(key: Hashable):
     """The cached choice for key, or None."""
     _load()

@@ -524,6 +524,9 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
         pairs = {f"{p} + {q}": (lambda p=p, q=q: run2(q, run1(p))) for p in near1 for q in near2}
         a, b = _tune.pick(keyc, pairs, f"{a} + {b}").split(" + ")
         h = run1(a)
+    elif within > 0 and all(len(ns) == 1 or _tune.choice(k) == n
+                            for k, ns, n in ((key1, names1, a), (key2, names2, b))):
+        _tune.remember(keyc, f"{a} + {b}")  # both stages settled, no pair to time: later calls take the fast path
     return run2(b, h)
 
 
