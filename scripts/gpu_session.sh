@@ -43,6 +43,8 @@
 #   bash scripts/gpu_session.sh s22f     # (1 GPU, CUTLASS .so carried) final merger code: merger GPU tests, bench_merger --pairs-ab, profile
 #   bash scripts/gpu_session.sh s22g     # (1 GPU, CUTLASS .so carried) quick bench with every sample printed (QVDP_BENCH_SPREAD), profile of two post-shuffle 3520-row shapes
 #   bash scripts/gpu_session.sh s22h     # (1 GPU, CUTLASS .so carried) final merger code: tuned/auto/graph/linear/stream-K tests, bench_merger --pairs-ab
+#   bash scripts/gpu_session.sh s23a     # (1 GPU, CUTLASS .so carried) merger host path (Params cache, unchecked launch, fast_launch norms): merger GPU tests, diag_merger_host, bench_merger
+#   bash scripts/gpu_session.sh s23b     # (1 GPU, CUTLASS .so carried) row_norm tiles + Triton launcher again: merger GPU tests, diag_merger_host (norm sweep incl. post widths), bench_merger
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -78,7 +80,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s23a|s23b|s23c|s23d|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -187,6 +189,14 @@ elif [ "$STAGE" = s22g ]; then  # session 22, one GPU: the slow post-shuffle 352
 elif [ "$STAGE" = s22h ]; then  # session 22, one GPU: final code (stream-K fc2 out of the tuning candidates): merger tests, bench
   T=${TEST_T:-80} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tuned or auto or graph or linear or stream_k" -p no:cacheprovider
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --pairs-ab --out logs/m
+elif [ "$STAGE" = s23a ]; then  # session 23, one GPU: the merger's host path: merger GPU tests, host diag, bench
+  T=${TEST_T:-220} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${DIAG_T:-150} TAILN=90 step diag_merger_host python3 benchmarks/diag_merger_host.py --norm-sweep --out logs/host.jsonl
+  T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s23b ]; then  # session 23, one GPU: row_norm's tiles, Triton's launcher back: tests, host diag, bench
+  T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "${TEST_K:-norm or cutlass or tuned or auto or graph or params or operand}" -p no:cacheprovider
+  T=${DIAG_T:-200} TAILN=90 step diag_merger_host python3 benchmarks/diag_merger_host.py --norm-sweep --out logs/host.jsonl
+  T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
   T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m

@@ -185,14 +185,14 @@ def test_tuned_pairs(monkeypatch):
         trace.append(f"v{variant}" if variant is not None else "c1")
         return fc1_ref(*a)
 
-    def fake_linear(h, w, c, variant):
+    def fake_launch(h, w, rstd, negm, s, c, out, variant):  # merger_gemm.launch as _fc2_named calls it
         trace.append(f"l{variant}")
         return torch.nn.functional.linear(h, w, c.to(h.dtype) if c is not None else None)
 
     real_linear = pm._linear
     monkeypatch.setattr(pm, "_fc1_cublas", fake_fc1)
     monkeypatch.setattr(pm, "_fc1_cutlass", fake_fc1)
-    monkeypatch.setattr(merger_gemm, "linear", fake_linear)
+    monkeypatch.setattr(merger_gemm, "launch", fake_launch)
     monkeypatch.setattr(pm, "_linear", lambda h, w, b: (trace.append("c2"), real_linear(h, w, b))[1])
     monkeypatch.setattr(pm, "TUNE_FC1", (0, 1, 12, 13))
     monkeypatch.setattr(pm, "TUNE_FC2", (14, 15))
@@ -387,6 +387,56 @@ def test_gpu_stream_k_deterministic_and_graph():
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(out, want), f"variant {v}: graph replay differs"
+
+
+@pytest.mark.gpu
+def test_gpu_params_cache(monkeypatch):
+    """the C side keeps a call's kernel Params for repeats (same pointers and sizes): a repeat on new contents of
+    the same buffers, calls on other buffers, more distinct calls than the cache holds (8), and every call with
+    the cache off (QVDP_CUTLASS_PARAM_CACHE=0) all give the fp64 reference's answer, bit-identical across the
+    two modes"""
+    mg = _cutlass_or_skip()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    K, N = 1024, 512
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
+    c = torch.randn(N, device="cuda", generator=g)
+    xs = [torch.empty(M, K, device="cuda", dtype=torch.bfloat16) for M in (200, 200, 64, 333, 200, 7, 129, 512, 96,
+                                                                           200)]
+    outs = [torch.empty(x.shape[0], N, device="cuda", dtype=torch.bfloat16) for x in xs]
+    for mode in ("1", "0", "1"):
+        monkeypatch.setenv("QVDP_CUTLASS_PARAM_CACHE", mode)
+        for rnd in range(2):
+            for i, (x, out) in enumerate(zip(xs, outs)):
+                x.copy_(torch.randn(x.shape, device="cuda", generator=g) * 2 + 0.3)  # new contents each round
+                out.fill_(float("nan"))
+                v = (12, 1)[i % 2]
+                got = mg.launch(x, w, None, None, None, c, out, v)
+                ref = torch.nn.functional.gelu(x.double() @ w.double().t() + c.double())
+                torch.cuda.synchronize()
+                assert torch.isfinite(got).all() and rel(got, ref) < 1e-2, (mode, rnd, i)
+                lin = mg.launch(x, w, None, None, None, c, None, 14)
+                assert torch.equal(lin, mg.linear(x, w, c, variant=14))
+                if mode == "0":
+                    monkeypatch.setenv("QVDP_CUTLASS_PARAM_CACHE", "1")
+                    assert torch.equal(mg.launch(x, w, None, None, None, c, None, v), got), (rnd, i)
+                    monkeypatch.setenv("QVDP_CUTLASS_PARAM_CACHE", "0")
+
+
+@pytest.mark.gpu
+def test_gpu_cutlass_operand_checks():
+    """the CUTLASS kernels run without merger_gemm's checks, so patch_merger checks the weights first: an fp32
+    fc1 weight or a bias on the CPU is an error naming them for backend="cutlass" / "tuned", and "auto" hands
+    the call to the cuBLAS path (where torch reports it)"""
+    _cutlass_or_skip()
+    x, p = make(4 * 64, 256, 512, "layernorm", False, torch.bfloat16, "cuda")
+    for bad in (dict(fc1_weight=p["fc1_weight"].float()), dict(fc2_bias=p["fc2_bias"].cpu())):
+        q = {**p, **bad}
+        for backend in ("cutlass", "tuned"):
+            with pytest.raises(ValueError, match="fc1_weight bf16, the weights and biases"):
+                patch_merger(x, **q, backend=backend)
+        with pytest.raises(RuntimeError):
+            patch_merger(x, **q)
+            torch.cuda.synchronize()
 
 
 @pytest.mark.gpu

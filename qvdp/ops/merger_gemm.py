@@ -124,15 +124,39 @@ def _run(x, w, rstd, negm, s, c, out, v, swizzle, raster):
     why = unavailable_reason(x.device)
     if why:
         raise RuntimeError(f"fc1_gelu cannot run: {why}")
+    return launch(x, w, rstd, negm, s, c, out, v, sw, ra)
+
+
+_PLANS: dict = {}  # (variant, M, N, K, device index, swizzle, raster) -> (C function, SM count, workspace or None)
+
+
+def launch(x, w, rstd, negm, s, c, out, variant, swizzle=1, raster=0):
+    """The launch itself, without fc1_gelu's / linear's checks: for callers that have made sure that x [M, K]
+    and w [N, K] are contiguous bf16 on one CUDA device where this library runs, that rstd / negm ([M]) and
+    s / c ([N]) are contiguous fp32 there or None, and out a contiguous bf16 [M, N] there (None: allocated).
+    Host work per call: one dict lookup, the output's allocation, the stream handle, the C call (whose
+    kernel Params are kept for repeated calls, csrc/qvdp_cutlass_gemm.h)."""
+    M, K = x.shape
+    N = w.shape[0]
+    if out is None:
+        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
-    workspace = _LIB.function("qvdp_fc1_gelu_workspace", v)
-    sms, ws, stream = _LIB.launch_context(x.device, (v, M, N, K, sw, ra),
-                                          lambda sms: workspace(M, N, K, sms, sw, ra))
+    dev = x.get_device()
+    key = (variant, M, N, K, dev, swizzle, raster)
+    plan = _PLANS.get(key)
+    if plan is None:
+        workspace = _LIB.function("qvdp_fc1_gelu_workspace", variant)
+        sms, ws, _ = _LIB.launch_context(x.device, key[:4] + key[5:],
+                                         lambda sms: workspace(M, N, K, sms, swizzle, raster))
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        plan = _PLANS[key] = (_LIB.function("qvdp_fc1_gelu", variant), sms, ws)  # (the plan keeps ws alive)
+    fn, sms, ws = plan
     ptr = (lambda t: t.data_ptr() if t is not None else None)
-    rc = _LIB.function("qvdp_fc1_gelu", v)(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd),
-                                             ptr(negm), ptr(s), ptr(c), ptr(ws), sms, sw, ra, stream)
+    rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(ws), sms,
+            swizzle, raster, torch._C._cuda_getCurrentRawStream(dev))
     if rc:
-        raise RuntimeError(f"qvdp_fc1_gelu_v{v} failed (code {rc}: 1 unsupported shape, 2 initialise, 3 launch) "
-                           f"for M={M} N={N} K={K}")
+        raise RuntimeError(f"qvdp_fc1_gelu_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, "
+                           f"3 launch) for M={M} N={N} K={K}")
     return out

@@ -18,6 +18,7 @@ The torch path (CPU and CUDA default, reference) runs norm -> view -> addmm -> g
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -259,6 +260,8 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False):
     rows = max(1, min(16, 8192 // block))
     if x.device.type != "cuda":
         rows = min(rows, 4)
+    # (Triton's own launcher: fast_launch took 22-26 us of host time per call here against its 21-24, s23a, H200,
+    # Triton 3.6)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
                                              BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8,
                                              **FP_FUSION)
@@ -272,7 +275,9 @@ def row_norm(x, weight, bias, width, eps, rms):
     if n == 0:
         return y
     block = triton.next_power_of_2(width)
-    rows = max(1, min(16, 8192 // block))
+    # 4096 elements per program up to 2048-wide rows (s23a sweep, H200, 14080 rows: 1152 wide, 2 rows x 4 warps
+    # 24.2 us against 30.1 for 4 x 8; 1024 wide level at 20.0), 8192 above (the post-shuffle widths, not swept)
+    rows = max(1, min(16, (4096 if block <= 2048 else 8192) // block))
     if x.device.type != "cuda":
         rows = min(rows, 4)
     has_b = bias is not None
@@ -381,10 +386,22 @@ def _normalised(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, e
     return y.reshape(-1, mu * H)
 
 
-def cutlass_ok(x, K, N1):
+def cutlass_ok(x, K, N1, fc1_weight=None, *others):
+    """The CUTLASS kernels take this merger: bf16 CUDA x on Hopper with the library built, 4H and the fc1 width
+    multiples of 8; where given, the operands too (_operands_ok)."""
     from . import merger_gemm
-    return (x.is_cuda and x.dtype == torch.bfloat16 and K % 8 == 0 and N1 % 8 == 0
-            and merger_gemm.available(x.device))
+    if not (x.is_cuda and x.dtype == torch.bfloat16 and K % 8 == 0 and N1 % 8 == 0
+            and merger_gemm.available(x.device)):
+        return False
+    return fc1_weight is None or _operands_ok(x, fc1_weight, *others)
+
+
+def _operands_ok(x, fc1_weight, *others):
+    """fc1_weight bf16, and it and `others` (weights, biases; None allowed) on x's device: the CUTLASS kernels
+    are launched without merger_gemm's own checks (merger_gemm.launch)."""
+    dev = x.get_device()
+    return fc1_weight.dtype == torch.bfloat16 and all(t is None or (t.is_cuda and t.get_device() == dev)
+                                                      for t in (fc1_weight, *others))
 
 
 def _patch_merger_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
@@ -412,11 +429,13 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
         if M:
             row_stats(x, negm, rstd, K, eps, False, negm=True)
         wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
-        return merger_gemm.fc1_gelu(x.view(M, K), wg, rstd=rstd, negm=negm, s=s_.view(-1), c=c_, variant=variant)
+        return merger_gemm.launch(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None,
+                                  merger_gemm.selected_variant(variant))
     # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
-    return merger_gemm.fc1_gelu(xn, fc1_weight.contiguous(), c=_f32(fc1_bias) if fc1_bias is not None else None,
-                                variant=variant)
+    return merger_gemm.launch(xn, fc1_weight.contiguous(), None, None, None,
+                              _f32(fc1_bias) if fc1_bias is not None else None, None,
+                              merger_gemm.selected_variant(variant))
 
 
 def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps):
@@ -441,6 +460,7 @@ TUNE_FINE_ROWS = 2048
 TUNE_PER_OCTAVE = 4
 
 
+@functools.lru_cache(maxsize=1024)
 def tune_rows(merged_rows: int) -> int:
     """The row bucket a merged-row count is tuned under (its upper edge)."""
     up = lambda r: -(-int(math.ceil(r)) // TUNE_ROWS) * TUNE_ROWS
@@ -542,12 +562,13 @@ def _fc2_named(name, h, fc2_weight, fc2_bias):
     if name == "cublas":
         return _linear(h, fc2_weight, fc2_bias)
     from . import merger_gemm
-    return merger_gemm.linear(h, fc2_weight.contiguous(), _f32(fc2_bias) if fc2_bias is not None else None,
-                              variant=int(name[len("cutlass v"):]))
+    return merger_gemm.launch(h, fc2_weight.contiguous(), None, None, None,
+                              _f32(fc2_bias) if fc2_bias is not None else None, None, int(name[len("cutlass v"):]))
 
 
 def _fc2_cutlass_ok(fc2_weight):
-    """The CUTLASS fc2 kernels (merger_gemm.linear) take this weight: bf16, out a multiple of 8."""
+    """The CUTLASS fc2 kernels (merger_gemm.linear) take this weight: bf16, out a multiple of 8 (its device and
+    the bias's: cutlass_ok in _patch_merger_impl)."""
     return fc2_weight.shape[0] % 8 == 0 and fc2_weight.dtype == torch.bfloat16
 
 
@@ -662,8 +683,13 @@ def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weig
                        postshuffle_norm, norm, eps, backend="auto"):
     H = x.shape[1]
     K = H * merge_size * merge_size
+    checked = False
     if backend == "auto":
-        backend = auto_backend(x, K, fc1_weight.shape[0])
+        backend = auto_backend(x, K, fc1_weight.shape[0])  # (cutlass / tuned: x checked by cutlass_ok)
+        if backend in ("cutlass", "tuned"):
+            checked = _operands_ok(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+            if not checked:
+                backend = "cublas"  # (weights in another dtype or on another device: torch's ops report it)
     if backend == "cublas":
         if not cublas_ok(x):
             raise ValueError("backend='cublas' needs a CUDA tensor (or TRITON_INTERPRET=1) of dtype float16, "
@@ -671,14 +697,15 @@ def _patch_merger_impl(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weig
         return _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                     merge_size, postshuffle_norm, norm, eps)
     if backend in ("cutlass", "tuned"):
-        if cutlass_ok(x, K, fc1_weight.shape[0]):
+        if checked or cutlass_ok(x, K, fc1_weight.shape[0], fc1_weight, fc1_bias, fc2_weight, fc2_bias):
             path = _patch_merger_cutlass if backend == "cutlass" else _patch_merger_tuned
             return path(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps)
         from . import merger_gemm
         why = merger_gemm.unavailable_reason(x.device) if x.is_cuda else "x is not on a CUDA device"
         raise ValueError(f"backend={backend!r} needs bf16 CUDA input on Hopper with 4H and the fc1 width "
-                         f"multiples of 8 and the library built ({why or 'dtype ' + str(x.dtype)})")
+                         f"multiples of 8, fc1_weight bf16, the weights and biases on x's device and the library "
+                         f"built ({why or f'x {x.dtype}, fc1_weight {fc1_weight.dtype} on {fc1_weight.device}'})")
     use_triton = backend == "triton"
     if use_triton and triton_usable(x) and _triton_ok(x, H, K):
         return _patch_merger_triton(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
