@@ -94,7 +94,7 @@ def row_norm_launch(x, weight, bias, width):
     y = torch.empty_like(x)
     n = x.numel() // width
     block = triton.next_power_of_2(width)
-    rows = max(1, min(16, (4096 if block <= 2048 else 8192) // block))
+    rows = max(1, min(16, 8192 // block))
     return ((triton.cdiv(n, rows),), (x, weight, bias, y, n, width, 1e-6),
             dict(RMS=False, HAS_B=True, ROWS=rows, BLOCK=block), dict(num_warps=4 if block * rows <= 4096 else 8,
                                                                          enable_fp_fusion=True))

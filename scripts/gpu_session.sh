@@ -45,6 +45,8 @@
 #   bash scripts/gpu_session.sh s22h     # (1 GPU, CUTLASS .so carried) final merger code: tuned/auto/graph/linear/stream-K tests, bench_merger --pairs-ab
 #   bash scripts/gpu_session.sh s23a     # (1 GPU, CUTLASS .so carried) merger host path (Params cache, unchecked launch, fast_launch norms): merger GPU tests, diag_merger_host, bench_merger
 #   bash scripts/gpu_session.sh s23b     # (1 GPU, CUTLASS .so carried) row_norm tiles + Triton launcher again: merger GPU tests, diag_merger_host (norm sweep incl. post widths), bench_merger
+#     (s23b ran at commit 68b8a8e + the Triton launcher back, with row_norm's tiles changed, since reverted)
+#   bash scripts/gpu_session.sh s23c     # (1 GPU, CUTLASS .so carried) final code: every single-GPU test but attention, bench_merger twice
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -197,6 +199,10 @@ elif [ "$STAGE" = s23b ]; then  # session 23, one GPU: row_norm's tiles, Triton'
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "${TEST_K:-norm or cutlass or tuned or auto or graph or params or operand}" -p no:cacheprovider
   T=${DIAG_T:-200} TAILN=90 step diag_merger_host python3 benchmarks/diag_merger_host.py --norm-sweep --out logs/host.jsonl
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s23c ]; then  # session 23, one GPU: final code: single-GPU tests but attention, bench twice (spread)
+  T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
+  T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=${BENCH_T:-120} TAILN=40 step bench_merger2 python3 benchmarks/bench_merger.py --out logs/m2
 elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
   T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
