@@ -47,6 +47,7 @@
 #   bash scripts/gpu_session.sh s23b     # (1 GPU, CUTLASS .so carried) row_norm tiles + Triton launcher again: merger GPU tests, diag_merger_host (norm sweep incl. post widths), bench_merger
 #     (s23b ran at commit 68b8a8e + the Triton launcher back, with row_norm's tiles changed, since reverted)
 #   bash scripts/gpu_session.sh s23c     # (1 GPU, CUTLASS .so carried) final code: every single-GPU test but attention, bench_merger twice
+#   bash scripts/gpu_session.sh s23d     # (1 GPU, CUTLASS .so carried) the tuner's samples behind a GPU busy-wait: tune/tuned/auto/graph tests, profile (tuning times), bench_merger
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -203,6 +204,10 @@ elif [ "$STAGE" = s23c ]; then  # session 23, one GPU: final code: single-GPU te
   T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
   T=${BENCH_T:-120} TAILN=40 step bench_merger2 python3 benchmarks/bench_merger.py --out logs/m2
+elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a busy-wait (host launch time out of them)
+  T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
+  T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
+  T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
   T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m

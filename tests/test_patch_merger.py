@@ -114,6 +114,26 @@ def test_tune_pick(monkeypatch):
     _tune.clear()
 
 
+@pytest.mark.gpu
+def test_gpu_tune_event_ms_head(monkeypatch):
+    """ops._tune.event_ms counts GPU time, not the host's: with the busy-wait queued first, calls that spend
+    0.2 ms on the host each but little on the GPU time as little; without it (QVDP_TUNE_HEAD=0) the host time
+    shows; a bad QVDP_TUNE_HEAD is an error naming it"""
+    import time
+    from qvdp.ops import _tune
+    x = torch.zeros(1024, device="cuda")
+    fn = lambda: (time.sleep(2e-4), x.add_(1))
+    fn()
+    monkeypatch.setenv("QVDP_TUNE_HEAD", "8000000")  # ~4 ms at Hopper clocks: longer than 3 calls' host time
+    with_head = min(_tune.event_ms(fn, 3) for _ in range(3))
+    monkeypatch.setenv("QVDP_TUNE_HEAD", "0")
+    without = min(_tune.event_ms(fn, 3) for _ in range(3))
+    assert with_head < 0.05 and without > 0.15, (with_head, without)
+    monkeypatch.setenv("QVDP_TUNE_HEAD", "lots")
+    with pytest.raises(ValueError, match="QVDP_TUNE_HEAD"):
+        _tune.event_ms(fn, 1)
+
+
 def test_tune_near():
     from qvdp.ops import _tune
     _tune.clear()

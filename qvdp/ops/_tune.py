@@ -72,8 +72,24 @@ def enabled() -> bool:
     return os.environ.get("QVDP_TUNE", "1") != "0"
 
 
+# GPU cycles of busy-wait queued before each timed sample (~0.5 ms at Hopper clocks; QVDP_TUNE_HEAD overrides, 0: none)
+HEAD_CYCLES = 1_000_000
+
+
 def event_ms(fn: Callable[[], object], reps: int) -> float:
-    """GPU ms per call: CUDA events around `reps` back-to-back calls on the current stream."""
+    """GPU ms per call: CUDA events around `reps` back-to-back calls on the current stream. A GPU busy-wait is
+    queued first, so the host has queued the calls by the time the GPU reaches the first event: without it a
+    sample starts on an idle GPU and counts the host's launch time of the first call (and of every call a
+    slow host cannot queue ahead), which favoured the candidates with the least host work instead of the
+    fastest kernels (s23, H200: the merger's pairs timed 0.375-0.393 ms per call in tuning, the same calls
+    0.329 ms back to back)."""
+    raw = os.environ.get("QVDP_TUNE_HEAD")
+    try:
+        head = HEAD_CYCLES if raw is None else int(raw)
+    except ValueError:
+        raise ValueError(f"QVDP_TUNE_HEAD must be a whole number of GPU cycles (0: no busy-wait), got {raw!r}") from None
+    if head > 0 and hasattr(torch.cuda, "_sleep"):
+        torch.cuda._sleep(head)
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
     for _ in range(reps):
