@@ -48,6 +48,9 @@
 #     (s23b ran at commit 68b8a8e + the Triton launcher back, with row_norm's tiles changed, since reverted)
 #   bash scripts/gpu_session.sh s23c     # (1 GPU, CUTLASS .so carried) final code: every single-GPU test but attention, bench_merger twice
 #   bash scripts/gpu_session.sh s23d     # (1 GPU, CUTLASS .so carried) the tuner's samples behind a GPU busy-wait: tune/tuned/auto/graph tests, profile (tuning times), bench_merger
+#   (s23f, busy-wait A/B/A, ran as a plain command: QVDP_TUNE_HEAD=1000000 / 0 / 1000000 python3 benchmarks/bench_merger.py --quick;
+#    the overlap probe as: python3 benchmarks/diag_merger_overlap.py)
+#   bash scripts/gpu_session.sh s23g     # (1 GPU, CUTLASS .so carried) the split round (two chunks on two streams): tuned/split/graph tests, profile, quick bench
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -208,6 +211,10 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s23g ]; then  # session 23, one GPU: the "tuned" path's split round: tests, profile, quick bench
+  T=${TEST_T:-120} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "split or tuned or auto or graph or tune" -p no:cacheprovider
+  T=${PROF_T:-60} TAILN=30 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x3520:1024:2048
+  T=${BENCH_T:-80} TAILN=16 step bench_merger python3 benchmarks/bench_merger.py --quick --out logs/m
 elif [ "$STAGE" = s21e ]; then  # session 21, one GPU: the final merger code, bench twice (run-to-run spread)
   T=${TEST_T:-120} TAILN=6 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "auto or tuned or graph or linear" -p no:cacheprovider
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
