@@ -112,12 +112,10 @@ def main():
                 labels.append(lab)
                 for name in plot:
                     plot[name].append(fl / t[name] / 1e9 if t[name] else None)
-                from qvdp.ops.patch_merger import auto_backend, tuned_picks, tuned_split
+                from qvdp.ops.patch_merger import auto_backend, tuned_picks
                 path = auto_backend(x, K, K)
                 if path == "tuned":  # what the tuner chose for this shape (the warm-up call tuned it)
                     path += " ({}, {})".format(*tuned_picks(x.device, N // 4, K, K, O, post, "layernorm"))
-                    if tuned_split(x.device, N // 4, K, K, O, post, "layernorm") == "2":
-                        path += " x2 streams"
                 ms = lambda v: v if v is not None else "n/a"
                 rows.append([lab, path, t["qvdp"], ms(t["qvdp cublas"]), ms(t["qvdp cutlass"]), t["eager"],
                              t["torch.compile"], t["floor (2 addmm)"],
@@ -138,8 +136,7 @@ def main():
                   "qvdp = patch_merger(backend='auto'): "
                   + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
                      f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "
-                     "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2; 'x2 streams': the "
-                     "pair runs as two chunks of rows on two CUDA streams, session 23)" if has_cutlass else "'cublas' (CUTLASS not built here)")
+                     "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2)" if has_cutlass else "'cublas' (CUTLASS not built here)")
                   + "; cublas column: qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias; "
                   f"cutlass column: fc1 + GELU by CUTLASS ({cfg}), fc2 by cuBLAS. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "
                   "torch.compile with dynamic=True. Systems timed in turn (CUDA events, 10 calls per sample, median of 20). err: qvdp vs fp32 torch reference on the first 1024 merged rows.",

@@ -82,8 +82,7 @@ def main():
                 from qvdp.ops.patch_merger import _pair_key, tune_keys, tuned_picks
                 k1, k2 = tune_keys(x.device, N // 4, 4 * H, 4 * H, O, post, "layernorm")
                 print(f"    picks: {tuned_picks(x.device, N // 4, 4 * H, 4 * H, O, post, 'layernorm')}; alone: fc1 "
-                      f"{_tune.timings(k1)}; fc2 {_tune.timings(k2)}; pairs {_tune.timings(_pair_key(k1, O))}; "
-                      f"split (1 whole, 2 two streams) {_tune.timings(('merger.split',) + _pair_key(k1, O)[1:])}")
+                      f"{_tune.timings(k1)}; fc2 {_tune.timings(k2)}; pairs {_tune.timings(_pair_key(k1, O))}")
 
 
 def _direct(x, nw, nb, w1, b1, w2, b2, post):

@@ -501,44 +501,6 @@ def test_gpu_tuned(norm, post, n, H, out):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("norm,post", VARIANTS)
-def test_gpu_tuned_split(norm, post):
-    """the "tuned" path's two-stream form (two chunks of merged rows, the second on a side stream): both forms
-    against fp64 with every row written (an odd row count), the same pairs of kernels, and the split form under
-    CUDA-graph capture (fork / join captured) equal to its eager call"""
-    from qvdp.ops import _tune
-    from qvdp.ops import patch_merger as pm
-    _cutlass_or_skip()
-    m = pm.SPLIT_MIN_ROWS + 77
-    x, p = make(4 * m, 256, 520, norm, post, torch.bfloat16, "cuda")
-    f = lambda xx: patch_merger(xx, **p, postshuffle_norm=post, norm=norm, backend="tuned")
-    f(x)  # tunes: stages, pairs, the split round
-    k1, _ = pm.tune_keys(x.device, m, 1024, 1024, 520, post, norm)
-    keys = ("merger.split",) + pm._pair_key(k1, 520)[1:]
-    assert _tune.choice(keys) in ("1", "2")
-    ref = patch_merger_reference(x.cpu(), **{k: (v.cpu() if v is not None else None) for k, v in p.items()},
-                                 postshuffle_norm=post, norm=norm, dtype=torch.float64)
-    got = {}
-    for form in ("1", "2"):
-        _tune._CHOICES[keys] = form
-        got[form] = f(x)
-        torch.cuda.synchronize()
-        assert torch.isfinite(got[form]).all() and rel(got[form].cpu(), ref) < TOL[torch.bfloat16], form
-    assert rel(got["1"], got["2"]) < 1e-2
-    static_x = x.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = f(static_x)
-    x2, _ = make(4 * m, 256, 520, norm, post, torch.bfloat16, "cuda", seed=9)
-    static_x.copy_(x2)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, f(x2))
-    _tune.clear()
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cutlass", "tuned"])
 def test_gpu_cutlass_cuda_graph(backend):
     """the ctypes launch is captured into a CUDA graph (the tower replays its mergers in graphs); "tuned" tunes

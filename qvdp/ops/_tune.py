@@ -76,14 +76,14 @@ def enabled() -> bool:
 HEAD_CYCLES = 1_000_000
 
 
-def event_ms(fn: Callable[[], object], reps: int, head: bool = True) -> float:
+def event_ms(fn: Callable[[], object], reps: int) -> float:
     """GPU ms per call: CUDA events around `reps` back-to-back calls on the current stream. A GPU busy-wait is
     queued first, so the host has queued the calls by the time the GPU reaches the first event: without it a
     sample starts on an idle GPU and counts the host's launch time of the first call (and of every call a
     slow host cannot queue ahead), which favoured the candidates with the least host work instead of the
     fastest kernels (s23, H200: the merger's pairs timed 0.375-0.393 ms per call in tuning, the same calls
-    0.329 ms back to back). head=False: no busy-wait (a sample then also shows a call the host cannot keep fed)."""
-    raw = os.environ.get("QVDP_TUNE_HEAD") if head else "0"
+    0.329 ms back to back)."""
+    raw = os.environ.get("QVDP_TUNE_HEAD")
     try:
         head = HEAD_CYCLES if raw is None else int(raw)
     except ValueError:
@@ -100,10 +100,9 @@ def event_ms(fn: Callable[[], object], reps: int, head: bool = True) -> float:
 
 
 def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 5,
-         reps: int = 3, head: bool = True) -> str:
+         reps: int = 3) -> str:
     """The name of the fastest candidate for key (see the module docstring). Every candidate must be
-    side-effect free apart from its result (each runs 1 + rounds * reps times while tuning). head=False: the
-    samples without the busy-wait (event_ms), for candidates that differ in host work."""
+    side-effect free apart from its result (each runs 1 + rounds * reps times while tuning)."""
     _load()
     hit = _CHOICES.get(key)
     if hit is not None and hit in candidates:
@@ -120,7 +119,7 @@ def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: st
     ts = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            ts[n].append(event_ms(candidates[n], reps) if head else event_ms(candidates[n], reps, head=False))
+            ts[n].append(event_ms(candidates[n], reps))
     best = {n: statistics.median(v) for n, v in ts.items()}
     choice = min(best, key=best.get)
     if len(_CHOICES) > 4096:

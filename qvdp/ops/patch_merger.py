@@ -505,14 +505,6 @@ def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
     return tuple(pair.split(" + ")) if pair else (_tune.choice(key1), _tune.choice(key2))
 
 
-def tuned_split(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
-    """"2" where the "tuned" path runs this shape as two chunks on two streams, "1" where whole, None where the
-    split round has not run (or does not apply)."""
-    from . import _tune
-    key1, _ = tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm)
-    return _tune.choice(("merger.split",) + _pair_key(key1, N2)[1:])
-
-
 def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps):
     """fc1 + GELU and fc2 each by whichever of cuBLAS and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest
@@ -534,28 +526,12 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
-    split_ok = M >= SPLIT_MIN_ROWS and _tune_split()
-    keys = ("merger.split",) + keyc[1:]
-
-    def finish(a, b):  # the pair, whole or as two chunks on two streams (the "merger.split" round)
-        whole = lambda: run2(b, run1(a))
-        if not split_ok:
-            return whole()
-        halves = lambda: _split_run(a, b, args, fc2_weight, fc2_bias)
-        cands = {"1": whole, "2": halves}
-        return cands[_tune.pick(keys, cands, "1", head=False)]()
-
     within = _tune_context()
     pair = _tune.choice(keyc) if within > 0 else None
     if pair is not None:  # the common call: the shape was tuned, nothing else to look up
         a, b = pair.split(" + ")
         if a in names1 and b in names2:  # (a cache file may name a kernel this build lacks)
-            split = _tune.choice(keys) if split_ok else "1"
-            if split == "1":
-                return run2(b, run1(a))
-            if split == "2":
-                return _split_run(a, b, args, fc2_weight, fc2_bias)
-            return finish(a, b)  # (the split round not timed yet: a cache file from before it)
+            return run2(b, run1(a))
     default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if default not in names1:
         default = "cublas"
@@ -567,53 +543,11 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     if len(near1) * len(near2) > 1:
         pairs = {f"{p} + {q}": (lambda p=p, q=q: run2(q, run1(p))) for p in near1 for q in near2}
         a, b = _tune.pick(keyc, pairs, f"{a} + {b}").split(" + ")
+        h = run1(a)
     elif within > 0 and all(len(ns) == 1 or _tune.choice(k) == n
                             for k, ns, n in ((key1, names1, a), (key2, names2, b))):
         _tune.remember(keyc, f"{a} + {b}")  # both stages settled, no pair to time: later calls take the fast path
-    return finish(a, b)
-
-
-# the "tuned" path's last round: from this many merged rows, the chosen pair is also timed as two chunks of rows whose
-# chains (norm, fc1 + GELU, fc2) run on two CUDA streams, so one chunk's memory-bound passes can run on the SMs the
-# other chunk's GEMM leaves idle in its last partial wave (s23 probe, H200, 3520 merged rows: -6 to -7% at H=1152,
-# +10% at H=1024; benchmarks/diag_merger_overlap.py). Timed without the tuner's busy-wait: the split doubles the
-# launches, and a host that cannot keep them fed must show. QVDP_TUNE_SPLIT=0 turns the round off.
-SPLIT_MIN_ROWS = 1024
-
-
-def _tune_split() -> bool:
-    return os.environ.get("QVDP_TUNE_SPLIT", "1") != "0"
-
-
-_SIDE_STREAMS: dict = {}
-
-
-def _side_stream(device):
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SIDE_STREAMS:
-        _SIDE_STREAMS[idx] = torch.cuda.Stream(device=idx)
-    return _SIDE_STREAMS[idx]
-
-
-def _split_run(a, b, args, fc2_weight, fc2_bias):
-    """fc1 + GELU by `a` and fc2 by `b` on the two halves of the merged rows: the first on the current stream, the
-    second on a side stream that forks from it and joins it again, each half written into its rows of the output.
-    The first half runs first on the caller's stream, so caches (folded weights, fp32 biases) fill there."""
-    x, mu = args[0], args[5] * args[5]
-    M = x.shape[0] // mu
-    half = M // 2
-    out = torch.empty((M, fc2_weight.shape[0]), dtype=x.dtype, device=x.device)
-    main = torch.cuda.current_stream(x.device)
-    side = _side_stream(x.device)
-    side.wait_stream(main)
-    for (r0, r1), s in (((0, half), main), ((half, M), side)):
-        with torch.cuda.stream(s):
-            h = _fc1_named(a, (x[mu * r0:mu * r1],) + args[1:])
-            _fc2_named(b, h, fc2_weight, fc2_bias, out=out[r0:r1])
-    if not torch.cuda.is_current_stream_capturing():
-        x.record_stream(side)  # (x may be freed by the caller while the side stream still reads it)
-    main.wait_stream(side)
-    return out
+    return run2(b, h)
 
 
 def _fc1_named(name, args):
@@ -623,17 +557,13 @@ def _fc1_named(name, args):
     return _fc1_cutlass(*args, variant=int(name[len("cutlass v"):]))
 
 
-def _fc2_named(name, h, fc2_weight, fc2_bias, out=None):
-    """The "tuned" path's fc2 candidate `name` on h (the fp32 bias only where a CUTLASS kernel runs); out: a
-    contiguous [rows, out] tensor to write (None: a new one)."""
+def _fc2_named(name, h, fc2_weight, fc2_bias):
+    """The "tuned" path's fc2 candidate `name` on h (the fp32 bias only where a CUTLASS kernel runs)."""
     if name == "cublas":
-        if out is None:
-            return _linear(h, fc2_weight, fc2_bias)
-        return (torch.addmm(fc2_bias, h, fc2_weight.t(), out=out) if fc2_bias is not None
-                else torch.mm(h, fc2_weight.t(), out=out))
+        return _linear(h, fc2_weight, fc2_bias)
     from . import merger_gemm
     return merger_gemm.launch(h, fc2_weight.contiguous(), None, None, None,
-                              _f32(fc2_bias) if fc2_bias is not None else None, out, int(name[len("cutlass v"):]))
+                              _f32(fc2_bias) if fc2_bias is not None else None, None, int(name[len("cutlass v"):]))
 
 
 def _fc2_cutlass_ok(fc2_weight):
