@@ -41,6 +41,28 @@ def attention_inputs(lens, H: int, D: int, dtype=torch.bfloat16, seed: int = 0):
     return qkv, cu.cuda(), ang.cos().contiguous(), ang.sin().contiguous()
 
 
+def event_us(fn, inner: int = 10, rounds: int = 7, warm: int = 1, head_cycles: int = 0):
+    """(median, min) GPU us per call of fn over `rounds` samples of `inner` back-to-back calls (CUDA events), after
+    `warm` calls; head_cycles > 0 queues a GPU busy-wait before each sample, so the host has queued the sample's
+    calls before the GPU reaches its first event (GPU time only, host time out)."""
+    import statistics
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(rounds):
+        if head_cycles:
+            torch.cuda._sleep(head_cycles)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / inner)
+    return statistics.median(ts), min(ts)
+
+
 def kernel_us(fn, n: int = 20, width: int = 40) -> dict:
     """{kernel name[:width]: GPU us per call of fn} from the torch profiler (fn called once before)."""
     from torch.profiler import ProfilerActivity, profile

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from _common import append_jsonl
+from _common import append_jsonl, event_us
 from bench_merger import eager, make_inputs
 
 from qvdp.ops import merger_gemm
@@ -45,21 +44,6 @@ def host_us(fn, n=50):
     t = (time.perf_counter() - t0) * 1e6 / n
     torch.cuda.synchronize()
     return t
-
-
-def event_us(fn, inner=10, rounds=7):
-    fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(rounds):
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / inner)
-    return statistics.median(ts), min(ts)
 
 
 def graph_us(fn, inner=10, rounds=7):

@@ -16,10 +16,9 @@ Only the pre-norm (per-patch LayerNorm) form; the probe is not a code path of th
 from __future__ import annotations
 
 import argparse
-import statistics
-
 import torch
 
+from _common import event_us
 from bench_merger import make_inputs
 
 from qvdp.ops import patch_merger as pm
@@ -27,21 +26,9 @@ from qvdp.ops import patch_merger as pm
 NAMED = {"4x3520": 4 * 3520, "4x6400": 4 * 6400, "56320": 56320}
 
 
-def event_us(fn, inner=10, rounds=7):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(rounds):
-        torch.cuda._sleep(1_000_000)  # the host queues the calls while the GPU waits
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / inner)
-    return statistics.median(ts)
+def gpu_us(fn):
+    """GPU us per call: 10 calls back to back, median of 7 samples, each behind a busy-wait (host time out)."""
+    return event_us(fn, warm=3, head_cycles=1_000_000)[0]
 
 
 def chain(x, nw, nb, w1, b1, w2, b2, out):
@@ -88,7 +75,7 @@ def main():
             fns[f"c{c}s{s}"] = lambda c=c, s=s: chunked(c, s, streams, x, nw, nb, w1, b1, w2, b2, out)
         res = {}
         for name, fn in fns.items():
-            res[name] = event_us(fn)
+            res[name] = gpu_us(fn)
             err = 0.0
             if name != "floor":
                 out.fill_(float("nan"))
