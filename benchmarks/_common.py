@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from typing import Optional
 
 import torch
 
@@ -42,24 +43,13 @@ def attention_inputs(lens, H: int, D: int, dtype=torch.bfloat16, seed: int = 0):
 
 
 def event_us(fn, inner: int = 10, rounds: int = 7, warm: int = 1, head_cycles: int = 0):
-    """(median, min) GPU us per call of fn over `rounds` samples of `inner` back-to-back calls (CUDA events), after
-    `warm` calls; head_cycles > 0 queues a GPU busy-wait before each sample, so the host has queued the sample's
-    calls before the GPU reaches its first event (GPU time only, host time out)."""
+    """(median, min) GPU us per call of fn over `rounds` samples of event_ms(fn, inner, head_cycles), after `warm`
+    calls (head_cycles > 0: GPU time only, the host's launch time out)."""
     import statistics
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(rounds):
-        if head_cycles:
-            torch.cuda._sleep(head_cycles)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / inner)
+    ts = [event_ms(fn, inner, head_cycles) * 1e3 for _ in range(rounds)]
     return statistics.median(ts), min(ts)
 
 
@@ -193,11 +183,13 @@ def wall_ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def event_ms(fn, inner: int = 10) -> float:
-    """GPU ms per call, CUDA events around `inner` back-to-back calls (host launch gaps amortised); the same
-    timer the merger's tuner uses (qvdp.ops._tune)."""
+def event_ms(fn, inner: int = 10, head_cycles: Optional[int] = 0) -> float:
+    """GPU ms per call, CUDA events around `inner` back-to-back calls (host launch gaps amortised); the merger
+    tuner's timer (qvdp.ops._tune.event_ms). head_cycles: a GPU busy-wait queued before the first event, so the
+    host's launch of the first call is not counted (0: none, the benchmarks' protocol before session 23 and still
+    every benchmark's but bench_merger's; None: the tuner's, QVDP_TUNE_HEAD)."""
     from qvdp.ops._tune import event_ms as timer
-    return timer(fn, inner)
+    return timer(fn, inner, head_cycles)
 
 
 def best_event_ms(fn, inner: int = 20, rounds: int = 3) -> float:

@@ -20,7 +20,7 @@ import ast
 import json
 import os
 import statistics
-from typing import Callable, Dict, Hashable
+from typing import Callable, Dict, Hashable, Optional
 
 import torch
 
@@ -76,18 +76,14 @@ def enabled() -> bool:
 HEAD_CYCLES = 1_000_000
 
 
-def event_ms(fn: Callable[[], object], reps: int) -> float:
+def event_ms(fn: Callable[[], object], reps: int, head_cycles: Optional[int] = None) -> float:
     """GPU ms per call: CUDA events around `reps` back-to-back calls on the current stream. A GPU busy-wait is
     queued first, so the host has queued the calls by the time the GPU reaches the first event: without it a
     sample starts on an idle GPU and counts the host's launch time of the first call (and of every call a
     slow host cannot queue ahead), which favoured the candidates with the least host work instead of the
     fastest kernels (s23, H200: the merger's pairs timed 0.375-0.393 ms per call in tuning, the same calls
-    0.329 ms back to back)."""
-    raw = os.environ.get("QVDP_TUNE_HEAD")
-    try:
-        head = HEAD_CYCLES if raw is None else int(raw)
-    except ValueError:
-        raise ValueError(f"QVDP_TUNE_HEAD must be a whole number of GPU cycles (0: no busy-wait), got {raw!r}") from None
+    0.329 ms back to back). head_cycles: the busy-wait's length (None: QVDP_TUNE_HEAD, else HEAD_CYCLES; 0: none)."""
+    head = head_cycles if head_cycles is not None else _head_cycles()
     if head > 0 and hasattr(torch.cuda, "_sleep"):
         torch.cuda._sleep(head)
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -97,6 +93,14 @@ def event_ms(fn: Callable[[], object], reps: int) -> float:
     b.record()
     b.synchronize()
     return a.elapsed_time(b) / reps
+
+
+def _head_cycles() -> int:
+    raw = os.environ.get("QVDP_TUNE_HEAD")
+    try:
+        return HEAD_CYCLES if raw is None else int(raw)
+    except ValueError:
+        raise ValueError(f"QVDP_TUNE_HEAD must be a whole number of GPU cycles (0: no busy-wait), got {raw!r}") from None
 
 
 def pick(key: Hashable, candidates: Dict[str, Callable[[], object]], default: str, rounds: int = 5,

@@ -260,8 +260,6 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False):
     rows = max(1, min(16, 8192 // block))
     if x.device.type != "cuda":
         rows = min(rows, 4)
-    # (Triton's own launcher: for row_norm qvdp's fast_launch took 26-34 us of host time per call against its
-    # 21-24, s23a, H200, Triton 3.6)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
                                              BLOCK=block, NEGM=negm, num_warps=4 if block * rows <= 4096 else 8,
                                              **FP_FUSION)
@@ -283,6 +281,8 @@ def row_norm(x, weight, bias, width, eps, rms):
     has_b = bias is not None
     weight = weight.contiguous()
     bias = bias.contiguous() if has_b else weight
+    # (Triton's own launcher: qvdp's fast_launch took 26-34 us of host time per call against its
+    # 21-24, s23a, H200, Triton 3.6)
     _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
                                             RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block,
                                             num_warps=4 if block * rows <= 4096 else 8, **FP_FUSION)
