@@ -53,6 +53,7 @@
 #   bash scripts/gpu_session.sh s23g     # (1 GPU, CUTLASS .so carried) the split round (two chunks on two streams): tuned/split/graph tests, profile, quick bench
 #     (s23g ran at commit 53d00a4, with the split round, since reverted: see benchmarks/NOTES.md session 23)
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
+#   bash scripts/gpu_session.sh s24a     # (1 GPU, CUTLASS .so carried) cuBLAS's fc1 tile (128x160, cluster 2x1) as CUTLASS kernels 24-27: their tests, fc1 / fc2 diag, bench_merger with them as candidates
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
@@ -87,7 +88,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s24a|s24b|s24c|s24d|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -212,6 +213,11 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s24a ]; then  # session 24, one GPU: CUTLASS kernels on cuBLAS's fc1 tile (24-27)
+  T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or linear_variants or params" -p no:cacheprovider
+  T=${DIAG_T:-150} TAILN=80 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 12 13 24 25 26} --clocks "cuBLAS mm" "addmm + aten" v24 v25 "v1 "
+  T=${DIAG_T:-150} TAILN=60 step diag_fc2 python3 benchmarks/diag_merger_gemm.py --fc2 --m 3520 6400 14080 --variants 14 15 19 27
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 -c "import sys, runpy; sys.path.insert(0, 'benchmarks'); import qvdp.ops.patch_merger as pm; pm.TUNE_FC1 = tuple(int(v) for v in '${TUNE1:-0 1 12 13 24 26}'.split()); pm.TUNE_FC2 = tuple(int(v) for v in '${TUNE2:-14 15 19 27}'.split()); print('candidates', pm.TUNE_FC1, pm.TUNE_FC2); sys.argv = ['bench_merger.py', '--out', 'logs/m'] + '${BENCH_ARGS:-}'.split(); runpy.run_path('benchmarks/bench_merger.py', run_name='__main__')"
 elif [ "$STAGE" = s23g ]; then  # session 23, one GPU: the "tuned" path's split round: tests, profile, quick bench
   T=${TEST_T:-120} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "split or tuned or auto or graph or tune" -p no:cacheprovider
   T=${PROF_T:-60} TAILN=30 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x3520:1024:2048
