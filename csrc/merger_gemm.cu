@@ -97,7 +97,8 @@ using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, Ping
 #elif QVDP_MERGER_VARIANT == 13
 using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 // 14, 15, 19: ping-pong kernels with no activation (fc2: D = acc + c[n]); 8-10, 16-18 and 20 were measured
-// in session 21 and dropped (never the fastest)
+// in session 21 and dropped (never the fastest); 24-27 (cuBLAS's fc1 tile, 128x160x64 with cluster 2x1, as
+// cooperative / ping-pong / D = acc / fc2 kernels) in session 24: 40-45% behind cuBLAS, dropped
 #elif QVDP_MERGER_VARIANT == 14
 using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 15
@@ -113,17 +114,6 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #elif QVDP_MERGER_VARIANT == 22
 using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
                        Identity, true>;
-// 24-27: cuBLAS's own fc1 tile at N = K = 4608 (nvjet 128x160x64, 5 stages, cluster 2x1, cooperative; the
-// s23 profiles), as CUTLASS kernels: the GELU epilogue (24), D = acc (25, diagnostics), ping-pong (26), and
-// fc2's D = acc + c[n] (27)
-#elif QVDP_MERGER_VARIANT == 24
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 25
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, true>;
-#elif QVDP_MERGER_VARIANT == 26
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
-#elif QVDP_MERGER_VARIANT == 27
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -1,7 +1,6 @@
 """Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
 shared CUDA runtime torch already loads:
-  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22,
-                        24-27);
+  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22);
   qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
                           QVDP_QKV_VARIANT 0-2).
 
@@ -23,7 +22,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 24, 25, 26, 27)
+VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22)
 QKV_VARIANTS = range(3)
 
 

@@ -54,6 +54,7 @@
 #     (s23g ran at commit 53d00a4, with the split round, since reverted: see benchmarks/NOTES.md session 23)
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s24a     # (1 GPU, CUTLASS .so carried) cuBLAS's fc1 tile (128x160, cluster 2x1) as CUTLASS kernels 24-27: their tests, fc1 / fc2 diag, bench_merger with them as candidates
+#     (s24a ran at commit 5f65bb8, with variants 24-27, since removed)
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs

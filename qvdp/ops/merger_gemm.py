@@ -30,13 +30,10 @@ VARIANTS = {
     7: "cooperative 128x256x64, cluster 1x2, stream-K scheduler (heuristic decomposition)",
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
-    24: "cooperative 128x160x64, cluster 2x1 (cuBLAS's fc1 tile)",
-    26: "ping-pong 128x160x64, cluster 2x1",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
-                 11: "ping-pong 128x128x64, cluster 1x2, D = acc (no epilogue work)",
-                 25: "cooperative 128x160x64, cluster 2x1, D = acc (no epilogue work)"}
+                 11: "ping-pong 128x128x64, cluster 1x2, D = acc (no epilogue work)"}
 # the same kernels without the activation: D = x @ w.T + c[n] (the merger's fc2), for `linear`
 LINEAR_VARIANTS = {
     14: "ping-pong 128x128x64, cluster 1x2",
@@ -44,10 +41,10 @@ LINEAR_VARIANTS = {
     19: "ping-pong 128x192x64, cluster 1x2",
     21: "cooperative 128x256x64, cluster 1x2, stream-K forced",
     22: "cooperative 256x128x64, cluster 1x2, stream-K forced",
-    27: "cooperative 128x160x64, cluster 2x1",
 }
 # (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest; 23, fc1
-# with stream-K forced, in session 22)
+# with stream-K forced, in session 22; 24-27, cuBLAS's fc1 tile 128x160x64 with cluster 2x1, in session 24: 40-45%
+# behind cuBLAS, see benchmarks/NOTES.md)
 DEFAULT_VARIANT = 1
 
 
