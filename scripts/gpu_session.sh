@@ -55,6 +55,9 @@
 #   (s18x4, 4 x H100, ran as a plain command: python3 setup.py build_ext --inplace; python3 benchmarks/bench_gather.py --worlds 4)
 #   bash scripts/gpu_session.sh s24a     # (1 GPU, CUTLASS .so carried) cuBLAS's fc1 tile (128x160, cluster 2x1) as CUTLASS kernels 24-27: their tests, fc1 / fc2 diag, bench_merger with them as candidates
 #     (s24a ran at commit 5f65bb8, with variants 24-27, since removed)
+#   (s24b, the context diag, and s24c, the passes diag, ran as plain commands: python3 benchmarks/diag_merger_context.py;
+#    cd benchmarks; python3 diag_merger_passes.py --rounds 25 (s24c's diag had its own split-block kernels, since moved into qvdp))
+#   bash scripts/gpu_session.sh s24d     # (1 GPU, CUTLASS .so carried) row norm / statistics as two power-of-two blocks: merger GPU tests, passes diag, bench_merger
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
@@ -219,6 +222,10 @@ elif [ "$STAGE" = s24a ]; then  # session 24, one GPU: CUTLASS kernels on cuBLAS
   T=${DIAG_T:-150} TAILN=80 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 12 13 24 25 26} --clocks "cuBLAS mm" "addmm + aten" v24 v25 "v1 "
   T=${DIAG_T:-150} TAILN=60 step diag_fc2 python3 benchmarks/diag_merger_gemm.py --fc2 --m 3520 6400 14080 --variants 14 15 19 27
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 -c "import sys, runpy; sys.path.insert(0, 'benchmarks'); import qvdp.ops.patch_merger as pm; pm.TUNE_FC1 = tuple(int(v) for v in '${TUNE1:-0 1 12 13 24 26}'.split()); pm.TUNE_FC2 = tuple(int(v) for v in '${TUNE2:-14 15 19 27}'.split()); print('candidates', pm.TUNE_FC1, pm.TUNE_FC2); sys.argv = ['bench_merger.py', '--out', 'logs/m'] + '${BENCH_ARGS:-}'.split(); runpy.run_path('benchmarks/bench_merger.py', run_name='__main__')"
+elif [ "$STAGE" = s24d ]; then  # session 24, one GPU: the norm / statistics passes as two power-of-two blocks
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${DIAG_T:-150} TAILN=80 step diag_passes python3 benchmarks/diag_merger_passes.py --rounds 25 --no-gelu
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s23g ]; then  # session 23, one GPU: the "tuned" path's split round: tests, profile, quick bench
   T=${TEST_T:-120} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "split or tuned or auto or graph or tune" -p no:cacheprovider
   T=${PROF_T:-60} TAILN=30 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x3520:1024:2048

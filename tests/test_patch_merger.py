@@ -557,9 +557,51 @@ def test_row_norm(rms, width, n, dtype):
     assert rel(got.cpu(), ref) < TOL[dtype] / 3
 
 
+def test_norm_tiles():
+    """Rows as two power-of-two blocks where the width allows, else one padded block; every tile covers the row."""
+    from qvdp.ops.patch_merger import norm_tiles
+    assert norm_tiles(1152)[:2] == (1024, 128) and norm_tiles(4608)[:2] == (4096, 512)
+    assert norm_tiles(1280)[:2] == (1024, 256) and norm_tiles(1024)[:2] == (1024, 0)
+    assert norm_tiles(200)[:2] == (256, 0) and norm_tiles(3584)[:2] == (4096, 0)
+    for w in (1, 3, 8, 72, 200, 1152, 1280, 3584, 4608, 5120, 16384):
+        block, tail, rows, warps = norm_tiles(w)
+        assert block + tail >= w and (tail == 0 or block + tail == w) and rows >= 1 and 1 <= warps <= 16
+        assert block & (block - 1) == 0 and tail & (tail - 1) == 0
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("width,n,tiles", [(48, 13, None), (48, 13, (64, 0, 4, 4)), (200, 5, None),
+                                           (96, 7, (64, 32, 1, 2)), (1152, 3, None)])
+def test_row_stats_and_norm_tiles(rms, width, n, tiles):
+    """row_stats and row_norm with split blocks (48 = 32 + 16, 1152 = 1024 + 128), a padded block, and explicit
+    tiles, vs fp64; rows not a multiple of the rows per program; outputs poisoned"""
+    from qvdp.ops.patch_merger import row_norm, row_stats
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(width + n)
+    x = ((torch.randn(n, width, generator=g) * 3 + 1.5) * torch.exp(torch.randn(n, 1, generator=g))).to(dev)
+    xd = x.double().cpu()
+    mean = torch.full((n,), float("nan"), device=dev)
+    rstd = torch.full((n,), float("nan"), device=dev)
+    row_stats(x, mean, rstd, width, 1e-6, rms, negm=True, tiles=tiles)
+    if rms:
+        r = torch.rsqrt(xd.pow(2).mean(-1) + 1e-6)
+        m = torch.zeros(n, dtype=torch.float64)
+    else:
+        r = torch.rsqrt(xd.var(-1, unbiased=False) + 1e-6)
+        m = xd.mean(-1)
+    assert torch.allclose(rstd.double().cpu(), r, rtol=1e-5)
+    assert torch.allclose(mean.double().cpu(), -m * r, rtol=1e-5, atol=1e-6)
+    w = (1 + 0.2 * torch.randn(width, generator=g)).to(dev)
+    b = None if rms else (0.2 * torch.randn(width, generator=g)).to(dev)
+    got = row_norm(x, w, b, width, 1e-6, rms, tiles=tiles)
+    ref = (xd - m[:, None]) * r[:, None] * w.double().cpu() + (0 if rms else b.double().cpu())
+    assert torch.isfinite(got).all() and rel(got.cpu(), ref) < 1e-5
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("rms", [False, True])
-@pytest.mark.parametrize("width,n", [(1152, 4 * 3520 + 3), (4608, 1001), (1024, 4)])
+@pytest.mark.parametrize("width,n", [(1152, 4 * 3520 + 3), (4608, 1001), (1024, 4), (1280, 999), (200, 77)])
 def test_gpu_row_norm(rms, width, n):
     from qvdp.ops.patch_merger import row_norm
     torch.manual_seed(4)
