@@ -58,6 +58,8 @@
 #   (s24b, the context diag, and s24c, the passes diag, ran as plain commands: python3 benchmarks/diag_merger_context.py;
 #    cd benchmarks; python3 diag_merger_passes.py --rounds 25 (s24c's diag had its own split-block kernels, since moved into qvdp))
 #   bash scripts/gpu_session.sh s24d     # (1 GPU, CUTLASS .so carried) row norm / statistics as two power-of-two blocks: merger GPU tests, passes diag, bench_merger
+#     (s24d ran at commit 638e7f5, with 4 warps per program at 4608 wide)
+#   bash scripts/gpu_session.sh s24e     # (1 GPU, CUTLASS .so carried) two warps per norm / statistics program: merger GPU tests, passes diag, bench_merger twice
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
 #   bash scripts/gpu_session.sh s14h     # (2 x H100 only) multi-GPU tests, bench_gather and diag_push at 2 GPUs
@@ -92,7 +94,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s24a|s24b|s24c|s24d|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s24a|s24b|s24c|s24d|s24e|s24f|s24g|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -226,6 +228,11 @@ elif [ "$STAGE" = s24d ]; then  # session 24, one GPU: the norm / statistics pas
   T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=${DIAG_T:-150} TAILN=80 step diag_passes python3 benchmarks/diag_merger_passes.py --rounds 25 --no-gelu
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s24e ]; then  # session 24, one GPU: two warps per norm / statistics program: tests, passes diag, bench twice
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${DIAG_T:-150} TAILN=80 step diag_passes python3 benchmarks/diag_merger_passes.py --rounds 25 --no-gelu
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=${BENCH_T:-200} TAILN=40 step bench_merger2 python3 benchmarks/bench_merger.py --out logs/m2
 elif [ "$STAGE" = s23g ]; then  # session 23, one GPU: the "tuned" path's split round: tests, profile, quick bench
   T=${TEST_T:-120} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "split or tuned or auto or graph or tune" -p no:cacheprovider
   T=${PROF_T:-60} TAILN=30 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x3520:1024:2048

@@ -273,10 +273,12 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
 def norm_tiles(width: int, device_type: str = "cuda") -> tuple:
     """(BLOCK, TAIL, ROWS, num_warps) of the row norm / statistics kernels for `width`-wide rows: a row as two
     power-of-two blocks where the width allows (1152 = 1024 + 128), else one padded to a power of two; two rows
-    per program up to 2048 wide, one above; about 36 columns per thread. s24c (H200, every configuration timed in
-    turn, median of 25 rounds): the norm at 14080 x 1152 25.1 -> 23.6 us, 25600 x 1152 45.0 -> 39.0, 14080 x 1024
-    19.5 -> 16.7, 25600 x 1024 30.9 -> 28.4; the statistics at 3520 x 4608 12.4 -> 10.6, 6400 x 4608 22.6 -> 21.2
-    (session 23's tiles: one padded block, 4-16 rows, 4-8 warps)."""
+    per program up to 2048 wide, one above; two warps per program (up to 128 columns per thread, more warps
+    beyond). Two H200s, every configuration timed in turn, median of 25 rounds (s24c, s24d), against session 23's
+    tiles (one padded block, 4-16 rows, 4-8 warps): the norm at 3520 x 4608 30.0 -> 21.8 us, 6400 x 4608
+    50.3 -> 35.2, 14080 x 1024 18.7-19.5 -> 16.7-16.8, 25600 x 1024 30.7-30.9 -> 28.4-28.6; the statistics at
+    3520 x 4608 12.3 -> 9.1, 6400 x 4608 22.5 -> 18.6; at 1152 wide the two machines disagreed (14080 rows:
+    25.1 -> 23.6 and 23.5 -> 24.7; 25600 rows: 45.0 -> 39.0 and 39.1 -> 41.0)."""
     p = triton.next_power_of_2(width)
     half = p // 2
     if p == width:
@@ -286,9 +288,7 @@ def norm_tiles(width: int, device_type: str = "cuda") -> tuple:
     else:
         block, tail = p, 0
     rows = 2 if width <= 2048 else 1
-    warps = max(1, min(16, 1 << max(0, (rows * width // 1024).bit_length() - 1)))
-    if device_type != "cuda":
-        warps = min(warps, 4)
+    warps = max(2, min(16, triton.next_power_of_2(-(-rows * width // 4096))))
     return block, tail, rows, warps
 
 
