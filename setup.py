@@ -64,6 +64,7 @@ if os.environ.get("QVDP_BUILD_CUTLASS") == "1" and any(a.startswith(("build", "i
     import build_merger_gemm
     try:
         print("qvdp: built", build_merger_gemm.build(jobs=os.cpu_count() or 2))
+        print("qvdp: built", build_merger_gemm.build_fold(jobs=os.cpu_count() or 2))
         print("qvdp: built", build_merger_gemm.build_qkv(jobs=os.cpu_count() or 2))
     except RuntimeError as e:
         print(f"qvdp: CUTLASS kernels not built: {e}")

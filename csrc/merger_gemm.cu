@@ -14,6 +14,7 @@
 // calls it through ctypes on torch's current stream.  sm_90a only.
 
 #include "qvdp_cutlass_gemm.h"
+#include "qvdp_fold_mainloop.h"
 
 #ifndef QVDP_MERGER_VARIANT
 #define QVDP_MERGER_VARIANT 0
@@ -29,8 +30,10 @@ using cutlass::epilogue::thread::Identity;
 // Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null).
 // StreamK: with cutlass::gemm::StreamKScheduler, force the stream-K decomposition (CUTLASS's heuristic keeps
 // data-parallel tiles whenever the last wave is at least half full, e.g. 224 tiles on 132 SMs).
+// Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
-          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false>
+          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false,
+          template <class> class Wrap = NoWrap, int ExtraSmem = 0>
 struct Fc1Gelu {
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
@@ -40,7 +43,7 @@ struct Fc1Gelu {
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
-                               cute::conditional_t<Plain, PlainTree, GeluTree>, Scheduler>;
+                               cute::conditional_t<Plain, PlainTree, GeluTree>, Scheduler, Wrap, ExtraSmem>;
   using Gemm = typename G::Op;
 
   static typename Gemm::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K,
@@ -114,6 +117,12 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #elif QVDP_MERGER_VARIANT == 22
 using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, cutlass::gemm::StreamKScheduler,
                        Identity, true>;
+// 30: variant 0's kernel with the per-patch norm folded into its mainloop (qvdp_fold_mainloop.h): the
+// accumulator rescaled per row between the four patch chunks, so the pre-norm merger needs no norm pass
+#elif QVDP_MERGER_VARIANT == 30
+#define QVDP_FOLD 1
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, FoldWrap, 256>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif
@@ -144,5 +153,26 @@ int QVDP_SYM(qvdp_fc1_gelu)(const void* X, const void* W, void* Y, int M, int N,
   return Config::G::run_cached(
       key, Config::arguments(X, W, Y, M, N, K, rstd, negm, S, c, sm_count, swizzle, raster), workspace, stream);
 }
+
+#ifdef QVDP_FOLD
+// fc1 + GELU with the per-patch norm folded (see qvdp_fold_mainloop.h): X the raw merged patches [M, K], W the
+// folded weight W1 * gamma [N, K]; c1, c2 [3, M] and s [3, N] the rescale between chunks; rstd / negm / S the
+// last chunk's r_3, -mu_3 r_3, S_3; chunk_k_tiles = (K / 4) / 64. Return codes as qvdp_fc1_gelu's.
+int QVDP_SYM(qvdp_fc1_fold)(const void* X, const void* W, void* Y, int M, int N, int K, const float* rstd,
+                            const float* negm, const float* S, const float* c, const float* c1, const float* c2,
+                            const float* s, int chunk_k_tiles, void* workspace, int sm_count, int swizzle,
+                            int raster, cudaStream_t stream) {
+  auto u = [](const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); };
+  auto i = [](int v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v)); };
+  typename Config::G::Key key{u(X), u(W), u(Y), i(M), i(N), i(K), u(rstd), u(negm), u(S), u(c), i(sm_count),
+                              i(swizzle), i(raster), 1, 0, 0, u(c1), u(c2), u(s), i(chunk_k_tiles)};
+  auto args = Config::arguments(X, W, Y, M, N, K, rstd, negm, S, c, sm_count, swizzle, raster);
+  args.mainloop.c1 = c1;
+  args.mainloop.c2 = c2;
+  args.mainloop.s = s;
+  args.mainloop.chunk_k_tiles = chunk_k_tiles;
+  return Config::G::run_cached(key, args, workspace, stream);
+}
+#endif
 
 }  // extern "C"

@@ -46,10 +46,17 @@ using PerCol = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _
 using PlainTree = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float, kRound>,
                                   fusion::Sm90AccFetch>;
 
+// The builder's mainloop as it is (Gemm's default Wrap).
+template <class Mainloop>
+struct NoWrap {
+  using type = Mainloop;
+};
+
 // Scheduler: void (the persistent data-parallel tile scheduler) or cutlass::gemm::StreamKScheduler (the last
-// partial wave's tiles split along K over the idle SMs; cooperative schedule only).
+// partial wave's tiles split along K over the idle SMs; cooperative schedule only). Wrap<M>::type: the mainloop
+// the kernel runs, built from the builder's M (NoWrap: M itself); ExtraSmem: bytes of shared memory it adds.
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree,
-          class Scheduler = void>
+          class Scheduler = void, template <class> class Wrap = NoWrap, int ExtraSmem = 0>
 struct Gemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -58,13 +65,14 @@ struct Gemm {
       ElementD, cutlass::layout::RowMajor, kAlign,
       EpiSchedule, Tree>::CollectiveOp;
 
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  using Mainloop = typename Wrap<typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
       ElementAB, cutlass::layout::RowMajor, kAlign,
       ElementAB, cutlass::layout::ColumnMajor, kAlign,
       float, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      MainSchedule>::CollectiveOp;
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename Epilogue::SharedStorage)) + ExtraSmem>,
+      MainSchedule>::CollectiveOp>::type;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -98,7 +106,7 @@ struct Gemm {
 
   // Every launch argument of the C entry point (pointers, sizes, options) as integers: equal keys give
   // equal kernel Params.
-  using Key = std::array<std::uint64_t, 16>;
+  using Key = std::array<std::uint64_t, 20>;
 
   // run() with the host work of a repeated call skipped. run() checks the shape, encodes the TMA
   // descriptors and sets the kernel's shared-memory attribute on every call. Here the last kEntries

@@ -1,10 +1,12 @@
 """Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
 shared CUDA runtime torch already loads:
   qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22);
+  qvdp/_merger_fold.so  the merger's fc1 with the per-patch norm folded into its mainloop (merger_gemm.cu,
+                        QVDP_MERGER_VARIANT 30);
   qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
                           QVDP_QKV_VARIANT 0-2).
 
-    python scripts/build_merger_gemm.py [--jobs N] [--only merger|qkv]
+    python scripts/build_merger_gemm.py [--jobs N] [--only merger|fold|qkv]
 
 Needs nvcc with sm_90a and CUTLASS 3.x/4.x headers: QVDP_CUTLASS_DIR=<cutlass checkout> (include/ and
 tools/util/include/), or `pip install nvidia-cutlass` (its cutlass_library package ships both). About a
@@ -24,6 +26,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22)
 QKV_VARIANTS = range(3)
+FOLD_VARIANTS = (30,)
 
 
 def cutlass_includes():
@@ -50,6 +53,13 @@ def build(jobs: int = 2, out: str | None = None) -> str:
     """qvdp/_merger_gemm.so"""
     return _build_lib("merger_gemm.cu", "QVDP_MERGER_VARIANT", VARIANTS,
                       out or os.path.join(ROOT, "qvdp", "_merger_gemm.so"), jobs)
+
+
+def build_fold(jobs: int = 2, out: str | None = None) -> str:
+    """qvdp/_merger_fold.so: the merger's fc1 with the per-patch norm folded into its mainloop (csrc/merger_gemm.cu,
+    QVDP_MERGER_VARIANT 30, csrc/qvdp_fold_mainloop.h), its own library so it builds without the others"""
+    return _build_lib("merger_gemm.cu", "QVDP_MERGER_VARIANT", FOLD_VARIANTS,
+                      out or os.path.join(ROOT, "qvdp", "_merger_fold.so"), jobs)
 
 
 def build_qkv(jobs: int = 2, out: str | None = None) -> str:
@@ -87,12 +97,14 @@ def _build_lib(source: str, macro: str, variants, out: str, jobs: int) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--only", choices=["merger", "qkv"], default=None)
+    ap.add_argument("--only", choices=["merger", "qkv", "fold"], default=None)
     a = ap.parse_args()
     try:
-        if a.only != "qkv":
+        if a.only in (None, "merger"):
             print("built", build(a.jobs))
-        if a.only != "merger":
+        if a.only in (None, "fold"):
+            print("built", build_fold(a.jobs))
+        if a.only in (None, "qkv"):
             print("built", build_qkv(a.jobs))
     except RuntimeError as e:
         print("qvdp: CUTLASS kernels not built:", e, file=sys.stderr)

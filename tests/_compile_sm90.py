@@ -73,7 +73,7 @@ def launches():
     """Run the host wrappers of the GPU paths on fake CUDA tensors; every kernel launch is captured."""
     from qvdp.ops import attention as A
     from qvdp.ops.layernorm import add_layernorm
-    from qvdp.ops.patch_merger import row_norm, row_stats
+    from qvdp.ops.patch_merger import fold_stats, row_norm, row_stats
     from qvdp.ops.pos_embed import pos_embed_add_
     JITFunction.run = _capture
     cuda = dict(device="cuda")
@@ -103,6 +103,8 @@ def launches():
             row_norm(x, w, b, width, 1e-6, False)
             row_norm(x, w, None, width, 1e-6, True)
             row_stats(x, torch.empty(64, **cuda), torch.empty(64, **cuda), width, 1e-6, False, negm=True)
+        for rms in (False, True):  # the folded per-patch norm's statistics
+            fold_stats(torch.empty(256, 1152, dtype=torch.bfloat16, **cuda), 4, 1152, 1e-6, rms)
         x = torch.empty(64, 1152, dtype=torch.bfloat16, **cuda)
         w = torch.empty(1152, dtype=torch.bfloat16, **cuda)
         add_layernorm(x, x, w, w, w)

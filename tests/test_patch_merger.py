@@ -494,10 +494,73 @@ def test_gpu_tuned(norm, post, n, H, out):
     x, p = make(n, H, out, norm, post, torch.bfloat16, "cuda")
     a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, post, norm, 1e-6)
     ref = pm._fc1_cublas(*a)
-    for v in pm.TUNE_FC1:
-        assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2
+    from qvdp.ops import merger_gemm
+    for v in pm.TUNE_FC1 + (pm.TUNE_FC1_FOLD if merger_gemm.fold_available() else ()):
+        assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2, f"variant {v}"
     keys = [k for k in _tune._CHOICES if k[0].startswith("merger.")]
     assert keys, "nothing was tuned"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("M,H", [(3520, 1152), (301, 1024), (1, 1152), (130, 64)])
+def test_gpu_fold_fc1(norm, M, H):
+    """the folded per-patch norm kernel (the accumulator rescaled per row between the patch chunks) vs fp64
+    GELU(norm(x) @ W1^T + b1); every patch scaled and shifted by its own factors, so the four chunks' r and mu differ
+    widely; rows and columns not tile multiples; the output poisoned, and the call repeated bit-identically"""
+    from qvdp.ops import merger_gemm as mg
+    from qvdp.ops import patch_merger as pm
+    why = mg.fold_unavailable_reason() if torch.cuda.is_available() else "no CUDA device"
+    if why:
+        pytest.skip(why)
+    rms = norm == "rmsnorm"
+    g = torch.Generator(device="cuda").manual_seed(M + H)
+    K = 4 * H
+    x = ((torch.randn(4 * M, H, device="cuda", generator=g) + 2 * torch.randn(4 * M, 1, device="cuda", generator=g))
+         * torch.exp(torch.randn(4 * M, 1, device="cuda", generator=g))).bfloat16()
+    nw = (1 + 0.2 * torch.randn(H, device="cuda", generator=g)).bfloat16()
+    nb = None if rms else (0.2 * torch.randn(H, device="cuda", generator=g)).bfloat16()
+    w1 = (torch.randn(K, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
+    b1 = torch.randn(K, device="cuda", generator=g).bfloat16()
+    xd = x.double()
+    if rms:
+        xn = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.double()
+    else:
+        xn = torch.nn.functional.layer_norm(xd, (H,), nw.double(), nb.double(), 1e-6)
+    ref = torch.nn.functional.gelu(xn.view(M, K) @ w1.double().t() + b1.double())
+    got = pm._fc1_cutlass(x, nw, nb, w1, b1, 2, False, norm, 1e-6, variant=30)
+    torch.cuda.synchronize()
+    assert torch.isfinite(got).all() and rel(got, ref) < 1e-2, rel(got, ref)
+    wg, s_, c_ = pm._folded_weights(nw, nb, w1, b1, 4, False, rms)
+    c1c2, rn = pm.fold_stats(x, 4, H, 1e-6, rms)
+    out = torch.full((M, K), float("nan"), device="cuda", dtype=torch.bfloat16)
+    mg.launch_fold(x.view(M, K), wg, rn[0], rn[1], s_[3], c_, c1c2[0], c1c2[1], s_[:3], H // 64, out=out)
+    torch.cuda.synchronize()
+    assert torch.equal(out, got)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        pm._fc1_cutlass(x[:, :H - 8].contiguous(), nw[:H - 8], None if rms else nb[:H - 8],
+                        w1[:, :K - 32].contiguous(), b1, 2, False, norm, 1e-6, variant=30)
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("H,M", [(48, 5), (40, 3), (64, 1)])
+def test_fold_stats(rms, H, M):
+    """the folded norm's per-row factors (c1 = r_j / r_(j+1), c2 = -mu_j r_j / r_(j+1), the last patch's r and
+    -mu r) vs fp64; patches with their own scales and shifts"""
+    from qvdp.ops.patch_merger import fold_stats
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(H + M)
+    x = ((torch.randn(4 * M, H, generator=g) + 2 * torch.randn(4 * M, 1, generator=g))
+         * torch.exp(torch.randn(4 * M, 1, generator=g))).to(dev)
+    c1c2, rn = fold_stats(x, 4, H, 1e-6, rms)
+    xd = x.double().cpu().view(M, 4, H)
+    mu = torch.zeros(M, 4, dtype=torch.float64) if rms else xd.mean(-1)
+    r = torch.rsqrt((xd.pow(2).mean(-1) if rms else xd.var(-1, unbiased=False)) + 1e-6)
+    assert torch.allclose(c1c2[0].double().cpu(), (r[:, :3] / r[:, 1:]).t(), rtol=1e-5)
+    assert torch.allclose(c1c2[1].double().cpu(), (-mu[:, :3] * r[:, :3] / r[:, 1:]).t(), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(rn[0].double().cpu(), r[:, 3], rtol=1e-5)
+    assert torch.allclose(rn[1].double().cpu(), -mu[:, 3] * r[:, 3], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.gpu

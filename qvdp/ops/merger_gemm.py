@@ -46,6 +46,10 @@ LINEAR_VARIANTS = {
 # with stream-K forced, in session 22; 24-27, cuBLAS's fc1 tile 128x160x64 with cluster 2x1, in session 24: 40-45%
 # behind cuBLAS, see benchmarks/NOTES.md)
 DEFAULT_VARIANT = 1
+# fc1 + GELU with the per-patch norm folded into the mainloop (csrc/qvdp_fold_mainloop.h; launch_fold), built as its
+# own library (qvdp/_merger_fold.so)
+FOLD_VARIANTS = {30: "cooperative 128x256x64, cluster 2x1, per-patch norm folded (the accumulator rescaled per row "
+                     "between the patch chunks)"}
 
 
 def selected_variant(variant: Optional[int] = None) -> int:
@@ -62,6 +66,12 @@ _LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel"
 
 unavailable_reason = _LIB.unavailable_reason  # None when fc1_gelu can run on a device (default: current)
 available = _LIB.available
+_FOLD_LIB = CutlassLib("_merger_fold.so", "QVDP_MERGER_FOLD_LIB", "the CUTLASS folded-norm fc1 kernel",
+                       {"qvdp_fc1_fold": (_I, [_P] * 3 + [_I] * 3 + [_P] * 7 + [_I] + [_P] + [_I] * 3 + [_P]),
+                        "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [_I] * 6)},
+                       FOLD_VARIANTS)
+fold_unavailable_reason = _FOLD_LIB.unavailable_reason  # None when launch_fold can run on a device
+fold_available = _FOLD_LIB.available
 
 
 def _vec(name, t, n, device):
@@ -160,4 +170,41 @@ def launch(x, w, rstd, negm, s, c, out, variant, swizzle=1, raster=0):
     if rc:
         raise RuntimeError(f"qvdp_fc1_gelu_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, "
                            f"3 launch) for M={M} N={N} K={K}")
+    return out
+
+
+_FOLD_PLANS: dict = {}
+
+
+def launch_fold(x, w, rstd, negm, s, c, c1, c2, s_chunks, chunk_k_tiles, out=None, variant=30, swizzle=1, raster=0):
+    """fc1 + GELU with the per-patch norm folded (FOLD_VARIANTS; csrc/qvdp_fold_mainloop.h), unchecked like launch:
+    x [M, K] the raw merged patches, w [N, K] the folded weight W1 * gamma (bf16, contiguous, one CUDA device);
+    c1 / c2 [chunks - 1, M] and s_chunks [chunks - 1, N] fp32 contiguous, the rescale between the K / chunks wide
+    patch chunks (K = 4 * 64 * chunk_k_tiles); rstd / negm [M] and s / c [N] the epilogue's (the last chunk's r,
+    -mu * r, S, and b1 + W1 @ beta). chunk_k_tiles = 0 with c1 = c2 = s_chunks = None: the kernel without the
+    rescale (launch's epilogue)."""
+    M, K = x.shape
+    N = w.shape[0]
+    if out is None:
+        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out
+    dev = x.get_device()
+    key = (variant, M, N, K, dev, swizzle, raster)
+    plan = _FOLD_PLANS.get(key)
+    if plan is None:
+        workspace = _FOLD_LIB.function("qvdp_fc1_gelu_workspace", variant)
+        sms, ws, _ = _FOLD_LIB.launch_context(x.device, key[:4] + key[5:],
+                                              lambda sms: workspace(M, N, K, sms, swizzle, raster))
+        if len(_FOLD_PLANS) > 256:
+            _FOLD_PLANS.clear()
+        plan = _FOLD_PLANS[key] = (_FOLD_LIB.function("qvdp_fc1_fold", variant), sms, ws)
+    fn, sms, ws = plan
+    ptr = (lambda t: t.data_ptr() if t is not None else None)
+    rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(c1),
+            ptr(c2), ptr(s_chunks), chunk_k_tiles, ptr(ws), sms, swizzle, raster,
+            torch._C._cuda_getCurrentRawStream(dev))
+    if rc:
+        raise RuntimeError(f"qvdp_fc1_fold_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, "
+                           f"3 launch) for M={M} N={N} K={K} chunk_k_tiles={chunk_k_tiles}")
     return out

@@ -87,6 +87,31 @@ if HAS_TRITON:
         tl.store(RSTD + rows, rstd, mask=rows < n_rows)
 
     @triton.jit
+    def _fold_stats_tile(X, C, RN, n_rows, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
+                         BLOCK: tl.constexpr, TAIL: tl.constexpr, MU: tl.constexpr):
+        # the folded per-patch norm's rescale (csrc/qvdp_fold_mainloop.h): ROWS merged rows per program, each MU
+        # patches of `width`; per boundary j: C1 = r_j / r_(j+1), C2 = -mu_j r_j / r_(j+1) (C: [2, MU - 1, n_rows]);
+        # the last patch's r and -mu r in RN: [2, n_rows]
+        C1 = C
+        C2 = C + (MU - 1) * n_rows
+        RSTD = RN
+        NEGM = RN + n_rows
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rm = rows < n_rows
+        prev_r = tl.zeros([ROWS], tl.float32)
+        prev_m = tl.zeros([ROWS], tl.float32)
+        for j in tl.static_range(MU):
+            base = rows.to(tl.int64)[:, None] * (MU * width) + j * width
+            mean, _, _, rstd, _, _, _, _ = _row_moments(X, base, n_rows, rows, width, eps, RMS, BLOCK, TAIL)
+            if j > 0:
+                tl.store(C1 + (j - 1) * n_rows + rows, prev_r / rstd, mask=rm)
+                tl.store(C2 + (j - 1) * n_rows + rows, -prev_m * prev_r / rstd, mask=rm)
+            prev_r = rstd
+            prev_m = mean
+        tl.store(RSTD + rows, prev_r, mask=rm)
+        tl.store(NEGM + rows, -prev_m * prev_r, mask=rm)
+
+    @triton.jit
     def _row_norm_tile(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
                        ROWS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr = 0):
         # the norm itself, ROWS whole rows per program: one read of x, fp32 statistics, one write of y
@@ -301,6 +326,20 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None):
                                              BLOCK=block, NEGM=negm, TAIL=tail, num_warps=warps, **FP_FUSION)
 
 
+def fold_stats(x, mu, width, eps, rms):
+    """The folded per-patch norm's per-row factors for merger_gemm.launch_fold from x [M * mu, width]
+    (contiguous): (c1c2 [2, mu - 1, M]: r_j / r_(j+1) and -mu_j r_j / r_(j+1) per patch boundary j; rn [2, M]: the
+    last patch's r and -mu r), fp32, one Triton pass."""
+    M = x.shape[0] // mu
+    c1c2 = torch.empty((2, mu - 1, M), dtype=torch.float32, device=x.device)
+    rn = torch.empty((2, M), dtype=torch.float32, device=x.device)
+    if M:
+        block, tail, rows, warps = norm_tiles(width, x.device.type)
+        _fold_stats_tile[(triton.cdiv(M, rows),)](x, c1c2, rn, M, width, float(eps), RMS=rms, ROWS=rows,
+                                                  BLOCK=block, TAIL=tail, MU=mu, num_warps=warps, **FP_FUSION)
+    return c1c2, rn
+
+
 def row_norm(x, weight, bias, width, eps, rms, tiles=None):
     """LayerNorm (rms=False) or RMSNorm over every `width`-wide row of x (contiguous), one Triton pass
     in fp32; returns a tensor shaped and typed like x. weight/bias: [width] (bias None: none). tiles:
@@ -454,6 +493,27 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
     mu = merge_size * merge_size
     Np, H = x.shape
     M, K = Np // mu, mu * H
+    v = merger_gemm.selected_variant(variant)
+    if v in merger_gemm.FOLD_VARIANTS:  # the norm folded into the kernel's mainloop: no norm pass (fold_ok)
+        why = merger_gemm.fold_unavailable_reason(x.device)
+        if why:
+            raise RuntimeError(f"CUTLASS configuration {v} cannot run: {why}")
+        if not postshuffle_norm and (mu != 4 or H % FOLD_BLOCK_K):
+            raise ValueError(f"CUTLASS configuration {v} folds 2x2 merges of norms whose width is a multiple of "
+                             f"{FOLD_BLOCK_K}, got merge_size={merge_size} and H={H}")
+        x = x.contiguous()
+        rms = norm == "rmsnorm"
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
+        if postshuffle_norm:  # one chunk: the rescale-free kernel with the fold in its epilogue, as below
+            negm = torch.empty(M, dtype=torch.float32, device=x.device)
+            rstd = torch.empty_like(negm)
+            if M:
+                row_stats(x, negm, rstd, K, eps, rms, negm=True)
+            return merger_gemm.launch_fold(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None, None, None, 0,
+                                           variant=v)
+        c1c2, rn = fold_stats(x, mu, H, eps, rms)
+        return merger_gemm.launch_fold(x.view(M, K), wg, rn[0], rn[1], s_[mu - 1], c_, c1c2[0], c1c2[1],
+                                       s_[:mu - 1], H // FOLD_BLOCK_K, variant=v)
     if postshuffle_norm and norm == "layernorm":  # (normalising first: 1-4% slower on most shapes, s10b)
         x = x.contiguous()
         negm = torch.empty(M, dtype=torch.float32, device=x.device)
@@ -470,6 +530,19 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
                               merger_gemm.selected_variant(variant))
 
 
+# the folded-norm kernel's K tile: a patch chunk (H wide) must be whole K tiles, and there are four chunks
+FOLD_BLOCK_K = 64
+
+
+def fold_ok(x, merge_size, postshuffle_norm):
+    """The folded-norm fc1 kernel (merger_gemm.FOLD_VARIANTS) takes this merger: its library built, 2x2 merges of
+    per-patch norms whose width is a multiple of FOLD_BLOCK_K (the post-shuffle norm is folded by every CUTLASS
+    kernel already)."""
+    from . import merger_gemm
+    return (not postshuffle_norm and merge_size == 2 and x.shape[-1] % FOLD_BLOCK_K == 0
+            and merger_gemm.fold_available(x.device))
+
+
 def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps):
     """qvdp's one-pass Triton norm, cuBLAS fc1 with its bias, GELU in place."""
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
@@ -481,6 +554,8 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
 TUNE_FC1 = (0, 1, 12, 13)
+# and, for per-patch norms, the folded-norm kernel (no norm pass; fold_ok)
+TUNE_FC1_FOLD = (30,)
 # (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
 # their launch costs ~0.1 ms more host time per call, which made the merger host-bound at 3520 rows in s22g)
 TUNE_FC2 = (14, 15, 19)
@@ -554,7 +629,8 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     key1, key2 = tune_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
     keyc = _pair_key(key1, N2)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
-    names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1]
+    names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1] + (
+        [f"cutlass v{v}" for v in TUNE_FC1_FOLD] if fold_ok(x, merge_size, postshuffle_norm) else [])
     names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
