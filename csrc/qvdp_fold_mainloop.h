@@ -115,6 +115,10 @@ struct FoldMainloop : Base {
     Tensor tCcC = tiled_mma.get_thread_slice(thread_idx)
                       .partition_C(make_identity_tensor(make_shape(size<0>(TileShape{}), size<1>(TileShape{}))));
     CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
+    static_assert(decltype(size<1>(accum))::value == 1 && decltype(size<2>(accum))::value == 1 &&
+                      decltype(rank(get<0>(shape(accum))))::value == 3,
+                  "the fold's rescale expects one 64 x N GMMA atom per warpgroup tile");
+    constexpr int kColGroups = decltype(size<2>(get<0>(shape(accum))))::value;
 
     // the producer stored this tile's indices before its first load (see the top): wait for that load first
     {
@@ -158,17 +162,30 @@ struct FoldMainloop : Base {
       if (j + 1 < chunks) {  // a patch boundary
         warpgroup_wait<0>();
         warpgroup_fence_operand(accum);
+        // the accumulator of a 64 x N GMMA atom per warpgroup: per thread ((2 columns, 2 rows 8 apart, N / 8
+        // column groups), MMA_M = 1, MMA_N = 1): two rows' factors and each column's S_j loaded once
         float const* c1 = params.c1 + j * params.M;
         float const* c2 = params.c2 + j * params.M;
         float const* s = params.s + j * params.N;
+        float a[2], b[2];
         CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(accum); ++i) {
-          int r = m0 + int(get<0>(tCcC(i)));
-          int c = n0 + int(get<1>(tCcC(i)));
-          float a = r < params.M ? __ldg(c1 + r) : 0.0f;
-          float b = r < params.M ? __ldg(c2 + r) : 0.0f;
-          float sn = c < params.N ? __ldg(s + c) : 0.0f;
-          accum(i) = fmaf(accum(i), a, b * sn);
+        for (int h = 0; h < 2; ++h) {
+          int r = m0 + int(get<0>(tCcC(make_coord(make_coord(0, h, 0), 0, 0))));
+          a[h] = r < params.M ? __ldg(c1 + r) : 0.0f;
+          b[h] = r < params.M ? __ldg(c2 + r) : 0.0f;
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int g = 0; g < kColGroups; ++g) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int e = 0; e < 2; ++e) {
+            int c = n0 + int(get<1>(tCcC(make_coord(make_coord(e, 0, g), 0, 0))));
+            float sn = c < params.N ? __ldg(s + c) : 0.0f;
+            CUTLASS_PRAGMA_UNROLL
+            for (int h = 0; h < 2; ++h) {
+              auto& v = accum(make_coord(make_coord(e, h, g), 0, 0));
+              v = fmaf(v, a[h], b[h] * sn);
+            }
+          }
         }
         warpgroup_fence_operand(accum);
       }
