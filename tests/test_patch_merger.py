@@ -495,7 +495,7 @@ def test_gpu_tuned(norm, post, n, H, out):
     a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, post, norm, 1e-6)
     ref = pm._fc1_cublas(*a)
     from qvdp.ops import merger_gemm
-    for v in pm.TUNE_FC1 + (pm.TUNE_FC1_FOLD if merger_gemm.fold_available() else ()):
+    for v in pm.TUNE_FC1 + (tuple(merger_gemm.FOLD_VARIANTS) if merger_gemm.fold_available() else ()):
         assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2, f"variant {v}"
     keys = [k for k in _tune._CHOICES if k[0].startswith("merger.")]
     assert keys, "nothing was tuned"

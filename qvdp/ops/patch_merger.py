@@ -554,8 +554,12 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
 TUNE_FC1 = (0, 1, 12, 13)
-# and, for per-patch norms, the folded-norm kernel (no norm pass; fold_ok)
-TUNE_FC1_FOLD = (30,)
+# and, for per-patch norms, the folded-norm kernels (merger_gemm.FOLD_VARIANTS: no norm pass; fold_ok). None: the
+# fold (variant 30) timed as a candidate on one H200 (s24f, s24g) was never picked: with its statistics pass it took
+# 0.249 ms against the norm pass + variant 0's 0.238 at 3520 merged rows (pre, H=1152), 0.442 against 0.424 at 6400
+# (the rescale drains the MMA pipeline three times per tile and waits on its factors' loads). It stays callable as
+# _fc1_cutlass(..., variant=30) and is tested.
+TUNE_FC1_FOLD = ()
 # (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
 # their launch costs ~0.1 ms more host time per call, which made the merger host-bound at 3520 rows in s22g)
 TUNE_FC2 = (14, 15, 19)
