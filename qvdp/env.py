@@ -40,6 +40,10 @@ def backends() -> list:
     rows.append(("CUTLASS merger fc1 (opt-in)", why is None,
                  "patch_merger(backend='cutlass') runs here" if why is None else
                  f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))
+    why = merger_gemm.fold_unavailable_reason()
+    rows.append(("CUTLASS merger fc1, norm folded", why is None,
+                 "patch_merger's per-patch norm folded into fc1 (variant 30, explicit only) runs here" if why is None
+                 else f"optional (QVDP_BUILD_CUTLASS=1, nvidia-cutlass, Hopper): {why}"))
     from .ops import qkv_rope_gemm
     why = qkv_rope_gemm.unavailable_reason()
     rows.append(("CUTLASS qkv GEMM + RoPE (opt-in)", why is None,
