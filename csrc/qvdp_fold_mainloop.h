@@ -138,6 +138,29 @@ struct FoldMainloop : Base {
     int const chunks = k_tile_count / chunk;
     CUTLASS_PRAGMA_NO_UNROLL
     for (int j = 0; j < chunks; ++j) {
+      // this chunk's boundary factors, loaded before its MMAs so their latency hides behind them: the accumulator
+      // of a 64 x N GMMA atom per warpgroup holds per thread ((2 columns, 2 rows 8 apart, N / 8 column groups),
+      // MMA_M = 1, MMA_N = 1), so two rows' factors and each column's S_j once
+      float a[2], b[2], sv[kColGroups][2];
+      if (j + 1 < chunks) {
+        float const* c1 = params.c1 + j * params.M;
+        float const* c2 = params.c2 + j * params.M;
+        float const* s = params.s + j * params.N;
+        CUTLASS_PRAGMA_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          int r = m0 + int(get<0>(tCcC(make_coord(make_coord(0, h, 0), 0, 0))));
+          a[h] = r < params.M ? __ldg(c1 + r) : 0.0f;
+          b[h] = r < params.M ? __ldg(c2 + r) : 0.0f;
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int g = 0; g < kColGroups; ++g) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int e = 0; e < 2; ++e) {
+            int c = n0 + int(get<1>(tCcC(make_coord(make_coord(e, 0, g), 0, 0))));
+            sv[g][e] = c < params.N ? __ldg(s + c) : 0.0f;
+          }
+        }
+      }
       CUTLASS_PRAGMA_NO_UNROLL
       for (int t = 0; t < chunk; ++t) {
         auto token = pipeline.consumer_try_wait(smem_pipe_read);
@@ -159,31 +182,17 @@ struct FoldMainloop : Base {
         }
         ++smem_pipe_read;
       }
-      if (j + 1 < chunks) {  // a patch boundary
+      if (j + 1 < chunks) {  // a patch boundary: every MMA done, then the rescale
         warpgroup_wait<0>();
         warpgroup_fence_operand(accum);
-        // the accumulator of a 64 x N GMMA atom per warpgroup: per thread ((2 columns, 2 rows 8 apart, N / 8
-        // column groups), MMA_M = 1, MMA_N = 1): two rows' factors and each column's S_j loaded once
-        float const* c1 = params.c1 + j * params.M;
-        float const* c2 = params.c2 + j * params.M;
-        float const* s = params.s + j * params.N;
-        float a[2], b[2];
-        CUTLASS_PRAGMA_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          int r = m0 + int(get<0>(tCcC(make_coord(make_coord(0, h, 0), 0, 0))));
-          a[h] = r < params.M ? __ldg(c1 + r) : 0.0f;
-          b[h] = r < params.M ? __ldg(c2 + r) : 0.0f;
-        }
         CUTLASS_PRAGMA_UNROLL
         for (int g = 0; g < kColGroups; ++g) {
           CUTLASS_PRAGMA_UNROLL
           for (int e = 0; e < 2; ++e) {
-            int c = n0 + int(get<1>(tCcC(make_coord(make_coord(e, 0, g), 0, 0))));
-            float sn = c < params.N ? __ldg(s + c) : 0.0f;
             CUTLASS_PRAGMA_UNROLL
             for (int h = 0; h < 2; ++h) {
               auto& v = accum(make_coord(make_coord(e, h, g), 0, 0));
-              v = fmaf(v, a[h], b[h] * sn);
+              v = fmaf(v, a[h], b[h] * sv[g][e]);
             }
           }
         }

@@ -62,6 +62,7 @@
 #   bash scripts/gpu_session.sh s24f     # (1 GPU, CUTLASS .so files carried, _merger_fold.so too) the folded per-patch norm (v30): fold/tuned/graph tests, profile, bench_merger
 #     (s24f ran at commit 7fbf220, with the rescale loading its factors per accumulator element: v30 70% slower)
 #   bash scripts/gpu_session.sh s24g     # (1 GPU, CUTLASS .so files carried) the fold's rescale with one load per row / column: fold/tuned tests, profile, bench_merger, every single-GPU test but attention
+#   bash scripts/gpu_session.sh s24h     # (1 GPU, CUTLASS .so files carried) the fold's factors loaded before each chunk's MMAs: fold tests, diag_merger_fold
 #   bash scripts/gpu_session.sh s24e     # (1 GPU, CUTLASS .so carried) two warps per norm / statistics program: merger GPU tests, passes diag, bench_merger twice
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -245,6 +246,9 @@ elif [ "$STAGE" = s24g ]; then  # session 24, one GPU: the fold's rescale with i
   T=${PROF_T:-90} TAILN=40 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x6400:1152:4096
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
   T=${REST_T:-240} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
+elif [ "$STAGE" = s24h ]; then  # session 24, one GPU: the fold's factors loaded before each chunk's MMAs: fold tests, fold diag
+  T=${TEST_T:-100} TAILN=8 step fold_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fold" -p no:cacheprovider
+  T=${DIAG_T:-100} TAILN=40 step diag_fold python3 benchmarks/diag_merger_fold.py
 elif [ "$STAGE" = s23g ]; then  # session 23, one GPU: the "tuned" path's split round: tests, profile, quick bench
   T=${TEST_T:-120} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "split or tuned or auto or graph or tune" -p no:cacheprovider
   T=${PROF_T:-60} TAILN=30 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 pre:4x3520:1024:2048
