@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=["3520:1152", "6400:1152", "3520:1024"])
     ap.add_argument("--rounds", type=int, default=15)
     a = ap.parse_args()
-    why = mg.fold_unavailable_reason() if torch.cuda.is_available() else "no CUDA device"
+    why = (mg.unavailable_reason() or mg.fold_unavailable_reason()) if torch.cuda.is_available() else "no CUDA device"
     print(torch.cuda.get_device_name() if torch.cuda.is_available() else "", "fold:", why or "available", flush=True)
     if why:
         return

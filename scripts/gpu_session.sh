@@ -98,7 +98,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s24a|s24b|s24c|s24d|s24e|s24f|s24g|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
