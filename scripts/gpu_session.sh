@@ -63,6 +63,8 @@
 #     (s24f ran at commit 7fbf220, with the rescale loading its factors per accumulator element: v30 70% slower)
 #   bash scripts/gpu_session.sh s24g     # (1 GPU, CUTLASS .so files carried) the fold's rescale with one load per row / column: fold/tuned tests, profile, bench_merger, every single-GPU test but attention
 #   bash scripts/gpu_session.sh s24h     # (1 GPU, CUTLASS .so files carried) the fold's factors loaded before each chunk's MMAs: fold tests, diag_merger_fold
+#     (s24h ran at commit 4c08cea, building the native extension (not in the no-build list then); its diag failed on the main library not being loaded;
+#      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
 #   bash scripts/gpu_session.sh s24e     # (1 GPU, CUTLASS .so carried) two warps per norm / statistics program: merger GPU tests, passes diag, bench_merger twice
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push

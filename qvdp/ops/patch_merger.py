@@ -557,7 +557,8 @@ TUNE_FC1 = (0, 1, 12, 13)
 # and, for per-patch norms, the folded-norm kernels (merger_gemm.FOLD_VARIANTS: no norm pass; fold_ok). None: the
 # fold (variant 30) timed as a candidate on one H200 (s24f, s24g) was never picked: with its statistics pass it took
 # 0.249 ms against the norm pass + variant 0's 0.238 at 3520 merged rows (pre, H=1152), 0.442 against 0.424 at 6400
-# (the rescale drains the MMA pipeline three times per tile and waits on its factors' loads). It stays callable as
+# (s24h, benchmarks/diag_merger_fold.py: its kernel 237.7 us with the rescale, 221.3 without; the three drains of the
+# MMA pipeline per tile cost 7-10% of the GEMM, more than the norm pass it saves). It stays callable as
 # _fc1_cutlass(..., variant=30) and is tested.
 TUNE_FC1_FOLD = ()
 # (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
