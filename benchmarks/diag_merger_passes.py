@@ -8,8 +8,9 @@ statistics pass at 2.2 TB/s and aten's in-place GELU at 2.7 TB/s, where a copy o
                   blocks where the width allows, 1152 = 1024 + 128, 4608 = 4096 + 512, so no lane is masked off),
                   session 23's tiles (the row padded to a power of two: 1152 -> 2048), and split tiles with
                   ROWS rows per program x num_warps
-  gelu            (written here) an in-place exact-erf GELU over a flat block per program (BLOCK x num_warps), against aten's
-                  gelu_ (the "cublas" form's pass), alone and right after the cuBLAS fc1 that writes its input
+  gelu            (written here) an in-place exact-erf GELU over a flat block per program (BLOCK x num_warps),
+                  against aten's gelu_ (the "cublas" form's pass), alone and right after the cuBLAS fc1 that writes
+                  its input
 
 Every system is timed in turn, round after round (each sample 10 calls behind the tuner's GPU busy-wait, i.e. GPU
 time), and the median of the rounds is printed with the bytes moved per second.

@@ -295,7 +295,7 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
     return _FOLD_CACHE[key][1:]
 
 
-def norm_tiles(width: int, device_type: str = "cuda") -> tuple:
+def norm_tiles(width: int) -> tuple:
     """(BLOCK, TAIL, ROWS, num_warps) of the row norm / statistics kernels for `width`-wide rows: a row as two
     power-of-two blocks where the width allows (1152 = 1024 + 128), else one padded to a power of two; two rows
     per program up to 2048 wide, one above; two warps per program (up to 128 columns per thread, more warps
@@ -321,7 +321,7 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None):
     """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass; negm: store
     -mean * rstd in place of the mean. tiles: (BLOCK, TAIL, ROWS, num_warps), default norm_tiles(width)."""
     n = mean.numel()
-    block, tail, rows, warps = tiles or norm_tiles(width, x.device.type)
+    block, tail, rows, warps = tiles or norm_tiles(width)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
                                              BLOCK=block, NEGM=negm, TAIL=tail, num_warps=warps, **FP_FUSION)
 
@@ -334,7 +334,7 @@ def fold_stats(x, mu, width, eps, rms):
     c1c2 = torch.empty((2, mu - 1, M), dtype=torch.float32, device=x.device)
     rn = torch.empty((2, M), dtype=torch.float32, device=x.device)
     if M:
-        block, tail, rows, warps = norm_tiles(width, x.device.type)
+        block, tail, rows, warps = norm_tiles(width)
         _fold_stats_tile[(triton.cdiv(M, rows),)](x, c1c2, rn, M, width, float(eps), RMS=rms, ROWS=rows,
                                                   BLOCK=block, TAIL=tail, MU=mu, num_warps=warps, **FP_FUSION)
     return c1c2, rn
@@ -348,7 +348,7 @@ def row_norm(x, weight, bias, width, eps, rms, tiles=None):
     n = x.numel() // width
     if n == 0:
         return y
-    block, tail, rows, warps = tiles or norm_tiles(width, x.device.type)
+    block, tail, rows, warps = tiles or norm_tiles(width)
     has_b = bias is not None
     weight = weight.contiguous()
     bias = bias.contiguous() if has_b else weight
@@ -635,7 +635,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     keyc = _pair_key(key1, N2)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
     names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1] + (
-        [f"cutlass v{v}" for v in TUNE_FC1_FOLD] if fold_ok(x, merge_size, postshuffle_norm) else [])
+        [f"cutlass v{v}" for v in TUNE_FC1_FOLD] if TUNE_FC1_FOLD and fold_ok(x, merge_size, postshuffle_norm) else [])
     names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
