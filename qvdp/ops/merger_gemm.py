@@ -141,29 +141,39 @@ def _run(x, w, rstd, negm, s, c, out, v, swizzle, raster):
 _PLANS: dict = {}  # (variant, M, N, K, device index, swizzle, raster) -> (C function, SM count, workspace or None)
 
 
+def _sizes_out(x, w, out):
+    """(M, N, K, out) of a launch on x [M, K] and w [N, K]: out allocated where None."""
+    M, K = x.shape
+    N = w.shape[0]
+    return M, N, K, (out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device))
+
+
+def _plan(lib, plans, name, variant, x, dev, M, N, K, swizzle, raster):
+    """(the C function `name`, SM count, workspace or None) of a launch of `lib`, kept in `plans` per (variant,
+    shape, device, tile order); the plan keeps the workspace alive."""
+    key = (variant, M, N, K, dev, swizzle, raster)
+    plan = plans.get(key)
+    if plan is None:
+        workspace = lib.function("qvdp_fc1_gelu_workspace", variant)
+        sms, ws, _ = lib.launch_context(x.device, key[:4] + key[5:],
+                                        lambda sms: workspace(M, N, K, sms, swizzle, raster))
+        if len(plans) > 256:
+            plans.clear()
+        plan = plans[key] = (lib.function(name, variant), sms, ws)
+    return plan
+
+
 def launch(x, w, rstd, negm, s, c, out, variant, swizzle=1, raster=0):
     """The launch itself, without fc1_gelu's / linear's checks: for callers that have made sure that x [M, K]
     and w [N, K] are contiguous bf16 on one CUDA device where this library runs, that rstd / negm ([M]) and
     s / c ([N]) are contiguous fp32 there or None, and out a contiguous bf16 [M, N] there (None: allocated).
     Host work per call: one dict lookup, the output's allocation, the stream handle, the C call (whose
     kernel Params are kept for repeated calls, csrc/qvdp_cutlass_gemm.h)."""
-    M, K = x.shape
-    N = w.shape[0]
-    if out is None:
-        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    M, N, K, out = _sizes_out(x, w, out)
     if M == 0 or N == 0:
         return out
     dev = x.get_device()
-    key = (variant, M, N, K, dev, swizzle, raster)
-    plan = _PLANS.get(key)
-    if plan is None:
-        workspace = _LIB.function("qvdp_fc1_gelu_workspace", variant)
-        sms, ws, _ = _LIB.launch_context(x.device, key[:4] + key[5:],
-                                         lambda sms: workspace(M, N, K, sms, swizzle, raster))
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        plan = _PLANS[key] = (_LIB.function("qvdp_fc1_gelu", variant), sms, ws)  # (the plan keeps ws alive)
-    fn, sms, ws = plan
+    fn, sms, ws = _plan(_LIB, _PLANS, "qvdp_fc1_gelu", variant, x, dev, M, N, K, swizzle, raster)
     ptr = (lambda t: t.data_ptr() if t is not None else None)
     rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(ws), sms,
             swizzle, raster, torch._C._cuda_getCurrentRawStream(dev))
@@ -183,23 +193,11 @@ def launch_fold(x, w, rstd, negm, s, c, c1, c2, s_chunks, chunk_k_tiles, out=Non
     patch chunks (K = 4 * 64 * chunk_k_tiles); rstd / negm [M] and s / c [N] the epilogue's (the last chunk's r,
     -mu * r, S, and b1 + W1 @ beta). chunk_k_tiles = 0 with c1 = c2 = s_chunks = None: the kernel without the
     rescale (launch's epilogue)."""
-    M, K = x.shape
-    N = w.shape[0]
-    if out is None:
-        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    M, N, K, out = _sizes_out(x, w, out)
     if M == 0 or N == 0:
         return out
     dev = x.get_device()
-    key = (variant, M, N, K, dev, swizzle, raster)
-    plan = _FOLD_PLANS.get(key)
-    if plan is None:
-        workspace = _FOLD_LIB.function("qvdp_fc1_gelu_workspace", variant)
-        sms, ws, _ = _FOLD_LIB.launch_context(x.device, key[:4] + key[5:],
-                                              lambda sms: workspace(M, N, K, sms, swizzle, raster))
-        if len(_FOLD_PLANS) > 256:
-            _FOLD_PLANS.clear()
-        plan = _FOLD_PLANS[key] = (_FOLD_LIB.function("qvdp_fc1_fold", variant), sms, ws)
-    fn, sms, ws = plan
+    fn, sms, ws = _plan(_FOLD_LIB, _FOLD_PLANS, "qvdp_fc1_fold", variant, x, dev, M, N, K, swizzle, raster)
     ptr = (lambda t: t.data_ptr() if t is not None else None)
     rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(c1),
             ptr(c2), ptr(s_chunks), chunk_k_tiles, ptr(ws), sms, swizzle, raster,
