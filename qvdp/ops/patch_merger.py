@@ -300,10 +300,10 @@ def norm_tiles(width: int) -> tuple:
     power-of-two blocks where the width allows (1152 = 1024 + 128), else one padded to a power of two; two rows
     per program up to 2048 wide, one above; two warps per program (up to 128 columns per thread, more warps
     beyond). Three calls on freshly started H200s, every configuration timed in turn, median of 25 rounds (s24c,
-    s24d, s24e), against session 23's tiles (one padded block, 4-16 rows, 4-8 warps): the norm at 3520 x 4608 30.0 -> 21.8 us, 6400 x 4608
-    50.3 -> 35.2, 14080 x 1024 18.7-19.5 -> 16.7-16.8, 25600 x 1024 30.7-30.9 -> 28.4-28.6; the statistics at
-    3520 x 4608 12.3 -> 9.1, 6400 x 4608 22.5 -> 18.6; at 1152 wide the calls disagreed (14080 rows:
-    25.1 -> 23.6 and 23.5 -> 24.7; 25600 rows: 45.0 -> 39.0 and 39.1 -> 41.0)."""
+    s24d, s24e), against session 23's tiles (one padded block, 4-16 rows, 4-8 warps): the norm at 3520 x 4608
+    30.0 -> 21.8 us, 6400 x 4608 50.3 -> 35.2, 14080 x 1024 18.7-19.5 -> 16.7-16.8, 25600 x 1024 30.7-30.9 ->
+    28.4-28.6; the statistics at 3520 x 4608 12.3 -> 9.1, 6400 x 4608 22.5 -> 18.6; at 1152 wide the calls
+    disagreed (14080 rows: 25.1 -> 23.6 and 23.5 -> 24.7; 25600 rows: 45.0 -> 39.0 and 39.1 -> 41.0)."""
     p = triton.next_power_of_2(width)
     half = p // 2
     if p == width:
