@@ -16,7 +16,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPECTED = {"_pack_kv", "_rot_pack", "_varlen_attn_fwd_tma", "_varlen_attn_fwd", "_rope_qk", "_rope_qk_tile",
-            "_row_norm_tile", "_row_stats_tile", "_fold_stats_tile", "_add_layernorm", "_pos_embed_add", "_attn_fwd_gluon"}
+            "_row_norm_tile", "_row_stats_tile", "_fold_stats_tile", "_add_layernorm", "_pos_embed_add",
+            "_attn_fwd_gluon"}
 
 
 def test_gpu_kernels_compile_for_sm90():
