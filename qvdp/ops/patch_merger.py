@@ -488,59 +488,48 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
     Post-shuffle LayerNorm ("fold"): one stats pass over the merged rows, the norm folded into fc1
     (WG = W1 * gamma, cached; rstd, -mean * rstd, rowsum(WG), b1 + W1 @ beta in the epilogue): the
     normalised tensor is never written. Per-patch norms and RMSNorm ("prenorm"): qvdp's one-pass Triton
-    norm (row_norm) writes the normalised input, then fc1 with bias + GELU in its epilogue (no separate GELU pass)."""
+    norm (row_norm) writes the normalised input, then fc1 with bias + GELU in its epilogue (no separate GELU pass).
+    A FOLD_VARIANTS configuration (merger_gemm.launch_fold) folds the per-patch norms too: statistics only, the
+    accumulator rescaled between the patch chunks."""
     from . import merger_gemm
     mu = merge_size * merge_size
     Np, H = x.shape
     M, K = Np // mu, mu * H
     v = merger_gemm.selected_variant(variant)
-    if v in merger_gemm.FOLD_VARIANTS:  # the norm folded into the kernel's mainloop: no norm pass (fold_ok)
+    fold = v in merger_gemm.FOLD_VARIANTS  # the per-patch norm folded into the kernel's mainloop: no norm pass
+    if fold:
         why = merger_gemm.fold_unavailable_reason(x.device)
         if why:
             raise RuntimeError(f"CUTLASS configuration {v} cannot run: {why}")
         if not postshuffle_norm and (mu != 4 or H % FOLD_BLOCK_K):
             raise ValueError(f"CUTLASS configuration {v} folds 2x2 merges of norms whose width is a multiple of "
                              f"{FOLD_BLOCK_K}, got merge_size={merge_size} and H={H}")
-        x = x.contiguous()
-        rms = norm == "rmsnorm"
-        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffle_norm, rms)
-        if postshuffle_norm:  # one chunk: the rescale-free kernel with the fold in its epilogue, as below
-            negm = torch.empty(M, dtype=torch.float32, device=x.device)
-            rstd = torch.empty_like(negm)
-            if M:
-                row_stats(x, negm, rstd, K, eps, rms, negm=True)
-            return merger_gemm.launch_fold(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None, None, None, 0,
-                                           variant=v)
-        c1c2, rn = fold_stats(x, mu, H, eps, rms)
-        return merger_gemm.launch_fold(x.view(M, K), wg, rn[0], rn[1], s_[mu - 1], c_, c1c2[0], c1c2[1],
-                                       s_[:mu - 1], H // FOLD_BLOCK_K, variant=v)
-    if postshuffle_norm and norm == "layernorm":  # (normalising first: 1-4% slower on most shapes, s10b)
+    rms = norm == "rmsnorm"
+    if postshuffle_norm and (norm == "layernorm" or fold):  # (normalising first: 1-4% slower on most shapes, s10b)
         x = x.contiguous()
         negm = torch.empty(M, dtype=torch.float32, device=x.device)
         rstd = torch.empty_like(negm)
         if M:
-            row_stats(x, negm, rstd, K, eps, False, negm=True)
-        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, False)
-        return merger_gemm.launch(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None,
-                                  merger_gemm.selected_variant(variant))
+            row_stats(x, negm, rstd, K, eps, rms, negm=True)
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, True, rms)
+        if fold:  # one chunk: the fold kernel without its rescale, the norm in its epilogue as here
+            return merger_gemm.launch_fold(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None, None, None, 0,
+                                           variant=v)
+        return merger_gemm.launch(x.view(M, K), wg, rstd, negm, s_.view(-1), c_, None, v)
+    if fold:
+        x = x.contiguous()
+        wg, s_, c_ = _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, False, rms)
+        c1c2, rn = fold_stats(x, mu, H, eps, rms)
+        return merger_gemm.launch_fold(x.view(M, K), wg, rn[0], rn[1], s_[mu - 1], c_, c1c2[0], c1c2[1],
+                                       s_[:mu - 1], H // FOLD_BLOCK_K, variant=v)
     # the norm by one Triton pass: 24-26 us vs torch's LayerNorm kernel's 38-39 at 14080 x 1152 (H100, H200)
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
     return merger_gemm.launch(xn, fc1_weight.contiguous(), None, None, None,
-                              _f32(fc1_bias) if fc1_bias is not None else None, None,
-                              merger_gemm.selected_variant(variant))
+                              _f32(fc1_bias) if fc1_bias is not None else None, None, v)
 
 
 # the folded-norm kernel's K tile: a patch chunk (H wide) must be whole K tiles, and there are four chunks
 FOLD_BLOCK_K = 64
-
-
-def fold_ok(x, merge_size, postshuffle_norm):
-    """The folded-norm fc1 kernel (merger_gemm.FOLD_VARIANTS) takes this merger: its library built, 2x2 merges of
-    per-patch norms whose width is a multiple of FOLD_BLOCK_K (the post-shuffle norm is folded by every CUTLASS
-    kernel already)."""
-    from . import merger_gemm
-    return (not postshuffle_norm and merge_size == 2 and x.shape[-1] % FOLD_BLOCK_K == 0
-            and merger_gemm.fold_available(x.device))
 
 
 def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps):
@@ -554,13 +543,12 @@ def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, pos
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none)
 TUNE_FC1 = (0, 1, 12, 13)
-# and, for per-patch norms, the folded-norm kernels (merger_gemm.FOLD_VARIANTS: no norm pass; fold_ok). None: the
-# fold (variant 30) timed as a candidate on one H200 (s24f, s24g) was never picked: with its statistics pass it took
+# (the fc1 with the per-patch norm folded into its mainloop, merger_gemm.FOLD_VARIANTS, is not a candidate: variant 30
+# timed as one on one H200 (s24f, s24g) was never picked: with its statistics pass it took
 # 0.249 ms against the norm pass + variant 0's 0.238 at 3520 merged rows (pre, H=1152), 0.442 against 0.424 at 6400
 # (s24h, benchmarks/diag_merger_fold.py: its kernel 237.7 us with the rescale, 221.3 without; the three drains of the
 # MMA pipeline per tile cost 7-10% of the GEMM, more than the norm pass it saves). It stays callable as
-# _fc1_cutlass(..., variant=30) and is tested.
-TUNE_FC1_FOLD = ()
+# _fc1_cutlass(..., variant=30) and is tested.)
 # (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
 # their launch costs ~0.1 ms more host time per call, which made the merger host-bound at 3520 rows in s22g)
 TUNE_FC2 = (14, 15, 19)
@@ -634,8 +622,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     key1, key2 = tune_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
     keyc = _pair_key(key1, N2)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
-    names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1] + (
-        [f"cutlass v{v}" for v in TUNE_FC1_FOLD] if TUNE_FC1_FOLD and fold_ok(x, merge_size, postshuffle_norm) else [])
+    names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1]
     names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
