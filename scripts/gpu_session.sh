@@ -65,6 +65,7 @@
 #   bash scripts/gpu_session.sh s24h     # (1 GPU, CUTLASS .so files carried) the fold's factors loaded before each chunk's MMAs: fold tests, diag_merger_fold
 #     (s24h ran at commit 4c08cea, building the native extension (not in the no-build list then); its diag failed on the main library not being loaded;
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
+#   bash scripts/gpu_session.sh s25a     # (1 GPU, CUTLASS .so files carried) merger GPU tests, diag_merger_split (chunks on two streams, tuned kernels: GPU / host / graph us)
 #   bash scripts/gpu_session.sh s24e     # (1 GPU, CUTLASS .so carried) two warps per norm / statistics program: merger GPU tests, passes diag, bench_merger twice
 #   bash scripts/gpu_session.sh s16a     # (1 GPU) D=64-path attention GPU tests + bench (ran on v11 OVL, since removed)
 #   bash scripts/gpu_session.sh s14f     # (4 GPUs) multi-GPU tests, bench_gather 4 and 2, (H100) DP encoder at 4, diag_push
@@ -100,7 +101,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -225,6 +226,9 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s25a ]; then  # session 25, one GPU: merger GPU tests (session 24's review mends), the two-stream split with the tuned kernels
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${DIAG_T:-240} TAILN=250 step diag_split python3 benchmarks/diag_merger_split.py
 elif [ "$STAGE" = s24a ]; then  # session 24, one GPU: CUTLASS kernels on cuBLAS's fc1 tile (24-27)
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or linear_variants or params" -p no:cacheprovider
   T=${DIAG_T:-150} TAILN=80 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 12 13 24 25 26} --clocks "cuBLAS mm" "addmm + aten" v24 v25 "v1 "
