@@ -295,6 +295,7 @@ def _folded_weights(norm_weight, norm_bias, fc1_weight, fc1_bias, mu, postshuffl
     return _FOLD_CACHE[key][1:]
 
 
+@functools.lru_cache(maxsize=256)
 def norm_tiles(width: int) -> tuple:
     """(BLOCK, TAIL, ROWS, num_warps) of the row norm / statistics kernels for `width`-wide rows: a row as two
     power-of-two blocks where the width allows (1152 = 1024 + 128), else one padded to a power of two; two rows
@@ -597,6 +598,22 @@ def _pair_key(key1, N2):
     return ("merger.pair",) + key1[1:] + (N2,)
 
 
+@functools.lru_cache(maxsize=4096)
+def _tuned_keys(device, M, K, N1, N2, postshuffle_norm, norm):
+    """(fc1 key, fc2 key, pair key) of the "tuned" path for a shape on `device`, kept: the common call's host
+    time (s25b, H200: ~20 us of a ~115 us call went to the "tuned" layer's own Python)."""
+    key1, key2 = tune_keys(device, M, K, N1, N2, postshuffle_norm, norm)
+    return key1, key2, _pair_key(key1, N2)
+
+
+@functools.lru_cache(maxsize=64)
+def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass):
+    """(fc1 names, fc2 names, their pair names as a frozenset) of the "tuned" path's candidates."""
+    names1 = ("cublas",) + tuple(f"cutlass v{v}" for v in fc1_variants)
+    names2 = ("cublas",) + (tuple(f"cutlass v{v}" for v in fc2_variants) if fc2_cutlass else ())
+    return names1, names2, frozenset(f"{a} + {b}" for a in names1 for b in names2)
+
+
 def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
     """(fc1, fc2): the candidates the "tuned" path runs for this shape (None where not tuned yet)."""
     from . import _tune
@@ -619,19 +636,16 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
         return _patch_merger_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                     merge_size, postshuffle_norm, norm, eps)
     N1, N2 = fc1_weight.shape[0], fc2_weight.shape[0]
-    key1, key2 = tune_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
-    keyc = _pair_key(key1, N2)
+    key1, key2, keyc = _tuned_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
-    names1 = ["cublas"] + [f"cutlass v{v}" for v in TUNE_FC1]
-    names2 = ["cublas"] + ([f"cutlass v{v}" for v in TUNE_FC2] if _fc2_cutlass_ok(fc2_weight) else [])
-    run1 = lambda a: _fc1_named(a, args)
-    run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
+    names1, names2, pairs_ok = _candidate_names(tuple(TUNE_FC1), tuple(TUNE_FC2), _fc2_cutlass_ok(fc2_weight))
     within = _tune_context()
     pair = _tune.choice(keyc) if within > 0 else None
-    if pair is not None:  # the common call: the shape was tuned, nothing else to look up
+    if pair in pairs_ok:  # the common call: the shape was tuned (to kernels this build has: a cache file may not)
         a, b = pair.split(" + ")
-        if a in names1 and b in names2:  # (a cache file may name a kernel this build lacks)
-            return run2(b, run1(a))
+        return _fc2_named(b, _fc1_named(a, args), fc2_weight, fc2_bias)
+    run1 = lambda a: _fc1_named(a, args)
+    run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
     default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
     if default not in names1:
         default = "cublas"
