@@ -153,6 +153,34 @@ def test_tune_rows():
     assert len({b for b in got if 4096 < b <= 8192}) == 4 and len({b for b in got if 32768 < b <= 65536}) == 4
 
 
+def test_cutlass_lib_known_device(monkeypatch):
+    """CutlassLib.unavailable_reason answers a device it has seen without asking torch again; other devices, and
+    devices given as an index or a string, take the full path"""
+    from qvdp.ops._cutlass_lib import CutlassLib
+    lib = CutlassLib("_none.so", "QVDP_NONE_LIB", "a test library", {}, ())
+    lib._lib = object()
+    lib._why = {0: None, 1: "built for sm_90a, this is another GPU"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lib.unavailable_reason(torch.device("cuda", 0)) is None
+    assert lib.unavailable_reason(torch.device("cuda", 1)) == "built for sm_90a, this is another GPU"
+    assert lib.available(torch.device("cuda", 0)) and not lib.available(torch.device("cuda", 1))
+    for other in (torch.device("cuda", 2), torch.device("cuda"), 0, "cuda:0", None):
+        assert lib.unavailable_reason(other) == "no CUDA device"
+
+
+def test_tuned_keys_and_names():
+    """the "tuned" path's kept keys and candidate names are those tune_keys / TUNE_FC1 / TUNE_FC2 give"""
+    from qvdp.ops import patch_merger as pm
+    dev = torch.device("cpu")
+    k1, k2, kc = pm._tuned_keys(dev, 3520, 4608, 4608, 2048, False, "layernorm")
+    assert (k1, k2) == pm.tune_keys(dev, 3520, 4608, 4608, 2048, False, "layernorm")
+    assert kc == pm._pair_key(k1, 2048)
+    n1, n2, pairs = pm._candidate_names((0, 12), (14,), True)
+    assert n1 == ("cublas", "cutlass v0", "cutlass v12") and n2 == ("cublas", "cutlass v14")
+    assert "cutlass v12 + cutlass v14" in pairs and len(pairs) == 6 and None not in pairs
+    assert pm._candidate_names((0,), (14,), False)[1] == ("cublas",)
+
+
 def test_tune_cache_file(monkeypatch, tmp_path):
     """QVDP_TUNE_CACHE: a choice is written to the file, a fresh process state reads it back without timing;
     a file from other torch / CUDA versions, or an unreadable one, is ignored"""

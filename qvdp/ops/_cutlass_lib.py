@@ -51,9 +51,8 @@ class CutlassLib:
 
     def unavailable_reason(self, device=None) -> Optional[str]:
         """None when the kernels can run on `device` (default: the current CUDA device), else why not."""
-        idx = getattr(device, "index", None)
-        if idx is not None and self._lib is not None and idx in self._why:  # the common call: a device seen before
-            return self._why[idx]
+        if isinstance(device, torch.device) and device.index in self._why and self._lib is not None:
+            return self._why[device.index]  # the common call: a device seen before
         if not torch.cuda.is_available():
             return "no CUDA device"
         if self.library() is None:
