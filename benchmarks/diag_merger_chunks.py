@@ -8,7 +8,8 @@ different register layouts, so every row reduction and broadcast between them go
 40 shared loads / stores per program) and the kernel holds 122 registers (the 1024-wide one: 55, no barrier but
 three). Here the row is NCH chunks of CW columns (1152 = 9 x 128, 4608 = 9 x 512), every chunk the same [ROWS, CW]
 block: pass 1 sums the chunks, pass 2 sums the squared deviations (exact centred variance), pass 3 normalises and
-stores; passes 2 and 3 read the row again (from registers where the compiler keeps the loads, else from L1).
+stores; passes 2 and 3 read the row again (from registers where the compiler keeps the loads, else from L1). The
+kernels are qvdp's (patch_merger._row_norm_chunks / _row_stats_chunks, chunk_tiles; s25f ran them from this file).
 Timed against the current kernels and a copy of the same bytes, every system in turn (samples behind the tuner's
 busy-wait: GPU time), median of the rounds; each chunked variant checked against an fp32 torch reference first.
 """
@@ -20,81 +21,18 @@ import statistics
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 
 from _common import event_ms
 
 from qvdp.ops.patch_merger import norm_tiles, row_norm, row_stats
 
 
-@triton.jit
-def _chunk_moments(X, base, rm, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr, CW: tl.constexpr,
-                   NCH: tl.constexpr):
-    c = tl.arange(0, CW)
-    m = rm[:, None] & (c < CW)[None, :]
-    q = tl.zeros([ROWS, CW], tl.float32)
-    if RMS:
-        mean = tl.zeros([ROWS], tl.float32)
-        for j in tl.static_range(NCH):
-            x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
-            q += x * x
-    else:
-        s = tl.zeros([ROWS, CW], tl.float32)
-        for j in tl.static_range(NCH):
-            s += tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
-        mean = tl.sum(s, 1) / width
-        for j in tl.static_range(NCH):
-            x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
-            d = tl.where(m, x - mean[:, None], 0.0)
-            q += d * d
-    rstd = 1.0 / tl.sqrt(tl.sum(q, 1) / width + eps)
-    return mean, rstd, c, m
-
-
-@triton.jit
-def _row_norm_chunks(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr, ROWS: tl.constexpr,
-                     CW: tl.constexpr, NCH: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    rm = rows < n_rows
-    base = rows.to(tl.int64)[:, None] * width
-    mean, rstd, c, m = _chunk_moments(X, base, rm, width, eps, RMS, ROWS, CW, NCH)
-    for j in tl.static_range(NCH):
-        x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
-        # (the weight / bias chunk loaded as a [ROWS, CW] block, every row the same addresses: in x's layout, no
-        # conversion through shared memory as a 1-D load broadcast with [None, :] needs once warps split the rows)
-        wc = j * CW + c[None, :] + tl.zeros([ROWS, 1], tl.int32)
-        y = (x - mean[:, None]) * rstd[:, None] * tl.load(W + wc).to(tl.float32)
-        if HAS_B:
-            y += tl.load(B + wc).to(tl.float32)
-        tl.store(Y + base + j * CW + c[None, :], y.to(Y.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _row_stats_chunks(X, MEAN, RSTD, n_rows, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr, CW: tl.constexpr,
-                      NCH: tl.constexpr, NEGM: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    rm = rows < n_rows
-    base = rows.to(tl.int64)[:, None] * width
-    mean, rstd, c, m = _chunk_moments(X, base, rm, width, eps, RMS, ROWS, CW, NCH)
-    if NEGM:
-        mean = -mean * rstd
-    tl.store(MEAN + rows, mean, mask=rm)
-    tl.store(RSTD + rows, rstd, mask=rm)
-
-
 def norm_chunks(x, w, b, width, cw, rows, warps, rms=False):
-    y = torch.empty_like(x)
-    n = x.numel() // width
-    _row_norm_chunks[(triton.cdiv(n, rows),)](x, w, b if b is not None else w, y, n, width, 1e-6, RMS=rms,
-                                              HAS_B=b is not None, ROWS=rows, CW=cw, NCH=width // cw,
-                                              num_warps=warps, enable_fp_fusion=True)
-    return y
+    return row_norm(x, w, b, width, 1e-6, rms, chunks=(cw, rows, warps))
 
 
 def stats_chunks(x, mean, rstd, width, cw, rows, warps, rms=False):
-    n = mean.numel()
-    _row_stats_chunks[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, 1e-6, RMS=rms, ROWS=rows, CW=cw,
-                                               NCH=width // cw, NEGM=True, num_warps=warps, enable_fp_fusion=True)
+    row_stats(x, mean, rstd, width, 1e-6, rms, negm=True, chunks=(cw, rows, warps))
 
 
 def interleaved(fns, rounds):

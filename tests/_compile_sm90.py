@@ -103,6 +103,11 @@ def launches():
             row_norm(x, w, b, width, 1e-6, False)
             row_norm(x, w, None, width, 1e-6, True)
             row_stats(x, torch.empty(64, **cuda), torch.empty(64, **cuda), width, 1e-6, False, negm=True)
+        # power-of-two widths: the block kernels (1152 and 4608 above: the chunked statistics, 1152 the chunked norm)
+        x = torch.empty(64, 1024, dtype=torch.bfloat16, **cuda)
+        w = torch.empty(1024, dtype=torch.bfloat16, **cuda)
+        row_norm(x, w, w, 1024, 1e-6, False)
+        row_stats(x, torch.empty(64, **cuda), torch.empty(64, **cuda), 1024, 1e-6, True, negm=True)
         for rms in (False, True):  # the folded per-patch norm's statistics
             fold_stats(torch.empty(256, 1152, dtype=torch.bfloat16, **cuda), 4, 1152, 1e-6, rms)
         x = torch.empty(64, 1152, dtype=torch.bfloat16, **cuda)

@@ -664,9 +664,10 @@ def test_norm_tiles():
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("width,n,tiles", [(48, 13, None), (48, 13, (64, 0, 4, 4)), (200, 5, None),
                                            (96, 7, (64, 32, 1, 2)), (1152, 3, None)])
-def test_row_stats_and_norm_tiles(rms, width, n, tiles):
-    """row_stats and row_norm with split blocks (48 = 32 + 16, 1152 = 1024 + 128), a padded block, and explicit
-    tiles, vs fp64; rows not a multiple of the rows per program; outputs poisoned"""
+def test_row_stats_and_norm_tiles(rms, width, n, tiles, chunks=None):
+    """row_stats and row_norm with split blocks (48 = 32 + 16), a padded block, and explicit tiles, and (1152:
+    the default chunk_tiles) the row as equal chunks, vs fp64; rows not a multiple of the rows per program;
+    outputs poisoned"""
     from qvdp.ops.patch_merger import row_norm, row_stats
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(width + n)
@@ -674,7 +675,7 @@ def test_row_stats_and_norm_tiles(rms, width, n, tiles):
     xd = x.double().cpu()
     mean = torch.full((n,), float("nan"), device=dev)
     rstd = torch.full((n,), float("nan"), device=dev)
-    row_stats(x, mean, rstd, width, 1e-6, rms, negm=True, tiles=tiles)
+    row_stats(x, mean, rstd, width, 1e-6, rms, negm=True, tiles=tiles, chunks=chunks)
     if rms:
         r = torch.rsqrt(xd.pow(2).mean(-1) + 1e-6)
         m = torch.zeros(n, dtype=torch.float64)
@@ -685,9 +686,35 @@ def test_row_stats_and_norm_tiles(rms, width, n, tiles):
     assert torch.allclose(mean.double().cpu(), -m * r, rtol=1e-5, atol=1e-6)
     w = (1 + 0.2 * torch.randn(width, generator=g)).to(dev)
     b = None if rms else (0.2 * torch.randn(width, generator=g)).to(dev)
-    got = row_norm(x, w, b, width, 1e-6, rms, tiles=tiles)
+    got = row_norm(x, w, b, width, 1e-6, rms, tiles=tiles, chunks=chunks)
     ref = (xd - m[:, None]) * r[:, None] * w.double().cpu() + (0 if rms else b.double().cpu())
     assert torch.isfinite(got).all() and rel(got.cpu(), ref) < 1e-5
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("width,n,chunks", [(384, 5, None), (96, 7, (32, 1, 1)), (160, 9, (32, 4, 2)),
+                                            (640, 3, (128, 2, 2))])
+def test_row_chunks(rms, width, n, chunks):
+    """the chunked norm / statistics kernels (the row as equal power-of-two chunks): the default plan (384 = 3 x
+    128) and explicit ones, rows not a multiple of the rows per program, vs fp64"""
+    test_row_stats_and_norm_tiles(rms, width, n, None, chunks)
+
+
+def test_chunk_tiles():
+    """the chunked kernels take non-power-of-two widths made of at most 64 chunks of 32+ columns; norms up to 2048
+    wide (4608: the two-block kernel, s25f)"""
+    from qvdp.ops.patch_merger import chunk_tiles
+    assert chunk_tiles(1152) == (128, 9, 2, 2) and chunk_tiles(4608, stats=True) == (512, 9, 1, 2)
+    assert chunk_tiles(1280) == (128, 10, 2, 2) and chunk_tiles(4608) is None
+    assert chunk_tiles(1024) is None and chunk_tiles(4096, stats=True) is None and chunk_tiles(200) is None
+    assert chunk_tiles(96 * 65) is None and chunk_tiles(1152, stats=True) == (128, 9, 2, 2)
+    for w in range(1, 6000):
+        for st in (False, True):
+            t = chunk_tiles(w, st)
+            if t is not None:
+                cw, nch, rows, warps = t
+                assert cw * nch == w and cw & (cw - 1) == 0 and 32 <= cw and nch <= 64 and rows >= 1 and warps == 2
 
 
 @pytest.mark.gpu

@@ -129,6 +129,64 @@ if HAS_TRITON:
             tl.store(Y + base + cb[None, :], yb.to(Y.dtype.element_ty), mask=mb)
 
     @triton.jit
+    def _chunk_moments(X, base, rm, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr, CW: tl.constexpr,
+                       NCH: tl.constexpr):
+        # ROWS rows at X + base read as NCH chunks of CW columns, every chunk the same [ROWS, CW] block, so no row
+        # reduction or broadcast changes register layout (the two-block form, 1152 = 1024 + 128, has the blocks in
+        # two layouts: 15 barriers and 122 registers per program, sm_90a). Exact centred variance: pass 1 sums,
+        # pass 2 sums the squared deviations (the chunks read again: registers or L1). (mean, rstd, columns, mask)
+        c = tl.arange(0, CW)
+        m = rm[:, None] & (c < CW)[None, :]
+        q = tl.zeros([ROWS, CW], tl.float32)
+        if RMS:
+            mean = tl.zeros([ROWS], tl.float32)
+            for j in tl.static_range(NCH):
+                x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
+                q += x * x
+        else:
+            s = tl.zeros([ROWS, CW], tl.float32)
+            for j in tl.static_range(NCH):
+                s += tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
+            mean = tl.sum(s, 1) / width
+            for j in tl.static_range(NCH):
+                x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
+                d = tl.where(m, x - mean[:, None], 0.0)
+                q += d * d
+        rstd = 1.0 / tl.sqrt(tl.sum(q, 1) / width + eps)
+        return mean, rstd, c, m
+
+    @triton.jit
+    def _row_norm_chunks(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
+                         ROWS: tl.constexpr, CW: tl.constexpr, NCH: tl.constexpr):
+        # row_norm with the row as NCH chunks of CW columns (chunk_tiles): statistics, then each chunk normalised
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rm = rows < n_rows
+        base = rows.to(tl.int64)[:, None] * width
+        mean, rstd, c, m = _chunk_moments(X, base, rm, width, eps, RMS, ROWS, CW, NCH)
+        for j in tl.static_range(NCH):
+            x = tl.load(X + base + j * CW + c[None, :], mask=m, other=0.0).to(tl.float32)
+            # (the weight / bias chunk loaded as a [ROWS, CW] block, every row the same addresses: in x's layout; a
+            # 1-D load broadcast with [None, :] goes through shared memory once warps split the rows)
+            wc = j * CW + c[None, :] + tl.zeros([ROWS, 1], tl.int32)
+            y = (x - mean[:, None]) * rstd[:, None] * tl.load(W + wc).to(tl.float32)
+            if HAS_B:
+                y += tl.load(B + wc).to(tl.float32)
+            tl.store(Y + base + j * CW + c[None, :], y.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _row_stats_chunks(X, MEAN, RSTD, n_rows, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
+                          CW: tl.constexpr, NCH: tl.constexpr, NEGM: tl.constexpr):
+        # row_stats with the row as NCH chunks of CW columns (chunk_tiles)
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rm = rows < n_rows
+        mean, rstd, _, _ = _chunk_moments(X, rows.to(tl.int64)[:, None] * width, rm, width, eps, RMS, ROWS, CW,
+                                          NCH)
+        if NEGM:
+            mean = -mean * rstd
+        tl.store(MEAN + rows, mean, mask=rm)
+        tl.store(RSTD + rows, rstd, mask=rm)
+
+    @triton.jit
     def _fold_tile(x_desc, w_desc, MEAN, RSTD, S, C, Y, M, N, KC, stride_ym, off_m, off_n, NCHUNK: tl.constexpr,
                    RMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    NUM_STAGES: tl.constexpr):
@@ -318,10 +376,37 @@ def norm_tiles(width: int) -> tuple:
     return block, tail, rows, warps
 
 
-def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None):
+@functools.lru_cache(maxsize=256)
+def chunk_tiles(width: int, stats: bool = False):
+    """(CW, NCH, ROWS, num_warps) of the chunked norm (stats=False) / statistics kernels for `width`-wide rows: the
+    row as NCH chunks of CW columns, CW its largest power-of-two divisor up to 128 (norm) / 512 (statistics); None
+    where the block kernels (norm_tiles) are used: power-of-two widths, divisors under 32, more than 64 chunks, and
+    norms wider than 2048. Every configuration timed in turn on one H200 (s25f, benchmarks/diag_merger_chunks.py,
+    median of 15 rounds): the 1152-wide norm 24.7 -> 21.9 us at 14080 rows and 41.1 -> 33.8 us at 25600 (two rows,
+    two warps per program; a copy of the bytes 18.0 / 30.5 us), the 4608-wide statistics 9.1 -> 7.9 us at 3520 rows
+    and 18.9 -> 17.1 us at 6400 (one row, two warps); the 4608-wide norm was level or slower chunked (21.9 -> 22.7,
+    35.1 -> 34.8 at its best), so it keeps the two blocks."""
+    if width & (width - 1) == 0 or (not stats and width > 2048):
+        return None
+    cw = min(width & -width, 512 if stats else 128)
+    if cw < 32 or width // cw > 64:
+        return None
+    rows = max(1, 256 // cw) if stats else 2
+    return cw, width // cw, rows, 2
+
+
+def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None, chunks=None):
     """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass; negm: store
-    -mean * rstd in place of the mean. tiles: (BLOCK, TAIL, ROWS, num_warps), default norm_tiles(width)."""
+    -mean * rstd in place of the mean. tiles: (BLOCK, TAIL, ROWS, num_warps) for the block kernel, chunks: (CW,
+    ROWS, num_warps) for the chunked one; default chunk_tiles(width, stats=True), else norm_tiles(width)."""
     n = mean.numel()
+    plan = None if tiles else (chunks[:1] + (width // chunks[0],) + chunks[1:] if chunks
+                               else chunk_tiles(width, True))
+    if plan:
+        cw, nch, rows, warps = plan
+        _row_stats_chunks[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, float(eps), RMS=rms, ROWS=rows,
+                                                   CW=cw, NCH=nch, NEGM=negm, num_warps=warps, **FP_FUSION)
+        return
     block, tail, rows, warps = tiles or norm_tiles(width)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
                                              BLOCK=block, NEGM=negm, TAIL=tail, num_warps=warps, **FP_FUSION)
@@ -341,18 +426,25 @@ def fold_stats(x, mu, width, eps, rms):
     return c1c2, rn
 
 
-def row_norm(x, weight, bias, width, eps, rms, tiles=None):
+def row_norm(x, weight, bias, width, eps, rms, tiles=None, chunks=None):
     """LayerNorm (rms=False) or RMSNorm over every `width`-wide row of x (contiguous), one Triton pass
     in fp32; returns a tensor shaped and typed like x. weight/bias: [width] (bias None: none). tiles:
-    (BLOCK, TAIL, ROWS, num_warps), default norm_tiles(width)."""
+    (BLOCK, TAIL, ROWS, num_warps) for the block kernel, chunks: (CW, ROWS, num_warps) for the chunked one;
+    default chunk_tiles(width), else norm_tiles(width)."""
     y = torch.empty_like(x)
     n = x.numel() // width
     if n == 0:
         return y
-    block, tail, rows, warps = tiles or norm_tiles(width)
     has_b = bias is not None
     weight = weight.contiguous()
     bias = bias.contiguous() if has_b else weight
+    plan = None if tiles else (chunks[:1] + (width // chunks[0],) + chunks[1:] if chunks else chunk_tiles(width))
+    if plan:
+        cw, nch, rows, warps = plan
+        _row_norm_chunks[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps), RMS=rms, HAS_B=has_b,
+                                                  ROWS=rows, CW=cw, NCH=nch, num_warps=warps, **FP_FUSION)
+        return y
+    block, tail, rows, warps = tiles or norm_tiles(width)
     # (Triton's own launcher: qvdp's fast_launch took 26-34 us of host time per call against its
     # 21-24, s23a, H200, Triton 3.6)
     _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
