@@ -65,6 +65,7 @@
 #   bash scripts/gpu_session.sh s24h     # (1 GPU, CUTLASS .so files carried) the fold's factors loaded before each chunk's MMAs: fold tests, diag_merger_fold
 #     (s24h ran at commit 4c08cea, building the native extension (not in the no-build list then); its diag failed on the main library not being loaded;
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
+#   bash scripts/gpu_session.sh s25h     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger
 #   bash scripts/gpu_session.sh s25g     # (1 GPU, CUTLASS .so files carried) the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
 #   bash scripts/gpu_session.sh s25f     # (1 GPU) diag_merger_chunks: the norm / statistics passes with the row as equal power-of-two chunks
 #   bash scripts/gpu_session.sh s25e     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file
@@ -231,6 +232,9 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s25h ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
+  T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
+  T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s25g ]; then  # session 25, one GPU: the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
   T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=${DIAG_T:-120} TAILN=100 step diag_chunks python3 benchmarks/diag_merger_chunks.py --rounds ${ROUNDS:-15}
