@@ -701,6 +701,21 @@ def test_row_chunks(rms, width, n, chunks):
     test_row_stats_and_norm_tiles(rms, width, n, None, chunks)
 
 
+def test_row_chunks_bad_plans():
+    """explicit chunks that do not split the row into equal power-of-two chunks, or chunks and tiles together, are
+    refused before any launch"""
+    from qvdp.ops.patch_merger import row_norm, row_stats
+    x, w = torch.randn(4, 96), torch.ones(96)
+    m, r = torch.empty(4), torch.empty(4)
+    for bad in ((64, 1, 1), (48, 1, 1), (0, 1, 1)):
+        with pytest.raises(ValueError, match="chunk width"):
+            row_norm(x, w, None, 96, 1e-6, True, chunks=bad)
+        with pytest.raises(ValueError, match="chunk width"):
+            row_stats(x, m, r, 96, 1e-6, True, chunks=bad)
+    with pytest.raises(ValueError, match="not both"):
+        row_norm(x, w, None, 96, 1e-6, True, tiles=(64, 32, 1, 2), chunks=(32, 1, 1))
+
+
 def test_chunk_tiles():
     """the chunked kernels take non-power-of-two widths made of at most 64 chunks of 32+ columns; norms up to 2048
     wide (4608: the two-block kernel, s25f)"""
@@ -708,7 +723,7 @@ def test_chunk_tiles():
     assert chunk_tiles(1152) == (128, 9, 2, 2) and chunk_tiles(4608, stats=True) == (512, 9, 1, 2)
     assert chunk_tiles(1280) == (128, 10, 2, 2) and chunk_tiles(4608) is None
     assert chunk_tiles(1024) is None and chunk_tiles(4096, stats=True) is None and chunk_tiles(200) is None
-    assert chunk_tiles(96 * 65) is None and chunk_tiles(1152, stats=True) == (128, 9, 2, 2)
+    assert chunk_tiles(96 * 65, stats=True) is None and chunk_tiles(1152, stats=True) == (128, 9, 2, 2)
     for w in range(1, 6000):
         for st in (False, True):
             t = chunk_tiles(w, st)

@@ -395,13 +395,25 @@ def chunk_tiles(width: int, stats: bool = False):
     return cw, width // cw, rows, 2
 
 
+def _chunk_plan(width, tiles, chunks, stats):
+    """(CW, NCH, ROWS, num_warps) of a chunked launch, or None for the block kernel (tiles given, or no chunk plan
+    for this width); explicit chunks must split the row into equal power-of-two chunks."""
+    if tiles is not None and chunks is not None:
+        raise ValueError("give tiles (the block kernel) or chunks (the chunked kernel), not both")
+    if chunks is None:
+        return None if tiles is not None else chunk_tiles(width, stats)
+    cw, rows, warps = chunks
+    if cw < 1 or cw & (cw - 1) or width % cw:
+        raise ValueError(f"chunks: the chunk width must be a power of two dividing the row width {width}, got {cw}")
+    return cw, width // cw, rows, warps
+
+
 def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None, chunks=None):
     """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass; negm: store
     -mean * rstd in place of the mean. tiles: (BLOCK, TAIL, ROWS, num_warps) for the block kernel, chunks: (CW,
     ROWS, num_warps) for the chunked one; default chunk_tiles(width, stats=True), else norm_tiles(width)."""
     n = mean.numel()
-    plan = None if tiles else (chunks[:1] + (width // chunks[0],) + chunks[1:] if chunks
-                               else chunk_tiles(width, True))
+    plan = _chunk_plan(width, tiles, chunks, True)
     if plan:
         cw, nch, rows, warps = plan
         _row_stats_chunks[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, float(eps), RMS=rms, ROWS=rows,
@@ -438,7 +450,7 @@ def row_norm(x, weight, bias, width, eps, rms, tiles=None, chunks=None):
     has_b = bias is not None
     weight = weight.contiguous()
     bias = bias.contiguous() if has_b else weight
-    plan = None if tiles else (chunks[:1] + (width // chunks[0],) + chunks[1:] if chunks else chunk_tiles(width))
+    plan = _chunk_plan(width, tiles, chunks, False)
     if plan:
         cw, nch, rows, warps = plan
         _row_norm_chunks[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps), RMS=rms, HAS_B=has_b,
