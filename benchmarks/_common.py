@@ -53,6 +53,60 @@ def event_us(fn, inner: int = 10, rounds: int = 7, warm: int = 1, head_cycles: i
     return statistics.median(ts), min(ts)
 
 
+def host_us(fn, n: int = 50, busy_cycles: int = int(2e8)) -> float:
+    """Host us per call of fn: n calls enqueued while the GPU is kept busy (torch.cuda._sleep(busy_cycles), ~0.1 s
+    per 2e8 cycles), so nothing waits for the GPU and what is timed is host work (the merger host diagnostics)."""
+    import time
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(busy_cycles))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) * 1e6 / n
+    torch.cuda.synchronize()
+    return t
+
+
+def graph_us(fn, inner: int = 10, rounds: int = 7, head_cycles: int = 0):
+    """(median, min) GPU us per call of fn replayed from a CUDA graph of `inner` calls (no host work in the
+    timing; event_us of the replay, head_cycles as there)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            fn()
+    return tuple(v / inner for v in event_us(g.replay, inner=1, rounds=rounds, head_cycles=head_cycles))
+
+
+def interleaved_ms(fns: dict, rounds: int, inner: int = 10) -> dict:
+    """{name: median GPU ms per call}: every fn timed in turn, round after round (event_ms of `inner` calls behind
+    the tuner's busy-wait), after three warm-up calls each (the merger pass diagnostics)."""
+    import statistics
+    for f in fns.values():
+        for _ in range(3):
+            f()
+    got = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            got[k].append(event_ms(f, inner=inner, head_cycles=None))
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def report_bandwidth(title: str, times: dict, nbytes) -> None:
+    """Print us, TB/s (nbytes: one count, or one per name) and the ratio to the first entry of {name: ms}."""
+    print(f"\n== {title}", flush=True)
+    base = None
+    for k, t in times.items():
+        base = base or t
+        b = nbytes[k] if isinstance(nbytes, dict) else nbytes
+        print(f"{k:44s} {t * 1e3:7.1f} us  {b / t / 1e9:5.2f} TB/s  {t / base:5.3f}x", flush=True)
+
+
 def kernel_us(fn, n: int = 20, width: int = 40) -> dict:
     """{kernel name[:width]: GPU us per call of fn} from the torch profiler (fn called once before)."""
     from torch.profiler import ProfilerActivity, profile

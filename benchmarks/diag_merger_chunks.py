@@ -16,13 +16,12 @@ busy-wait: GPU time), median of the rounds; each chunked variant checked against
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from _common import event_ms
+from _common import interleaved_ms as interleaved, report_bandwidth as report
 
 from qvdp.ops.patch_merger import norm_tiles, row_norm, row_stats
 
@@ -35,23 +34,8 @@ def stats_chunks(x, mean, rstd, width, cw, rows, warps, rms=False):
     row_stats(x, mean, rstd, width, 1e-6, rms, negm=True, chunks=(cw, rows, warps))
 
 
-def interleaved(fns, rounds):
-    for f in fns.values():
-        for _ in range(3):
-            f()
-    got = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            got[k].append(event_ms(f, inner=10, head_cycles=None))
-    return {k: statistics.median(v) for k, v in got.items()}
 
 
-def report(title, times, nbytes):
-    print(f"\n== {title}", flush=True)
-    base = None
-    for k, t in times.items():
-        base = base or t
-        print(f"{k:44s} {t * 1e3:7.1f} us  {nbytes / t / 1e9:5.2f} TB/s  {t / base:5.3f}x", flush=True)
 
 
 def rel(a, b):

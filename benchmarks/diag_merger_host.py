@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from _common import append_jsonl, event_us
+from _common import append_jsonl, event_us, graph_us, host_us
 from bench_merger import eager, make_inputs
 
 from qvdp.ops import merger_gemm
@@ -34,29 +33,8 @@ from qvdp.ops._triton_utils import fast_launch
 NAMED = {"4x3520": 4 * 3520, "4x6400": 4 * 6400, "56320": 56320}
 
 
-def host_us(fn, n=50):
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e8))  # ~0.1-0.2 s of GPU work: the loop below only enqueues
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) * 1e6 / n
-    torch.cuda.synchronize()
-    return t
 
 
-def graph_us(fn, inner=10, rounds=7):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    return tuple(v / inner for v in event_us(g.replay, inner=1, rounds=rounds))
 
 
 def with_env(name, value, fn):

@@ -14,10 +14,10 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 
 import torch
 
+from _common import host_us
 from bench_merger import make_inputs
 
 from qvdp.ops import merger_gemm
@@ -26,16 +26,6 @@ from qvdp.ops import patch_merger as pm
 NAMED = {"4x3520": 4 * 3520, "4x6400": 4 * 6400, "56320": 56320}
 
 
-def host_us(fn, n):
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(1e9))  # ~0.5 s of GPU busy-wait: the loop below only enqueues
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) * 1e6 / n
-    torch.cuda.synchronize()
-    return t
 
 
 def main():
@@ -72,7 +62,7 @@ def main():
         }
         print(f"\n== {spec}: picks ({a}, {b})", flush=True)
         for name, fn in layers.items():
-            ts = sorted(host_us(fn, args.calls // 3) for _ in range(3))
+            ts = sorted(host_us(fn, args.calls // 3, busy_cycles=int(1e9)) for _ in range(3))
             print(f"  {name:36s} host {ts[1]:7.1f} us/call (min {ts[0]:.1f})", flush=True)
         top()
         torch.cuda.synchronize()

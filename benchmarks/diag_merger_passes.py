@@ -20,13 +20,12 @@ time), and the median of the rounds is printed with the bytes moved per second.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
 import triton.language as tl
 
-from _common import event_ms
+from _common import interleaved_ms as interleaved, report_bandwidth as report
 
 from qvdp.ops.patch_merger import norm_tiles, row_norm, row_stats
 
@@ -57,23 +56,8 @@ def gelu_(h, block, warps):
     _gelu_[(triton.cdiv(n, block),)](h, n, BLOCK=block, num_warps=warps)
 
 
-def interleaved(fns, rounds):
-    for f in fns.values():
-        for _ in range(3):
-            f()
-    got = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            got[k].append(event_ms(f, inner=10, head_cycles=None))
-    return {k: statistics.median(v) for k, v in got.items()}
 
 
-def report(title, times, nbytes):
-    print(f"\n== {title}", flush=True)
-    base = None
-    for k, t in times.items():
-        base = base or t
-        print(f"{k:44s} {t * 1e3:7.1f} us  {nbytes[k] / t / 1e9:5.2f} TB/s  {t / base:5.3f}x", flush=True)
 
 
 def main():

@@ -16,11 +16,10 @@ A system whose host us is at or above its GPU us would be host-bound as an eager
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from _common import event_ms, time_interleaved
+from _common import event_ms, graph_us, host_us, time_interleaved
 from bench_merger import make_inputs
 
 from qvdp.ops import merger_gemm
@@ -29,30 +28,8 @@ from qvdp.ops import patch_merger as pm
 NAMED = {"4x3520": 4 * 3520, "4x6400": 4 * 6400, "56320": 56320}
 
 
-def host_us(fn, n=40):
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(3e8))  # GPU kept busy: the loop below only enqueues
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) * 1e6 / n
-    torch.cuda.synchronize()
-    return t
 
 
-def graph_us(fn, inner=10, rounds=7):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    ts = sorted(event_ms(g.replay, inner=1, head_cycles=None) * 1e3 / inner for _ in range(rounds))
-    return ts[len(ts) // 2]
 
 
 def fc2_into(b, h, w2, b2, out):
@@ -117,9 +94,9 @@ def main():
               f"{'diff':>8s}", flush=True)
         for name, fn in fns.items():
             g = gpu[name] * 1e3
-            hst = host_us(fn)
+            hst = host_us(fn, n=40, busy_cycles=int(3e8))
             try:
-                gr = graph_us(fn) if name != "tuned" else float("nan")
+                gr = graph_us(fn, head_cycles=None)[0] if name != "tuned" else float("nan")
             except Exception as e:  # noqa: BLE001
                 print(f"  [{name}] graph: {type(e).__name__}: {str(e)[:120]}")
                 gr = float("nan")
