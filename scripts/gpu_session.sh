@@ -65,6 +65,8 @@
 #   bash scripts/gpu_session.sh s24h     # (1 GPU, CUTLASS .so files carried) the fold's factors loaded before each chunk's MMAs: fold tests, diag_merger_fold
 #     (s24h ran at commit 4c08cea, building the native extension (not in the no-build list then); its diag failed on the main library not being loaded;
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
+#   (s25d, the overlap probe, and s25i, the final GPU tests, ran as plain commands: cd benchmarks; python3 diag_merger_overlap.py /
+#    python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "row_norm or row_stats or row_chunks or tuned or auto or cutlass_lib")
 #   bash scripts/gpu_session.sh s25h     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger
 #   bash scripts/gpu_session.sh s25g     # (1 GPU, CUTLASS .so files carried) the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
 #   bash scripts/gpu_session.sh s25f     # (1 GPU) diag_merger_chunks: the norm / statistics passes with the row as equal power-of-two chunks
