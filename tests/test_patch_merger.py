@@ -168,6 +168,38 @@ def test_cutlass_lib_known_device(monkeypatch):
         assert lib.unavailable_reason(other) == "no CUDA device"
 
 
+def test_merger_gemm_launch_arguments(monkeypatch):
+    """merger_gemm.launch / launch_fold hand the C functions their arguments in the order of their ctypes
+    signatures (x, w, out, M, N, K, the vectors as pointers or None, launch_fold's chunk count, workspace, SMs,
+    swizzle, raster, stream); an empty problem launches nothing; a failing code is an error naming the kernel"""
+    from qvdp.ops import merger_gemm
+    calls, plans = [], []
+
+    def fake_plan(lib, plans_, name, variant, x, dev, M, N, K, swizzle, raster):
+        plans.append((lib, name, variant))
+        return (lambda *a: calls.append(a) or rc[0]), 132, None
+    rc = [0]
+    monkeypatch.setattr(merger_gemm, "_plan", fake_plan)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda dev: 77, raising=False)
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: 0)
+    x, w = torch.randn(6, 16), torch.randn(8, 16)
+    v = [torch.randn(6), None, torch.randn(8), torch.randn(8)]
+    out = merger_gemm.launch(x, w, *v, None, 1, 2, 0)
+    assert out.shape == (6, 8) and plans[-1][1:] == ("qvdp_fc1_gelu", 1)
+    ptr = lambda t: t.data_ptr() if t is not None else None
+    assert calls[-1] == (x.data_ptr(), w.data_ptr(), out.data_ptr(), 6, 8, 16, *map(ptr, v), None, 132, 2, 0, 77)
+    c1, c2, sc = torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 8)
+    out = merger_gemm.launch_fold(x, w, *v, c1, c2, sc, 5, out=out)
+    assert plans[-1][1:] == ("qvdp_fc1_fold", 30)
+    assert calls[-1] == (x.data_ptr(), w.data_ptr(), out.data_ptr(), 6, 8, 16, *map(ptr, v), c1.data_ptr(),
+                         c2.data_ptr(), sc.data_ptr(), 5, None, 132, 1, 0, 77)
+    n = len(calls)
+    assert merger_gemm.launch(x[:0], w, *v, None, 1).shape == (0, 8) and len(calls) == n
+    rc[0] = 3
+    with pytest.raises(RuntimeError, match="qvdp_fc1_fold_v30 failed"):
+        merger_gemm.launch_fold(x, w, *v, c1, c2, sc, 5)
+
+
 def test_tuned_keys_and_names():
     """the "tuned" path's kept keys and candidate names are those tune_keys / TUNE_FC1 / TUNE_FC2 give"""
     from qvdp.ops import patch_merger as pm

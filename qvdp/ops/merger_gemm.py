@@ -163,24 +163,30 @@ def _plan(lib, plans, name, variant, x, dev, M, N, K, swizzle, raster):
     return plan
 
 
+def _launch(lib, plans, name, variant, x, w, out, vectors, ints, swizzle, raster):
+    """One call of the C function `name` of `lib`: (x, w, out, M, N, K, *vectors as pointers (None: null), *ints,
+    workspace, SM count, swizzle, raster, stream); out allocated where None; nothing launched for an empty one."""
+    M, N, K, out = _sizes_out(x, w, out)
+    if M == 0 or N == 0:
+        return out
+    dev = x.get_device()
+    fn, sms, ws = _plan(lib, plans, name, variant, x, dev, M, N, K, swizzle, raster)
+    rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K,
+            *(t.data_ptr() if t is not None else None for t in vectors), *ints,
+            ws.data_ptr() if ws is not None else None, sms, swizzle, raster, torch._C._cuda_getCurrentRawStream(dev))
+    if rc:
+        raise RuntimeError(f"{name}_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, 3 launch) for "
+                           f"M={M} N={N} K={K}" + (f" {ints}" if ints else ""))
+    return out
+
+
 def launch(x, w, rstd, negm, s, c, out, variant, swizzle=1, raster=0):
     """The launch itself, without fc1_gelu's / linear's checks: for callers that have made sure that x [M, K]
     and w [N, K] are contiguous bf16 on one CUDA device where this library runs, that rstd / negm ([M]) and
     s / c ([N]) are contiguous fp32 there or None, and out a contiguous bf16 [M, N] there (None: allocated).
     Host work per call: one dict lookup, the output's allocation, the stream handle, the C call (whose
     kernel Params are kept for repeated calls, csrc/qvdp_cutlass_gemm.h)."""
-    M, N, K, out = _sizes_out(x, w, out)
-    if M == 0 or N == 0:
-        return out
-    dev = x.get_device()
-    fn, sms, ws = _plan(_LIB, _PLANS, "qvdp_fc1_gelu", variant, x, dev, M, N, K, swizzle, raster)
-    ptr = (lambda t: t.data_ptr() if t is not None else None)
-    rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(ws), sms,
-            swizzle, raster, torch._C._cuda_getCurrentRawStream(dev))
-    if rc:
-        raise RuntimeError(f"qvdp_fc1_gelu_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, "
-                           f"3 launch) for M={M} N={N} K={K}")
-    return out
+    return _launch(_LIB, _PLANS, "qvdp_fc1_gelu", variant, x, w, out, (rstd, negm, s, c), (), swizzle, raster)
 
 
 _FOLD_PLANS: dict = {}
@@ -193,16 +199,5 @@ def launch_fold(x, w, rstd, negm, s, c, c1, c2, s_chunks, chunk_k_tiles, out=Non
     patch chunks (K = 4 * 64 * chunk_k_tiles); rstd / negm [M] and s / c [N] the epilogue's (the last chunk's r,
     -mu * r, S, and b1 + W1 @ beta). chunk_k_tiles = 0 with c1 = c2 = s_chunks = None: the kernel without the
     rescale (launch's epilogue)."""
-    M, N, K, out = _sizes_out(x, w, out)
-    if M == 0 or N == 0:
-        return out
-    dev = x.get_device()
-    fn, sms, ws = _plan(_FOLD_LIB, _FOLD_PLANS, "qvdp_fc1_fold", variant, x, dev, M, N, K, swizzle, raster)
-    ptr = (lambda t: t.data_ptr() if t is not None else None)
-    rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K, ptr(rstd), ptr(negm), ptr(s), ptr(c), ptr(c1),
-            ptr(c2), ptr(s_chunks), chunk_k_tiles, ptr(ws), sms, swizzle, raster,
-            torch._C._cuda_getCurrentRawStream(dev))
-    if rc:
-        raise RuntimeError(f"qvdp_fc1_fold_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, "
-                           f"3 launch) for M={M} N={N} K={K} chunk_k_tiles={chunk_k_tiles}")
-    return out
+    return _launch(_FOLD_LIB, _FOLD_PLANS, "qvdp_fc1_fold", variant, x, w, out, (rstd, negm, s, c, c1, c2, s_chunks),
+                   (chunk_k_tiles,), swizzle, raster)

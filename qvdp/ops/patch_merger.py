@@ -721,8 +721,8 @@ def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass):
 def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
     """(fc1, fc2): the candidates the "tuned" path runs for this shape (None where not tuned yet)."""
     from . import _tune
-    key1, key2 = tune_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm)
-    pair = _tune.choice(_pair_key(key1, N2))
+    key1, key2, keyc = _tuned_keys(device, merged_rows, K, N1, N2, postshuffle_norm, norm)
+    pair = _tune.choice(keyc)
     return tuple(pair.split(" + ")) if pair else (_tune.choice(key1), _tune.choice(key2))
 
 
