@@ -2,7 +2,7 @@
 tile orders). Systems timed in turn, CUDA events around 20 calls, best of 5 rounds. TFLOP/s = 2*M*N*K / time.
 
     python benchmarks/diag_merger_gemm.py [--m 3520 14080] [--nk 4608 4096] [--variants 1 4 ...] [--rasters 0 1 2]
-        [--swizzles 1]                      fc1 (N = K): cuBLAS mm / addmm / cuBLASLt bias+GELU(tanh) / addmm + GELU
+        [--swizzles 1] [--names]            fc1 (N = K): cuBLAS mm / addmm / cuBLASLt bias+GELU(tanh) / addmm + GELU
                                             pass vs CUTLASS fc1_gelu (VARIANTS, DIAG_VARIANTS: D = acc)
     python benchmarks/diag_merger_gemm.py --fc2 [--m ...] [--kn 4608:2048 ...] [--variants 14 ...] [--rasters ...]
                                             fc2 (K -> N): cuBLAS addmm vs CUTLASS linear (LINEAR_VARIANTS)
@@ -86,6 +86,17 @@ def clocks_under_load(fn, seconds=1.0):
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
 
 
+def kernel_names(fn):
+    """The CUDA kernels one call of fn launches (torch profiler), e.g. cuBLAS's choice for a shape."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fc2", action="store_true", help="time fc2 (bias, no activation) instead of fc1")
@@ -99,6 +110,7 @@ def main():
     ap.add_argument("--clocks", nargs="*", default=None,
                     help="also report the SM clock and board power under a 1 s loop of the systems whose names "
                          "contain one of these strings (no strings: every system)")
+    ap.add_argument("--names", action="store_true", help="also print the kernels cuBLAS runs for each shape")
     a = ap.parse_args()
     why = mg.unavailable_reason()
     print(torch.cuda.get_device_name(), "CUTLASS:", why or "available")
@@ -115,6 +127,9 @@ def main():
                     f()
                     best[k] = min(best[k], event_ms(f, inner=20))
             fl = 2.0 * M * N * K
+            if a.names:
+                for k in [k for k in fns if k.startswith("cuBLAS")]:
+                    print(f"M={M} N={N} K={K} {k}: {', '.join(kernel_names(fns[k]))}", flush=True)
             for k, t in best.items():
                 extra = ""
                 if a.clocks is not None and (not a.clocks or any(c in k for c in a.clocks)):

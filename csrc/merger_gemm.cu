@@ -13,12 +13,18 @@
 // GELU -> bf16 -> TMA store. Built as a plain C shared library (no torch ABI): the Python side
 // calls it through ctypes on torch's current stream.  sm_90a only.
 
-#include "qvdp_cutlass_gemm.h"
-#include "qvdp_fold_mainloop.h"
-
 #ifndef QVDP_MERGER_VARIANT
 #define QVDP_MERGER_VARIANT 0
 #endif
+// Variants 40+ need CuTe's "extended" wgmma shapes (N = 8 * k beyond 64/96/128/192/256). Without them the
+// collective builder's ss_op_selector falls back to the largest listed N dividing the tile's: a 128x160 tile was
+// built from 64x32x16 instructions, five per warpgroup per k16 step (session 24's "stalled" cuBLAS-tile kernels).
+#if QVDP_MERGER_VARIANT >= 40
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED 1
+#endif
+
+#include "qvdp_cutlass_gemm.h"
+#include "qvdp_fold_mainloop.h"
 
 using namespace cute;
 
@@ -123,6 +129,21 @@ using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #define QVDP_FOLD 1
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
                        cutlass::epilogue::thread::GELU, false, FoldWrap, 256>;
+// 40-45: tiles whose N is not 64/128/192/256, from one wgmma of the tile's N per warpgroup and k16 step (the
+// extended shapes above). 128x160 with cluster 2x1 is cuBLAS's pick for fc1 at M=3520, N=K=4608 on an H200 (nvjet
+// 128x160x64, 5 stages); 128x144 divides 4608 into 32 column tiles (896 tiles: 6.8 waves on 132 SMs).
+#elif QVDP_MERGER_VARIANT == 40
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
+#elif QVDP_MERGER_VARIANT == 41  // diagnostics: variant 40's mainloop, D = acc
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, true>;
+#elif QVDP_MERGER_VARIANT == 42
+using Config = Fc1Gelu<Shape<_128, _144, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
+#elif QVDP_MERGER_VARIANT == 43
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
+#elif QVDP_MERGER_VARIANT == 44
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_1, _2, _1>, Coop, CoopEpi>;
+#elif QVDP_MERGER_VARIANT == 45  // fc2 form (D = acc + c[n]) of variant 40
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -67,6 +67,7 @@
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
 #   (s25d, the overlap probe, and s25i, the final GPU tests, ran as plain commands: cd benchmarks; python3 diag_merger_overlap.py /
 #    python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "row_norm or row_stats or row_chunks or tuned or auto or cutlass_lib")
+#   bash scripts/gpu_session.sh s26a     # (1 GPU, CUTLASS .so files carried) tiles of N 160 / 144 from one wgmma (40-45): fc1 tests, fc1 / fc2 diag (+ cuBLAS's kernel names), bench_merger with them as candidates
 #   bash scripts/gpu_session.sh s25h     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger
 #   bash scripts/gpu_session.sh s25g     # (1 GPU, CUTLASS .so files carried) the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
 #   bash scripts/gpu_session.sh s25f     # (1 GPU) diag_merger_chunks: the norm / statistics passes with the row as equal power-of-two chunks
@@ -109,7 +110,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s26a|s26b|s26c|s26d|s26e|s26f|s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -234,6 +235,11 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s26a ]; then  # session 26, one GPU: CUTLASS tiles of N 160 / 144 from one wgmma each (extended shapes, 40-45): tests, fc1 / fc2 diag, bench_merger with them as candidates
+  T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or linear_variants or params or launch" -p no:cacheprovider
+  T=${DIAG_T:-200} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --names --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 13 40 41 42 43 44} --clocks "cuBLAS mm" "v4 " "v40 " "v41 "
+  T=${DIAG_T:-150} TAILN=60 step diag_fc2 python3 benchmarks/diag_merger_gemm.py --names --fc2 --m 3520 6400 14080 --variants 14 15 19 45
+  T=${BENCH_T:-200} TAILN=40 step bench_merger python3 -c "import sys, runpy; sys.path.insert(0, 'benchmarks'); import qvdp.ops.patch_merger as pm; pm.TUNE_FC1 = tuple(int(v) for v in '${TUNE1:-0 1 12 13 40 42 43 44}'.split()); pm.TUNE_FC2 = tuple(int(v) for v in '${TUNE2:-14 15 19 45}'.split()); print('candidates', pm.TUNE_FC1, pm.TUNE_FC2); sys.argv = ['bench_merger.py', '--out', 'logs/m'] + '${BENCH_ARGS:-}'.split(); runpy.run_path('benchmarks/bench_merger.py', run_name='__main__')"
 elif [ "$STAGE" = s25h ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
   T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
