@@ -2,7 +2,8 @@
 tile orders). Systems timed in turn, CUDA events around 20 calls, best of 5 rounds. TFLOP/s = 2*M*N*K / time.
 
     python benchmarks/diag_merger_gemm.py [--m 3520 14080] [--nk 4608 4096] [--variants 1 4 ...] [--rasters 0 1 2]
-        [--swizzles 1] [--names]            fc1 (N = K): cuBLAS mm / addmm / cuBLASLt bias+GELU(tanh) / addmm + GELU
+        [--swizzles 1] [--names] [--extra-lib qvdp/_merger_diag.so --extra-variants 50 51]
+                                            fc1 (N = K): cuBLAS mm / addmm / cuBLASLt bias+GELU(tanh) / addmm + GELU
                                             pass vs CUTLASS fc1_gelu (VARIANTS, DIAG_VARIANTS: D = acc)
     python benchmarks/diag_merger_gemm.py --fc2 [--m ...] [--kn 4608:2048 ...] [--variants 14 ...] [--rasters ...]
                                             fc2 (K -> N): cuBLAS addmm vs CUTLASS linear (LINEAR_VARIANTS)
@@ -28,6 +29,28 @@ def operands(M, N, K, g):
     return x, w, b, b.float(), torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
 
 
+def extra_library(path, variants):
+    """(launch(x, w, c, out, variant, swizzle, raster), variants) for a diagnostics library built by
+    `scripts/build_merger_gemm.py --variants ... --out path` (merger_gemm.cu configurations outside the package's)."""
+    import ctypes
+    import os
+    from qvdp.ops._cutlass_lib import CutlassLib
+    os.environ["QVDP_MERGER_DIAG_LIB"] = os.path.abspath(path)
+    P, I = ctypes.c_void_p, ctypes.c_int
+    lib = CutlassLib(os.path.basename(path), "QVDP_MERGER_DIAG_LIB", "the diagnostics library",
+                     {"qvdp_fc1_gelu": (I, [P] * 3 + [I] * 3 + [P] * 5 + [I] * 3 + [P]),
+                      "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [I] * 6)}, variants)
+    why = lib.unavailable_reason()
+    if why:
+        raise SystemExit(f"--extra-lib: {why}")
+    plans = {}
+    return (lambda x, w, c, out, v, sw, ra: mg._launch(lib, plans, "qvdp_fc1_gelu", v, x, w, out,
+                                                        (None, None, None, c), (), sw, ra))
+
+
+EXTRA = None  # (launch, variants) of --extra-lib
+
+
 def fc1_systems(M, N, K, variants, swizzles, rasters, g):
     x, w, b, c, out = operands(M, N, K, g)
     fns = {"cuBLAS mm": lambda: torch.mm(x, w.t(), out=out),
@@ -39,7 +62,19 @@ def fc1_systems(M, N, K, variants, swizzles, rasters, g):
             for ra in rasters:
                 fns[f"CUTLASS v{v} sw{sw} raster{ra}"] = (
                     lambda v=v, sw=sw, ra=ra: mg.fc1_gelu(x, w, c=c, out=out, variant=v, swizzle=sw, raster=ra))
-    return fns
+    if EXTRA is not None:
+        launch, extra = EXTRA
+        for v in extra:
+            fns[f"extra v{v}"] = lambda v=v: launch(x, w, c, out, v, swizzles[0], rasters[0])
+    return Systems(fns, (x, w, c))
+
+
+class Systems(dict):
+    """name -> fn, with .operands = (x, w, c) for the correctness check"""
+
+    def __init__(self, fns, operands):
+        super().__init__(fns)
+        self.operands = operands
 
 
 def fc2_systems(M, N, K, variants, swizzles, rasters, g):
@@ -111,7 +146,13 @@ def main():
                     help="also report the SM clock and board power under a 1 s loop of the systems whose names "
                          "contain one of these strings (no strings: every system)")
     ap.add_argument("--names", action="store_true", help="also print the kernels cuBLAS runs for each shape")
+    ap.add_argument("--extra-lib", default=None, help="a diagnostics library (scripts/build_merger_gemm.py "
+                    "--variants ... --out PATH) whose --extra-variants are timed as fc1 kernels too")
+    ap.add_argument("--extra-variants", type=int, nargs="*", default=[])
     a = ap.parse_args()
+    global EXTRA
+    if a.extra_lib:
+        EXTRA = (extra_library(a.extra_lib, a.extra_variants), a.extra_variants)
     why = mg.unavailable_reason()
     print(torch.cuda.get_device_name(), "CUTLASS:", why or "available")
     pool = mg.LINEAR_VARIANTS if a.fc2 else {**mg.VARIANTS, **mg.DIAG_VARIANTS}
@@ -121,6 +162,17 @@ def main():
         for M in a.m:
             g = torch.Generator(device="cuda").manual_seed(0)
             fns = (fc2_systems if a.fc2 else fc1_systems)(M, N, K, variants, a.swizzles, a.rasters, g)
+            if not a.fc2:  # every fused fc1 kernel checked once against fp32 GELU(x @ w.T + c) (Plain ones: D = acc)
+                x, w, c = fns.operands
+                pre = x.float() @ w.float().t()
+                for k, f in fns.items():
+                    if k.startswith(("CUTLASS", "extra")):
+                        plain = k.startswith("CUTLASS") and k.split()[1] in {f"v{v}" for v in mg.DIAG_VARIANTS}
+                        ref = pre if plain else torch.nn.functional.gelu(pre + c)
+                        got = f().float()
+                        err = ((got - ref).norm() / ref.norm()).item()
+                        if not err < 1e-2:
+                            print(f"M={M} N={N} K={K} {k}: WRONG, rel err {err:.2e}", flush=True)
             best = {k: float("inf") for k in fns}
             for _ in range(5):
                 for k, f in fns.items():

@@ -39,8 +39,14 @@ using cutlass::epilogue::thread::Identity;
 // Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
           class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false,
-          template <class> class Wrap = NoWrap, int ExtraSmem = 0>
+          template <class> class Wrap = NoWrap, int ExtraSmem = 0,
+          class EpiTile = cutlass::epilogue::collective::EpilogueTileAuto, bool Lean = false>
 struct Fc1Gelu {
+  // Lean: Act(acc + c[n]) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two FMAs and three
+  // broadcast leaves less per element; a launch with rstd, negm or S returns 1 (unsupported)
+  using LeanTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>,
+                                   fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+                                                   fusion::Sm90AccFetch, PerCol<TileShape>>>;
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
                                 PerRow<TileShape>, PerCol<TileShape>, PerCol<TileShape>>;
@@ -49,7 +55,9 @@ struct Fc1Gelu {
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
-                               cute::conditional_t<Plain, PlainTree, GeluTree>, Scheduler, Wrap, ExtraSmem>;
+                               cute::conditional_t<Plain, PlainTree, cute::conditional_t<Lean, LeanTree, GeluTree>>,
+                               Scheduler, Wrap, ExtraSmem, EpiTile>;
+  static constexpr bool kLean = Lean;
   using Gemm = typename G::Op;
 
   static typename Gemm::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K,
@@ -64,6 +72,8 @@ struct Fc1Gelu {
     }
     if constexpr (Plain) {
       args.epilogue.thread = {{}, {}};
+    } else if constexpr (Lean) {
+      args.epilogue.thread = {{{}, {c, 0.0f}, {}}, {}};  // {{acc, c[n], plus}, Act}
     } else {
       // Each tree node's arguments: {children..., op}; a broadcast leaf: {ptr, value when ptr is null}.
       args.epilogue.thread = {
@@ -144,6 +154,37 @@ using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, Ping
 using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_1, _2, _1>, Coop, CoopEpi>;
 #elif QVDP_MERGER_VARIANT == 45  // fc2 form (D = acc + c[n]) of variant 40
 using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
+// 46-49: the cooperative kernels with a larger epilogue sub-tile than the builder's 128x32 (fewer sub-tiles, so
+// fewer barrier rounds and TMA stores per tile in the epilogue, which the cooperative kernel does not overlap with
+// its MMAs)
+#elif QVDP_MERGER_VARIANT == 46
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
+#elif QVDP_MERGER_VARIANT == 47
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _128>>;
+#elif QVDP_MERGER_VARIANT == 48
+using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
+#elif QVDP_MERGER_VARIANT == 49
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
+// 50-53 (diagnostics library, scripts/build_merger_gemm.py --variants): 50 variant 1 with Identity for GELU (the
+// epilogue's vector tree without the GELU); 51 / 52 variant 1 / 0 with the lean tree GELU(acc + c[n]); 53 variant 0
+// with the lean tree and the 128x64 epilogue sub-tile
+#elif QVDP_MERGER_VARIANT == 50
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
+#elif QVDP_MERGER_VARIANT == 51
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0,
+                       cutlass::epilogue::collective::EpilogueTileAuto, true>;
+#elif QVDP_MERGER_VARIANT == 52
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0,
+                       cutlass::epilogue::collective::EpilogueTileAuto, true>;
+#elif QVDP_MERGER_VARIANT == 53
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>, true>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif
@@ -167,6 +208,7 @@ size_t QVDP_SYM(qvdp_fc1_gelu_workspace)(int M, int N, int K, int sm_count, int 
 int QVDP_SYM(qvdp_fc1_gelu)(const void* X, const void* W, void* Y, int M, int N, int K, const float* rstd,
                             const float* negm, const float* S, const float* c, void* workspace, int sm_count,
                             int swizzle, int raster, cudaStream_t stream) {
+  if (Config::kLean && (rstd != nullptr || negm != nullptr || S != nullptr)) return 1;
   auto u = [](const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); };
   auto i = [](int v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v)); };
   typename Config::G::Key key{u(X), u(W), u(Y), i(M), i(N), i(K), u(rstd), u(negm), u(S), u(c), i(sm_count),

@@ -1,12 +1,15 @@
 """Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
 shared CUDA runtime torch already loads:
-  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 40-45);
+  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 43, 45-49);
   qvdp/_merger_fold.so  the merger's fc1 with the per-patch norm folded into its mainloop (merger_gemm.cu,
                         QVDP_MERGER_VARIANT 30);
   qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
                           QVDP_QKV_VARIANT 0-2).
 
     python scripts/build_merger_gemm.py [--jobs N] [--only merger|fold|qkv]
+    python scripts/build_merger_gemm.py --variants 50 51 [--out qvdp/_merger_diag.so]
+                        a diagnostics library of just these merger_gemm.cu configurations (for
+                        benchmarks/diag_merger_gemm.py --extra-lib; the package never loads it)
 
 Needs nvcc with sm_90a and CUTLASS 3.x/4.x headers: QVDP_CUTLASS_DIR=<cutlass checkout> (include/ and
 tools/util/include/), or `pip install nvidia-cutlass` (its cutlass_library package ships both). About a
@@ -24,7 +27,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, *range(40, 46))
+VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 43, 45, 46, 47, 48, 49)
 QKV_VARIANTS = range(3)
 FOLD_VARIANTS = (30,)
 
@@ -60,6 +63,13 @@ def build_fold(jobs: int = 2, out: str | None = None) -> str:
     QVDP_MERGER_VARIANT 30, csrc/qvdp_fold_mainloop.h), its own library so it builds without the others"""
     return _build_lib("merger_gemm.cu", "QVDP_MERGER_VARIANT", FOLD_VARIANTS,
                       out or os.path.join(ROOT, "qvdp", "_merger_fold.so"), jobs)
+
+
+def build_diag(variants, jobs: int = 2, out: str | None = None) -> str:
+    """A library of just these merger_gemm.cu configurations (default qvdp/_merger_diag.so): a new configuration
+    timed without rebuilding every other one."""
+    return _build_lib("merger_gemm.cu", "QVDP_MERGER_VARIANT", tuple(variants),
+                      out or os.path.join(ROOT, "qvdp", "_merger_diag.so"), jobs)
 
 
 def build_qkv(jobs: int = 2, out: str | None = None) -> str:
@@ -98,8 +108,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--only", choices=["merger", "qkv", "fold"], default=None)
+    ap.add_argument("--variants", type=int, nargs="+", default=None,
+                    help="build only these merger_gemm.cu configurations, into --out (a diagnostics library)")
+    ap.add_argument("--out", default=None)
     a = ap.parse_args()
     try:
+        if a.variants:
+            print("built", build_diag(a.variants, a.jobs, a.out))
+            return
         if a.only in (None, "merger"):
             print("built", build(a.jobs))
         if a.only in (None, "fold"):
