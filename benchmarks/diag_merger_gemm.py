@@ -149,6 +149,8 @@ def main():
     ap.add_argument("--extra-lib", default=None, help="a diagnostics library (scripts/build_merger_gemm.py "
                     "--variants ... --out PATH) whose --extra-variants are timed as fc1 kernels too")
     ap.add_argument("--extra-variants", type=int, nargs="*", default=[])
+    ap.add_argument("--extra-identity", type=int, nargs="*", default=[50],
+                    help="extra variants whose activation is Identity (checked against x @ w.T + c)")
     a = ap.parse_args()
     global EXTRA
     if a.extra_lib:
@@ -168,7 +170,8 @@ def main():
                 for k, f in fns.items():
                     if k.startswith(("CUTLASS", "extra")):
                         plain = k.startswith("CUTLASS") and k.split()[1] in {f"v{v}" for v in mg.DIAG_VARIANTS}
-                        ref = pre if plain else torch.nn.functional.gelu(pre + c)
+                        ident = k.startswith("extra") and k.split()[1] in {f"v{v}" for v in a.extra_identity}
+                        ref = pre if plain else pre + c if ident else torch.nn.functional.gelu(pre + c)
                         got = f().float()
                         err = ((got - ref).norm() / ref.norm()).item()
                         if not err < 1e-2:

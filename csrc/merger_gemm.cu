@@ -185,6 +185,15 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi,
 #elif QVDP_MERGER_VARIANT == 53
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
                        cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>, true>;
+// 54-56 (diagnostics library): ping-pong tiles whose count fills whole rounds of 2 x 132 tiles at M = 3520, N = 4608
+// (the epilogue of one consumer's tile runs under the other's MMAs): 64x256 with cluster 2x1 (990 tiles, 3.75
+// rounds; B multicast to the two row tiles), 128x176 (28 x 27 = 756 tiles, 2.86 rounds) with cluster 2x1 / 1x2
+#elif QVDP_MERGER_VARIANT == 54
+using Config = Fc1Gelu<Shape<_64, _256, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
+#elif QVDP_MERGER_VARIANT == 55
+using Config = Fc1Gelu<Shape<_128, _176, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
+#elif QVDP_MERGER_VARIANT == 56
+using Config = Fc1Gelu<Shape<_128, _176, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -67,6 +67,7 @@
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
 #   (s25d, the overlap probe, and s25i, the final GPU tests, ran as plain commands: cd benchmarks; python3 diag_merger_overlap.py /
 #    python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "row_norm or row_stats or row_chunks or tuned or auto or cutlass_lib")
+#   bash scripts/gpu_session.sh s26c     # (1 GPU, qvdp/_merger_diag.so of 50 52 54 55 56 carried) fc1 diag: ping-pong 64x256 2x1, 128x176 (54-56)
 #   bash scripts/gpu_session.sh s26b     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so carried) the cooperative epilogue: sub-tiles 128x64 / 128x128 (46-49), vector tree without GELU, lean tree (50-53): tests, fc1 diag, bench_merger
 #   (s26a ran at commit 7d58909, with variants 40-45, of which 40-42 and 44 were then removed)
 #   bash scripts/gpu_session.sh s26a     # (1 GPU, CUTLASS .so files carried) tiles of N 160 / 144 from one wgmma (40-45): fc1 tests, fc1 / fc2 diag (+ cuBLAS's kernel names), bench_merger with them as candidates
@@ -237,6 +238,8 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s26c ]; then  # session 26, one GPU (qvdp/_merger_diag.so carried too): ping-pong tiles that fill whole rounds at M=3520 (diag library 54-56)
+  T=${DIAG_T:-240} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 --nk 4608 4096 --variants ${FC1_V:-0 2 4 5 12 13 43 48} --extra-lib qvdp/_merger_diag.so --extra-variants ${EXTRA_V:-50 52 54 55 56} --clocks "cuBLAS mm" "v0 " "extra v54" "extra v55"
 elif [ "$STAGE" = s26b ]; then  # session 26, one GPU (qvdp/_merger_diag.so carried too): the cooperative epilogue's cost: larger sub-tiles (46-49), the vector tree without GELU / the lean tree (diag library 50-53)
   T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fc1_gelu or linear_variants or params or launch" -p no:cacheprovider
   T=${DIAG_T:-240} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 3 4 43 46 47 48 49} --extra-lib qvdp/_merger_diag.so --extra-variants ${EXTRA_V:-50 51 52 53} --clocks "cuBLAS mm" "v0 " "v46 " "extra v52"
