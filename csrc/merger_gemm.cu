@@ -139,61 +139,26 @@ using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #define QVDP_FOLD 1
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
                        cutlass::epilogue::thread::GELU, false, FoldWrap, 256>;
-// 40-45: tiles whose N is not 64/128/192/256, from one wgmma of the tile's N per warpgroup and k16 step (the
-// extended shapes above). 128x160 with cluster 2x1 is cuBLAS's pick for fc1 at M=3520, N=K=4608 on an H200 (nvjet
-// 128x160x64, 5 stages); 128x144 divides 4608 into 32 column tiles (896 tiles: 6.8 waves on 132 SMs).
-#elif QVDP_MERGER_VARIANT == 40
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 41  // diagnostics: variant 40's mainloop, D = acc
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, true>;
-#elif QVDP_MERGER_VARIANT == 42
-using Config = Fc1Gelu<Shape<_128, _144, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
+// 43, 45: tiles whose N is not 64/128/192/256, from one wgmma of the tile's N per warpgroup and k16 step (the
+// extended shapes above). Session 26 (H200): ping-pong 128x160 with cluster 2x1 (43) is the tuned pick for fc1 at
+// most 6400-row shapes, its fc2 form (45) on some. The cooperative 128x160 (cuBLAS's own fc1 tile at M=3520,
+// N=K=4608 on an H200), 128x144, ping-pong 128x176 / 64x256, and the cooperative kernels with 128x64 / 128x128
+// epilogue sub-tiles were 0-30% behind variant 0 and removed (their definitions: commits b4a8e38 and 5683267;
+// benchmarks/NOTES.md session 26).
 #elif QVDP_MERGER_VARIANT == 43
 using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
-#elif QVDP_MERGER_VARIANT == 44
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_1, _2, _1>, Coop, CoopEpi>;
-#elif QVDP_MERGER_VARIANT == 45  // fc2 form (D = acc + c[n]) of variant 40
+#elif QVDP_MERGER_VARIANT == 45  // fc2 form (D = acc + c[n]) of the cooperative 128x160 tile, cluster 2x1
 using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity>;
-// 46-49: the cooperative kernels with a larger epilogue sub-tile than the builder's 128x32 (fewer sub-tiles, so
-// fewer barrier rounds and TMA stores per tile in the epilogue, which the cooperative kernel does not overlap with
-// its MMAs)
-#elif QVDP_MERGER_VARIANT == 46
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
-#elif QVDP_MERGER_VARIANT == 47
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _128>>;
-#elif QVDP_MERGER_VARIANT == 48
-using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
-#elif QVDP_MERGER_VARIANT == 49
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>>;
-// 50-53 (diagnostics library, scripts/build_merger_gemm.py --variants): 50 variant 1 with Identity for GELU (the
-// epilogue's vector tree without the GELU); 51 / 52 variant 1 / 0 with the lean tree GELU(acc + c[n]); 53 variant 0
-// with the lean tree and the 128x64 epilogue sub-tile
+// 50, 52 (diagnostics library only: scripts/build_merger_gemm.py --variants 50 52, timed by
+// benchmarks/diag_merger_gemm.py --extra-lib): the cooperative epilogue's cost. 50: variant 1 with Identity for
+// the GELU (the vector tree alone); 52: variant 0 with the lean tree GELU(acc + c[n]) (session 26: the lean tree
+// was not faster than the full one)
 #elif QVDP_MERGER_VARIANT == 50
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
-#elif QVDP_MERGER_VARIANT == 51
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0,
-                       cutlass::epilogue::collective::EpilogueTileAuto, true>;
 #elif QVDP_MERGER_VARIANT == 52
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
                        cutlass::epilogue::thread::GELU, false, NoWrap, 0,
                        cutlass::epilogue::collective::EpilogueTileAuto, true>;
-#elif QVDP_MERGER_VARIANT == 53
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, Shape<_128, _64>, true>;
-// 54-56 (diagnostics library): ping-pong tiles whose count fills whole rounds of 2 x 132 tiles at M = 3520, N = 4608
-// (the epilogue of one consumer's tile runs under the other's MMAs): 64x256 with cluster 2x1 (990 tiles, 3.75
-// rounds; B multicast to the two row tiles), 128x176 (28 x 27 = 756 tiles, 2.86 rounds) with cluster 2x1 / 1x2
-#elif QVDP_MERGER_VARIANT == 54
-using Config = Fc1Gelu<Shape<_64, _256, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
-#elif QVDP_MERGER_VARIANT == 55
-using Config = Fc1Gelu<Shape<_128, _176, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi>;
-#elif QVDP_MERGER_VARIANT == 56
-using Config = Fc1Gelu<Shape<_128, _176, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

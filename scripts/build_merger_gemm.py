@@ -1,13 +1,13 @@
 """Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
 shared CUDA runtime torch already loads:
-  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 43, 45-49);
+  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 43, 45);
   qvdp/_merger_fold.so  the merger's fc1 with the per-patch norm folded into its mainloop (merger_gemm.cu,
                         QVDP_MERGER_VARIANT 30);
   qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
                           QVDP_QKV_VARIANT 0-2).
 
     python scripts/build_merger_gemm.py [--jobs N] [--only merger|fold|qkv]
-    python scripts/build_merger_gemm.py --variants 50 51 [--out qvdp/_merger_diag.so]
+    python scripts/build_merger_gemm.py --variants 50 52 [--out qvdp/_merger_diag.so]
                         a diagnostics library of just these merger_gemm.cu configurations (for
                         benchmarks/diag_merger_gemm.py --extra-lib; the package never loads it)
 
@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 43, 45, 46, 47, 48, 49)
+VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 43, 45)
 QKV_VARIANTS = range(3)
 FOLD_VARIANTS = (30,)
 

@@ -67,9 +67,11 @@
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
 #   (s25d, the overlap probe, and s25i, the final GPU tests, ran as plain commands: cd benchmarks; python3 diag_merger_overlap.py /
 #    python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "row_norm or row_stats or row_chunks or tuned or auto or cutlass_lib")
+#   bash scripts/gpu_session.sh s26d     # (1 GPU, CUTLASS .so files carried) final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
 #   bash scripts/gpu_session.sh s26c     # (1 GPU, qvdp/_merger_diag.so of 50 52 54 55 56 carried) fc1 diag: ping-pong 64x256 2x1, 128x176 (54-56)
 #   bash scripts/gpu_session.sh s26b     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so carried) the cooperative epilogue: sub-tiles 128x64 / 128x128 (46-49), vector tree without GELU, lean tree (50-53): tests, fc1 diag, bench_merger
-#   (s26a ran at commit 7d58909, with variants 40-45, of which 40-42 and 44 were then removed)
+#   (s26a ran at commit 7d58909 (variants 40-45), s26b at b4a8e38 (46-49; diag library 50-53), s26c at 5683267 (diag
+#    library 50 52 54 55 56); of these only 43 and 45 stay in the package, 50 and 52 in merger_gemm.cu for the diag library)
 #   bash scripts/gpu_session.sh s26a     # (1 GPU, CUTLASS .so files carried) tiles of N 160 / 144 from one wgmma (40-45): fc1 tests, fc1 / fc2 diag (+ cuBLAS's kernel names), bench_merger with them as candidates
 #   bash scripts/gpu_session.sh s25h     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger
 #   bash scripts/gpu_session.sh s25g     # (1 GPU, CUTLASS .so files carried) the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
@@ -238,6 +240,10 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s26d ]; then  # session 26, one GPU: final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  T=${BENCH_T:-150} TAILN=40 step bench_merger2 python3 benchmarks/bench_merger.py --out logs/m2
 elif [ "$STAGE" = s26c ]; then  # session 26, one GPU (qvdp/_merger_diag.so carried too): ping-pong tiles that fill whole rounds at M=3520 (diag library 54-56)
   T=${DIAG_T:-240} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --m 3520 6400 --nk 4608 4096 --variants ${FC1_V:-0 2 4 5 12 13 43 48} --extra-lib qvdp/_merger_diag.so --extra-variants ${EXTRA_V:-50 52 54 55 56} --clocks "cuBLAS mm" "v0 " "extra v54" "extra v55"
 elif [ "$STAGE" = s26b ]; then  # session 26, one GPU (qvdp/_merger_diag.so carried too): the cooperative epilogue's cost: larger sub-tiles (46-49), the vector tree without GELU / the lean tree (diag library 50-53)

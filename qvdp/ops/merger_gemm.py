@@ -31,10 +31,6 @@ VARIANTS = {
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
     43: "ping-pong 128x160x64, cluster 2x1",
-    46: "cooperative 128x256x64, cluster 2x1, epilogue sub-tile 128x64",
-    47: "cooperative 128x256x64, cluster 2x1, epilogue sub-tile 128x128",
-    48: "cooperative 256x128x64, cluster 1x2, epilogue sub-tile 128x64",
-    49: "cooperative 128x256x64, cluster 1x2, epilogue sub-tile 128x64",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
@@ -50,9 +46,9 @@ LINEAR_VARIANTS = {
 }
 # (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest; 23, fc1
 # with stream-K forced, in session 22; 24-27, cuBLAS's fc1 tile 128x160x64 with cluster 2x1, in session 24: 40-45%
-# behind cuBLAS, see benchmarks/NOTES.md: built then from 64x32x16 wgmma instructions, as CuTe's extended wgmma
-# shapes were off; 40-45 have them on, and 40 (cooperative 128x160, cluster 2x1), 41 (its D = acc form), 42
-# (cooperative 128x144) and 44 (cooperative 128x160, cluster 1x2) were still 10-30% behind variant 0 in session 26)
+# behind cuBLAS, but built then from 64x32x16 wgmma instructions (CuTe's extended wgmma shapes were off; 40+ have
+# them on); in session 26, 40-42, 44 (cooperative 128x160 / 128x144), 46-49 (128x64 / 128x128 epilogue sub-tiles)
+# and 54-56 (ping-pong 64x256, 128x176): level with or 5-30% behind variant 0, see benchmarks/NOTES.md)
 DEFAULT_VARIANT = 1
 # fc1 + GELU with the per-patch norm folded into the mainloop (csrc/qvdp_fold_mainloop.h; launch_fold), built as its
 # own library (qvdp/_merger_fold.so)
