@@ -112,6 +112,8 @@ def main():
                     help="build only these merger_gemm.cu configurations, into --out (a diagnostics library)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.variants and a.only:
+        ap.error("--variants builds a diagnostics library on its own: leave out --only")
     try:
         if a.variants:
             print("built", build_diag(a.variants, a.jobs, a.out))

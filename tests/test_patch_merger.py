@@ -200,6 +200,28 @@ def test_merger_gemm_launch_arguments(monkeypatch):
         merger_gemm.launch_fold(x, w, *v, c1, c2, sc, 5)
 
 
+def test_cutlass_variant_lists_agree():
+    """The configurations scripts/build_merger_gemm.py compiles are exactly those qvdp.ops.merger_gemm loads (a
+    library lacking one is reported as not loadable), each has its branch in csrc/merger_gemm.cu, the "tuned"
+    path's candidates are among them, and the diagnostics library's configurations (50, 52) are defined too."""
+    import importlib.util
+    import os
+    import re
+    from qvdp.ops import merger_gemm as mg, patch_merger as pm
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("_build_merger_gemm",
+                                                  os.path.join(root, "scripts", "build_merger_gemm.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    loaded = set(mg.VARIANTS) | set(mg.DIAG_VARIANTS) | set(mg.LINEAR_VARIANTS)
+    assert set(build.VARIANTS) == loaded
+    assert set(build.FOLD_VARIANTS) == set(mg.FOLD_VARIANTS)
+    with open(os.path.join(root, "csrc", "merger_gemm.cu")) as f:
+        branches = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)", f.read())}
+    assert loaded | set(mg.FOLD_VARIANTS) | {50, 52} <= branches
+    assert set(pm.TUNE_FC1) <= set(mg.VARIANTS) and set(pm.TUNE_FC2) <= set(mg.LINEAR_VARIANTS)
+
+
 def test_tuned_keys_and_names():
     """the "tuned" path's kept keys and candidate names are those tune_keys / TUNE_FC1 / TUNE_FC2 give"""
     from qvdp.ops import patch_merger as pm
