@@ -2,7 +2,7 @@
 tile orders). Systems timed in turn, CUDA events around 20 calls, best of 5 rounds. TFLOP/s = 2*M*N*K / time.
 
     python benchmarks/diag_merger_gemm.py [--m 3520 14080] [--nk 4608 4096] [--variants 1 4 ...] [--rasters 0 1 2]
-        [--swizzles 1] [--names] [--extra-lib qvdp/_merger_diag.so --extra-variants 50 51]
+        [--swizzles 1] [--names] [--extra-lib qvdp/_merger_diag.so --extra-variants 50 52]
                                             fc1 (N = K): cuBLAS mm / addmm / cuBLASLt bias+GELU(tanh) / addmm + GELU
                                             pass vs CUTLASS fc1_gelu (VARIANTS, DIAG_VARIANTS: D = acc)
     python benchmarks/diag_merger_gemm.py --fc2 [--m ...] [--kn 4608:2048 ...] [--variants 14 ...] [--rasters ...]
@@ -66,11 +66,11 @@ def fc1_systems(M, N, K, variants, swizzles, rasters, g):
         launch, extra = EXTRA
         for v in extra:
             fns[f"extra v{v}"] = lambda v=v: launch(x, w, c, out, v, swizzles[0], rasters[0])
-    return Systems(fns, (x, w, c))
+    return Systems(fns, (x, w, c, out))
 
 
 class Systems(dict):
-    """name -> fn, with .operands = (x, w, c) for the correctness check"""
+    """name -> fn, with .operands = (x, w, c, out) for the correctness check"""
 
     def __init__(self, fns, operands):
         super().__init__(fns)
@@ -165,10 +165,11 @@ def main():
             g = torch.Generator(device="cuda").manual_seed(0)
             fns = (fc2_systems if a.fc2 else fc1_systems)(M, N, K, variants, a.swizzles, a.rasters, g)
             if not a.fc2:  # every fused fc1 kernel checked once against fp32 GELU(x @ w.T + c) (Plain ones: D = acc)
-                x, w, c = fns.operands
+                x, w, c, out = fns.operands
                 pre = x.float() @ w.float().t()
                 for k, f in fns.items():
                     if k.startswith(("CUTLASS", "extra")):
+                        out.fill_(float("nan"))  # poisoned: a kernel that writes nothing cannot pass on another's output
                         plain = k.startswith("CUTLASS") and k.split()[1] in {f"v{v}" for v in mg.DIAG_VARIANTS}
                         ident = k.startswith("extra") and k.split()[1] in {f"v{v}" for v in a.extra_identity}
                         ref = pre if plain else pre + c if ident else torch.nn.functional.gelu(pre + c)
