@@ -762,7 +762,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     near2 = [n for n in _tune.near(key2, within) if n in names2]
     if len(near1) * len(near2) > 1:
         pairs = {f"{p} + {q}": (lambda p=p, q=q: run2(q, run1(p))) for p in near1 for q in near2}
-        a, b = _tune.pick(keyc, pairs, f"{a} + {b}").split(" + ")
+        a, b = _tune.pick(keyc, pairs, f"{a} + {b}", reps=_tune_pair_reps()).split(" + ")
         h = run1(a)
     elif within > 0 and all(len(ns) == 1 or _tune.choice(k) == n
                             for k, ns, n in ((key1, names1, a), (key2, names2, b))):
@@ -807,6 +807,26 @@ def _tune_context() -> float:
     except ValueError:
         raise ValueError(f"QVDP_TUNE_CONTEXT must be a number (a fraction, 0 turns the pair round off), "
                          f"got {raw!r}") from None
+
+
+# calls per timed sample in the pair round (QVDP_TUNE_PAIR_REPS overrides it): the stage rounds' 3-call samples
+# (~1 ms at 3520 merged rows) start on a GPU cooled by the busy-wait in front of them, which may favour the more
+# power-hungry CUTLASS kernels over what a sustained run measures (s26: the pick at pre 3520 rows, H=1152, O=2048
+# was 1-2% slower than the bench's cublas column in four runs out of four)
+TUNE_PAIR_REPS = 3
+
+
+def _tune_pair_reps() -> int:
+    raw = os.environ.get("QVDP_TUNE_PAIR_REPS")
+    if raw is None:
+        return TUNE_PAIR_REPS
+    try:
+        reps = int(raw)
+    except ValueError:
+        reps = 0
+    if reps < 1:
+        raise ValueError(f"QVDP_TUNE_PAIR_REPS must be a whole number of calls >= 1, got {raw!r}")
+    return reps
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
