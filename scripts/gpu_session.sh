@@ -245,8 +245,10 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s26g ]; then  # session 26, one GPU: the pair round's samples 3 / 10 / 3 calls long (A/B/A, 3520-row shapes)
+  i=0
   for r in ${PAIR_REPS:-3 10 3}; do
-    QVDP_TUNE_PAIR_REPS=$r T=${BENCH_T:-100} TAILN=14 step bench_quick_reps$r python3 benchmarks/bench_merger.py --quick --out logs/q$r
+    i=$((i + 1))
+    QVDP_TUNE_PAIR_REPS=$r T=${BENCH_T:-100} TAILN=14 step bench_quick$i-reps$r python3 benchmarks/bench_merger.py --quick --out logs/q$i
   done
 elif [ "$STAGE" = s26d ]; then  # session 26, one GPU: final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
   T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
