@@ -222,6 +222,31 @@ def test_cutlass_variant_lists_agree():
     assert set(pm.TUNE_FC1) <= set(mg.VARIANTS) and set(pm.TUNE_FC2) <= set(mg.LINEAR_VARIANTS)
 
 
+def test_tune_pair_reps(monkeypatch):
+    """the pair round's calls per sample: enough for TUNE_PAIR_SAMPLE_MS by the stages' fastest times, 3 to
+    TUNE_PAIR_REPS_MAX; QVDP_TUNE_PAIR_REPS fixes it, a bad value is a ValueError naming the variable"""
+    from qvdp.ops import _tune, patch_merger as pm
+    monkeypatch.delenv("QVDP_TUNE_PAIR_REPS", raising=False)
+    k1, k2 = ("test.fc1", 1), ("test.fc2", 1)
+    monkeypatch.setitem(_tune._TIMES, k1, {"cublas": 0.25, "cutlass v0": 0.24})
+    monkeypatch.setitem(_tune._TIMES, k2, {"cublas": 0.10})
+    assert pm._tune_pair_reps(k1, k2) == 9  # 3 ms / 0.34 ms per call
+    monkeypatch.setitem(_tune._TIMES, k1, {"cublas": 1.1})
+    monkeypatch.setitem(_tune._TIMES, k2, {"cublas": 0.4})
+    assert pm._tune_pair_reps(k1, k2) == 3  # long calls: the floor of 3
+    monkeypatch.setitem(_tune._TIMES, k1, {"cublas": 0.01})
+    assert pm._tune_pair_reps(k1, k2) == 8  # the fastest of each stage: 0.01 + 0.4 ms per call
+    assert pm._tune_pair_reps(("test.none",), ("test.none2",)) == pm.TUNE_PAIR_REPS_MAX  # no timings
+    monkeypatch.setitem(_tune._TIMES, k2, {"cublas": 0.0001})
+    assert pm._tune_pair_reps(k1, k2) == pm.TUNE_PAIR_REPS_MAX  # short calls: the cap
+    monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", "4")
+    assert pm._tune_pair_reps(k1, k2) == 4
+    for bad in ("0", "x", "2.5"):
+        monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", bad)
+        with pytest.raises(ValueError, match="QVDP_TUNE_PAIR_REPS"):
+            pm._tune_pair_reps(k1, k2)
+
+
 def test_tuned_keys_and_names():
     """the "tuned" path's kept keys and candidate names are those tune_keys / TUNE_FC1 / TUNE_FC2 give"""
     from qvdp.ops import patch_merger as pm

@@ -762,7 +762,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     near2 = [n for n in _tune.near(key2, within) if n in names2]
     if len(near1) * len(near2) > 1:
         pairs = {f"{p} + {q}": (lambda p=p, q=q: run2(q, run1(p))) for p in near1 for q in near2}
-        a, b = _tune.pick(keyc, pairs, f"{a} + {b}", reps=_tune_pair_reps()).split(" + ")
+        a, b = _tune.pick(keyc, pairs, f"{a} + {b}", reps=_tune_pair_reps(key1, key2)).split(" + ")
         h = run1(a)
     elif within > 0 and all(len(ns) == 1 or _tune.choice(k) == n
                             for k, ns, n in ((key1, names1, a), (key2, names2, b))):
@@ -809,24 +809,33 @@ def _tune_context() -> float:
                          f"got {raw!r}") from None
 
 
-# calls per timed sample in the pair round (QVDP_TUNE_PAIR_REPS overrides it): the stage rounds' 3-call samples
-# (~1 ms at 3520 merged rows) start on a GPU cooled by the busy-wait in front of them, which may favour the more
-# power-hungry CUTLASS kernels over what a sustained run measures (s26: the pick at pre 3520 rows, H=1152, O=2048
-# was 1-2% slower than the bench's cublas column in four runs out of four)
-TUNE_PAIR_REPS = 3
+# calls per timed sample in the pair round: enough for a sample to last TUNE_PAIR_SAMPLE_MS (by the stages' fastest
+# times), between 3 and TUNE_PAIR_REPS_MAX; QVDP_TUNE_PAIR_REPS fixes the count. 3-call samples (~1 ms at 3520
+# merged rows) start on a GPU cooled by the busy-wait in front of them and favoured the more power-hungry CUTLASS
+# kernels over what a sustained run measures. s26g (one H200, bench_merger --quick, 3520 merged rows, 3 / 10 / 3
+# calls per pair sample): the pick against the best fixed path of the same run (min of the cublas and cutlass
+# columns), max 1.019 / 0.997 / 1.015, mean 0.959 / 0.951 / 0.960.
+TUNE_PAIR_SAMPLE_MS = 3.0
+TUNE_PAIR_REPS_MAX = 10
 
 
-def _tune_pair_reps() -> int:
+def _tune_pair_reps(key1, key2) -> int:
+    """Calls per timed sample of the pair round for the stages tuned under key1 / key2."""
+    from . import _tune
     raw = os.environ.get("QVDP_TUNE_PAIR_REPS")
-    if raw is None:
-        return TUNE_PAIR_REPS
-    try:
-        reps = int(raw)
-    except ValueError:
-        reps = 0
-    if reps < 1:
-        raise ValueError(f"QVDP_TUNE_PAIR_REPS must be a whole number of calls >= 1, got {raw!r}")
-    return reps
+    if raw is not None:
+        try:
+            reps = int(raw)
+        except ValueError:
+            reps = 0
+        if reps < 1:
+            raise ValueError(f"QVDP_TUNE_PAIR_REPS must be a whole number of calls >= 1, got {raw!r}")
+        return reps
+    t1, t2 = _tune.timings(key1), _tune.timings(key2)
+    per_call = (min(t1.values()) if t1 else 0.0) + (min(t2.values()) if t2 else 0.0)
+    if per_call <= 0.0:
+        return TUNE_PAIR_REPS_MAX
+    return max(3, min(TUNE_PAIR_REPS_MAX, math.ceil(TUNE_PAIR_SAMPLE_MS / per_call)))
 
 
 def _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps):
