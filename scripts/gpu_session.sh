@@ -67,6 +67,7 @@
 #      the fold diag then ran as a plain command: cd benchmarks; python3 diag_merger_fold.py --rounds 11)
 #   (s25d, the overlap probe, and s25i, the final GPU tests, ran as plain commands: cd benchmarks; python3 diag_merger_overlap.py /
 #    python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "row_norm or row_stats or row_chunks or tuned or auto or cutlass_lib")
+#   (s26i, the second bench run of the final code, ran as: python3 benchmarks/bench_merger.py --out $OUT/m)
 #   (s26e, the chain at 3520 rows, and s26f, the diag's poisoned check, ran as plain commands: cd benchmarks; python3
 #    diag_merger_context.py --shapes pre:3520:1152:2048 post:3520:1152:2048 --variants 0 43 / python3
 #    benchmarks/diag_merger_gemm.py --m 3520 --nk 4608 --variants 0 4 43 --extra-lib qvdp/_merger_diag.so --extra-variants 50 52 54)
