@@ -239,12 +239,13 @@ def test_tune_pair_reps(monkeypatch):
     assert pm._tune_pair_reps(("test.none",), ("test.none2",)) == pm.TUNE_PAIR_REPS_MAX  # no timings
     monkeypatch.setitem(_tune._TIMES, k2, {"cublas": 0.0001})
     assert pm._tune_pair_reps(k1, k2) == pm.TUNE_PAIR_REPS_MAX  # short calls: the cap
+    assert pm._pair_reps_fixed() is None
     monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", "4")
-    assert pm._tune_pair_reps(k1, k2) == 4
+    assert pm._pair_reps_fixed() == 4 and pm._tune_pair_reps(k1, k2, pm._pair_reps_fixed()) == 4
     for bad in ("0", "x", "2.5"):
         monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", bad)
         with pytest.raises(ValueError, match="QVDP_TUNE_PAIR_REPS"):
-            pm._tune_pair_reps(k1, k2)
+            pm._pair_reps_fixed()
 
 
 def test_tuned_keys_and_names():
@@ -326,7 +327,10 @@ def test_tuned_pairs(monkeypatch):
     # alone: cublas best on both stages, v0 / v12 and v14 near it; together v12 + v14 wins
     cost = {"c1": 1.0, "v0": 1.05, "v1": 2.0, "v12": 1.06, "v13": 3.0, "c2": 1.0, "l14": 1.02, "l15": 3.0}
 
+    reps_seen = []
+
     def timed(fn, reps):
+        reps_seen.append(reps)
         trace.clear()
         fn()
         t = sum(cost[s] for s in trace)
@@ -350,6 +354,17 @@ def test_tuned_pairs(monkeypatch):
     with pytest.raises(ValueError, match="QVDP_TUNE_CONTEXT"):
         pm._patch_merger_tuned(*args)
     monkeypatch.delenv("QVDP_TUNE_CONTEXT")
+    _tune.clear()
+    trace.clear()
+    monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", "zero")
+    with pytest.raises(ValueError, match="QVDP_TUNE_PAIR_REPS"):
+        pm._patch_merger_tuned(*args)
+    assert trace == []  # raised before anything ran
+    monkeypatch.setenv("QVDP_TUNE_PAIR_REPS", "7")
+    reps_seen.clear()
+    assert rel(pm._patch_merger_tuned(*args), ref) < 1e-12
+    assert reps_seen.count(7) == 6 * 5 and set(reps_seen) == {3, 7}  # 3 x 2 near pairs, 5 rounds, 7 calls each
+    monkeypatch.delenv("QVDP_TUNE_PAIR_REPS")
     _tune._CHOICES[("merger.pair",) + key1[1:] + (24,)] = "cutlass v99 + cublas"  # e.g. from an older cache file
     assert rel(pm._patch_merger_tuned(*args), ref) < 1e-12  # not run: the pairs are timed again
     assert pm.tuned_picks(x.device, 6, 128, 128, 24, False, "layernorm") == ("cutlass v12", "cutlass v14")

@@ -750,6 +750,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     if pair in pairs_ok:  # the common call: the shape was tuned (to kernels this build has: a cache file may not)
         a, b = pair.split(" + ")
         return _fc2_named(b, _fc1_named(a, args), fc2_weight, fc2_bias)
+    pair_reps = _pair_reps_fixed()  # (a bad QVDP_TUNE_PAIR_REPS raises before anything is timed)
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
     default = f"cutlass v{merger_gemm.selected_variant()}" if M >= CUTLASS_AUTO_MIN_ROWS else "cublas"
@@ -762,7 +763,7 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     near2 = [n for n in _tune.near(key2, within) if n in names2]
     if len(near1) * len(near2) > 1:
         pairs = {f"{p} + {q}": (lambda p=p, q=q: run2(q, run1(p))) for p in near1 for q in near2}
-        a, b = _tune.pick(keyc, pairs, f"{a} + {b}", reps=_tune_pair_reps(key1, key2)).split(" + ")
+        a, b = _tune.pick(keyc, pairs, f"{a} + {b}", reps=_tune_pair_reps(key1, key2, pair_reps)).split(" + ")
         h = run1(a)
     elif within > 0 and all(len(ns) == 1 or _tune.choice(k) == n
                             for k, ns, n in ((key1, names1, a), (key2, names2, b))):
@@ -819,18 +820,26 @@ TUNE_PAIR_SAMPLE_MS = 3.0
 TUNE_PAIR_REPS_MAX = 10
 
 
-def _tune_pair_reps(key1, key2) -> int:
-    """Calls per timed sample of the pair round for the stages tuned under key1 / key2."""
-    from . import _tune
+def _pair_reps_fixed():
+    """QVDP_TUNE_PAIR_REPS as a count of calls (None: unset); a bad value is a ValueError (read before the tuning
+    launches anything)."""
     raw = os.environ.get("QVDP_TUNE_PAIR_REPS")
-    if raw is not None:
-        try:
-            reps = int(raw)
-        except ValueError:
-            reps = 0
-        if reps < 1:
-            raise ValueError(f"QVDP_TUNE_PAIR_REPS must be a whole number of calls >= 1, got {raw!r}")
-        return reps
+    if raw is None:
+        return None
+    try:
+        reps = int(raw)
+    except ValueError:
+        reps = 0
+    if reps < 1:
+        raise ValueError(f"QVDP_TUNE_PAIR_REPS must be a whole number of calls >= 1, got {raw!r}")
+    return reps
+
+
+def _tune_pair_reps(key1, key2, fixed=None) -> int:
+    """Calls per timed sample of the pair round for the stages tuned under key1 / key2 (fixed: _pair_reps_fixed())."""
+    from . import _tune
+    if fixed is not None:
+        return fixed
     t1, t2 = _tune.timings(key1), _tune.timings(key2)
     per_call = (min(t1.values()) if t1 else 0.0) + (min(t2.values()) if t2 else 0.0)
     if per_call <= 0.0:
