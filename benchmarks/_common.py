@@ -68,9 +68,8 @@ def host_us(fn, n: int = 50, busy_cycles: int = int(2e8)) -> float:
     return t
 
 
-def graph_us(fn, inner: int = 10, rounds: int = 7, head_cycles: int = 0):
-    """(median, min) GPU us per call of fn replayed from a CUDA graph of `inner` calls (no host work in the
-    timing; event_us of the replay, head_cycles as there)."""
+def graph_of(fn, n: int):
+    """(CUDA graph of n calls of fn, the n results): one warm call on a side stream first, as capture needs."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -78,8 +77,14 @@ def graph_us(fn, inner: int = 10, rounds: int = 7, head_cycles: int = 0):
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
+        outs = [fn() for _ in range(n)]
+    return g, outs
+
+
+def graph_us(fn, inner: int = 10, rounds: int = 7, head_cycles: int = 0):
+    """(median, min) GPU us per call of fn replayed from a CUDA graph of `inner` calls (no host work in the
+    timing; event_us of the replay, head_cycles as there)."""
+    g, _ = graph_of(fn, inner)
     return tuple(v / inner for v in event_us(g.replay, inner=1, rounds=rounds, head_cycles=head_cycles))
 
 

@@ -7,7 +7,7 @@ CUDA graph each way; outputs compared for equality on every call.
 """
 import torch
 
-from _common import event_ms, try_import_fa3
+from _common import event_ms, graph_of, try_import_fa3
 
 
 def main():
@@ -51,22 +51,9 @@ def main():
         o = with_meta()
         print(f"call {i}: equal to plain: {torch.equal(o, ref)}  max diff {(o.float() - ref.float()).abs().max().item():.3e}")
 
-    def graph_of(fn, n=27):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        gr = torch.cuda.CUDAGraph()
-        outs = []
-        with torch.cuda.graph(gr):
-            for _ in range(n):
-                o = fn()
-                outs.append(o[0] if isinstance(o, tuple) else o)
-        return gr, outs
-
     for name, fn in (("plain", plain), ("metadata", with_meta)):
-        gr, outs = graph_of(fn)
+        gr, outs = graph_of(fn, 27)
+        outs = [o[0] if isinstance(o, tuple) else o for o in outs]
         gr.replay()
         torch.cuda.synchronize()
         ok = all(torch.equal(o, ref) for o in outs)

@@ -66,15 +66,7 @@ def fc1_systems(M, N, K, variants, swizzles, rasters, g):
         launch, extra = EXTRA
         for v in extra:
             fns[f"extra v{v}"] = lambda v=v: launch(x, w, c, out, v, swizzles[0], rasters[0])
-    return Systems(fns, (x, w, c, out))
-
-
-class Systems(dict):
-    """name -> fn, with .operands = (x, w, c, out) for the correctness check"""
-
-    def __init__(self, fns, operands):
-        super().__init__(fns)
-        self.operands = operands
+    return fns, (x, w, c, out)
 
 
 def fc2_systems(M, N, K, variants, swizzles, rasters, g):
@@ -86,7 +78,7 @@ def fc2_systems(M, N, K, variants, swizzles, rasters, g):
             for ra in rasters:
                 fns[f"CUTLASS linear v{v} sw{sw} raster{ra}"] = (
                     lambda v=v, sw=sw, ra=ra: mg.linear(x, w, c, out=out, variant=v, swizzle=sw, raster=ra))
-    return fns
+    return fns, (x, w, c, out)
 
 
 def clocks_under_load(fn, seconds=1.0):
@@ -163,13 +155,12 @@ def main():
     for K, N in kns:
         for M in a.m:
             g = torch.Generator(device="cuda").manual_seed(0)
-            fns = (fc2_systems if a.fc2 else fc1_systems)(M, N, K, variants, a.swizzles, a.rasters, g)
+            fns, (x, w, c, out) = (fc2_systems if a.fc2 else fc1_systems)(M, N, K, variants, a.swizzles, a.rasters, g)
             if not a.fc2:  # every fused fc1 kernel checked once against fp32 GELU(x @ w.T + c) (Plain ones: D = acc)
-                x, w, c, out = fns.operands
                 pre = x.float() @ w.float().t()
                 for k, f in fns.items():
                     if k.startswith(("CUTLASS", "extra")):
-                        out.fill_(float("nan"))  # poisoned: a kernel that writes nothing cannot pass on another's output
+                        out.fill_(float("nan"))  # poisoned: a kernel writing nothing cannot pass on another's output
                         plain = k.startswith("CUTLASS") and k.split()[1] in {f"v{v}" for v in mg.DIAG_VARIANTS}
                         ident = k.startswith("extra") and k.split()[1] in {f"v{v}" for v in a.extra_identity}
                         ref = pre if plain else pre + c if ident else torch.nn.functional.gelu(pre + c)

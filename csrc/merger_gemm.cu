@@ -39,8 +39,7 @@ using cutlass::epilogue::thread::Identity;
 // Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
           class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false,
-          template <class> class Wrap = NoWrap, int ExtraSmem = 0,
-          class EpiTile = cutlass::epilogue::collective::EpilogueTileAuto, bool Lean = false>
+          template <class> class Wrap = NoWrap, int ExtraSmem = 0, bool Lean = false>
 struct Fc1Gelu {
   // Lean: Act(acc + c[n]) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two FMAs and three
   // broadcast leaves less per element; a launch with rstd, negm or S returns 1 (unsupported)
@@ -56,7 +55,7 @@ struct Fc1Gelu {
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
                                cute::conditional_t<Plain, PlainTree, cute::conditional_t<Lean, LeanTree, GeluTree>>,
-                               Scheduler, Wrap, ExtraSmem, EpiTile>;
+                               Scheduler, Wrap, ExtraSmem>;
   static constexpr bool kLean = Lean;
   using Gemm = typename G::Op;
 
@@ -157,8 +156,7 @@ using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi,
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 52
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0,
-                       cutlass::epilogue::collective::EpilogueTileAuto, true>;
+                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, true>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

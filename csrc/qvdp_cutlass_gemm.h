@@ -55,15 +55,12 @@ struct NoWrap {
 // Scheduler: void (the persistent data-parallel tile scheduler) or cutlass::gemm::StreamKScheduler (the last
 // partial wave's tiles split along K over the idle SMs; cooperative schedule only). Wrap<M>::type: the mainloop
 // the kernel runs, built from the builder's M (NoWrap: M itself); ExtraSmem: bytes of shared memory it adds.
-// EpiTile: the epilogue's sub-tile (EpilogueTileAuto: 128x32 for cooperative tiles, i.e. 8 sub-tiles of a 128x256
-// tile, each with its own barriers and TMA store; or a Shape<_128, _N>).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree,
-          class Scheduler = void, template <class> class Wrap = NoWrap, int ExtraSmem = 0,
-          class EpiTile = cutlass::epilogue::collective::EpilogueTileAuto>
+          class Scheduler = void, template <class> class Wrap = NoWrap, int ExtraSmem = 0>
 struct Gemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      EpiTile, float, float,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
       void, cutlass::layout::RowMajor, kAlign,
       ElementD, cutlass::layout::RowMajor, kAlign,
       EpiSchedule, Tree>::CollectiveOp;
