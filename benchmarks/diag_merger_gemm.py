@@ -32,14 +32,13 @@ def operands(M, N, K, g):
 def extra_library(path, variants):
     """(launch(x, w, c, out, variant, swizzle, raster), variants) for a diagnostics library built by
     `scripts/build_merger_gemm.py --variants ... --out path` (merger_gemm.cu configurations outside the package's)."""
-    import ctypes
     import os
     from qvdp.ops._cutlass_lib import CutlassLib
     os.environ["QVDP_MERGER_DIAG_LIB"] = os.path.abspath(path)
-    P, I = ctypes.c_void_p, ctypes.c_int
+    # the package library's C interface (a library built before its current version is reported as not loadable)
     lib = CutlassLib(os.path.basename(path), "QVDP_MERGER_DIAG_LIB", "the diagnostics library",
-                     {"qvdp_fc1_gelu": (I, [P] * 3 + [I] * 3 + [P] * 5 + [I] * 3 + [P]),
-                      "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [I] * 6)}, variants)
+                     {k: mg._LIB.symbols[k] for k in ("qvdp_merger_abi", "qvdp_fc1_gelu", "qvdp_fc1_gelu_workspace")},
+                     variants)
     why = lib.unavailable_reason()
     if why:
         raise SystemExit(f"--extra-lib: {why}")

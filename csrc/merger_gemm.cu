@@ -16,6 +16,17 @@
 #ifndef QVDP_MERGER_VARIANT
 #define QVDP_MERGER_VARIANT 0
 #endif
+// Programmatic dependent launch (PDL): every kernel waits for the kernel before it on the stream
+// (griddepcontrol.wait) before its first global load, and lets the next one launch at its last tile; a launch
+// with pdl = 1 may then start (prologue: barriers, TMA descriptor prefetch) while the previous kernel drains.
+// Without pdl the waits are no-ops. Not for the stream-K configurations (7, 21, 22: CUTLASS 4.2's stream-K
+// scheduler does not compile with it), which then launch without PDL whatever pdl says.
+#if QVDP_MERGER_VARIANT == 7 || QVDP_MERGER_VARIANT == 21 || QVDP_MERGER_VARIANT == 22
+#define QVDP_GDC 0
+#else
+#define QVDP_GDC 1
+#define CUTLASS_ENABLE_GDC_FOR_SM90 1
+#endif
 // Variants 40+ need CuTe's "extended" wgmma shapes (N = 8 * k beyond 64/96/128/192/256). Without them the
 // collective builder's ss_op_selector falls back to the largest listed N dividing the tile's: a 128x160 tile was
 // built from 64x32x16 instructions, five per warpgroup per k16 step (session 24's "stalled" cuBLAS-tile kernels).
@@ -175,18 +186,23 @@ size_t QVDP_SYM(qvdp_fc1_gelu_workspace)(int M, int N, int K, int sm_count, int 
   return Config::Gemm::get_workspace_size(args);
 }
 
+// The C interface's version: 2 since the launches take pdl (a library without this symbol is stale).
+int QVDP_SYM(qvdp_merger_abi)() { return 2; }
+
 // 0 on success; 1: shape not supported (alignment), 2: initialise failed, 3: launch failed. A call repeating
 // one of the last few (same pointers and sizes) reuses its kernel Params (qvdp_cutlass::Gemm::run_cached).
+// pdl = 1: launched as a programmatic dependent of the previous kernel on the stream (see the top).
 int QVDP_SYM(qvdp_fc1_gelu)(const void* X, const void* W, void* Y, int M, int N, int K, const float* rstd,
                             const float* negm, const float* S, const float* c, void* workspace, int sm_count,
-                            int swizzle, int raster, cudaStream_t stream) {
+                            int swizzle, int raster, int pdl, cudaStream_t stream) {
   if (Config::kLean && (rstd != nullptr || negm != nullptr || S != nullptr)) return 1;
   auto u = [](const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); };
   auto i = [](int v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v)); };
   typename Config::G::Key key{u(X), u(W), u(Y), i(M), i(N), i(K), u(rstd), u(negm), u(S), u(c), i(sm_count),
                               i(swizzle), i(raster), 0, 0, 0};
   return Config::G::run_cached(
-      key, Config::arguments(X, W, Y, M, N, K, rstd, negm, S, c, sm_count, swizzle, raster), workspace, stream);
+      key, Config::arguments(X, W, Y, M, N, K, rstd, negm, S, c, sm_count, swizzle, raster), workspace, stream,
+      pdl != 0 && QVDP_GDC);
 }
 
 #ifdef QVDP_FOLD
@@ -196,7 +212,7 @@ int QVDP_SYM(qvdp_fc1_gelu)(const void* X, const void* W, void* Y, int M, int N,
 int QVDP_SYM(qvdp_fc1_fold)(const void* X, const void* W, void* Y, int M, int N, int K, const float* rstd,
                             const float* negm, const float* S, const float* c, const float* c1, const float* c2,
                             const float* s, int chunk_k_tiles, void* workspace, int sm_count, int swizzle,
-                            int raster, cudaStream_t stream) {
+                            int raster, int pdl, cudaStream_t stream) {
   auto u = [](const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); };
   auto i = [](int v) { return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v)); };
   typename Config::G::Key key{u(X), u(W), u(Y), i(M), i(N), i(K), u(rstd), u(negm), u(S), u(c), i(sm_count),
@@ -206,7 +222,7 @@ int QVDP_SYM(qvdp_fc1_fold)(const void* X, const void* W, void* Y, int M, int N,
   args.mainloop.c2 = c2;
   args.mainloop.s = s;
   args.mainloop.chunk_k_tiles = chunk_k_tiles;
-  return Config::G::run_cached(key, args, workspace, stream);
+  return Config::G::run_cached(key, args, workspace, stream, pdl != 0 && QVDP_GDC);
 }
 #endif
 

@@ -114,8 +114,11 @@ struct Gemm {
   // hands back the same buffers call after call) launches at once, and the attribute is set once per
   // device. A launch with a workspace (stream-K: zeroed before every launch) takes run().
   // QVDP_CUTLASS_PARAM_CACHE=0 turns the cache off (A/B timing of the host path).
+  // pdl: launch as a programmatic dependent of the kernel before it on the stream (PDL; the kernel must be built
+  // with CUTLASS_ENABLE_GDC_FOR_SM90, so that it waits for that kernel before touching global memory): its
+  // launch and prologue overlap that kernel's tail. Launches with a workspace (run()) never use it.
   static int run_cached(Key const& key, typename Op::Arguments const& args, void* workspace,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, bool pdl = false) {
     char const* off = std::getenv("QVDP_CUTLASS_PARAM_CACHE");
     if (workspace != nullptr || (off != nullptr && off[0] == '0')) return run(args, workspace, stream);
     int dev = 0;
@@ -161,7 +164,7 @@ struct Gemm {
       }
       params = cache[hit].params;
     }
-    if (Op::run(params, stream) != cutlass::Status::kSuccess) return 3;
+    if (Op::run(params, stream, nullptr, pdl) != cutlass::Status::kSuccess) return 3;
     return cudaGetLastError() == cudaSuccess ? 0 : 3;
   }
 };

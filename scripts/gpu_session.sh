@@ -75,6 +75,9 @@
 #   bash scripts/gpu_session.sh s27b     # (1 GPU, CUTLASS .so files carried) the same, A rescaled in registers (RS wgmma, 33, 34)
 #     (s27a and s27b ran on uncommitted trees, both forms dropped: s27b's tree is benchmarks/results/logs/h200-s27/norm_a_rs-s27b.patch
 #      against commit c49b52f; s27a's differed in csrc/qvdp_fold_mainloop.h only, see benchmarks/NOTES.md session 27)
+#   bash scripts/gpu_session.sh s27c     # (1 GPU, CUTLASS .so files carried) the CUTLASS kernels launched with PDL: every merger GPU test, PDL on / off diag, bench_merger
+#   bash scripts/gpu_session.sh s27d     # (1 GPU, CUTLASS .so files carried) PDL on / off: diag at 3520 rows, bench_merger --quick with QVDP_CUTLASS_PDL 0 / 1 / 0 / 1
+#   bash scripts/gpu_session.sh s27e     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger (as s25h)
 #   bash scripts/gpu_session.sh s26h     # (1 GPU, CUTLASS .so files carried) final code (pair samples of ~3 ms): tuned / auto / graph tests, bench_merger
 #   bash scripts/gpu_session.sh s26g     # (1 GPU, CUTLASS .so files carried) bench_merger --quick with the pair round's samples 3 / 10 / 3 calls long
 #   bash scripts/gpu_session.sh s26d     # (1 GPU, CUTLASS .so files carried) final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
@@ -253,6 +256,17 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
 elif [ "$STAGE" = s27a ] || [ "$STAGE" = s27b ]; then  # session 27, one GPU: the per-patch norm applied to A on its way to the MMAs (s27a: in shared memory, 31 / 32; s27b: in registers, 33 / 34; both uncommitted, see the list above): fold tests, fold diag
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fold or tuned" -p no:cacheprovider
   T=${DIAG_T:-200} TAILN=80 step diag_fold python3 benchmarks/diag_merger_fold.py --rounds ${ROUNDS:-11}
+elif [ "$STAGE" = s27c ]; then  # session 27, one GPU: the CUTLASS kernels launched with PDL: merger GPU tests, the PDL diag, bench_merger
+  T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
+  T=${DIAG_T:-240} TAILN=60 step diag_pdl python3 benchmarks/diag_merger_pdl.py --rounds ${ROUNDS:-11}
+  T=${BENCH_T:-170} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s27d ]; then  # session 27, one GPU: PDL on / off again: the diag at the 3520-row shapes (21 rounds), bench_merger --quick A/B/A/B
+  T=${DIAG_T:-150} TAILN=30 step diag_pdl python3 benchmarks/diag_merger_pdl.py --rounds ${ROUNDS:-21} --shapes pre:3520:1152:2048 post:3520:1152:2048 pre:3520:1152:5120
+  i=0
+  for p in ${PDLS:-0 1 0 1}; do
+    i=$((i + 1))
+    QVDP_CUTLASS_PDL=$p T=${BENCH_T:-100} TAILN=14 step bench_quick$i-pdl$p python3 benchmarks/bench_merger.py --quick --out logs/q$i
+  done
 elif [ "$STAGE" = s26h ]; then  # session 26, one GPU: the pair round's samples by time (TUNE_PAIR_SAMPLE_MS): tuned / auto / graph tests, bench_merger
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand or cutlass" -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
@@ -277,7 +291,7 @@ elif [ "$STAGE" = s26a ]; then  # session 26, one GPU: CUTLASS tiles of N 160 / 
   T=${DIAG_T:-200} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --names --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 13 40 41 42 43 44} --clocks "cuBLAS mm" "v4 " "v40 " "v41 "
   T=${DIAG_T:-150} TAILN=60 step diag_fc2 python3 benchmarks/diag_merger_gemm.py --names --fc2 --m 3520 6400 14080 --variants 14 15 19 45
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 -c "import sys, runpy; sys.path.insert(0, 'benchmarks'); import qvdp.ops.patch_merger as pm; pm.TUNE_FC1 = tuple(int(v) for v in '${TUNE1:-0 1 12 13 40 42 43 44}'.split()); pm.TUNE_FC2 = tuple(int(v) for v in '${TUNE2:-14 15 19 45}'.split()); print('candidates', pm.TUNE_FC1, pm.TUNE_FC2); sys.argv = ['bench_merger.py', '--out', 'logs/m'] + '${BENCH_ARGS:-}'.split(); runpy.run_path('benchmarks/bench_merger.py', run_name='__main__')"
-elif [ "$STAGE" = s25h ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
+elif [ "$STAGE" = s25h ] || [ "$STAGE" = s27e ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
   T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
 elif [ "$STAGE" = s25g ]; then  # session 25, one GPU: the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger

@@ -171,7 +171,8 @@ def test_cutlass_lib_known_device(monkeypatch):
 def test_merger_gemm_launch_arguments(monkeypatch):
     """merger_gemm.launch / launch_fold hand the C functions their arguments in the order of their ctypes
     signatures (x, w, out, M, N, K, the vectors as pointers or None, launch_fold's chunk count, workspace, SMs,
-    swizzle, raster, stream); an empty problem launches nothing; a failing code is an error naming the kernel"""
+    swizzle, raster, the PDL flag, stream); an empty problem launches nothing; a failing code is an error naming the
+    kernel"""
     from qvdp.ops import merger_gemm
     calls, plans = [], []
 
@@ -187,12 +188,16 @@ def test_merger_gemm_launch_arguments(monkeypatch):
     out = merger_gemm.launch(x, w, *v, None, 1, 2, 0)
     assert out.shape == (6, 8) and plans[-1][1:] == ("qvdp_fc1_gelu", 1)
     ptr = lambda t: t.data_ptr() if t is not None else None
-    assert calls[-1] == (x.data_ptr(), w.data_ptr(), out.data_ptr(), 6, 8, 16, *map(ptr, v), None, 132, 2, 0, 77)
+    assert calls[-1] == (x.data_ptr(), w.data_ptr(), out.data_ptr(), 6, 8, 16, *map(ptr, v), None, 132, 2, 0,
+                         int(merger_gemm.PDL), 77)
+    monkeypatch.setattr(merger_gemm, "PDL", not merger_gemm.PDL)
+    merger_gemm.launch(x, w, *v, out, 1, 2, 0)
+    assert calls[-1][-2] == int(merger_gemm.PDL)
     c1, c2, sc = torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 8)
     out = merger_gemm.launch_fold(x, w, *v, c1, c2, sc, 5, out=out)
     assert plans[-1][1:] == ("qvdp_fc1_fold", 30)
     assert calls[-1] == (x.data_ptr(), w.data_ptr(), out.data_ptr(), 6, 8, 16, *map(ptr, v), c1.data_ptr(),
-                         c2.data_ptr(), sc.data_ptr(), 5, None, 132, 1, 0, 77)
+                         c2.data_ptr(), sc.data_ptr(), 5, None, 132, 1, 0, int(merger_gemm.PDL), 77)
     n = len(calls)
     assert merger_gemm.launch(x[:0], w, *v, None, 1).shape == (0, 8) and len(calls) == n
     rc[0] = 3
@@ -217,8 +222,26 @@ def test_cutlass_variant_lists_agree():
     assert set(build.VARIANTS) == loaded
     assert set(build.FOLD_VARIANTS) == set(mg.FOLD_VARIANTS)
     with open(os.path.join(root, "csrc", "merger_gemm.cu")) as f:
-        branches = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)", f.read())}
+        src_cu = f.read()
+    branches = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)", src_cu)}
     assert loaded | set(mg.FOLD_VARIANTS) | {50, 52} <= branches
+    # PDL: every configuration is built to wait for the previous kernel (GDC) except the stream-K ones, which
+    # then launch without PDL; the exception list names exactly the configurations using the stream-K scheduler
+    branches_src = re.split(r"#elif QVDP_MERGER_VARIANT == |#if QVDP_MERGER_VARIANT == 0\n", src_cu)
+    stream_k = {int(b.split()[0]) for b in branches_src[1:] if "StreamKScheduler" in b.split("#elif")[0]
+                and b.split()[0].isdigit()}
+    no_gdc = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)",
+                                         re.search(r"#if (QVDP_MERGER_VARIANT == \d+(?: \|\| )?)+\n#define QVDP_GDC 0",
+                                                   src_cu).group(0))}
+    assert stream_k == no_gdc == {7, 21, 22}, (stream_k, no_gdc)
+    # the ctypes signatures have the C entry points' parameter counts (a mismatch would misplace the stream)
+    src = src_cu
+    for lib in (mg._LIB, mg._FOLD_LIB):
+        for name, (_, argtypes) in lib.symbols.items():
+            params = re.search(r"QVDP_SYM\(%s\)\(([^)]*)\)" % name, src)
+            assert params, name
+            n = 0 if not params.group(1).strip() else len(params.group(1).split(","))
+            assert n == len(argtypes), (name, n, len(argtypes))
     assert set(pm.TUNE_FC1) <= set(mg.VARIANTS) and set(pm.TUNE_FC2) <= set(mg.LINEAR_VARIANTS)
 
 
@@ -707,6 +730,46 @@ def test_gpu_cutlass_cuda_graph(backend):
         torch.cuda.synchronize()
         want = patch_merger(x2, **p, postshuffle_norm=post, backend=backend)
         assert torch.equal(out, want)
+
+
+@pytest.mark.gpu
+def test_gpu_cutlass_pdl(monkeypatch):
+    """the CUTLASS kernels launched as programmatic dependents (merger_gemm.PDL) give bit-identical results to plain
+    launches, each kernel right after a kernel writing its input (the norm pass, fc1, a CUTLASS fc2 after a CUTLASS
+    fc1), eagerly and replayed from a CUDA graph captured with PDL, the outputs poisoned before every call"""
+    mg = _cutlass_or_skip()
+    from qvdp.ops import patch_merger as pm
+    x, p = make(4 * 1001, 1152, 2048, "layernorm", False, torch.bfloat16, "cuda")
+    a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, False, "layernorm", 1e-6)
+    w2, b2 = p["fc2_weight"], p["fc2_bias"].float()
+
+    def chain(fc1, fc2, out):
+        h = pm._fc1_cutlass(*a, variant=fc1)
+        return mg.launch(h, w2, None, None, None, b2, out, fc2)
+
+    pairs = [(0, 14), (43, 45), (12, 19)]
+    got = {}
+    for pdl in (False, True):
+        monkeypatch.setattr(mg, "PDL", pdl)
+        for pair in pairs:
+            out = torch.full((1001, 2048), float("nan"), device="cuda", dtype=torch.bfloat16)
+            got[pdl, pair] = chain(*pair, out).clone()
+    torch.cuda.synchronize()
+    for pair in pairs:
+        assert torch.isfinite(got[False, pair]).all(), pair
+        assert torch.equal(got[True, pair], got[False, pair]), pair
+    monkeypatch.setattr(mg, "PDL", True)
+    out = torch.empty((1001, 2048), device="cuda", dtype=torch.bfloat16)
+    chain(0, 14, out)  # warm (folded weights, plans) outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain(0, 14, out)
+    for _ in range(3):
+        out.fill_(float("nan"))
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got[False, (0, 14)])
 
 
 def test_cutlass_bad_inputs():

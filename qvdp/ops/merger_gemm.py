@@ -61,9 +61,19 @@ def selected_variant(variant: Optional[int] = None) -> int:
     return int(variant if variant is not None else os.environ.get("QVDP_MERGER_GEMM_VARIANT", DEFAULT_VARIANT))
 
 
+# Programmatic dependent launch: every kernel of these libraries waits for the kernel before it on the stream
+# before touching global memory (CUTLASS_ENABLE_GDC_FOR_SM90), so a launch may overlap that kernel's tail (its
+# launch, barrier set-up and TMA descriptor prefetch). Every launch of the merger follows another kernel of the
+# merger (the norm / statistics pass, or fc1), so it is on by default; QVDP_CUTLASS_PDL=0 (or PDL = False) turns
+# it off. Launches with a workspace (stream-K) never use it.
+PDL = os.environ.get("QVDP_CUTLASS_PDL", "1") != "0"
+
 _P, _I = ctypes.c_void_p, ctypes.c_int
+# the C interface (csrc/merger_gemm.cu): qvdp_merger_abi returns 2 since the launches take pdl; a library built
+# before that lacks it and is reported as not loadable
+_ABI = {"qvdp_merger_abi": (_I, [])}
 _LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel",
-                  {"qvdp_fc1_gelu": (_I, [_P] * 3 + [_I] * 3 + [_P] * 5 + [_I] * 3 + [_P]),
+                  {**_ABI, "qvdp_fc1_gelu": (_I, [_P] * 3 + [_I] * 3 + [_P] * 5 + [_I] * 4 + [_P]),
                    "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [_I] * 6)},
                   (*VARIANTS, *DIAG_VARIANTS, *LINEAR_VARIANTS))
 
@@ -71,7 +81,7 @@ _LIB = CutlassLib(_LIB_NAME, "QVDP_MERGER_GEMM_LIB", "the CUTLASS merger kernel"
 unavailable_reason = _LIB.unavailable_reason  # None when fc1_gelu can run on a device (default: current)
 available = _LIB.available
 _FOLD_LIB = CutlassLib("_merger_fold.so", "QVDP_MERGER_FOLD_LIB", "the CUTLASS folded-norm fc1 kernel",
-                       {"qvdp_fc1_fold": (_I, [_P] * 3 + [_I] * 3 + [_P] * 7 + [_I] + [_P] + [_I] * 3 + [_P]),
+                       {**_ABI, "qvdp_fc1_fold": (_I, [_P] * 3 + [_I] * 3 + [_P] * 7 + [_I] + [_P] + [_I] * 4 + [_P]),
                         "qvdp_fc1_gelu_workspace": (ctypes.c_size_t, [_I] * 6)},
                        FOLD_VARIANTS)
 fold_unavailable_reason = _FOLD_LIB.unavailable_reason  # None when launch_fold can run on a device
@@ -169,7 +179,8 @@ def _plan(lib, plans, name, variant, x, dev, M, N, K, swizzle, raster):
 
 def _launch(lib, plans, name, variant, x, w, out, vectors, ints, swizzle, raster):
     """One call of the C function `name` of `lib`: (x, w, out, M, N, K, *vectors as pointers (None: null), *ints,
-    workspace, SM count, swizzle, raster, stream); out allocated where None; nothing launched for an empty one."""
+    workspace, SM count, swizzle, raster, PDL, stream); out allocated where None; nothing launched for an empty
+    one."""
     M, N, K, out = _sizes_out(x, w, out)
     if M == 0 or N == 0:
         return out
@@ -177,7 +188,8 @@ def _launch(lib, plans, name, variant, x, w, out, vectors, ints, swizzle, raster
     fn, sms, ws = _plan(lib, plans, name, variant, x, dev, M, N, K, swizzle, raster)
     rc = fn(x.data_ptr(), w.data_ptr(), out.data_ptr(), M, N, K,
             *(t.data_ptr() if t is not None else None for t in vectors), *ints,
-            ws.data_ptr() if ws is not None else None, sms, swizzle, raster, torch._C._cuda_getCurrentRawStream(dev))
+            ws.data_ptr() if ws is not None else None, sms, swizzle, raster, 1 if PDL else 0,
+            torch._C._cuda_getCurrentRawStream(dev))
     if rc:
         raise RuntimeError(f"{name}_v{variant} failed (code {rc}: 1 unsupported shape, 2 initialise, 3 launch) for "
                            f"M={M} N={N} K={K}" + (f" {ints}" if ints else ""))
