@@ -294,6 +294,9 @@ elif [ "$STAGE" = s26a ]; then  # session 26, one GPU: CUTLASS tiles of N 160 / 
 elif [ "$STAGE" = s25h ] || [ "$STAGE" = s27e ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
   T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+  if [ "$STAGE" = s27e ]; then  # eager against graph-replayed chains with and without a cluster (v6: v0's tile, no cluster)
+    T=${DIAG_T:-150} TAILN=30 step diag_pdl python3 benchmarks/diag_merger_pdl.py --rounds 11 --shapes pre:3520:1152:2048 post:3520:1152:2048 --pairs 0:cublas 6:cublas 1:cublas 12:cublas
+  fi
 elif [ "$STAGE" = s25g ]; then  # session 25, one GPU: the chunked norm / statistics in the merger: merger GPU tests, chunks diag, bench_merger
   T=${TEST_T:-240} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=${DIAG_T:-120} TAILN=100 step diag_chunks python3 benchmarks/diag_merger_chunks.py --rounds ${ROUNDS:-15}
