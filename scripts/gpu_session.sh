@@ -78,6 +78,7 @@
 #   bash scripts/gpu_session.sh s27c     # (1 GPU, CUTLASS .so files carried) the CUTLASS kernels launched with PDL: every merger GPU test, PDL on / off diag, bench_merger
 #   bash scripts/gpu_session.sh s27d     # (1 GPU, CUTLASS .so files carried) PDL on / off: diag at 3520 rows, bench_merger --quick with QVDP_CUTLASS_PDL 0 / 1 / 0 / 1
 #   bash scripts/gpu_session.sh s27e     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger (as s25h)
+#   bash scripts/gpu_session.sh s27f     # (1 GPU, CUTLASS .so files carried) the Triton first pass with the largest shared carveout or the default: merger chains eager / graph
 #   bash scripts/gpu_session.sh s26h     # (1 GPU, CUTLASS .so files carried) final code (pair samples of ~3 ms): tuned / auto / graph tests, bench_merger
 #   bash scripts/gpu_session.sh s26g     # (1 GPU, CUTLASS .so files carried) bench_merger --quick with the pair round's samples 3 / 10 / 3 calls long
 #   bash scripts/gpu_session.sh s26d     # (1 GPU, CUTLASS .so files carried) final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
@@ -267,6 +268,8 @@ elif [ "$STAGE" = s27d ]; then  # session 27, one GPU: PDL on / off again: the d
     i=$((i + 1))
     QVDP_CUTLASS_PDL=$p T=${BENCH_T:-100} TAILN=14 step bench_quick$i-pdl$p python3 benchmarks/bench_merger.py --quick --out logs/q$i
   done
+elif [ "$STAGE" = s27f ]; then  # session 27, one GPU: the first pass's shared-memory carveout, eager and graph-replayed chains
+  T=${DIAG_T:-200} TAILN=30 step diag_carveout python3 benchmarks/diag_merger_carveout.py --rounds ${ROUNDS:-11}
 elif [ "$STAGE" = s26h ]; then  # session 26, one GPU: the pair round's samples by time (TUNE_PAIR_SAMPLE_MS): tuned / auto / graph tests, bench_merger
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand or cutlass" -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
