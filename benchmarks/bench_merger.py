@@ -44,6 +44,20 @@ def make_inputs(N, H, O, post, spread=False):
     return x, nw, nb, w1, b1, w2, b2, xn, h1
 
 
+def cutlass_ready() -> bool:
+    """Print the card and whether the CUTLASS merger kernels run on it (the merger diagnostics' first line)."""
+    why = merger_gemm.unavailable_reason()
+    print(torch.cuda.get_device_name(), "CUTLASS:", why or "available", flush=True)
+    return why is None
+
+
+def shape_inputs(spec):
+    """(post, M, H, O, make_inputs(4 M, H, O, post)) for a diagnostics shape "pre|post:M:H:O" (M merged rows)."""
+    place, M, H, O = spec.split(":")
+    post, M, H, O = place == "post", int(M), int(H), int(O)
+    return post, M, H, O, make_inputs(4 * M, H, O, post)
+
+
 def eager(x, nw, nb, w1, b1, w2, b2, post):
     H = x.shape[-1]
     if post:

@@ -20,9 +20,8 @@ import torch
 import triton
 
 from _common import graph_us, interleaved_ms
-from bench_merger import make_inputs
+from bench_merger import cutlass_ready, shape_inputs
 
-from qvdp.ops import merger_gemm as mg
 from qvdp.ops import patch_merger as pm
 from qvdp.ops._triton_utils import FP_FUSION
 
@@ -57,14 +56,10 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=["pre:3520:1152:2048", "post:3520:1152:2048"])
     ap.add_argument("--rounds", type=int, default=11)
     a = ap.parse_args()
-    why = mg.unavailable_reason()
-    print(torch.cuda.get_device_name(), "CUTLASS:", why or "available", flush=True)
-    if why:
+    if not cutlass_ready():
         return
     for spec in a.shapes:
-        place, M, H, O = spec.split(":")
-        post, M, H, O = place == "post", int(M), int(H), int(O)
-        x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(4 * M, H, O, post)
+        post, M, H, O, (x, nw, nb, w1, b1, w2, b2, xn, h1) = shape_inputs(spec)
         args = (x, nw, nb, w1, b1, 2, post, "layernorm", 1e-6)
         ck = first_pass_kernel(x.view(M, 4 * H) if post else x, nw, nb, H, M, post)
         fn = ck.function

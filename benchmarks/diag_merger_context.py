@@ -22,7 +22,7 @@ import statistics
 import torch
 
 from _common import event_ms, kernel_us
-from bench_merger import make_inputs
+from bench_merger import cutlass_ready, shape_inputs
 
 from qvdp.ops import merger_gemm as mg
 from qvdp.ops.patch_merger import _folded_weights, row_norm, row_stats
@@ -40,15 +40,11 @@ def main():
                                                      "pre:6400:1152:2048"])
     ap.add_argument("--variants", type=int, nargs="+", default=[0, 1, 12])
     a = ap.parse_args()
-    why = mg.unavailable_reason()
-    print(torch.cuda.get_device_name(), "CUTLASS:", why or "available", flush=True)
-    if why:
+    if not cutlass_ready():
         return
     for spec in a.shapes:
-        place, M, H, O = spec.split(":")
-        post, M, H, O = place == "post", int(M), int(H), int(O)
+        post, M, H, O, (x, nw, nb, w1, b1, w2, b2, xn, h1) = shape_inputs(spec)
         K = 4 * H
-        x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(4 * M, H, O, post)
         xm = x.view(M, K)
         b1f = b1.float()
         h = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)

@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from _common import graph_us, interleaved_ms, kernel_us
-from bench_merger import make_inputs
+from bench_merger import cutlass_ready, shape_inputs
 
 from qvdp.ops import merger_gemm as mg
 from qvdp.ops import patch_merger as pm
@@ -40,15 +40,11 @@ def main():
                     help="fc1:fc2 chains (a CUTLASS variant number or cublas)")
     ap.add_argument("--rounds", type=int, default=11)
     a = ap.parse_args()
-    why = mg.unavailable_reason()
-    print(torch.cuda.get_device_name(), "CUTLASS:", why or "available", flush=True)
-    if why:
+    if not cutlass_ready():
         return
     name = lambda v: "cublas" if v == "cublas" else f"cutlass v{v}"
     for spec in a.shapes:
-        place, M, H, O = spec.split(":")
-        post, M, H, O = place == "post", int(M), int(H), int(O)
-        x, nw, nb, w1, b1, w2, b2, xn, h1 = make_inputs(4 * M, H, O, post)
+        post, M, H, O, (x, nw, nb, w1, b1, w2, b2, xn, h1) = shape_inputs(spec)
         args = (x, nw, nb, w1, b1, 2, post, "layernorm", 1e-6)
         fns = {"floor (addmm + addmm)": lambda: torch.addmm(b2, torch.addmm(b1, xn, w1.t(), out=h1), w2.t())}
         for pair in a.pairs:

@@ -736,7 +736,8 @@ def test_gpu_cutlass_cuda_graph(backend):
 def test_gpu_cutlass_pdl(monkeypatch):
     """the CUTLASS kernels launched as programmatic dependents (merger_gemm.PDL) give bit-identical results to plain
     launches, each kernel right after a kernel writing its input (the norm pass, fc1, a CUTLASS fc2 after a CUTLASS
-    fc1), eagerly and replayed from a CUDA graph captured with PDL, the outputs poisoned before every call"""
+    fc1), eagerly and replayed from a CUDA graph captured with PDL, the outputs poisoned before every call; the
+    plain launches agree with the cublas form within 1e-2"""
     mg = _cutlass_or_skip()
     from qvdp.ops import patch_merger as pm
     x, p = make(4 * 1001, 1152, 2048, "layernorm", False, torch.bfloat16, "cuda")
@@ -754,9 +755,10 @@ def test_gpu_cutlass_pdl(monkeypatch):
         for pair in pairs:
             out = torch.full((1001, 2048), float("nan"), device="cuda", dtype=torch.bfloat16)
             got[pdl, pair] = chain(*pair, out).clone()
+    ref = pm._fc2_named("cublas", pm._fc1_cublas(*a), p["fc2_weight"], p["fc2_bias"])
     torch.cuda.synchronize()
     for pair in pairs:
-        assert torch.isfinite(got[False, pair]).all(), pair
+        assert torch.isfinite(got[False, pair]).all() and rel(got[False, pair], ref) < 1e-2, pair
         assert torch.equal(got[True, pair], got[False, pair]), pair
     monkeypatch.setattr(mg, "PDL", True)
     out = torch.empty((1001, 2048), device="cuda", dtype=torch.bfloat16)
