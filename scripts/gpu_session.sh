@@ -79,6 +79,7 @@
 #   bash scripts/gpu_session.sh s27d     # (1 GPU, CUTLASS .so files carried) PDL on / off: diag at 3520 rows, bench_merger --quick with QVDP_CUTLASS_PDL 0 / 1 / 0 / 1
 #   bash scripts/gpu_session.sh s27e     # (1 GPU, CUTLASS .so files carried) final code: every single-GPU test outside the attention file, bench_merger (as s25h)
 #   bash scripts/gpu_session.sh s27f     # (1 GPU, CUTLASS .so files carried) the Triton first pass with the largest shared carveout or the default: merger chains eager / graph
+#   bash scripts/gpu_session.sh s27g     # (1 GPU, CUTLASS .so files carried) the review's mends: PDL / tuned / graph / cutlass tests, the chain diagnostics briefly
 #   bash scripts/gpu_session.sh s26h     # (1 GPU, CUTLASS .so files carried) final code (pair samples of ~3 ms): tuned / auto / graph tests, bench_merger
 #   bash scripts/gpu_session.sh s26g     # (1 GPU, CUTLASS .so files carried) bench_merger --quick with the pair round's samples 3 / 10 / 3 calls long
 #   bash scripts/gpu_session.sh s26d     # (1 GPU, CUTLASS .so files carried) final code (v43 / v45 tuning candidates): every merger GPU test, bench_merger twice
@@ -129,7 +130,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s27a|s27b|s27c|s27d|s27e|s27f|s26a|s26b|s26c|s26d|s26e|s26f|s26g|s26h|s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s27a|s27b|s27c|s27d|s27e|s27f|s27g|s26a|s26b|s26c|s26d|s26e|s26f|s26g|s26h|s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -270,6 +271,11 @@ elif [ "$STAGE" = s27d ]; then  # session 27, one GPU: PDL on / off again: the d
   done
 elif [ "$STAGE" = s27f ]; then  # session 27, one GPU: the first pass's shared-memory carveout, eager and graph-replayed chains
   T=${DIAG_T:-200} TAILN=30 step diag_carveout python3 benchmarks/diag_merger_carveout.py --rounds ${ROUNDS:-11}
+elif [ "$STAGE" = s27g ]; then  # session 27, one GPU: the review's mends: PDL / tuned / graph / cutlass tests, the three chain diagnostics briefly
+  T=${TEST_T:-200} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "pdl or tuned or graph or cutlass or auto" -p no:cacheprovider
+  T=60 TAILN=20 step diag_context python3 benchmarks/diag_merger_context.py --shapes pre:3520:1152:2048 --variants 0
+  T=60 TAILN=12 step diag_pdl python3 benchmarks/diag_merger_pdl.py --rounds 3 --shapes post:3520:1152:2048 --pairs 0:cublas
+  T=60 TAILN=12 step diag_carveout python3 benchmarks/diag_merger_carveout.py --rounds 3 --shapes pre:3520:1152:2048
 elif [ "$STAGE" = s26h ]; then  # session 26, one GPU: the pair round's samples by time (TUNE_PAIR_SAMPLE_MS): tuned / auto / graph tests, bench_merger
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand or cutlass" -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
