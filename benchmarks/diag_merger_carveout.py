@@ -1,8 +1,9 @@
 """The merger chain with its Triton first pass asking for the largest shared-memory carveout (diagnostics, one
 Hopper GPU).
 
-Session 27 (s27d, s27e): timed as eager calls, the merger's chains at 3520 merged rows take 17-28 us per call more
-than replayed from a CUDA graph, against ~12 us for the floor's two cuBLAS GEMMs. The chain's first kernel (the
+Session 27 (s27d, s27e, long interleaved runs): timed as eager calls, the merger's chains at 3520 merged rows took
+17-28 us per call more than replayed from a CUDA graph, against ~12 us for the floor's two cuBLAS GEMMs (a short run
+on a freshly started machine: 1-3 us). The chain's first kernel (the
 Triton norm / statistics pass) uses a few KB of shared memory and runs with the driver's default L1 / shared split,
 the GEMMs after it with the largest shared carveout: if an SM must switch its split between them, that costs time
 at each boundary. Here the first pass's kernel is given the preferred carveout of 100% shared
