@@ -227,18 +227,15 @@ def test_cutlass_variant_lists_agree():
     assert loaded | set(mg.FOLD_VARIANTS) | {50, 52} <= branches
     # PDL: every configuration is built to wait for the previous kernel (GDC) except the stream-K ones, which
     # then launch without PDL; the exception list names exactly the configurations using the stream-K scheduler
-    branches_src = re.split(r"#elif QVDP_MERGER_VARIANT == |#if QVDP_MERGER_VARIANT == 0\n", src_cu)
-    stream_k = {int(b.split()[0]) for b in branches_src[1:] if "StreamKScheduler" in b.split("#elif")[0]
-                and b.split()[0].isdigit()}
-    no_gdc = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)",
-                                         re.search(r"#if (QVDP_MERGER_VARIANT == \d+(?: \|\| )?)+\n#define QVDP_GDC 0",
-                                                   src_cu).group(0))}
+    configs = re.findall(r"#(?:el)?if QVDP_MERGER_VARIANT == (\d+)\b(.*?)(?=#el|#endif)", src_cu, re.S)
+    stream_k = {int(v) for v, body in configs if "using Config" in body and "StreamKScheduler" in body}
+    no_gdc = {int(v) for v in re.findall(r"QVDP_MERGER_VARIANT == (\d+)", src_cu.split("#define QVDP_GDC 0")[0]
+                                         .rsplit("#if", 1)[1])}
     assert stream_k == no_gdc == {7, 21, 22}, (stream_k, no_gdc)
     # the ctypes signatures have the C entry points' parameter counts (a mismatch would misplace the stream)
-    src = src_cu
     for lib in (mg._LIB, mg._FOLD_LIB):
         for name, (_, argtypes) in lib.symbols.items():
-            params = re.search(r"QVDP_SYM\(%s\)\(([^)]*)\)" % name, src)
+            params = re.search(r"QVDP_SYM\(%s\)\(([^)]*)\)" % name, src_cu)
             assert params, name
             n = 0 if not params.group(1).strip() else len(params.group(1).split(","))
             assert n == len(argtypes), (name, n, len(argtypes))
