@@ -168,6 +168,16 @@ using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #elif QVDP_MERGER_VARIANT == 52
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
                        cutlass::epilogue::thread::GELU, false, NoWrap, 0, true>;
+// 60-63 (diagnostics library): variants 0, 13, 12, 43 with the GELU as GeluErfc (qvdp_cutlass_gemm.h) instead of
+// CUTLASS's erff form
+#elif QVDP_MERGER_VARIANT == 60
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, GeluErfc>;
+#elif QVDP_MERGER_VARIANT == 61
+using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
+#elif QVDP_MERGER_VARIANT == 62
+using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
+#elif QVDP_MERGER_VARIANT == 63
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -71,6 +71,9 @@
 #   (s26e, the chain at 3520 rows, and s26f, the diag's poisoned check, ran as plain commands: cd benchmarks; python3
 #    diag_merger_context.py --shapes pre:3520:1152:2048 post:3520:1152:2048 --variants 0 43 / python3
 #    benchmarks/diag_merger_gemm.py --m 3520 --nk 4608 --variants 0 4 43 --extra-lib qvdp/_merger_diag.so --extra-variants 50 52 54)
+#   bash scripts/gpu_session.sh s28a     # (1 GPU) the GELU pass after cuBLAS's fc1 from L2: Triton in-place GELU in address / reverse order, chains (diag_merger_l2)
+#   bash scripts/gpu_session.sh s28b     # (1 GPU, CUTLASS .so files carried) GEMM time against M around 3520 rows (diag_merger_waves), GELU pass math forms (diag_merger_l2)
+#   bash scripts/gpu_session.sh s28c     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) the erfc-fit GELU: gelu pass tests, fc1 epilogue variants 60-63 against 0 / 12 / 43, GELU pass forms
 #   bash scripts/gpu_session.sh s27a     # (1 GPU, CUTLASS .so files carried) the per-patch norm applied to the A tiles in shared memory (31, 32): fold tests, fold diag
 #   bash scripts/gpu_session.sh s27b     # (1 GPU, CUTLASS .so files carried) the same, A rescaled in registers (RS wgmma, 33, 34)
 #     (s27a and s27b ran on uncommitted trees, both forms dropped: s27b's tree is benchmarks/results/logs/h200-s27/norm_a_rs-s27b.patch
@@ -130,7 +133,7 @@ case "$STAGE" in  # stages that need H100s and run nothing on other cards
 esac
 build=1
 case "$STAGE" in  # stages without the native build (mostly single-GPU work; s5e and x4h100 build on H100s only)
-  s27a|s27b|s27c|s27d|s27e|s27f|s27g|s26a|s26b|s26c|s26d|s26e|s26f|s26g|s26h|s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
+  s28a|s28b|s28c|s28d|s28e|s28f|s28g|s28h|s27a|s27b|s27c|s27d|s27e|s27f|s27g|s26a|s26b|s26c|s26d|s26e|s26f|s26g|s26h|s25a|s25b|s25c|s25d|s25e|s25f|s25g|s25h|s24a|s24b|s24c|s24d|s24e|s24f|s24g|s24h|s23a|s23b|s23c|s23d|s23g|s22a|s22b|s22c|s22d|s22e|s22f|s22g|s22h|s21a|s21b|s21c|s21d|s21e|s5f|s7d|s7e|s8c|s8d|s8i|s9h|s10b|s10c|s10g|s11a|s12m|s12n|s13m|s13n|s14a|s15a|s16a|s17a|s15n|s13l|s11c|s11d|s11e|s6a|s6b)
     build=0 ;;
   s5e) on_h100 || build=0 ;;
   x4h100) on_h100 && build=1 || build=0 ;;
@@ -255,6 +258,15 @@ elif [ "$STAGE" = s23d ]; then  # session 23, one GPU: tuner samples behind a bu
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "tune or auto or graph or params or operand" -p no:cacheprovider
   T=${PROF_T:-90} TAILN=60 step diag_merger_profile python3 benchmarks/diag_merger_profile.py --shapes pre:4x3520:1152:2048 post:4x3520:1152:5120
   T=${BENCH_T:-120} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s28a ]; then  # session 28, one GPU: the GELU pass after cuBLAS's fc1, from L2 (reverse block order)
+  T=${DIAG_T:-300} TAILN=80 step diag_l2 python3 benchmarks/diag_merger_l2.py --rounds ${ROUNDS:-15}
+elif [ "$STAGE" = s28b ]; then  # session 28, one GPU: staircase or line (cuBLAS / CUTLASS time against M), GELU pass math
+  T=${DIAG_T:-240} TAILN=60 step diag_waves python3 benchmarks/diag_merger_waves.py --rounds ${ROUNDS:-9}
+  T=${DIAG_T:-200} TAILN=60 step diag_l2 python3 benchmarks/diag_merger_l2.py --rounds ${ROUNDS:-15}
+elif [ "$STAGE" = s28c ]; then  # session 28, one GPU: the erfc-fit GELU in the CUTLASS epilogue (diagnostics library 60-63) and the GELU pass
+  T=${TEST_T:-120} TAILN=8 step gelu_tests python3 -m pytest -q tests/test_patch_merger.py -k "gelu_pass or epilogue_exact" -p no:cacheprovider
+  T=${DIAG_T:-300} TAILN=40 step diag_waves python3 benchmarks/diag_merger_waves.py --no-fc2 --ms ${MS:-3520 6400 14080} --variants 0 12 43 --extra-lib qvdp/_merger_diag.so --extra-variants ${EXTRA_V:-60 62 63} --rounds ${ROUNDS:-11}
+  T=${DIAG_T:-200} TAILN=60 step diag_l2 python3 benchmarks/diag_merger_l2.py --rounds ${ROUNDS:-11}
 elif [ "$STAGE" = s27a ] || [ "$STAGE" = s27b ]; then  # session 27, one GPU: the per-patch norm applied to A on its way to the MMAs (s27a: in shared memory, 31 / 32; s27b: in registers, 33 / 34; both uncommitted, see the list above): fold tests, fold diag
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fold or tuned" -p no:cacheprovider
   T=${DIAG_T:-200} TAILN=80 step diag_fold python3 benchmarks/diag_merger_fold.py --rounds ${ROUNDS:-11}

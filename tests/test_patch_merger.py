@@ -804,6 +804,53 @@ def test_row_norm(rms, width, n, dtype):
     assert rel(got.cpu(), ref) < TOL[dtype] / 3
 
 
+def _gelu_grid(n_rand, dev, dtype, seed):
+    """Every representable value on [-11, 12] that the dtype has at 2e-3 spacing, edge values, then random ones."""
+    g = torch.Generator().manual_seed(seed)
+    edge = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 6.0, -6.0, 12.0, -11.0])
+    return torch.cat([edge, torch.linspace(-11, 12, 11501), torch.randn(n_rand, generator=g) * 3]).to(dev, dtype)
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gelu_pass(dtype):
+    """The cublas form's in-place GELU pass (patch_merger.gelu_, the erfc fit) against the exact-erf GELU in fp64:
+    fp32 within 2e-5 relative wherever the value is a normal fp32 number (torch's own fp32 GELU loses the negative
+    tail), fp16 within one ulp and almost always the correctly rounded value; a size that is not a multiple of the
+    block (11509 + 3001 elements) and an empty tensor."""
+    from qvdp.ops.patch_merger import gelu_
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    h = _gelu_grid(3001, dev, dtype, 5)
+    xd = h.double().cpu()
+    ref = 0.5 * xd * torch.special.erfc(-xd * 0.5 ** 0.5)
+    assert gelu_(h) is h
+    got = h.double().cpu()
+    if dtype == torch.float32:
+        normal = ref.abs() > 1e-37
+        assert ((got - ref).abs() <= 2e-5 * ref.abs())[normal].all()
+        assert (got[~normal].abs() <= 1e-37).all()
+    else:
+        exact = ref.to(dtype).double()
+        ulp = (exact.abs() * 2.0 ** -10).clamp_min(2.0 ** -24)  # one ulp (subnormals: 2^-24)
+        assert ((got - exact).abs() <= ulp).all()
+        assert (got != exact).float().mean().item() < 1e-3
+    e = torch.empty(0, device=dev, dtype=dtype)
+    assert gelu_(e).numel() == 0
+
+
+@pytest.mark.gpu
+def test_gpu_gelu_pass():
+    """bf16 on the GPU (ex2 / rcp approximations): every output within half a bf16 ulp (+2e-6 relative) of the
+    exact-erf GELU, against aten's gelu_ which misses the negative tail."""
+    from qvdp.ops.patch_merger import gelu_
+    h = _gelu_grid(3 * 4096 + 17, "cuda", torch.bfloat16, 6)
+    xd = h.double()
+    ref = 0.5 * xd * torch.special.erfc(-xd * 0.5 ** 0.5)
+    gelu_(h)
+    bad = (h.double() - ref).abs() > ref.abs() * 2.0 ** -8 * (1 + 1e-4)
+    assert not bad.any(), f"{int(bad.sum())} outputs off by more than half a bf16 ulp"
+
+
 def test_norm_tiles():
     """Rows as two power-of-two blocks where the width allows, else one padded block; every tile covers the row."""
     from qvdp.ops.patch_merger import norm_tiles
