@@ -44,12 +44,12 @@ namespace {
 using namespace qvdp_cutlass;
 using cutlass::epilogue::thread::Identity;
 
-// Act: the epilogue's activation (GELU for fc1; Identity gives fc2's D = acc + c[n] with rstd / negm / S null).
+// Act: the epilogue's activation (GeluErfc for fc1, the exact-erf GELU of qvdp_cutlass_gemm.h; Identity gives fc2's D = acc + c[n] with rstd / negm / S null).
 // StreamK: with cutlass::gemm::StreamKScheduler, force the stream-K decomposition (CUTLASS's heuristic keeps
 // data-parallel tiles whenever the last wave is at least half full, e.g. 224 tiles on 132 SMs).
 // Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
-          class Scheduler = void, template <class> class Act = cutlass::epilogue::thread::GELU, bool StreamK = false,
+          class Scheduler = void, template <class> class Act = GeluErfc, bool StreamK = false,
           template <class> class Wrap = NoWrap, int ExtraSmem = 0, bool Lean = false>
 struct Fc1Gelu {
   // Lean: Act(acc + c[n]) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two FMAs and three
@@ -148,7 +148,7 @@ using Config = Fc1Gelu<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop, CoopEpi,
 #elif QVDP_MERGER_VARIANT == 30
 #define QVDP_FOLD 1
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, FoldWrap, 256>;
+                       GeluErfc, false, FoldWrap, 256>;
 // 43, 45: tiles whose N is not 64/128/192/256, from one wgmma of the tile's N per warpgroup and k16 step (the
 // extended shapes above). Session 26 (H200): ping-pong 128x160 with cluster 2x1 (43) is the tuned pick for fc1 at
 // most 6400-row shapes, its fc2 form (45) on some. The cooperative 128x160 (cuBLAS's own fc1 tile at M=3520,
@@ -167,17 +167,22 @@ using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi,
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_1, _2, _1>, Coop, CoopEpi, false, void, Identity>;
 #elif QVDP_MERGER_VARIANT == 52
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
-                       cutlass::epilogue::thread::GELU, false, NoWrap, 0, true>;
-// 60-63 (diagnostics library): variants 0, 13, 12, 43 with the GELU as GeluErfc (qvdp_cutlass_gemm.h) instead of
-// CUTLASS's erff form
+                       GeluErfc, false, NoWrap, 0, true>;
+// 60-63 (diagnostics library only): variants 0, 13, 12, 43 with CUTLASS's erff GELU, the epilogue of every fc1
+// configuration until session 28 (GeluErfc, qvdp_cutlass_gemm.h, since: s28c, H200, M = 3520 / 6400 / 14080,
+// N = K = 4608: variant 0 -3.0 / -3.3 / -5.4%, 12 -1.7 / -1.1 / -0.6%, 43 level)
 #elif QVDP_MERGER_VARIANT == 60
-using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, GeluErfc>;
+using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void,
+                       cutlass::epilogue::thread::GELU>;
 #elif QVDP_MERGER_VARIANT == 61
-using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
+using Config = Fc1Gelu<Shape<_128, _192, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void,
+                       cutlass::epilogue::thread::GELU>;
 #elif QVDP_MERGER_VARIANT == 62
-using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
+using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, PingPongEpi, false, void,
+                       cutlass::epilogue::thread::GELU>;
 #elif QVDP_MERGER_VARIANT == 63
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, GeluErfc>;
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void,
+                       cutlass::epilogue::thread::GELU>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif
