@@ -44,7 +44,8 @@ namespace {
 using namespace qvdp_cutlass;
 using cutlass::epilogue::thread::Identity;
 
-// Act: the epilogue's activation (GeluErfc for fc1, the exact-erf GELU of qvdp_cutlass_gemm.h; Identity gives fc2's D = acc + c[n] with rstd / negm / S null).
+// Act: the epilogue's activation (GeluErfc for fc1, the exact-erf GELU of qvdp_cutlass_gemm.h; Identity gives
+// fc2's D = acc + c[n] with rstd / negm / S null).
 // StreamK: with cutlass::gemm::StreamKScheduler, force the stream-K decomposition (CUTLASS's heuristic keeps
 // data-parallel tiles whenever the last wave is at least half full, e.g. 224 tiles on 132 SMs).
 // Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).

@@ -75,6 +75,7 @@
 #   bash scripts/gpu_session.sh s28b     # (1 GPU, CUTLASS .so files carried) GEMM time against M around 3520 rows (diag_merger_waves), GELU pass math forms (diag_merger_l2)
 #   bash scripts/gpu_session.sh s28c     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) the erfc-fit GELU: gelu pass tests, fc1 epilogue variants 60-63 against 0 / 12 / 43, GELU pass forms
 #   bash scripts/gpu_session.sh s28d     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) GeluErfc in every fc1 kernel, qvdp's GELU pass in the cublas form: every merger GPU test, fc1 against the erff epilogue (60-63), bench_merger
+#   bash scripts/gpu_session.sh s28e     # (1 GPU, CUTLASS .so files carried) the Triton passes as programmatic dependents: PDL / GELU / tuned / graph tests, bench_merger --quick with QVDP_PASS_PDL 0 / 1 / 0 / 1
 #   bash scripts/gpu_session.sh s27a     # (1 GPU, CUTLASS .so files carried) the per-patch norm applied to the A tiles in shared memory (31, 32): fold tests, fold diag
 #   bash scripts/gpu_session.sh s27b     # (1 GPU, CUTLASS .so files carried) the same, A rescaled in registers (RS wgmma, 33, 34)
 #     (s27a and s27b ran on uncommitted trees, both forms dropped: s27b's tree is benchmarks/results/logs/h200-s27/norm_a_rs-s27b.patch
@@ -272,6 +273,13 @@ elif [ "$STAGE" = s28d ]; then  # session 28, one GPU: GeluErfc in every fc1 ker
   T=${TEST_T:-260} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -p no:cacheprovider
   T=${DIAG_T:-150} TAILN=14 step diag_waves python3 benchmarks/diag_merger_waves.py --no-fc2 --ms ${MS:-3520 6400 14080} --variants 0 12 43 --extra-lib qvdp/_merger_diag.so --extra-variants ${EXTRA_V:-60 62 63} --rounds ${ROUNDS:-11}
   T=${BENCH_T:-170} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
+elif [ "$STAGE" = s28e ]; then  # session 28, one GPU: the merger's Triton passes launched as programmatic dependents (QVDP_PASS_PDL)
+  T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "pdl or gelu or tuned or graph or auto" -p no:cacheprovider
+  i=0
+  for p in ${PDLS:-0 1 0 1}; do
+    i=$((i + 1))
+    QVDP_PASS_PDL=$p T=${BENCH_T:-100} TAILN=14 step bench_quick$i-passpdl$p python3 benchmarks/bench_merger.py --quick --out logs/q$i
+  done
 elif [ "$STAGE" = s27a ] || [ "$STAGE" = s27b ]; then  # session 27, one GPU: the per-patch norm applied to A on its way to the MMAs (s27a: in shared memory, 31 / 32; s27b: in registers, 33 / 34; both uncommitted, see the list above): fold tests, fold diag
   T=${TEST_T:-150} TAILN=8 step merger_tests python3 -m pytest -q -m gpu tests/test_patch_merger.py -k "fold or tuned" -p no:cacheprovider
   T=${DIAG_T:-200} TAILN=80 step diag_fold python3 benchmarks/diag_merger_fold.py --rounds ${ROUNDS:-11}

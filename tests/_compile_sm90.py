@@ -73,7 +73,7 @@ def launches():
     """Run the host wrappers of the GPU paths on fake CUDA tensors; every kernel launch is captured."""
     from qvdp.ops import attention as A
     from qvdp.ops.layernorm import add_layernorm
-    from qvdp.ops.patch_merger import fold_stats, row_norm, row_stats
+    from qvdp.ops.patch_merger import fold_stats, gelu_, row_norm, row_stats
     from qvdp.ops.pos_embed import pos_embed_add_
     JITFunction.run = _capture
     cuda = dict(device="cuda")
@@ -108,6 +108,7 @@ def launches():
         w = torch.empty(1024, dtype=torch.bfloat16, **cuda)
         row_norm(x, w, w, 1024, 1e-6, False)
         row_stats(x, torch.empty(64, **cuda), torch.empty(64, **cuda), 1024, 1e-6, True, negm=True)
+        gelu_(torch.empty(3520, 4608, dtype=torch.bfloat16, **cuda))  # the cublas form's GELU pass
         for rms in (False, True):  # the folded per-patch norm's statistics
             fold_stats(torch.empty(256, 1152, dtype=torch.bfloat16, **cuda), 4, 1152, 1e-6, rms)
         x = torch.empty(64, 1152, dtype=torch.bfloat16, **cuda)

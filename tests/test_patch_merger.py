@@ -772,6 +772,50 @@ def test_gpu_cutlass_pdl(monkeypatch):
     assert torch.equal(out, got[False, (0, 14)])
 
 
+@pytest.mark.gpu
+def test_gpu_pass_pdl(monkeypatch):
+    """the merger's Triton passes (norm, statistics, GELU) launched as programmatic dependents (patch_merger.PASS_PDL:
+    each lets the next kernel launch at its start and waits for the previous one) give bit-identical results to plain
+    launches: pre-norm and post-shuffle chains through a CUTLASS fc1 and through the cublas form (norm, cuBLAS fc1,
+    the GELU pass), each with a CUTLASS fc2, run twice in a row so a pass also follows a CUTLASS kernel; eagerly and
+    replayed from a CUDA graph captured with every PDL on, the outputs poisoned before every run"""
+    mg = _cutlass_or_skip()
+    from qvdp.ops import patch_merger as pm
+    monkeypatch.setattr(mg, "PDL", True)
+    cases = []
+    for post in (False, True):
+        x, p = make(4 * 1001, 1152, 2048, "layernorm", post, torch.bfloat16, "cuda")
+        a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, post, "layernorm", 1e-6)
+        cases.append((a, p["fc2_weight"], p["fc2_bias"].float()))
+    out = torch.empty((2, 4, 1001, 2048), device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        for r in range(2):
+            for i, (a, w2, b2) in enumerate(cases):
+                mg.launch(pm._fc1_cutlass(*a, variant=0), w2, None, None, None, b2, out[r, i], 45)
+                mg.launch(pm._fc1_cublas(*a), w2, None, None, None, b2, out[r, 2 + i], 45)
+
+    got = {}
+    for pdl in (False, True):
+        monkeypatch.setattr(pm, "PASS_PDL", pdl)
+        out.fill_(float("nan"))
+        run()
+        got[pdl] = out.clone()
+    torch.cuda.synchronize()
+    assert torch.isfinite(got[False]).all()
+    assert torch.equal(got[True], got[False])
+    assert torch.equal(got[False][0], got[False][1])
+    monkeypatch.setattr(pm, "PASS_PDL", True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(2):
+        out.fill_(float("nan"))
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got[False])
+
+
 def test_cutlass_bad_inputs():
     from qvdp.ops import merger_gemm
     x, p = make(8, 16, 8, "layernorm", False, torch.float32, "cpu")

@@ -34,6 +34,19 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
+    try:  # programmatic dependent launch (Hopper+): Triton >= 3.4
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    except ImportError:  # pragma: no cover
+        gdc_launch_dependents = gdc_wait = None
+
+    @triton.jit
+    def _pdl_start(PDL: tl.constexpr):
+        # a pass launched as a programmatic dependent (launch_pdl): let the kernel after it launch now (the
+        # CUTLASS fc1 / fc2 behind it are PDL launches that wait for this grid's completion before their first
+        # load), then wait for the kernel before it to complete before any global access of this one
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
 
     @triton.jit
     def _gelu_erfc(x):
@@ -54,8 +67,9 @@ if HAS_TRITON:
         return x * tl.where(x >= 0, 1.0 - q, q)
 
     @triton.jit
-    def _gelu_inplace(Y, n, BLOCK: tl.constexpr):
+    def _gelu_inplace(Y, n, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
         # the cublas form's GELU pass over fc1's output, in place (flat blocks of BLOCK elements)
+        _pdl_start(PDL)
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         y = _gelu_erfc(tl.load(Y + offs, mask=m).to(tl.float32))
@@ -102,8 +116,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_stats_tile(X, MEAN, RSTD, n_rows, width, stride_x, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
-                        BLOCK: tl.constexpr, NEGM: tl.constexpr, TAIL: tl.constexpr = 0):
+                        BLOCK: tl.constexpr, NEGM: tl.constexpr, TAIL: tl.constexpr = 0,
+                        PDL: tl.constexpr = False):
         # ROWS whole rows per program held in registers: one read of x, exact centred variance
+        _pdl_start(PDL)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         base = rows.to(tl.int64)[:, None] * stride_x
         mean, _, _, rstd, _, _, _, _ = _row_moments(X, base, n_rows, rows, width, eps, RMS, BLOCK, TAIL)
@@ -139,8 +155,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_norm_tile(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
-                       ROWS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr = 0):
+                       ROWS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr = 0,
+                       PDL: tl.constexpr = False):
         # the norm itself, ROWS whole rows per program: one read of x, fp32 statistics, one write of y
+        _pdl_start(PDL)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         base = rows.to(tl.int64)[:, None] * width
         _, da, db, rstd, ca, cb, ma, mb = _row_moments(X, base, n_rows, rows, width, eps, RMS, BLOCK, TAIL)
@@ -183,8 +201,9 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_norm_chunks(X, W, B, Y, n_rows, width, eps, RMS: tl.constexpr, HAS_B: tl.constexpr,
-                         ROWS: tl.constexpr, CW: tl.constexpr, NCH: tl.constexpr):
+                         ROWS: tl.constexpr, CW: tl.constexpr, NCH: tl.constexpr, PDL: tl.constexpr = False):
         # row_norm with the row as NCH chunks of CW columns (chunk_tiles): statistics, then each chunk normalised
+        _pdl_start(PDL)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         rm = rows < n_rows
         base = rows.to(tl.int64)[:, None] * width
@@ -201,8 +220,9 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_stats_chunks(X, MEAN, RSTD, n_rows, width, eps, RMS: tl.constexpr, ROWS: tl.constexpr,
-                          CW: tl.constexpr, NCH: tl.constexpr, NEGM: tl.constexpr):
+                          CW: tl.constexpr, NCH: tl.constexpr, NEGM: tl.constexpr, PDL: tl.constexpr = False):
         # row_stats with the row as NCH chunks of CW columns (chunk_tiles)
+        _pdl_start(PDL)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         rm = rows < n_rows
         mean, rstd, _, _ = _chunk_moments(X, rows.to(tl.int64)[:, None] * width, rm, width, eps, RMS, ROWS, CW,
@@ -434,6 +454,20 @@ def _chunk_plan(width, tiles, chunks, stats):
     return cw, width // cw, rows, warps
 
 
+# The merger's Triton passes (norm, statistics, GELU) launch as programmatic dependents on CUDA: each lets the
+# kernel after it launch at its start and waits for the kernel before it (_pdl_start), so a PDL launch behind it
+# (the CUTLASS kernels, merger_gemm.PDL) has its launch and prologue under the pass, and the pass itself may be
+# scheduled under a CUTLASS kernel's tail. QVDP_PASS_PDL=0: plain launches.
+PASS_PDL = os.environ.get("QVDP_PASS_PDL", "1") != "0"
+
+
+def _pdl(t) -> dict:
+    """The launch options of a pass over t: PDL (the kernels' constexpr) and Triton's launch_pdl, on CUDA."""
+    if PASS_PDL and t.is_cuda and gdc_wait is not None:
+        return {"PDL": True, "launch_pdl": True}
+    return {}
+
+
 def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None, chunks=None):
     """mean / rstd (fp32) of every `width`-wide row of x (contiguous), one Triton pass; negm: store
     -mean * rstd in place of the mean. tiles: (BLOCK, TAIL, ROWS, num_warps) for the block kernel, chunks: (CW,
@@ -443,11 +477,13 @@ def row_stats(x, mean, rstd, width, eps, rms, negm=False, tiles=None, chunks=Non
     if plan:
         cw, nch, rows, warps = plan
         _row_stats_chunks[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, float(eps), RMS=rms, ROWS=rows,
-                                                   CW=cw, NCH=nch, NEGM=negm, num_warps=warps, **FP_FUSION)
+                                                   CW=cw, NCH=nch, NEGM=negm, num_warps=warps, **_pdl(x),
+                                                   **FP_FUSION)
         return
     block, tail, rows, warps = tiles or norm_tiles(width)
     _row_stats_tile[(triton.cdiv(n, rows),)](x, mean, rstd, n, width, width, float(eps), RMS=rms, ROWS=rows,
-                                             BLOCK=block, NEGM=negm, TAIL=tail, num_warps=warps, **FP_FUSION)
+                                             BLOCK=block, NEGM=negm, TAIL=tail, num_warps=warps, **_pdl(x),
+                                             **FP_FUSION)
 
 
 def fold_stats(x, mu, width, eps, rms):
@@ -480,14 +516,15 @@ def row_norm(x, weight, bias, width, eps, rms, tiles=None, chunks=None):
     if plan:
         cw, nch, rows, warps = plan
         _row_norm_chunks[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps), RMS=rms, HAS_B=has_b,
-                                                  ROWS=rows, CW=cw, NCH=nch, num_warps=warps, **FP_FUSION)
+                                                  ROWS=rows, CW=cw, NCH=nch, num_warps=warps, **_pdl(x),
+                                                  **FP_FUSION)
         return y
     block, tail, rows, warps = tiles or norm_tiles(width)
     # (Triton's own launcher: qvdp's fast_launch took 26-34 us of host time per call against its
     # 21-24, s23a, H200, Triton 3.6)
     _row_norm_tile[(triton.cdiv(n, rows),)](x, weight, bias, y, n, width, float(eps),
                                             RMS=rms, HAS_B=has_b, ROWS=rows, BLOCK=block, TAIL=tail,
-                                            num_warps=warps, **FP_FUSION)
+                                            num_warps=warps, **_pdl(x), **FP_FUSION)
     return y
 
 
@@ -504,7 +541,7 @@ def gelu_(h):
     n = h.numel()
     if n:
         block, warps = GELU_BLOCK
-        _gelu_inplace[(triton.cdiv(n, block),)](h, n, BLOCK=block, num_warps=warps, **FP_FUSION)
+        _gelu_inplace[(triton.cdiv(n, block),)](h, n, BLOCK=block, num_warps=warps, **_pdl(h), **FP_FUSION)
     return h
 
 
