@@ -76,6 +76,7 @@
 #   bash scripts/gpu_session.sh s28c     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) the erfc-fit GELU: gelu pass tests, fc1 epilogue variants 60-63 against 0 / 12 / 43, GELU pass forms
 #   bash scripts/gpu_session.sh s28d     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) GeluErfc in every fc1 kernel, qvdp's GELU pass in the cublas form: every merger GPU test, fc1 against the erff epilogue (60-63), bench_merger
 #   bash scripts/gpu_session.sh s28e     # (1 GPU, CUTLASS .so files carried) the Triton passes as programmatic dependents: PDL / GELU / tuned / graph tests, bench_merger --quick with QVDP_PASS_PDL 0 / 1 / 0 / 1
+#   bash scripts/gpu_session.sh s28f     # (1 GPU, CUTLASS .so files and .whl carried) final code: every single-GPU test outside the attention file, bench_merger (as s25h)
 #   bash scripts/gpu_session.sh s27a     # (1 GPU, CUTLASS .so files carried) the per-patch norm applied to the A tiles in shared memory (31, 32): fold tests, fold diag
 #   bash scripts/gpu_session.sh s27b     # (1 GPU, CUTLASS .so files carried) the same, A rescaled in registers (RS wgmma, 33, 34)
 #     (s27a and s27b ran on uncommitted trees, both forms dropped: s27b's tree is benchmarks/results/logs/h200-s27/norm_a_rs-s27b.patch
@@ -325,7 +326,7 @@ elif [ "$STAGE" = s26a ]; then  # session 26, one GPU: CUTLASS tiles of N 160 / 
   T=${DIAG_T:-200} TAILN=90 step diag_fc1 python3 benchmarks/diag_merger_gemm.py --names --m 3520 6400 14080 --nk 4608 4096 --variants ${FC1_V:-0 1 4 13 40 41 42 43 44} --clocks "cuBLAS mm" "v4 " "v40 " "v41 "
   T=${DIAG_T:-150} TAILN=60 step diag_fc2 python3 benchmarks/diag_merger_gemm.py --names --fc2 --m 3520 6400 14080 --variants 14 15 19 45
   T=${BENCH_T:-200} TAILN=40 step bench_merger python3 -c "import sys, runpy; sys.path.insert(0, 'benchmarks'); import qvdp.ops.patch_merger as pm; pm.TUNE_FC1 = tuple(int(v) for v in '${TUNE1:-0 1 12 13 40 42 43 44}'.split()); pm.TUNE_FC2 = tuple(int(v) for v in '${TUNE2:-14 15 19 45}'.split()); print('candidates', pm.TUNE_FC1, pm.TUNE_FC2); sys.argv = ['bench_merger.py', '--out', 'logs/m'] + '${BENCH_ARGS:-}'.split(); runpy.run_path('benchmarks/bench_merger.py', run_name='__main__')"
-elif [ "$STAGE" = s25h ] || [ "$STAGE" = s27e ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
+elif [ "$STAGE" = s25h ] || [ "$STAGE" = s27e ] || [ "$STAGE" = s28f ]; then  # session 25, one GPU: final code: every single-GPU test outside the attention file, bench_merger
   T=${REST_T:-300} TAILN=12 step gpu_tests python3 -m pytest -q -m "gpu and not multigpu" tests --ignore=tests/test_attention.py -p no:cacheprovider
   T=${BENCH_T:-150} TAILN=40 step bench_merger python3 benchmarks/bench_merger.py --out logs/m
   if [ "$STAGE" = s27e ]; then  # eager against graph-replayed chains with and without a cluster (v6: v0's tile, no cluster)
