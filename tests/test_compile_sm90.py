@@ -5,8 +5,9 @@ not Triton's GPU compiler, so this compiles the launches of the default GPU path
 gets: TMA descriptors, QTMA, register caps) through triton.compile with Triton's bundled ptxas
 (tests/_compile_sm90.py), in a subprocess without TRITON_INTERPRET: attention at D=64/72/80/128 in
 bf16/fp16/fp32 (D=64 also without RoPE; with RoPE v9's pre-pass and the programmatic dependent launch),
-the RoPE pass, the merger's norms (block and chunked kernels) and GELU pass (launched as programmatic dependents),
-the residual LayerNorm, the position embedding. Not covered: the opt-in Triton merger fc1 and the push gather's Triton fallback."""
+the RoPE pass, the merger's norms (block and chunked kernels) and GELU pass (launched as programmatic
+dependents), the residual LayerNorm, the position embedding. Not covered: the opt-in Triton merger fc1 and the
+push gather's Triton fallback."""
 import json
 import os
 import subprocess
