@@ -73,9 +73,11 @@ def launches():
     """Run the host wrappers of the GPU paths on fake CUDA tensors; every kernel launch is captured."""
     from qvdp.ops import attention as A
     from qvdp.ops.layernorm import add_layernorm
+    from qvdp.ops import patch_merger
     from qvdp.ops.patch_merger import fold_stats, gelu_, row_norm, row_stats
     from qvdp.ops.pos_embed import pos_embed_add_
     JITFunction.run = _capture
+    patch_merger._pdl_capable = lambda index: True  # the passes' PDL launches, as on a Hopper GPU
     cuda = dict(device="cuda")
     with FakeTensorMode(allow_non_fake_inputs=True):
         for D, dt in ((64, torch.bfloat16), (72, torch.bfloat16), (80, torch.bfloat16), (64, torch.float16),

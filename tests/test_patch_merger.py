@@ -772,6 +772,24 @@ def test_gpu_cutlass_pdl(monkeypatch):
     assert torch.equal(out, got[False, (0, 14)])
 
 
+@pytest.mark.skipif(not _triton_utils.HAS_TRITON, reason="needs triton")
+def test_pass_pdl_options(monkeypatch):
+    """the passes launch as programmatic dependents only on CUDA devices of compute capability >= 9.0 (griddepcontrol
+    is sm_90 PTX), and not with QVDP_PASS_PDL=0 (PASS_PDL False); CPU tensors (the interpreter) never"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from qvdp.ops import patch_merger as pm
+    assert pm._pdl(torch.ones(4)) == {}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        t = torch.empty(4, device="cuda")
+        monkeypatch.setattr(pm, "_pdl_capable", lambda index: True)
+        assert pm._pdl(t) == ({"PDL": True, "launch_pdl": True} if pm.gdc_wait is not None else {})
+        monkeypatch.setattr(pm, "_pdl_capable", lambda index: False)
+        assert pm._pdl(t) == {}
+        monkeypatch.setattr(pm, "_pdl_capable", lambda index: True)
+        monkeypatch.setattr(pm, "PASS_PDL", False)
+        assert pm._pdl(t) == {}
+
+
 @pytest.mark.gpu
 def test_gpu_pass_pdl(monkeypatch):
     """the merger's Triton passes (norm, statistics, GELU) launched as programmatic dependents (patch_merger.PASS_PDL:

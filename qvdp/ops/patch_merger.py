@@ -461,9 +461,16 @@ def _chunk_plan(width, tiles, chunks, stats):
 PASS_PDL = os.environ.get("QVDP_PASS_PDL", "1") != "0"
 
 
+@functools.lru_cache(maxsize=64)
+def _pdl_capable(index) -> bool:
+    """Programmatic dependent launch (griddepcontrol) needs sm_90 or newer."""
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
 def _pdl(t) -> dict:
-    """The launch options of a pass over t: PDL (the kernels' constexpr) and Triton's launch_pdl, on CUDA."""
-    if PASS_PDL and t.is_cuda and gdc_wait is not None:
+    """The launch options of a pass over t: PDL (the kernels' constexpr) and Triton's launch_pdl, on a CUDA device
+    of compute capability 9.0 or newer."""
+    if PASS_PDL and t.is_cuda and gdc_wait is not None and _pdl_capable(t.get_device()):
         return {"PDL": True, "launch_pdl": True}
     return {}
 
