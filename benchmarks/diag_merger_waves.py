@@ -8,7 +8,7 @@ A staircase means the kernel runs whole rounds of tiles on the SMs (the last rou
 work is spread evenly (stream-K or similar).
 
     python benchmarks/diag_merger_waves.py [--ms 3072 3136 ...] [--rounds 9]
-        [--extra-lib qvdp/_merger_diag.so --extra-variants 60 62 63] [--no-fc2]
+        [--extra-lib qvdp/_merger_diag.so --extra-variants 60 62 63] [--extra-fc2-variants 64 65 66] [--no-fc2]
 
 --extra-lib: fc1 kernels of a diagnostics library (scripts/build_merger_gemm.py --variants ...) timed next to the
 package's; every fused fc1 kernel (not D = acc) is first checked against fp64 (output poisoned before the call).
@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--extra-lib", default=None)
     ap.add_argument("--extra-variants", type=int, nargs="*", default=[])
+    ap.add_argument("--extra-fc2-variants", type=int, nargs="*", default=[],
+                    help="fc2-form (D = acc + c[n]) configurations of --extra-lib, timed with the fc2 shape")
     ap.add_argument("--no-fc2", action="store_true")
     a = ap.parse_args()
     cut = cutlass_ready()
@@ -44,7 +46,8 @@ def main():
     K = 4608
     mmax = max(a.ms)
     x = torch.randn(mmax, K, device="cuda", generator=g).bfloat16()
-    extra = extra_library(a.extra_lib, a.extra_variants) if cut and a.extra_lib else None
+    extra = (extra_library(a.extra_lib, a.extra_variants + a.extra_fc2_variants) if cut and a.extra_lib
+             else None)
     forms = [(4608, a.variants, "fc1")] + ([] if a.no_fc2 else [(2048, a.fc2_variants, "fc2")])
     for N, variants, form in forms:
         w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).bfloat16()
@@ -69,6 +72,17 @@ def main():
                 if f"extra v{xv}" in outs and f"v{v}" in outs:
                     d = (outs[f"extra v{xv}"] != outs[f"v{v}"]).sum().item()
                     print(f"  extra v{xv} against v{v}: {d} of {512 * N} outputs differ", flush=True)
+        if form == "fc2" and extra:  # each extra fc2 kernel against fp64 at M = 3520, output poisoned, twice
+            ref = x[:3520].double() @ w.double().t() + c.double()
+            for v in a.extra_fc2_variants:
+                o = torch.full((3520, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+                extra(x[:3520], w, c, o, v, 1, 0)
+                first = o.clone()
+                o.fill_(float("nan"))
+                extra(x[:3520], w, c, o, v, 1, 0)
+                err = ((o.double() - ref).norm() / ref.norm()).item()
+                print(f"  extra v{v} (fc2): rel err vs fp64 {err:.2e}, repeat bit-identical {torch.equal(o, first)}"
+                      f"{'  WRONG' if not err < 1e-2 else ''}", flush=True)
         print(f"\n== {form}: N={N} K={K}; us (TFLOP/s) and us per 128 rows", flush=True)
         for M in a.ms:
             xm, om = x[:M], out[:M]
@@ -76,8 +90,8 @@ def main():
             if cut:
                 for v in variants:  # fc1 (GELU(acc + c) or D = acc) and fc2 (acc + c) forms: one C entry point
                     fns[f"v{v}"] = lambda xm=xm, om=om, v=v: mg.launch(xm, w, None, None, None, c, om, v)
-                if extra and form == "fc1":
-                    for v in a.extra_variants:
+                if extra:
+                    for v in a.extra_variants if form == "fc1" else a.extra_fc2_variants:
                         fns[f"x{v}"] = lambda xm=xm, om=om, v=v: extra(xm, w, c, om, v, 1, 0)
             t = interleaved_ms(fns, a.rounds)
             name = ", ".join(kernel_names(fns["cuBLAS mm"]))
