@@ -76,6 +76,10 @@
 #   bash scripts/gpu_session.sh s28c     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) the erfc-fit GELU: gelu pass tests, fc1 epilogue variants 60-63 against 0 / 12 / 43, GELU pass forms
 #   bash scripts/gpu_session.sh s28d     # (1 GPU, CUTLASS .so files + qvdp/_merger_diag.so of 60 62 63 carried) GeluErfc in every fc1 kernel, qvdp's GELU pass in the cublas form: every merger GPU test, fc1 against the erff epilogue (60-63), bench_merger
 #   bash scripts/gpu_session.sh s28e     # (1 GPU, CUTLASS .so files carried) the Triton passes as programmatic dependents: PDL / GELU / tuned / graph tests, bench_merger --quick with QVDP_PASS_PDL 0 / 1 / 0 / 1
+#   (s28g, s28h, s28i ran as plain commands: python3 benchmarks/bench_merger.py --out $OUT/m; the PDL / GELU / graph /
+#    tuned merger GPU tests with and without QVDP_PASS_PDL=0; python3 benchmarks/diag_merger_waves.py --ms 3520 6400
+#    --variants --fc2-variants 14 45 --extra-lib qvdp/_merger_diag2.so --extra-fc2-variants 64 65, with the diagnostics
+#    library built from benchmarks/results/logs/h200-s28/fc2_stream_k-s28i.patch)
 #   bash scripts/gpu_session.sh s28f     # (1 GPU, CUTLASS .so files and .whl carried) final code: every single-GPU test outside the attention file, bench_merger (as s25h)
 #   bash scripts/gpu_session.sh s27a     # (1 GPU, CUTLASS .so files carried) the per-patch norm applied to the A tiles in shared memory (31, 32): fold tests, fold diag
 #   bash scripts/gpu_session.sh s27b     # (1 GPU, CUTLASS .so files carried) the same, A rescaled in registers (RS wgmma, 33, 34)
