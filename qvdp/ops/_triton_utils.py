@@ -14,6 +14,13 @@ except Exception as e:  # pragma: no cover
     HAS_TRITON = False
     TRITON_IMPORT_ERROR = repr(e)
 
+# programmatic dependent launch (Hopper+, Triton >= 3.4): the attention's pre-pass / attention pair and the merger's
+# passes (None where this Triton lacks it)
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except Exception:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
 
 # Every qvdp launch asks for FMA contraction explicitly (x * s - m as one FFMA in the softmax, the norms,
 # the RoPE): Triton 3.9 takes it by default but warns that 3.10 will not; an explicit option keeps the

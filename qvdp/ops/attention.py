@@ -38,7 +38,8 @@ import torch
 
 from ._direct import call_direct
 from .attention_gluon import attention_gluon, gluon_ok
-from ._triton_utils import FP_FUSION, HAS_TRITON, next_pow2, split_head_dim, triton_usable
+from ._triton_utils import (FP_FUSION, HAS_TRITON, gdc_launch_dependents, gdc_wait, next_pow2, split_head_dim,
+                            triton_usable)
 from .. import reference as _ref
 
 if HAS_TRITON:
@@ -48,10 +49,6 @@ if HAS_TRITON:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:  # pragma: no cover - older Triton: the pointer kernel only
         TensorDescriptor = None
-    try:  # programmatic dependent launch (Hopper+): Triton >= 3.4
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    except ImportError:  # pragma: no cover
-        gdc_launch_dependents = gdc_wait = None
 
     @triton.jit
     def _load_rot(base, rows, rmask, offs, stride_t, COS, SIN, stride_ct,

@@ -28,16 +28,12 @@ import torch.nn.functional as F
 
 from ._stamp import stamp
 from ._direct import call_direct
-from ._triton_utils import FP_FUSION, HAS_TRITON, triton_usable
+from ._triton_utils import FP_FUSION, HAS_TRITON, gdc_launch_dependents, gdc_wait, triton_usable
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
-    try:  # programmatic dependent launch (Hopper+): Triton >= 3.4
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    except ImportError:  # pragma: no cover
-        gdc_launch_dependents = gdc_wait = None
 
     @triton.jit
     def _pdl_start(PDL: tl.constexpr):
