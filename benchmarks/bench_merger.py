@@ -87,8 +87,9 @@ def main():
     from qvdp.ops.patch_merger import TUNE_FC1, TUNE_FC2
     has_cutlass = merger_gemm.available()
     cfg = merger_gemm.VARIANTS.get(merger_gemm.selected_variant()) if has_cutlass else None
+    from qvdp.ops import _cublaslt
     print("qvdp backend: auto;", f"tuned over CUTLASS fc1 variants {TUNE_FC1}, fc2 variants {TUNE_FC2}"
-          if has_cutlass else "CUTLASS not built")
+          if has_cutlass else "CUTLASS not built", "; cuBLASLt candidates:", "on" if _cublaslt.enabled() else "off")
     rows, plot = [], {"qvdp": [], "eager": [], "torch.compile": [], "floor (2 addmm)": []}
     labels = []
     ns = NS[:1] if args.quick else NS
@@ -150,8 +151,10 @@ def main():
                    "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"]
                   + (["alone picks", "alone ms", "alone / qvdp"] if args.pairs_ab else []), rows,
                   "qvdp = patch_merger(backend='auto'): "
-                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form and CUTLASS configurations {TUNE_FC1}, "
-                     f"fc2 by the fastest of cuBLAS addmm and CUTLASS configurations {TUNE_FC2}, timed on the first "
+                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form (its GEMM by torch.addmm or by one of "
+                     f"cuBLASLt's heuristic candidates, 'cublaslt t<tile>...'{'' if _cublaslt.enabled() else ': off'}) "
+                     f"and CUTLASS configurations {TUNE_FC1}, fc2 by the fastest of cuBLAS addmm, cuBLASLt's "
+                     f"candidates and CUTLASS configurations {TUNE_FC2}, timed on the first "
                      "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2)" if has_cutlass else "'cublas' (CUTLASS not built here)")
                   + "; cublas column: qvdp's one-pass Triton norm, cuBLAS fc1 + bias, GELU in place, cuBLAS fc2 + bias; "
                   f"cutlass column: fc1 + GELU by CUTLASS ({cfg}), fc2 by cuBLAS. floor = torch.addmm(fc1) + torch.addmm(fc2) on a pre-normalised input (cuBLAS, bias fused). "

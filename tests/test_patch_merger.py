@@ -279,6 +279,31 @@ def test_tuned_keys_and_names():
     assert n1 == ("cublas", "cutlass v0", "cutlass v12") and n2 == ("cublas", "cutlass v14")
     assert "cutlass v12 + cutlass v14" in pairs and len(pairs) == 6 and None not in pairs
     assert pm._candidate_names((0,), (14,), False)[1] == ("cublas",)
+    n1, n2, pairs = pm._candidate_names((0,), (14,), True, ("cublaslt t1",), ("cublaslt t2", "cublaslt t3"))
+    assert n1 == ("cublas", "cublaslt t1", "cutlass v0") and n2 == ("cublas", "cublaslt t2", "cublaslt t3", "cutlass v14")
+    assert "cublaslt t1 + cublaslt t3" in pairs and len(pairs) == 12
+
+
+def test_cublaslt_names_on_cpu(monkeypatch):
+    """cuBLASLt's candidates apply to CUDA fp16 / bf16 only: on CPU none, and a cuBLASLt pick (e.g. from a cache
+    file) runs as torch.addmm; a stored pick is runnable where this build has it"""
+    from qvdp.ops import _cublaslt
+    from qvdp.ops import patch_merger as pm
+    x = torch.randn(6, 8, dtype=torch.float64)
+    w, b = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    assert pm._lt_names(x, 6, 5, 8, True, w.dtype) == ()
+    assert _cublaslt.gemm_for(torch.device("cpu"), 6, 5, 8, torch.bfloat16, True) is None
+    assert torch.equal(pm._linear_named("cublaslt t29.c5.s35.k1.r0.w0", x, w, b), torch.addmm(b, x, w.t()))
+    assert torch.equal(pm._linear_named("cublas", x, w, None), x @ w.t())
+    assert pm._runnable("cublas", (0,), False) and pm._runnable("cublaslt t1", (0,), False)
+    assert pm._runnable("cutlass v0", (0,), True) and not pm._runnable("cutlass v0", (0,), False)
+    assert not pm._runnable("cutlass v99", (0,), True) and not pm._runnable("cutlass vx", (0,), True)
+    assert not pm._runnable("", (0,), True)
+    monkeypatch.delenv("QVDP_CUBLASLT", raising=False)
+    assert not _cublaslt.enabled()  # opt-in
+    monkeypatch.setenv("QVDP_CUBLASLT", "1")
+    assert _cublaslt.enabled()
+    assert pm._lt_names(x, 6, 5, 8, True, w.dtype) == ()
 
 
 def test_tune_cache_file(monkeypatch, tmp_path):
@@ -642,6 +667,108 @@ def test_gpu_tuned(norm, post, n, H, out):
         assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2, f"variant {v}"
     keys = [k for k in _tune._CHOICES if k[0].startswith("merger.")]
     assert keys, "nothing was tuned"
+
+
+def _lt_or_skip():
+    from qvdp.ops import _cublaslt
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    try:
+        _cublaslt._lib()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    return _cublaslt
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,N,K", [(3520, 2048, 4608), (1001, 2560, 4096), (1, 4096, 4608), (129, 264, 72)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_cublaslt_candidates(M, N, K, bias, dtype, monkeypatch):
+    """every cuBLASLt candidate (qvdp.ops._cublaslt) against fp64, output poisoned, repeated bit-identically;
+    operands it cannot take (a misaligned or strided view, a bias of another dtype, a name not among the shape's)
+    give None, and _linear_named then runs torch.addmm; without QVDP_CUBLASLT=1 no candidates"""
+    lt = _lt_or_skip()
+    monkeypatch.setenv("QVDP_CUBLASLT", "1")
+    from qvdp.ops import patch_merger as pm
+    g = torch.Generator(device="cuda").manual_seed(M + N + K)
+    x = (torch.randn(M + 1, K, device="cuda", generator=g) * 2 + 0.3).to(dtype)
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).to(dtype)
+    c = torch.randn(N, device="cuda", generator=g).to(dtype) if bias else None
+    xs = x[:M]
+    ref = xs.double() @ w.double().t() + (c.double()[None, :] if bias else 0)
+    gm = lt.gemm_for(x.device, M, N, K, dtype, bias)
+    assert gm is not None and gm.names and len(set(gm.names)) == len(gm.names)
+    assert all(n.startswith(pm.LT_PREFIX) and " + " not in n for n in gm.names)
+    assert pm._lt_names(xs, M, N, K, bias, w.dtype) == tuple(gm.names)
+    for name in gm.names:
+        outs = []
+        for _ in range(2):
+            out = torch.full((M, N), float("nan"), device="cuda", dtype=dtype)
+            got = gm.run(name, xs, w, c, out=out)
+            torch.cuda.synchronize()
+            assert got is not None and got.data_ptr() == out.data_ptr() and torch.isfinite(got).all(), name
+            outs.append(got.clone())
+        assert rel(outs[0], ref) < TOL[dtype] / 3, (name, rel(outs[0], ref))
+        assert torch.equal(outs[0], outs[1]), name
+    name = gm.names[-1]
+    want = torch.addmm(c, xs, w.t()) if bias else xs @ w.t()
+    assert torch.equal(pm._linear_named("cublas", xs, w, c), want)
+    assert gm.run("cublaslt no-such", xs, w, c) is None
+    if (K * x.element_size()) % lt.ALIGN:  # rows 1..M: not 256-byte aligned
+        assert gm.run(name, x[1:], w, c) is None
+        assert torch.equal(pm._linear_named(name, x[1:], w, c),
+                           torch.addmm(c, x[1:], w.t()) if bias else x[1:] @ w.t())
+    wt = torch.empty(K, N, device="cuda", dtype=dtype).t()
+    wt.copy_(w)
+    assert gm.run(name, xs, wt, c) is None  # strided weight
+    if bias:
+        assert gm.run(name, xs, w, c.float()) is None and gm.run(name, xs, w, None) is None
+    monkeypatch.delenv("QVDP_CUBLASLT")
+    assert lt.gemm_for(x.device, M, N, K, dtype, bias) is None and pm._lt_names(xs, M, N, K, bias, w.dtype) == ()
+    assert gm.run(name, xs, w, c) is not None  # a pick already made still runs (e.g. from a cache file)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("post", [False, True])
+def test_gpu_tuned_cublaslt(post, monkeypatch):
+    """the "tuned" path with cuBLASLt picks for both GEMMs (stored as the shape's pair choice): against fp64, and
+    eager against a CUDA-graph replay (the cuBLASLt calls captured), outputs poisoned"""
+    _cutlass_or_skip()
+    lt = _lt_or_skip()
+    monkeypatch.setenv("QVDP_CUBLASLT", "1")
+    from qvdp.ops import _tune
+    from qvdp.ops import patch_merger as pm
+    n, H, out = 4 * 1001, 1152, 2048
+    x, p = make(n, H, out, "layernorm", post, torch.bfloat16, "cuda", seed=7)
+    M, K = n // 4, 4 * H
+    g1 = lt.gemm_for(x.device, M, K, K, torch.bfloat16, True)
+    g2 = lt.gemm_for(x.device, M, out, K, torch.bfloat16, True)
+    ref = patch_merger_reference(x.cpu(), **{k: (v.cpu() if v is not None else None) for k, v in p.items()},
+                                 postshuffle_norm=post, norm="layernorm", dtype=torch.float64)
+    keyc = pm._tuned_keys(x.device, M, K, K, out, post, "layernorm")[2]
+    old = _tune._CHOICES.get(keyc)
+    try:
+        for a, b in ((g1.names[-1], g2.names[-1]), (g1.names[0], "cublas")):
+            _tune._CHOICES[keyc] = f"{a} + {b}"
+            assert pm.tuned_picks(x.device, M, K, K, out, post, "layernorm") == (a, b)
+            static_x = x.clone()
+            f = lambda: patch_merger(static_x, **p, postshuffle_norm=post, backend="tuned")
+            got = f()
+            torch.cuda.synchronize()
+            assert torch.isfinite(got).all() and rel(got.cpu(), ref) < TOL[torch.bfloat16], (a, b)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                gout = f()
+            gout.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(gout, got), (a, b)
+    finally:
+        if old is None:
+            _tune._CHOICES.pop(keyc, None)
+        else:
+            _tune._CHOICES[keyc] = old
 
 
 @pytest.mark.gpu

@@ -720,11 +720,13 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
 FOLD_BLOCK_K = 64
 
 
-def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps):
+def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps,
+                gemm="cublas"):
     """qvdp's one-pass Triton norm, cuBLAS fc1 with its bias, qvdp's GELU pass in place (gelu_: 19.3-19.7 us against
-    aten's gelu_'s 23.5-24.3 after the fc1 at 3520 x 4608, s28c, H200)."""
+    aten's gelu_'s 23.5-24.3 after the fc1 at 3520 x 4608, s28c, H200). gemm: "cublas" (torch.addmm) or one of
+    cuBLASLt's candidates ("cublaslt ...", _linear_named)."""
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
-    return gelu_(_linear(xn, fc1_weight, fc1_bias))
+    return gelu_(_linear_named(gemm, xn, fc1_weight, fc1_bias))
 
 
 # The "tuned" path's candidates besides cuBLAS: CUTLASS configurations (qvdp.ops.merger_gemm) for fc1 + GELU
@@ -796,12 +798,46 @@ def _tuned_keys(device, M, K, N1, N2, postshuffle_norm, norm):
     return key1, key2, _pair_key(key1, N2)
 
 
-@functools.lru_cache(maxsize=64)
-def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass):
-    """(fc1 names, fc2 names, their pair names as a frozenset) of the "tuned" path's candidates."""
-    names1 = ("cublas",) + tuple(f"cutlass v{v}" for v in fc1_variants)
-    names2 = ("cublas",) + (tuple(f"cutlass v{v}" for v in fc2_variants) if fc2_cutlass else ())
+@functools.lru_cache(maxsize=256)
+def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass, lt1=(), lt2=()):
+    """(fc1 names, fc2 names, their pair names as a frozenset) of the "tuned" path's candidates (lt1 / lt2: the
+    cuBLASLt candidates' names for the two GEMMs, _lt_names)."""
+    names1 = ("cublas",) + tuple(lt1) + tuple(f"cutlass v{v}" for v in fc1_variants)
+    names2 = ("cublas",) + tuple(lt2) + (tuple(f"cutlass v{v}" for v in fc2_variants) if fc2_cutlass else ())
     return names1, names2, frozenset(f"{a} + {b}" for a in names1 for b in names2)
+
+
+# cuBLASLt's own candidates for the GEMMs (its heuristic's list, up to 8 per shape, qvdp.ops._cublaslt) next to the
+# one torch.addmm runs (the first), in the "tuned" path with QVDP_CUBLASLT=1 (off by default). s29a, one H200, each
+# GEMM alone against addmm: the best candidate 0.93-0.99x at 19 of the 21 merger GEMM shapes (fc1 at N = K = 4096
+# and 3520 / 6400 rows 0.93x, fc2 4608 -> 2048 at 3520 rows 0.97x). But in the merger (s29b, s29c): fc2 by the best
+# candidate level with CUTLASS v45 in the whole chain (342.0 against 342.3 us, pre 3520 rows H=1152 O=2048), each
+# call ~15-30 us more host time (ctypes), and bench_merger with them 28 of 30 within 1.10x as without, several 3520-row
+# shapes slower (more candidates, more tuning noise: post 3520 H=1024 O=2048 1.086x against 1.001x).
+LT_PREFIX = "cublaslt "
+
+
+def _lt_names(x, M, N, K, has_bias, weight_dtype):
+    """The cuBLASLt candidates' names for [M, K] @ [N, K]^T (+ bias) in x's dtype on x's device (() where they do
+    not apply: see _cublaslt.gemm_for)."""
+    from . import _cublaslt
+    if weight_dtype != x.dtype:
+        return ()
+    g = _cublaslt.gemm_for(x.device, M, N, K, x.dtype, has_bias)
+    return tuple(g.names) if g is not None else ()
+
+
+def _linear_named(name, y, weight, bias):
+    """y @ weight.T (+ bias) by "cublas" (torch.addmm) or by the cuBLASLt candidate `name`; a candidate that is not
+    among this shape's, or cannot take these operands (not contiguous, not 256-byte aligned, ...), falls back to
+    torch.addmm (the same product, cuBLAS's own choice of kernel)."""
+    if name.startswith(LT_PREFIX):
+        from . import _cublaslt
+        g = _cublaslt.gemm_for(y.device, y.shape[0], weight.shape[0], y.shape[1], y.dtype, bias is not None)
+        out = g.run(name, y, weight, bias) if g is not None else None
+        if out is not None:
+            return out
+    return _linear(y, weight, bias)
 
 
 def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
@@ -828,12 +864,15 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     N1, N2 = fc1_weight.shape[0], fc2_weight.shape[0]
     key1, key2, keyc = _tuned_keys(x.device, M, K, N1, N2, postshuffle_norm, norm)
     args = (x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps)
-    names1, names2, pairs_ok = _candidate_names(tuple(TUNE_FC1), tuple(TUNE_FC2), _fc2_cutlass_ok(fc2_weight))
     within = _tune_context()
     pair = _tune.choice(keyc) if within > 0 else None
-    if pair in pairs_ok:  # the common call: the shape was tuned (to kernels this build has: a cache file may not)
-        a, b = pair.split(" + ")
-        return _fc2_named(b, _fc1_named(a, args), fc2_weight, fc2_bias)
+    if pair is not None:  # the common call: the shape was tuned (to kernels this build has: a cache file may not)
+        a, _, b = pair.partition(" + ")
+        if _runnable(a, TUNE_FC1, True) and _runnable(b, TUNE_FC2, _fc2_cutlass_ok(fc2_weight)):
+            return _fc2_named(b, _fc1_named(a, args), fc2_weight, fc2_bias)
+    names1, names2, _ = _candidate_names(tuple(TUNE_FC1), tuple(TUNE_FC2), _fc2_cutlass_ok(fc2_weight),
+                                         _lt_names(x, M, N1, K, fc1_bias is not None, fc1_weight.dtype),
+                                         _lt_names(x, M, N2, N1, fc2_bias is not None, fc2_weight.dtype))
     pair_reps = _pair_reps_fixed()  # (a bad QVDP_TUNE_PAIR_REPS raises before anything is timed)
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
@@ -855,17 +894,28 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     return run2(b, h)
 
 
+def _runnable(name, variants, cutlass_ok) -> bool:
+    """A stage pick this build and these weights run: "cublas", a cuBLASLt candidate (run where it is among the
+    shape's candidates, else torch.addmm: _linear_named), or one of `variants` where the CUTLASS kernels apply."""
+    if name == "cublas" or name.startswith(LT_PREFIX):
+        return True
+    return cutlass_ok and name.startswith("cutlass v") and name[len("cutlass v"):].isdigit() \
+        and int(name[len("cutlass v"):]) in variants
+
+
 def _fc1_named(name, args):
-    """The "tuned" path's fc1 + GELU candidate `name` ("cublas" or "cutlass v<N>") on args."""
+    """The "tuned" path's fc1 + GELU candidate `name` ("cublas", "cublaslt ..." or "cutlass v<N>") on args."""
     if name == "cublas":
         return _fc1_cublas(*args)
+    if name.startswith(LT_PREFIX):
+        return _fc1_cublas(*args, gemm=name)
     return _fc1_cutlass(*args, variant=int(name[len("cutlass v"):]))
 
 
 def _fc2_named(name, h, fc2_weight, fc2_bias):
     """The "tuned" path's fc2 candidate `name` on h (the fp32 bias only where a CUTLASS kernel runs)."""
-    if name == "cublas":
-        return _linear(h, fc2_weight, fc2_bias)
+    if name == "cublas" or name.startswith(LT_PREFIX):
+        return _linear_named(name, h, fc2_weight, fc2_bias)
     from . import merger_gemm
     return merger_gemm.launch(h, fc2_weight.contiguous(), None, None, None,
                               _f32(fc2_bias) if fc2_bias is not None else None, None, int(name[len("cutlass v"):]))
