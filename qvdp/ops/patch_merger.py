@@ -812,8 +812,8 @@ def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass, lt1=(), lt2=()):
 # GEMM alone against addmm: the best candidate 0.93-0.99x at 19 of the 21 merger GEMM shapes (fc1 at N = K = 4096
 # and 3520 / 6400 rows 0.93x, fc2 4608 -> 2048 at 3520 rows 0.97x). But in the merger (s29b, s29c): fc2 by the best
 # candidate level with CUTLASS v45 in the whole chain (342.0 against 342.3 us, pre 3520 rows H=1152 O=2048), each
-# call ~15-30 us more host time (ctypes), and bench_merger with them 28 of 30 within 1.10x as without, several 3520-row
-# shapes slower (more candidates, more tuning noise: post 3520 H=1024 O=2048 1.086x against 1.001x).
+# call ~15-30 us more host time (ctypes), and bench_merger with them 28 of 30 within 1.10x (without: 28-29), several
+# 3520-row shapes slower (more candidates, more tuning noise: post 3520 H=1024 O=2048 1.086x against 1.001x).
 LT_PREFIX = "cublaslt "
 
 
