@@ -151,8 +151,9 @@ def main():
                    "qvdp TFLOP/s", "qvdp / floor", "eager / qvdp", "compile / qvdp", "err"]
                   + (["alone picks", "alone ms", "alone / qvdp"] if args.pairs_ab else []), rows,
                   "qvdp = patch_merger(backend='auto'): "
-                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form (its GEMM by torch.addmm or by one of "
-                     f"cuBLASLt's heuristic candidates, 'cublaslt t<tile>...'{'' if _cublaslt.enabled() else ': off'}) "
+                  + (f"'tuned' (fc1 + GELU by the fastest of the cublas form (its GEMM by torch.addmm, by torch.mm "
+                     f"with the bias added in the GELU pass, 'cublas-mm', or by one of cuBLASLt's heuristic candidates, "
+                     f"'cublaslt t<tile>...'{'' if _cublaslt.enabled() else ': off'}) "
                      f"and CUTLASS configurations {TUNE_FC1}, fc2 by the fastest of cuBLAS addmm, cuBLASLt's "
                      f"candidates and CUTLASS configurations {TUNE_FC2}, timed on the first "
                      "call of each shape, i.e. in the warm-up; the auto path column names the picks: fc1, fc2)" if has_cutlass else "'cublas' (CUTLASS not built here)")

@@ -29,22 +29,44 @@ from qvdp.ops.patch_merger import _gelu_erfc, _pdl_start
 
 
 @triton.jit
-def _bias_gelu_2d(Y, B, M, N, BR: tl.constexpr, BC: tl.constexpr, PDL: tl.constexpr = False):
+def _bias_gelu_2d(Y, B, M, N, BR: tl.constexpr, BC: tl.constexpr, COLS_FIRST: tl.constexpr, I32: tl.constexpr,
+                  PDL: tl.constexpr = False):
     _pdl_start(PDL)
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    if COLS_FIRST:  # consecutive programs along a row: each wave of programs reads whole row stretches
+        pc, pr = tl.program_id(0), tl.program_id(1)
+    else:
+        pr, pc = tl.program_id(0), tl.program_id(1)
+    rows = pr * BR + tl.arange(0, BR)
+    cols = pc * BC + tl.arange(0, BC)
     cm = cols < N
     b = tl.load(B + cols, mask=cm).to(tl.float32)
-    offs = rows[:, None].to(tl.int64) * N + cols[None, :]
+    if I32:
+        offs = (rows * N)[:, None] + cols[None, :]
+    else:
+        offs = (rows.to(tl.int64) * N)[:, None] + cols[None, :]
     m = (rows[:, None] < M) & cm[None, :]
     y = tl.load(Y + offs, mask=m).to(tl.float32) + b[None, :]
     tl.store(Y + offs, _gelu_erfc(y).to(Y.dtype.element_ty), mask=m)
 
 
-def bias_gelu_(h, b, br, bc, warps):
+@triton.jit
+def _bias_gelu_flat(Y, B, n, N, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    _pdl_start(PDL)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    y = tl.load(Y + offs, mask=m).to(tl.float32) + tl.load(B + offs % N, mask=m).to(tl.float32)
+    tl.store(Y + offs, _gelu_erfc(y).to(Y.dtype.element_ty), mask=m)
+
+
+def bias_gelu_(h, b, br, bc, warps, cols_first=False, i32=False):
     M, N = h.shape
-    _bias_gelu_2d[(triton.cdiv(M, br), triton.cdiv(N, bc))](h, b, M, N, BR=br, BC=bc, num_warps=warps,
-                                                            **pm._pdl(h), **FP_FUSION)
+    if br == 0:  # flat blocks of bc elements, the column as offs % N
+        _bias_gelu_flat[(triton.cdiv(M * N, bc),)](h, b, M * N, N, BLOCK=bc, num_warps=warps, **pm._pdl(h),
+                                                   **FP_FUSION)
+        return h
+    grid = (triton.cdiv(N, bc), triton.cdiv(M, br)) if cols_first else (triton.cdiv(M, br), triton.cdiv(N, bc))
+    _bias_gelu_2d[grid](h, b, M, N, BR=br, BC=bc, COLS_FIRST=cols_first, I32=i32, num_warps=warps, **pm._pdl(h),
+                        **FP_FUSION)
     return h
 
 
@@ -53,7 +75,10 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=["pre:3520:1152:2048", "pre:3520:1024:2048",
                                                     "post:3520:1152:2048", "pre:6400:1152:2048"])
     ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--blocks", nargs="+", default=["8:512:4", "4:1024:4", "16:256:4", "8:512:8"])
+    ap.add_argument("--blocks", nargs="+", default=["8:512:4:0:0", "8:512:4:1:0", "8:512:4:1:1", "4:1024:4:1:1",
+                                                    "0:4096:4:0:0"],
+                    help="BR:BC:warps:cols-first:int32 offsets (BR 0: flat blocks of BC, the column as offs % N)")
+    ap.add_argument("--lt", type=int, default=4, help="cuBLASLt no-bias candidates to time")
     a = ap.parse_args()
     cut = cutlass_ready()
     for spec in a.shapes:
@@ -61,13 +86,15 @@ def main():
         K = 4 * H
         lt = _cublaslt.LtGemm(M, K, K, x.dtype, False)
         blocks = [tuple(int(v) for v in s.split(":")) for s in a.blocks]
-        forms = {"addmm + gelu_": lambda xn: pm.gelu_(torch.addmm(b1, xn, w1.t()))}
-        for br, bc, wp in blocks:
-            forms[f"mm + bias_gelu {br}x{bc}/{wp}"] = lambda xn, br=br, bc=bc, wp=wp: bias_gelu_(
-                torch.mm(xn, w1.t()), b1, br, bc, wp)
-        for i, n in enumerate(lt.names[:4]):
+        forms = {"addmm + gelu_": lambda xn: pm.gelu_(torch.addmm(b1, xn, w1.t())),
+                 "mm + gelu_ (no bias: the pass's cost)": lambda xn: pm.gelu_(torch.mm(xn, w1.t()))}
+        for br, bc, wp, cf, i32 in blocks:
+            forms[f"mm + bias_gelu {br}x{bc}/{wp}{' cols-first' if cf else ''}{' i32' if i32 else ''}"] = \
+                lambda xn, br=br, bc=bc, wp=wp, cf=cf, i32=i32: bias_gelu_(torch.mm(xn, w1.t()), b1, br, bc, wp,
+                                                                           bool(cf), bool(i32))
+        for i, n in enumerate(lt.names[:a.lt]):
             forms[f"lt-nobias {n[9:]} + bias_gelu"] = lambda xn, i=i: bias_gelu_(
-                lt.run_index(xn, w1, None, torch.empty(M, K, device="cuda", dtype=x.dtype), i), b1, *blocks[0])
+                lt.run_index(xn, w1, None, torch.empty(M, K, device="cuda", dtype=x.dtype), i), b1, 8, 512, 4, True, True)
         ref = torch.nn.functional.gelu(xn.double() @ w1.double().t() + b1.double())
         print(f"\n== {spec}", flush=True)
         for k, f in forms.items():

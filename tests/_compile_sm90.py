@@ -74,7 +74,7 @@ def launches():
     from qvdp.ops import attention as A
     from qvdp.ops.layernorm import add_layernorm
     from qvdp.ops import patch_merger
-    from qvdp.ops.patch_merger import fold_stats, gelu_, row_norm, row_stats
+    from qvdp.ops.patch_merger import bias_gelu_, fold_stats, gelu_, row_norm, row_stats
     from qvdp.ops.pos_embed import pos_embed_add_
     JITFunction.run = _capture
     patch_merger._pdl_capable = lambda index: True  # the passes' PDL launches, as on a Hopper GPU
@@ -111,6 +111,8 @@ def launches():
         row_norm(x, w, w, 1024, 1e-6, False)
         row_stats(x, torch.empty(64, **cuda), torch.empty(64, **cuda), 1024, 1e-6, True, negm=True)
         gelu_(torch.empty(3520, 4608, dtype=torch.bfloat16, **cuda))  # the cublas form's GELU pass
+        bias_gelu_(torch.empty(3520, 4608, dtype=torch.bfloat16, **cuda),
+                   torch.empty(4608, dtype=torch.bfloat16, **cuda))  # the cublas-mm form's pass
         for rms in (False, True):  # the folded per-patch norm's statistics
             fold_stats(torch.empty(256, 1152, dtype=torch.bfloat16, **cuda), 4, 1152, 1e-6, rms)
         x = torch.empty(64, 1152, dtype=torch.bfloat16, **cuda)

@@ -282,6 +282,8 @@ def test_tuned_keys_and_names():
     n1, n2, pairs = pm._candidate_names((0,), (14,), True, ("cublaslt t1",), ("cublaslt t2", "cublaslt t3"))
     assert n1 == ("cublas", "cublaslt t1", "cutlass v0") and n2 == ("cublas", "cublaslt t2", "cublaslt t3", "cutlass v14")
     assert "cublaslt t1 + cublaslt t3" in pairs and len(pairs) == 12
+    n1, n2, pairs = pm._candidate_names((0,), (14,), True, mm=True)
+    assert n1 == ("cublas", pm.MM_FORM, "cutlass v0") and n2 == ("cublas", "cutlass v14")
 
 
 def test_cublaslt_names_on_cpu(monkeypatch):
@@ -299,6 +301,7 @@ def test_cublaslt_names_on_cpu(monkeypatch):
     assert pm._runnable("cutlass v0", (0,), True) and not pm._runnable("cutlass v0", (0,), False)
     assert not pm._runnable("cutlass v99", (0,), True) and not pm._runnable("cutlass vx", (0,), True)
     assert not pm._runnable("", (0,), True)
+    assert pm._runnable(pm.MM_FORM, (0,), False, mm=True) and not pm._runnable(pm.MM_FORM, (0,), True)
     monkeypatch.delenv("QVDP_CUBLASLT", raising=False)
     assert not _cublaslt.enabled()  # opt-in
     monkeypatch.setenv("QVDP_CUBLASLT", "1")
@@ -354,8 +357,8 @@ def test_tuned_pairs(monkeypatch):
         y = pm._normalised(x, nw, nb, ms, post, norm, eps)
         return torch.nn.functional.gelu(torch.nn.functional.linear(y, w1, b1))
 
-    def fake_fc1(*a, variant=None):
-        trace.append(f"v{variant}" if variant is not None else "c1")
+    def fake_fc1(*a, variant=None, gemm="cublas"):
+        trace.append(f"v{variant}" if variant is not None else ("c1" if gemm == "cublas" else "c1mm"))
         return fc1_ref(*a)
 
     def fake_launch(h, w, rstd, negm, s, c, out, variant):  # merger_gemm.launch as _fc2_named calls it
@@ -370,7 +373,7 @@ def test_tuned_pairs(monkeypatch):
     monkeypatch.setattr(pm, "TUNE_FC1", (0, 1, 12, 13))
     monkeypatch.setattr(pm, "TUNE_FC2", (14, 15))
     # alone: cublas best on both stages, v0 / v12 and v14 near it; together v12 + v14 wins
-    cost = {"c1": 1.0, "v0": 1.05, "v1": 2.0, "v12": 1.06, "v13": 3.0, "c2": 1.0, "l14": 1.02, "l15": 3.0}
+    cost = {"c1": 1.0, "c1mm": 1.5, "v0": 1.05, "v1": 2.0, "v12": 1.06, "v13": 3.0, "c2": 1.0, "l14": 1.02, "l15": 3.0}
 
     reps_seen = []
 
@@ -427,9 +430,11 @@ def test_tuned_no_pair_round(monkeypatch):
     trace = []
     monkeypatch.setattr(pm, "TUNE_FC1", (1,))
     monkeypatch.setattr(pm, "_fc2_cutlass_ok", lambda w: False)
-    monkeypatch.setattr(pm, "_fc1_cublas", lambda *a: (trace.append("c1"), pm._normalised(*a[:3], *a[5:]))[1])
+    monkeypatch.setattr(pm, "_fc1_cublas", lambda *a, gemm="cublas": (trace.append("c1" if gemm == "cublas" else "mm"),
+                                                                      pm._normalised(*a[:3], *a[5:]))[1])
     monkeypatch.setattr(pm, "_fc1_cutlass", lambda *a, variant: (trace.append("v1"), pm._normalised(*a[:3], *a[5:]))[1])
-    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: (trace.clear(), fn(), 2.0 if "v1" in trace else 1.0)[2])
+    monkeypatch.setattr(_tune, "event_ms", lambda fn, reps: (trace.clear(), fn(),
+                                                             2.0 if "v1" in trace or "mm" in trace else 1.0)[2])
     args = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"],
             2, False, "layernorm", 1e-6)
     pm._patch_merger_tuned(*args)
@@ -662,6 +667,7 @@ def test_gpu_tuned(norm, post, n, H, out):
     x, p = make(n, H, out, norm, post, torch.bfloat16, "cuda")
     a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, post, norm, 1e-6)
     ref = pm._fc1_cublas(*a)
+    assert rel(pm._fc1_named(pm.MM_FORM, a), ref) < 1e-2
     from qvdp.ops import merger_gemm
     for v in pm.TUNE_FC1 + (tuple(merger_gemm.FOLD_VARIANTS) if merger_gemm.fold_available() else ()):
         assert rel(pm._fc1_cutlass(*a, variant=v), ref) < 1e-2, f"variant {v}"
@@ -1039,6 +1045,58 @@ def test_gpu_gelu_pass():
     gelu_(h)
     bad = (h.double() - ref).abs() > ref.abs() * 2.0 ** -8 * (1 + 1e-4)
     assert not bad.any(), f"{int(bad.sum())} outputs off by more than half a bf16 ulp"
+
+
+@pytest.mark.skipif(not (_triton_utils.interpreter_on() or torch.cuda.is_available()), reason="needs the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("M,N", [(13, 600), (1, 8), (8, 512), (0, 24)])
+def test_bias_gelu_pass(dtype, M, N, monkeypatch):
+    """the MM_FORM's pass (patch_merger.bias_gelu_): GELU(h + b) in place against fp64 (fp32 within 2e-5 relative
+    where normal, fp16 within one ulp of the correctly rounded value); rows / columns that are not multiples of the
+    block (13 x 600 with 8 x 512 blocks), one row, no rows; the torch fallback (other device / dtype of the bias)
+    agrees; the "cublas-mm" fc1 against the cublas form"""
+    from qvdp.ops import patch_merger as pm
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    h = (torch.randn(M, N, generator=g) * 3).to(dev, dtype)
+    b = torch.randn(N, generator=g).to(dev, dtype)
+    yd = h.double().cpu() + b.double().cpu()
+    ref = 0.5 * yd * torch.special.erfc(-yd * 0.5 ** 0.5)
+    assert pm.bias_gelu_(h, b) is h
+    got = h.double().cpu()
+    if dtype == torch.float32:
+        normal = ref.abs() > 1e-30
+        assert ((got - ref).abs() <= 2e-5 * ref.abs())[normal].all()
+    else:
+        exact = ref.to(dtype).double()
+        ulp = (exact.abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
+        assert ((got - exact).abs() <= ulp).all()  # (h + b is exact in fp32)
+    if M:
+        h2 = (torch.randn(M, N, generator=g) * 3).to(dev, dtype)
+        want = pm.bias_gelu_(h2.clone(), b)
+        monkeypatch.setattr(pm, "triton_usable", lambda t: False)
+        fb = pm.bias_gelu_(h2.clone(), b)
+        assert rel(fb, want) < (1e-6 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_bias_gelu_pass():
+    """bf16 on the GPU: GELU(h + b) within half a bf16 ulp (+2e-6 relative) of the exact-erf GELU of the fp32 sum
+    (exact for bf16 inputs), at the merger's size (3520 x 4608) and a ragged one; and the cublas form's fc1 as mm +
+    this pass against addmm + the GELU pass (the same GEMM tile without its bias epilogue) within 1e-2"""
+    from qvdp.ops import patch_merger as pm
+    g = torch.Generator(device="cuda").manual_seed(11)
+    for M, N in ((3520, 4608), (77, 1000)):
+        h = (torch.randn(M, N, device="cuda", generator=g) * 3).bfloat16()
+        b = torch.randn(N, device="cuda", generator=g).bfloat16()
+        yd = h.double() + b.double()
+        ref = 0.5 * yd * torch.special.erfc(-yd * 0.5 ** 0.5)
+        pm.bias_gelu_(h, b)
+        bad = (h.double() - ref).abs() > ref.abs() * 2.0 ** -8 * (1 + 1e-4) + 1e-30
+        assert not bad.any(), f"{int(bad.sum())} outputs off by more than half a bf16 ulp"
+    x, p = make(4 * 1001, 1152, 2048, "layernorm", False, torch.bfloat16, "cuda")
+    a = (x, p["norm_weight"], p["norm_bias"], p["fc1_weight"], p["fc1_bias"], 2, False, "layernorm", 1e-6)
+    assert rel(pm._fc1_cublas(*a, gemm=pm.MM_FORM), pm._fc1_cublas(*a)) < 1e-2
 
 
 def test_norm_tiles():

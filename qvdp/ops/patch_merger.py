@@ -72,6 +72,26 @@ if HAS_TRITON:
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
+    def _bias_gelu_inplace(Y, B, M, N, BR: tl.constexpr, BC: tl.constexpr, I64: tl.constexpr,
+                           PDL: tl.constexpr = False):
+        # the "cublas-mm" form's pass over fc1's output (torch.mm, no bias), in place: + b1, exact-erf GELU, over
+        # [BR, BC] blocks, the programs along a row first (grid (cdiv(N, BC), cdiv(M, BR))), int32 offsets where
+        # M * N allows (s29f, H200, 3520 x 4608: level with the plain GELU pass; row blocks first with int64
+        # offsets, or flat blocks with the column as offs % N, cost 1-3 us more)
+        _pdl_start(PDL)
+        rows = tl.program_id(1) * BR + tl.arange(0, BR)
+        cols = tl.program_id(0) * BC + tl.arange(0, BC)
+        cm = cols < N
+        b = tl.load(B + cols, mask=cm).to(tl.float32)
+        if I64:
+            offs = (rows.to(tl.int64) * N)[:, None] + cols[None, :]
+        else:
+            offs = (rows * N)[:, None] + cols[None, :]
+        m = (rows[:, None] < M) & cm[None, :]
+        y = tl.load(Y + offs, mask=m).to(tl.float32) + b[None, :]
+        tl.store(Y + offs, _gelu_erfc(y).to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _bias_gelu_store(acc, C, Y, rows64, rmask, cols, cmask, stride_ym):
         # fc1's epilogue: + C (b1, plus W1 @ beta where the norm has a bias), exact-erf GELU, store
         acc += tl.load(C + cols, mask=cmask, other=0.0)[None, :]
@@ -548,6 +568,24 @@ def gelu_(h):
     return h
 
 
+# rows x columns x warps per program of bias_gelu_
+BIAS_GELU_BLOCK = (8, 512, 4)
+
+
+def bias_gelu_(h, b):
+    """Exact-erf GELU(h + b) in place (h [M, N] contiguous, b [N]; one Triton pass, _bias_gelu_inplace, the sum in
+    fp32); torch's add_ then gelu_ where Triton cannot take them."""
+    M, N = h.shape
+    br, bc, warps = BIAS_GELU_BLOCK
+    if not (triton_usable(h) and h.is_contiguous() and b.is_contiguous() and b.device == h.device
+            and b.shape == (N,)) or -(-M // br) > 65535:
+        return gelu_(h.add_(b))
+    if h.numel():
+        _bias_gelu_inplace[(triton.cdiv(N, bc), triton.cdiv(M, br))](
+            h, b, M, N, BR=br, BC=bc, I64=M * N >= 2 ** 31, num_warps=warps, **_pdl(h), **FP_FUSION)
+    return h
+
+
 def config_from_tuple(c):
     keys = ("BM", "BN", "BK", "GROUP_M", "num_warps", "num_stages", "persistent")
     return dict(zip(keys, c))
@@ -723,10 +761,22 @@ FOLD_BLOCK_K = 64
 def _fc1_cublas(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, postshuffle_norm, norm, eps,
                 gemm="cublas"):
     """qvdp's one-pass Triton norm, cuBLAS fc1 with its bias, qvdp's GELU pass in place (gelu_: 19.3-19.7 us against
-    aten's gelu_'s 23.5-24.3 after the fc1 at 3520 x 4608, s28c, H200). gemm: "cublas" (torch.addmm) or one of
-    cuBLASLt's candidates ("cublaslt ...", _linear_named)."""
+    aten's gelu_'s 23.5-24.3 after the fc1 at 3520 x 4608, s28c, H200). gemm: "cublas" (torch.addmm), "cublas-mm"
+    (torch.mm, the bias added in the GELU pass: bias_gelu_) or one of cuBLASLt's candidates ("cublaslt ...",
+    _linear_named)."""
     xn = _row_normed(x, norm_weight, norm_bias, merge_size, postshuffle_norm, norm, eps)
+    if gemm == MM_FORM and fc1_bias is not None:
+        return bias_gelu_(xn @ fc1_weight.t(), fc1_bias)
     return gelu_(_linear_named(gemm, xn, fc1_weight, fc1_bias))
+
+
+# The cublas form with fc1 as torch.mm and its bias added in the GELU pass (bias_gelu_), a candidate of the "tuned"
+# path's fc1 stage where fc1 has a bias. s29e / s29f, one H200, 3520 merged rows, H=1152: cuBLAS runs the same
+# 128x160 tile with and without its bias epilogue, without it 6.1-8.3 us faster (mm 188.0-193.3 against addmm
+# 194.1-200.3 us); with the pass's bias the whole chain (norm, fc1, GELU, CUTLASS fc2) 5.7 us faster than with addmm
+# (340.4 against 346.1 us; post-shuffle 341.2 against 345.7); at 6400 rows (the same 256x128 tile either way) 3 us
+# slower. Accuracy as addmm's: the fc1 output 2.54e-3 from fp64 against 2.60e-3 (both round before and after the GELU).
+MM_FORM = "cublas-mm"
 
 
 # The "tuned" path's candidates besides cuBLAS: CUTLASS configurations (qvdp.ops.merger_gemm) for fc1 + GELU
@@ -799,10 +849,10 @@ def _tuned_keys(device, M, K, N1, N2, postshuffle_norm, norm):
 
 
 @functools.lru_cache(maxsize=256)
-def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass, lt1=(), lt2=()):
+def _candidate_names(fc1_variants, fc2_variants, fc2_cutlass, lt1=(), lt2=(), mm=False):
     """(fc1 names, fc2 names, their pair names as a frozenset) of the "tuned" path's candidates (lt1 / lt2: the
-    cuBLASLt candidates' names for the two GEMMs, _lt_names)."""
-    names1 = ("cublas",) + tuple(lt1) + tuple(f"cutlass v{v}" for v in fc1_variants)
+    cuBLASLt candidates' names for the two GEMMs, _lt_names; mm: the MM_FORM candidate, where fc1 has a bias)."""
+    names1 = ("cublas",) + ((MM_FORM,) if mm else ()) + tuple(lt1) + tuple(f"cutlass v{v}" for v in fc1_variants)
     names2 = ("cublas",) + tuple(lt2) + (tuple(f"cutlass v{v}" for v in fc2_variants) if fc2_cutlass else ())
     return names1, names2, frozenset(f"{a} + {b}" for a in names1 for b in names2)
 
@@ -850,8 +900,9 @@ def tuned_picks(device, merged_rows, K, N1, N2, postshuffle_norm, norm):
 
 def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, merge_size,
                         postshuffle_norm, norm, eps):
-    """fc1 + GELU and fc2 each by whichever of cuBLAS and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest
-    for this shape when first seen (ops._tune); then, where more than one candidate of a stage came within
+    """fc1 + GELU and fc2 each by whichever of cuBLAS (fc1 also as MM_FORM; with QVDP_CUBLASLT=1 also cuBLASLt's
+    candidates) and the TUNE_FC1 / TUNE_FC2 CUTLASS kernels was fastest for this shape when first seen (ops._tune);
+    then, where more than one candidate of a stage came within
     TUNE_CONTEXT of that stage's best, those pairs timed as whole mergers (the stage run alone is not the stage
     run in context: the L2 holds the other stage's operands, the clock depends on the load before). Untuned
     (CUDA graph capture, QVDP_TUNE=0): the "auto" rule for fc1, cuBLAS for fc2."""
@@ -868,11 +919,12 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     pair = _tune.choice(keyc) if within > 0 else None
     if pair is not None:  # the common call: the shape was tuned (to kernels this build has: a cache file may not)
         a, _, b = pair.partition(" + ")
-        if _runnable(a, TUNE_FC1, True) and _runnable(b, TUNE_FC2, _fc2_cutlass_ok(fc2_weight)):
+        if _runnable(a, TUNE_FC1, True, mm=True) and _runnable(b, TUNE_FC2, _fc2_cutlass_ok(fc2_weight)):
             return _fc2_named(b, _fc1_named(a, args), fc2_weight, fc2_bias)
     names1, names2, _ = _candidate_names(tuple(TUNE_FC1), tuple(TUNE_FC2), _fc2_cutlass_ok(fc2_weight),
                                          _lt_names(x, M, N1, K, fc1_bias is not None, fc1_weight.dtype),
-                                         _lt_names(x, M, N2, N1, fc2_bias is not None, fc2_weight.dtype))
+                                         _lt_names(x, M, N2, N1, fc2_bias is not None, fc2_weight.dtype),
+                                         fc1_bias is not None)
     pair_reps = _pair_reps_fixed()  # (a bad QVDP_TUNE_PAIR_REPS raises before anything is timed)
     run1 = lambda a: _fc1_named(a, args)
     run2 = lambda b, h: _fc2_named(b, h, fc2_weight, fc2_bias)
@@ -894,20 +946,22 @@ def _patch_merger_tuned(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_wei
     return run2(b, h)
 
 
-def _runnable(name, variants, cutlass_ok) -> bool:
-    """A stage pick this build and these weights run: "cublas", a cuBLASLt candidate (run where it is among the
-    shape's candidates, else torch.addmm: _linear_named), or one of `variants` where the CUTLASS kernels apply."""
-    if name == "cublas" or name.startswith(LT_PREFIX):
+def _runnable(name, variants, cutlass_ok, mm=False) -> bool:
+    """A stage pick this build and these weights run: "cublas", MM_FORM (mm: the fc1 stage), a cuBLASLt candidate
+    (run where it is among the shape's candidates, else torch.addmm: _linear_named), or one of `variants` where the
+    CUTLASS kernels apply."""
+    if name == "cublas" or (mm and name == MM_FORM) or name.startswith(LT_PREFIX):
         return True
     return cutlass_ok and name.startswith("cutlass v") and name[len("cutlass v"):].isdigit() \
         and int(name[len("cutlass v"):]) in variants
 
 
 def _fc1_named(name, args):
-    """The "tuned" path's fc1 + GELU candidate `name` ("cublas", "cublaslt ..." or "cutlass v<N>") on args."""
+    """The "tuned" path's fc1 + GELU candidate `name` ("cublas", MM_FORM, "cublaslt ..." or "cutlass v<N>") on
+    args."""
     if name == "cublas":
         return _fc1_cublas(*args)
-    if name.startswith(LT_PREFIX):
+    if name == MM_FORM or name.startswith(LT_PREFIX):
         return _fc1_cublas(*args, gemm=name)
     return _fc1_cutlass(*args, variant=int(name[len("cutlass v"):]))
 
