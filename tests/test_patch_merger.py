@@ -1074,6 +1074,10 @@ def test_bias_gelu_pass(dtype, M, N, monkeypatch):
     if M:
         h2 = (torch.randn(M, N, generator=g) * 3).to(dev, dtype)
         want = pm.bias_gelu_(h2.clone(), b)
+        h3 = h2.clone()  # the int64-offset form (taken from 2^31 elements on) gives the same values
+        br, bc, warps = pm.BIAS_GELU_BLOCK
+        pm._bias_gelu_inplace[(-(-N // bc), -(-M // br))](h3, b, M, N, BR=br, BC=bc, I64=True, num_warps=warps)
+        assert torch.equal(h3, want)
         monkeypatch.setattr(pm, "triton_usable", lambda t: False)
         fb = pm.bias_gelu_(h2.clone(), b)
         assert rel(fb, want) < (1e-6 if dtype == torch.float32 else 2e-3)

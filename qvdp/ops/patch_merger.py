@@ -582,7 +582,7 @@ def bias_gelu_(h, b):
         return gelu_(h.add_(b))
     if h.numel():
         _bias_gelu_inplace[(triton.cdiv(N, bc), triton.cdiv(M, br))](
-            h, b, M, N, BR=br, BC=bc, I64=M * N >= 2 ** 31, num_warps=warps, **_pdl(h), **FP_FUSION)
+            h, b, M, N, BR=br, BC=bc, I64=(M + br) * N >= 2 ** 31, num_warps=warps, **_pdl(h), **FP_FUSION)
     return h
 
 
