@@ -728,6 +728,7 @@ def test_gpu_cublaslt_candidates(M, N, K, bias, dtype, monkeypatch):
     wt = torch.empty(K, N, device="cuda", dtype=dtype).t()
     wt.copy_(w)
     assert gm.run(name, xs, wt, c) is None  # strided weight
+    assert gm.run(name, xs.cpu(), w, c) is None  # another device
     if bias:
         assert gm.run(name, xs, w, c.float()) is None and gm.run(name, xs, w, None) is None
     monkeypatch.delenv("QVDP_CUBLASLT")

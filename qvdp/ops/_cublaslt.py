@@ -59,6 +59,8 @@ def _lib():
     sigs = {"cublasLtCreate": [P],
             "cublasLtMatmulDescCreate": [P, I, I],
             "cublasLtMatmulDescSetAttribute": [P, I, P, S],
+            "cublasLtMatmulDescDestroy": [P],
+            "cublasLtMatrixLayoutDestroy": [P],
             "cublasLtMatrixLayoutCreate": [P, I, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64],
             "cublasLtMatmulPreferenceCreate": [P],
             "cublasLtMatmulPreferenceSetAttribute": [P, I, P, S],
@@ -104,22 +106,24 @@ class LtGemm:
     names: one per candidate, from its configuration ("cublaslt t<tile>.c<custom>.s<stages>.k<split-K>.r.w"), in the
     heuristic's order (the first is what a plain heuristic call runs); run(name, x, w, bias, out): out = x @ w^T
     (+ bias) by that candidate, or None where it cannot run this call (name not among this shape's candidates,
-    operands not contiguous or not ALIGN-aligned, bias of another dtype): the caller then takes torch.addmm.
+    operands not contiguous, not ALIGN-aligned or on another device, bias of another dtype): the caller then takes
+    torch.addmm.
     One workspace per object (a few bytes here: the candidates' tile counters), so one object must not run on two
     streams at once."""
 
     def __init__(self, M: int, N: int, K: int, dtype: torch.dtype, bias: bool, device: int = 0,
                  count: int = 16, max_workspace: int = 32 << 20):
         lib = _lib()
-        self.M, self.N, self.K, self.dtype, self.bias = M, N, K, dtype, bias
+        self.M, self.N, self.K, self.dtype, self.bias, self.device = M, N, K, dtype, bias, device
+        self.desc, self.layouts = None, []
         dt = {torch.bfloat16: _R_16BF, torch.float16: _R_16F}[dtype]
-        self.desc = ctypes.c_void_p()
-        _check(lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _R_32F), "MatmulDescCreate")
+        desc = ctypes.c_void_p()
+        _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _R_32F), "MatmulDescCreate")
+        self.desc = desc
         _set(lib.cublasLtMatmulDescSetAttribute, self.desc, _DESC_TRANSA, ctypes.c_int32(1))
         _set(lib.cublasLtMatmulDescSetAttribute, self.desc, _DESC_TRANSB, ctypes.c_int32(0))
         _set(lib.cublasLtMatmulDescSetAttribute, self.desc, _DESC_EPILOGUE,
              ctypes.c_int32(_EPILOGUE_BIAS if bias else _EPILOGUE_DEFAULT))
-        self.layouts = []
         for rows, cols, ld in ((K, N, K), (K, M, K), (N, M, N)):
             lay = ctypes.c_void_p()
             _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(lay), dt, rows, cols, ld), "MatrixLayoutCreate")
@@ -150,6 +154,16 @@ class LtGemm:
         self.ws = torch.empty(max(need, ALIGN), dtype=torch.uint8, device=f"cuda:{device}")
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
+    def __del__(self):  # the descriptors (an object evicted from _gemm's cache); nothing at interpreter exit
+        try:
+            lib = _lib()
+            for lay in self.layouts:
+                lib.cublasLtMatrixLayoutDestroy(lay)
+            if self.desc is not None:
+                lib.cublasLtMatmulDescDestroy(self.desc)
+        except Exception:
+            pass
+
     def describe(self, i: int) -> dict:
         lib, r = _lib(), self.results[i]
         out = {}
@@ -174,11 +188,13 @@ class LtGemm:
         return out
 
     def runs(self, x, w, bias, out) -> bool:
-        """These operands are ones this object's candidates take: shapes, dtype, contiguous rows, ALIGN-aligned."""
+        """These operands are ones this object's candidates take: shapes, dtype, this object's device, contiguous
+        rows, ALIGN-aligned."""
         ts = (x, w, out) + ((bias,) if self.bias else ())
         return (bias is not None) == self.bias and x.shape == (self.M, self.K) and w.shape == (self.N, self.K) \
-            and out.shape == (self.M, self.N) and all(t.dtype == self.dtype and t.is_contiguous() and
-                                                      t.data_ptr() % ALIGN == 0 for t in ts)
+            and out.shape == (self.M, self.N) and all(
+                t.is_cuda and t.get_device() == self.device and t.dtype == self.dtype and t.is_contiguous()
+                and t.data_ptr() % ALIGN == 0 for t in ts)
 
     def run(self, name: str, x, w, bias=None, out=None):
         i = self._by_name.get(name)
@@ -188,8 +204,8 @@ class LtGemm:
             out = torch.empty(self.M, self.N, dtype=self.dtype, device=x.device)
         if not self.runs(x, w, bias, out):
             return None
-        if x.device.index != torch.cuda.current_device():
-            with torch.cuda.device(x.device):
+        if self.device != torch.cuda.current_device():
+            with torch.cuda.device(self.device):
                 return self.run_index(x, w, bias, out, i)
         return self.run_index(x, w, bias, out, i)
 
