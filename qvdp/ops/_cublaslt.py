@@ -168,8 +168,10 @@ class LtGemm:
         lib, r = _lib(), self.results[i]
         out = {}
         for k, a in _CONFIG.items():
-            v, n = ctypes.c_int32(0), ctypes.c_size_t(0)
-            st = lib.cublasLtMatmulAlgoConfigGetAttribute(ctypes.byref(r.algo), a, ctypes.byref(v), 4, ctypes.byref(n))
+            v = ctypes.c_uint16(0) if k in ("inner", "cluster") else ctypes.c_int32(0)  # (their C types)
+            n = ctypes.c_size_t(0)
+            st = lib.cublasLtMatmulAlgoConfigGetAttribute(ctypes.byref(r.algo), a, ctypes.byref(v), ctypes.sizeof(v),
+                                                          ctypes.byref(n))
             out[k] = v.value if st == 0 else None
         out["workspace"] = r.workspace
         out["waves"] = round(r.waves, 3)
