@@ -49,10 +49,19 @@ using cutlass::epilogue::thread::Identity;
 // StreamK: with cutlass::gemm::StreamKScheduler, force the stream-K decomposition (CUTLASS's heuristic keeps
 // data-parallel tiles whenever the last wave is at least half full, e.g. 224 tiles on 132 SMs).
 // Wrap / ExtraSmem: the mainloop wrapper (qvdp_cutlass::Gemm; FoldWrap: the per-patch norm folded, variant 30).
+// Swap: the transposed problem Y^T [N, M] = W [N, K] @ X [M, K]^T, stored column-major (i.e. Y [M, N] row-major as
+// always): the GEMM's M is the features and its N the tokens, so the tile quantises N and M the other way round
+// (at M = 3520 tokens a 128x224 tile gives 16 x 16 = 256 tiles for N = 2048, 1.94 rounds on 132 SMs, against the
+// 128x256 / 256x128 tiles' 224 = 1.70; a 128x160 tile 36 x 22 = 792 = 6.0 rounds for N = 4608). Lean trees only:
+// Act(acc + c[n]) with c per feature = per row of the GEMM.
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, bool Plain = false,
           class Scheduler = void, template <class> class Act = GeluErfc, bool StreamK = false,
-          template <class> class Wrap = NoWrap, int ExtraSmem = 0, bool Lean = false>
+          template <class> class Wrap = NoWrap, int ExtraSmem = 0, bool Lean = false, bool Swap = false>
 struct Fc1Gelu {
+  // the swapped form's Act(acc + c[m]) (the GEMM's rows are the features)
+  using SwapTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>,
+                                   fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+                                                   fusion::Sm90AccFetch, PerRow<TileShape>>>;
   // Lean: Act(acc + c[n]) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two FMAs and three
   // broadcast leaves less per element; a launch with rstd, negm or S returns 1 (unsupported)
   using LeanTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>,
@@ -66,15 +75,18 @@ struct Fc1Gelu {
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
-                               cute::conditional_t<Plain, PlainTree, cute::conditional_t<Lean, LeanTree, GeluTree>>,
-                               Scheduler, Wrap, ExtraSmem>;
-  static constexpr bool kLean = Lean;
+                               cute::conditional_t<Plain, PlainTree,
+                                                   cute::conditional_t<Swap, SwapTree,
+                                                                       cute::conditional_t<Lean, LeanTree, GeluTree>>>,
+                               Scheduler, Wrap, ExtraSmem,
+                               cute::conditional_t<Swap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>>;
+  static constexpr bool kLean = Lean || Swap;
   using Gemm = typename G::Op;
 
   static typename Gemm::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K,
                                             const float* rstd, const float* negm, const float* S,
                                             const float* c, int sm_count, int swizzle, int raster) {
-    auto args = G::arguments(X, W, Y, M, N, K, sm_count);
+    auto args = Swap ? G::arguments(W, X, Y, N, M, K, sm_count) : G::arguments(X, W, Y, M, N, K, sm_count);
     using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
     args.scheduler.max_swizzle_size = swizzle;
     args.scheduler.raster_order = raster == 1 ? Raster::AlongM : raster == 2 ? Raster::AlongN : Raster::Heuristic;
@@ -83,7 +95,7 @@ struct Fc1Gelu {
     }
     if constexpr (Plain) {
       args.epilogue.thread = {{}, {}};
-    } else if constexpr (Lean) {
+    } else if constexpr (Lean || Swap) {
       args.epilogue.thread = {{{}, {c, 0.0f}, {}}, {}};  // {{acc, c[n], plus}, Act}
     } else {
       // Each tree node's arguments: {children..., op}; a broadcast leaf: {ptr, value when ptr is null}.
@@ -184,6 +196,31 @@ using Config = Fc1Gelu<Shape<_128, _128, _64>, Shape<_1, _2, _1>, PingPong, Ping
 #elif QVDP_MERGER_VARIANT == 63
 using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void,
                        cutlass::epilogue::thread::GELU>;
+// 70-76: the swapped forms (Swap above; D = Act(acc + c) with the GEMM's M the features, N the tokens).
+// fc2 (Identity): 70 cooperative 128x224 cluster 2x1, 71 the same without a cluster, 74 cooperative 256x112
+// cluster 2x1. fc1 (GeluErfc): 72 cooperative 128x160 cluster 2x1, 73 ping-pong 128x160 cluster 2x1, 76
+// cooperative 256x160 (18 x 22 = 396 tiles at N = 4608, M = 3520: 3.0 rounds). 75: 72's kernel storing D = acc.
+#elif QVDP_MERGER_VARIANT == 70
+using Config = Fc1Gelu<Shape<_128, _224, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
+                       0, true, true>;
+#elif QVDP_MERGER_VARIANT == 71
+using Config = Fc1Gelu<Shape<_128, _224, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
+                       0, true, true>;
+#elif QVDP_MERGER_VARIANT == 72
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, GeluErfc, false, NoWrap,
+                       0, true, true>;
+#elif QVDP_MERGER_VARIANT == 73
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, GeluErfc, false,
+                       NoWrap, 0, true, true>;
+#elif QVDP_MERGER_VARIANT == 74
+using Config = Fc1Gelu<Shape<_256, _112, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
+                       0, true, true>;
+#elif QVDP_MERGER_VARIANT == 75
+using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, true, void, GeluErfc, false, NoWrap,
+                       0, true, true>;
+#elif QVDP_MERGER_VARIANT == 76
+using Config = Fc1Gelu<Shape<_256, _160, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, false, void, GeluErfc, false, NoWrap,
+                       0, true, true>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif

@@ -105,14 +105,17 @@ struct NoWrap {
 // Scheduler: void (the persistent data-parallel tile scheduler) or cutlass::gemm::StreamKScheduler (the last
 // partial wave's tiles split along K over the idle SMs; cooperative schedule only). Wrap<M>::type: the mainloop
 // the kernel runs, built from the builder's M (NoWrap: M itself); ExtraSmem: bytes of shared memory it adds.
+// LayoutD: the output's layout (ColumnMajor: D [M, N] stored as its transpose [N, M] row-major, for the swapped
+// forms of merger_gemm.cu, where the GEMM's M is the features and N the tokens).
 template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, class Tree,
-          class Scheduler = void, template <class> class Wrap = NoWrap, int ExtraSmem = 0>
+          class Scheduler = void, template <class> class Wrap = NoWrap, int ExtraSmem = 0,
+          class LayoutD = cutlass::layout::RowMajor>
 struct Gemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, cutlass::layout::RowMajor, kAlign,
-      ElementD, cutlass::layout::RowMajor, kAlign,
+      void, LayoutD, kAlign,
+      ElementD, LayoutD, kAlign,
       EpiSchedule, Tree>::CollectiveOp;
 
   using Mainloop = typename Wrap<typename cutlass::gemm::collective::CollectiveBuilder<

@@ -1,6 +1,7 @@
 """Build the opt-in CUTLASS kernels, one object per kernel configuration, each library linked against the
 shared CUDA runtime torch already loads:
-  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 43, 45);
+  qvdp/_merger_gemm.so  the merger's fc1 (csrc/merger_gemm.cu, QVDP_MERGER_VARIANT 0-7, 11-15, 19, 21, 22, 43, 45,
+                        70, 72, 73);
   qvdp/_merger_fold.so  the merger's fc1 with the per-patch norm folded into its mainloop (merger_gemm.cu,
                         QVDP_MERGER_VARIANT 30);
   qvdp/_qkv_rope_gemm.so  the tower's qkv GEMM with RoPE in its epilogue (csrc/qkv_rope_gemm.cu,
@@ -27,7 +28,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 43, 45)
+VARIANTS = (*range(8), 11, 12, 13, 14, 15, 19, 21, 22, 43, 45, 70, 72, 73)
 QKV_VARIANTS = range(3)
 FOLD_VARIANTS = (30,)
 

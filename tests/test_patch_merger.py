@@ -240,6 +240,22 @@ def test_cutlass_variant_lists_agree():
             n = 0 if not params.group(1).strip() else len(params.group(1).split(","))
             assert n == len(argtypes), (name, n, len(argtypes))
     assert set(pm.TUNE_FC1) <= set(mg.VARIANTS) and set(pm.TUNE_FC2) <= set(mg.LINEAR_VARIANTS)
+    # the swapped configurations (bias only) are exactly the built ones whose Config sets Fc1Gelu's last argument
+    # (Swap, after ExtraSmem and Lean) to true
+    swapped = {int(v) for v, body in configs
+               if re.search(r"using Config = Fc1Gelu<[^;]*,\s*\d+,\s*(?:true|false),\s*true>;", body)}
+    assert mg.BIAS_ONLY == swapped & loaded, (mg.BIAS_ONLY, swapped)
+
+
+def test_bias_only_variants_refuse_vectors():
+    """the swapped configurations' epilogue takes the bias only: rstd / negm / s are a ValueError naming them,
+    raised before the library is asked for anything (here on the CPU)"""
+    from qvdp.ops import merger_gemm as mg
+    x, w = torch.ones(4, 8, dtype=torch.bfloat16), torch.ones(8, 8, dtype=torch.bfloat16)
+    for v in sorted(mg.BIAS_ONLY & set(mg.VARIANTS)):
+        for name in ("rstd", "negm", "s"):
+            with pytest.raises(ValueError, match="takes the bias c only: rstd, negm and s must be None"):
+                mg.fc1_gelu(x, w, variant=v, **{name: torch.ones(4 if name != "s" else 8)})
 
 
 def test_tune_pair_reps(monkeypatch):
@@ -528,6 +544,12 @@ def test_gpu_fc1_gelu_variants(M, N, K, vectors):
     ref = torch.nn.functional.gelu(pre)
     for v in sorted(mg.VARIANTS):
         out = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+        if vectors and v in mg.BIAS_ONLY:  # the swapped kernels take the bias only: an error before any launch
+            with pytest.raises(ValueError, match="takes the bias c only"):
+                mg.fc1_gelu(x, w, out=out, variant=v, **vec)
+            torch.cuda.synchronize()
+            assert torch.isnan(out).all(), f"variant {v}: wrote outputs although the call was refused"
+            continue
         got = mg.fc1_gelu(x, w, out=out, variant=v, **vec)
         assert got.data_ptr() == out.data_ptr()
         torch.cuda.synchronize()

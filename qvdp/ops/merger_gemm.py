@@ -31,6 +31,8 @@ VARIANTS = {
     12: "ping-pong 128x128x64, cluster 1x2",
     13: "ping-pong 128x192x64, cluster 1x2",
     43: "ping-pong 128x160x64, cluster 2x1",
+    72: "swapped (the GEMM's M = features, N = tokens): cooperative 128x160x64, cluster 2x1",
+    73: "swapped (the GEMM's M = features, N = tokens): ping-pong 128x160x64, cluster 2x1",
 }
 # diagnostics only (not the merger's epilogue): variant 1's kernel storing D = acc
 DIAG_VARIANTS = {4: "cooperative 128x256x64, cluster 1x2, D = acc (no epilogue work)",
@@ -43,7 +45,15 @@ LINEAR_VARIANTS = {
     21: "cooperative 128x256x64, cluster 1x2, stream-K forced",
     22: "cooperative 256x128x64, cluster 1x2, stream-K forced",
     45: "cooperative 128x160x64, cluster 2x1",
+    70: "swapped (the GEMM's M = features, N = tokens): cooperative 128x224x64, cluster 2x1",
 }
+# The swapped configurations (csrc/merger_gemm.cu, Swap): the kernel computes Y^T = W @ X^T and stores it
+# column-major (Y [M, N] row-major as the others), so the tokens are the GEMM's N and quantise the tiles the other way
+# round (s30a, one H200, M = 3520 tokens: fc2 N = 2048 by variant 70's 16 x 16 tiles of 128x224 in 87.8 us against
+# cuBLAS's 94.7 (224 tiles of 256x128 = 1.70 rounds on 132 SMs); fc1 + GELU N = K = 4608 by variant 73, 36 x 22
+# tiles of 128x160 = 6.0 rounds, 201.9 us against v43's 232.2 (812 tiles = 6.15 rounds) and cuBLAS's mm 189.2 without
+# the bias and the GELU). Their epilogue takes c only: rstd, negm and s must be None.
+BIAS_ONLY = frozenset({70, 72, 73})
 # (numbers 8-10, 16-18 and 20 were configurations measured in session 21 and dropped: never the fastest; 23, fc1
 # with stream-K forced, in session 22; 24-27, cuBLAS's fc1 tile 128x160x64 with cluster 2x1, in session 24: 40-45%
 # behind cuBLAS, but built then from 64x32x16 wgmma instructions (CuTe's extended wgmma shapes were off; 40+ have
@@ -107,6 +117,8 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
     v = selected_variant(variant)
     if v not in VARIANTS and v not in DIAG_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
+    if v in BIAS_ONLY and (rstd is not None or negm is not None or s is not None):
+        raise ValueError(f"variant {v} ({VARIANTS[v]}) takes the bias c only: rstd, negm and s must be None")
     return _run(x, w, rstd, negm, s, c, out, v, swizzle, raster)
 
 

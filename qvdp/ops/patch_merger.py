@@ -731,7 +731,9 @@ def _fc1_cutlass(x, norm_weight, norm_bias, fc1_weight, fc1_bias, merge_size, po
             raise ValueError(f"CUTLASS configuration {v} folds 2x2 merges of norms whose width is a multiple of "
                              f"{FOLD_BLOCK_K}, got merge_size={merge_size} and H={H}")
     rms = norm == "rmsnorm"
-    if postshuffle_norm and (norm == "layernorm" or fold):  # (normalising first: 1-4% slower on most shapes, s10b)
+    # (normalising first: 1-4% slower on most shapes, s10b; the swapped configurations, merger_gemm.BIAS_ONLY, take
+    # no per-row vectors and always run on the normalised input)
+    if postshuffle_norm and (norm == "layernorm" or fold) and v not in merger_gemm.BIAS_ONLY:
         x = x.contiguous()
         negm = torch.empty(M, dtype=torch.float32, device=x.device)
         rstd = torch.empty_like(negm)
@@ -784,8 +786,9 @@ MM_FORM = "cublas-mm"
 # (s21a/s21b, H100: cuBLAS's fc1 is strong at N = K = 4608 and weak at 4096, where ping-pong 128x128 (v12) wins;
 # for fc2 the ping-pong kernels v14 / v15 / v19 beat cuBLAS on some shapes, the cooperative ones on none;
 # s26a/s26b, H200: ping-pong 128x160 (v43) is the pick at most 6400-row shapes, the cooperative 128x160 fc2 (v45)
-# at some)
-TUNE_FC1 = (0, 1, 12, 13, 43)
+# at some; s30a, H200: the swapped kernels, tokens as the GEMM's N (merger_gemm.BIAS_ONLY), fc1 v73 / v72 and fc2 v70:
+# at 3520 merged rows, H=1152, O=2048 the chain norm + v73 + v70 0.999x the floor against 1.081x for the best before)
+TUNE_FC1 = (0, 1, 12, 13, 43, 72, 73)
 # (the fc1 with the per-patch norm folded into its mainloop, merger_gemm.FOLD_VARIANTS, is not a candidate: variant 30
 # timed as one on one H200 (s24f, s24g) was never picked: with its statistics pass it took
 # 0.249 ms against the norm pass + variant 0's 0.238 at 3520 merged rows (pre, H=1152), 0.442 against 0.424 at 6400
@@ -794,7 +797,7 @@ TUNE_FC1 = (0, 1, 12, 13, 43)
 # _fc1_cutlass(..., variant=30) and is tested.)
 # (the stream-K fc2 kernels 21 / 22 are not candidates: 2-6% ahead of cuBLAS on a few 6400-row fc2 shapes alone, but
 # their launch costs ~0.1 ms more host time per call, which made the merger host-bound at 3520 rows in s22g)
-TUNE_FC2 = (14, 15, 19, 45)
+TUNE_FC2 = (14, 15, 19, 45, 70)
 TUNE_ROWS = 256
 # row buckets: multiples of TUNE_ROWS up to TUNE_FINE_ROWS merged rows, then TUNE_PER_OCTAVE per doubling (each
 # bucket ~19% wide), so a serving process meeting every image size tunes ~4 buckets per doubling, not one per
