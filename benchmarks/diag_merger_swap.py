@@ -11,8 +11,9 @@ Systems, every one in turn (median of --rounds samples of 10 calls behind the tu
 fc2 kernels), and whole chains (the norm pass + an fc1 form + an fc2 form) against the floor (two addmm on the
 normalised input). Every chain's output is first checked against the fp64 merger (output of each kernel poisoned).
 
-    python benchmarks/diag_merger_swap.py --lib qvdp/_merger_diag.so --fc1 72 73 76 --fc2 70 71 74
+    python benchmarks/diag_merger_swap.py [--lib qvdp/_merger_diag.so] [--fc1 72 73 76] [--fc2 70 71 74]
         [--shapes pre:3520:1152:2048 ...] [--rounds 15]
+(without --lib: the package library's swapped configurations, merger_gemm.BIAS_ONLY)
 """
 from __future__ import annotations
 
@@ -34,12 +35,18 @@ def main():
                                                     "pre:3520:1152:4096", "pre:3520:1024:2048",
                                                     "pre:6400:1152:2048", "pre:14080:1152:2048"])
     ap.add_argument("--lib", default=None, help="a diagnostics library holding --fc1 / --fc2 (else the package's)")
-    ap.add_argument("--fc1", type=int, nargs="*", default=[72, 73, 76])
-    ap.add_argument("--fc2", type=int, nargs="*", default=[70, 71, 74])
+    ap.add_argument("--fc1", type=int, nargs="*", default=None,
+                    help="swapped fc1 configurations (default: 72 73 76 with --lib, else the package's)")
+    ap.add_argument("--fc2", type=int, nargs="*", default=None,
+                    help="swapped fc2 configurations (default: 70 71 74 with --lib, else the package's)")
     ap.add_argument("--rounds", type=int, default=15)
     a = ap.parse_args()
     if not cutlass_ready():
         raise SystemExit("needs the CUTLASS merger library")
+    if a.fc1 is None:
+        a.fc1 = [72, 73, 76] if a.lib else sorted(mg.BIAS_ONLY & set(mg.VARIANTS))
+    if a.fc2 is None:
+        a.fc2 = [70, 71, 74] if a.lib else sorted(mg.BIAS_ONLY & set(mg.LINEAR_VARIANTS))
     if a.lib:
         run = extra_library(a.lib, a.fc1 + a.fc2)
     else:
