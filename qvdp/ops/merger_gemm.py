@@ -113,7 +113,8 @@ def fc1_gelu(x: torch.Tensor, w: torch.Tensor, *, rstd=None, negm=None, s=None, 
              ) -> torch.Tensor:
     """GELU(rstd[m] * (x @ w.T)[m, n] + negm[m] * s[n] + c[n]) in one kernel; x [M, K], w [N, K] bf16.
     variant: a key of VARIANTS (default DEFAULT_VARIANT or QVDP_MERGER_GEMM_VARIANT), or of DIAG_VARIANTS (those in
-    BIAS_ONLY take c only: rstd / negm / s are a ValueError); swizzle (1, 2, 4, 8) and raster (0 heuristic, 1 along M, 2 along N): the persistent tile order."""
+    BIAS_ONLY take c only: rstd / negm / s are a ValueError); swizzle (1, 2, 4, 8) and raster (0 heuristic, 1 along
+    M, 2 along N; for BIAS_ONLY the kernel's own M / N, i.e. the features / the tokens): the persistent tile order."""
     v = selected_variant(variant)
     if v not in VARIANTS and v not in DIAG_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {v}")
