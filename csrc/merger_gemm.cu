@@ -58,15 +58,14 @@ template <class TileShape, class ClusterShape, class MainSchedule, class EpiSche
           class Scheduler = void, template <class> class Act = GeluErfc, bool StreamK = false,
           template <class> class Wrap = NoWrap, int ExtraSmem = 0, bool Lean = false, bool Swap = false>
 struct Fc1Gelu {
-  // the swapped form's Act(acc + c[m]) (the GEMM's rows are the features)
-  using SwapTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>,
-                                   fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
-                                                   fusion::Sm90AccFetch, PerRow<TileShape>>>;
-  // Lean: Act(acc + c[n]) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two FMAs and three
-  // broadcast leaves less per element; a launch with rstd, negm or S returns 1 (unsupported)
+  // Lean (and every Swap form): Act(acc + c) only (no per-row rstd / negm, no S): the pre-norm merger's fc1, two
+  // FMAs and three broadcast leaves less per element; a launch with rstd, negm or S returns 1 (unsupported). c is
+  // per feature: per column of the GEMM, or per row where it is swapped.
+  static constexpr bool kLean = Lean || Swap;
   using LeanTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>,
                                    fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
-                                                   fusion::Sm90AccFetch, PerCol<TileShape>>>;
+                                                   fusion::Sm90AccFetch,
+                                                   cute::conditional_t<Swap, PerRow<TileShape>, PerCol<TileShape>>>>;
   // negm[m] * S[n] + c[n]
   using Shift = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
                                 PerRow<TileShape>, PerCol<TileShape>, PerCol<TileShape>>;
@@ -75,12 +74,9 @@ struct Fc1Gelu {
                               fusion::Sm90AccFetch, PerRow<TileShape>, Shift>;
   using GeluTree = fusion::Sm90EVT<fusion::Sm90Compute<Act, ElementD, float, kRound>, Pre>;
   using G = qvdp_cutlass::Gemm<TileShape, ClusterShape, MainSchedule, EpiSchedule,
-                               cute::conditional_t<Plain, PlainTree,
-                                                   cute::conditional_t<Swap, SwapTree,
-                                                                       cute::conditional_t<Lean, LeanTree, GeluTree>>>,
+                               cute::conditional_t<Plain, PlainTree, cute::conditional_t<kLean, LeanTree, GeluTree>>,
                                Scheduler, Wrap, ExtraSmem,
                                cute::conditional_t<Swap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>>;
-  static constexpr bool kLean = Lean || Swap;
   using Gemm = typename G::Op;
 
   static typename Gemm::Arguments arguments(const void* X, const void* W, void* Y, int M, int N, int K,
@@ -95,8 +91,8 @@ struct Fc1Gelu {
     }
     if constexpr (Plain) {
       args.epilogue.thread = {{}, {}};
-    } else if constexpr (Lean || Swap) {
-      args.epilogue.thread = {{{}, {c, 0.0f}, {}}, {}};  // {{acc, c[n], plus}, Act}
+    } else if constexpr (kLean) {
+      args.epilogue.thread = {{{}, {c, 0.0f}, {}}, {}};  // {{acc, c, plus}, Act}
     } else {
       // Each tree node's arguments: {children..., op}; a broadcast leaf: {ptr, value when ptr is null}.
       args.epilogue.thread = {
@@ -114,6 +110,12 @@ struct Fc1Gelu {
     return args;
   }
 };
+
+// The swapped configurations (70-76): Fc1Gelu with Swap; Plain: D = acc.
+template <class TileShape, class ClusterShape, class MainSchedule, class EpiSchedule, template <class> class Act,
+          bool Plain = false>
+using Swapped = Fc1Gelu<TileShape, ClusterShape, MainSchedule, EpiSchedule, Plain, void, Act, false, NoWrap, 0, false,
+                        true>;
 
 #if QVDP_MERGER_VARIANT == 0
 using Config = Fc1Gelu<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi>;
@@ -201,26 +203,19 @@ using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, Ping
 // cluster 2x1. fc1 (GeluErfc): 72 cooperative 128x160 cluster 2x1, 73 ping-pong 128x160 cluster 2x1, 76
 // cooperative 256x160 (18 x 22 = 396 tiles at N = 4608, M = 3520: 3.0 rounds). 75: 72's kernel storing D = acc.
 #elif QVDP_MERGER_VARIANT == 70
-using Config = Fc1Gelu<Shape<_128, _224, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_128, _224, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, Identity>;
 #elif QVDP_MERGER_VARIANT == 71
-using Config = Fc1Gelu<Shape<_128, _224, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_128, _224, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, Identity>;
 #elif QVDP_MERGER_VARIANT == 72
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, GeluErfc, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, GeluErfc>;
 #elif QVDP_MERGER_VARIANT == 73
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, false, void, GeluErfc, false,
-                       NoWrap, 0, true, true>;
+using Config = Swapped<Shape<_128, _160, _64>, Shape<_2, _1, _1>, PingPong, PingPongEpi, GeluErfc>;
 #elif QVDP_MERGER_VARIANT == 74
-using Config = Fc1Gelu<Shape<_256, _112, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, false, void, Identity, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_256, _112, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, Identity>;
 #elif QVDP_MERGER_VARIANT == 75
-using Config = Fc1Gelu<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, true, void, GeluErfc, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_128, _160, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, GeluErfc, true>;
 #elif QVDP_MERGER_VARIANT == 76
-using Config = Fc1Gelu<Shape<_256, _160, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, false, void, GeluErfc, false, NoWrap,
-                       0, true, true>;
+using Config = Swapped<Shape<_256, _160, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, GeluErfc>;
 #else
 #error "unknown QVDP_MERGER_VARIANT"
 #endif
